@@ -1,0 +1,80 @@
+"""End-to-end demo: build a tiny Qwen2.5-VL and a coloured-shapes VQA set, fine-tune it, report held-out accuracy.
+
+Everything is made by code (no downloads). Steps, each with the real entry point:
+  1. build  demo_run/tiny_qwen2_5_vl (random weights, locally trained tokenizer) and demo_run/shapes (images + jsonl)
+  2. train  python paddlemix/tools/supervised_finetune.py paddlemix/config/demo/shapes_sft_argument.json [overrides]
+  3. eval   python paddlemix/tools/infer.py --data_file demo_run/shapes/eval.jsonl  (greedy, exact match)
+Usage: python examples/shapes_demo.py [--workdir DIR] [--n_train N] [--n_eval N] [--key value ...]
+Extra --key value pairs are passed to the fine-tuning tool (e.g. --num_train_epochs 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from paddlemix.testing.shapes import make_shapes_dataset
+from paddlemix.testing.tiny_model import build_tiny_qwen2_5_vl
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "paddlemix" / "config" / "demo" / "shapes_sft_argument.json"
+DEMO_MODEL = {"hidden_size": 128, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 256,
+              "vision_hidden": 64, "vision_depth": 2, "vision_heads": 2}  # fmt: skip
+TARGET_ACCURACY = 0.9
+
+
+def step(title: str, command: list[str], cwd: Path) -> None:
+    print(f"\n== {title}: {' '.join(command)}", flush=True)
+    subprocess.run(command, cwd=cwd, check=True)
+
+
+def main(argv: list[str] | None = None) -> float:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", default=".", help="folder that receives demo_run/ (default: current folder)")
+    parser.add_argument("--n_train", type=int, default=400)
+    parser.add_argument("--n_eval", type=int, default=80)
+    args, overrides = parser.parse_known_args(argv)
+    work = Path(args.workdir).resolve()
+    demo = work / "demo_run"
+    start = time.perf_counter()
+
+    print(f"== build: tiny model and shapes data under {demo}", flush=True)
+    build_tiny_qwen2_5_vl(demo / "tiny_qwen2_5_vl", seed=0, **DEMO_MODEL)
+    make_shapes_dataset(demo / "shapes", n_train=args.n_train, n_eval=args.n_eval, seed=0)
+
+    tools = REPO / "paddlemix" / "tools"
+    step("fine-tune", [sys.executable, str(tools / "supervised_finetune.py"), str(CONFIG), *overrides], work)
+    config = json.loads(CONFIG.read_text())
+    answers = demo / "eval_answers.jsonl"
+    step(
+        "evaluate",
+        [
+            sys.executable,
+            str(tools / "infer.py"),
+            "--model_name_or_path",
+            config["output_dir"],
+            "--data_file",
+            "demo_run/shapes/eval.jsonl",
+            "--output",
+            str(answers),
+        ],
+        work,
+    )
+
+    results = [json.loads(line) for line in answers.read_text().splitlines()]
+    accuracy = sum(r["correct"] for r in results) / len(results)
+    minutes = (time.perf_counter() - start) / 60
+    print(
+        f"\nheld-out exact-match accuracy: {accuracy:.1%} on {len(results)} unseen images "
+        f"(chance 12.5%), total time {minutes:.1f} min"
+    )
+    print(f"answers: {answers}")
+    return accuracy
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() >= TARGET_ACCURACY else 1)

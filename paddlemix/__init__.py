@@ -1,0 +1,1 @@
+"""Fine-tune multimodal LLMs with Paddle from one JSON argument file."""

@@ -1,0 +1,1 @@
+"""Sources, mixing, encoding and batching of training data."""

@@ -1,0 +1,105 @@
+"""Answer questions about images with a fine-tuned model, using the same chat template and encoding as training."""
+
+from __future__ import annotations
+
+import logging
+import string
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from paddlemix.arguments import DatasetSource
+from paddlemix.datasets.conversation import IMAGE_PLACEHOLDER, Message, Sample
+from paddlemix.datasets.sources import SourceDataset
+from paddlemix.models import adapter_for
+from paddlemix.peft.lora import load_adapter
+from paddlemix.processors.chat_template import ChatTemplate, load_chat_template
+from paddlemix.processors.sample_processor import SampleProcessor
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Generator:
+    """A loaded model with its processor and chat template."""
+
+    model: Any
+    tokenizer: Any
+    encoder: SampleProcessor
+    template: ChatTemplate
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_dir: str | Path,
+        lora_path: str | Path | None = None,
+        chat_template: str | None = None,
+        device: str = "cpu",
+    ) -> Generator:
+        import paddle
+
+        paddle.set_device(device)
+        adapter = adapter_for(model_dir)
+        processor = adapter.load_processor(model_dir)
+        model = adapter.load_model(model_dir, device=device)
+        if lora_path:
+            model = load_adapter(model, lora_path)
+        model.eval()
+        tokenizer = processor.tokenizer
+        encoder = SampleProcessor(tokenizer, processor.image_processor, adapter.vision_tokens(processor), 1 << 30)
+        default = getattr(processor, "chat_template", None) or tokenizer.chat_template
+        special = {"bos_token": tokenizer.bos_token, "eos_token": tokenizer.eos_token}
+        return cls(model, tokenizer, encoder, load_chat_template(chat_template, default, special))
+
+    def generate(
+        self,
+        messages: Sequence[Message],
+        images: Sequence[str] = (),
+        max_new_tokens: int = 32,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+    ) -> str:
+        """The model's answer to the conversation so far (greedy unless temperature > 0)."""
+        import paddle
+
+        inputs = self.encoder.encode_prompt(Sample(tuple(messages), tuple(images)), self.template)
+        tensors = {k: paddle.to_tensor(v[None] if k == "input_ids" else v) for k, v in inputs.items()}
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {}
+        with paddle.no_grad():
+            new_ids = self.model.generate(**tensors, max_new_tokens=max_new_tokens, **sampling)[0]
+        return self.tokenizer.decode(new_ids[0].tolist(), skip_special_tokens=True).strip()
+
+    def answer(self, question: str, images: Sequence[str] = (), **kwargs: Any) -> str:
+        """Answer one question; images without an `<image>` placeholder go in front of the question."""
+        if images and IMAGE_PLACEHOLDER not in question:
+            question = IMAGE_PLACEHOLDER * len(images) + question
+        return self.generate([Message("user", question)], images, **kwargs)
+
+
+def normalize(text: str) -> str:
+    """Lowercase, trim and drop surrounding punctuation, as VQA exact-match scoring does."""
+    return text.strip().lower().strip(string.punctuation + " ")
+
+
+def evaluate_exact_match(
+    generator: Generator, data_files: Sequence[str], limit: int | None = None, max_new_tokens: int = 16
+) -> dict[str, Any]:
+    """Exact-match accuracy of the last assistant turn of each chatml record, answered from the turns before it."""
+    source = SourceDataset(DatasetSource(name="chatml_dataset", data_files=list(data_files)))
+    results = []
+    for i in range(len(source) if limit is None else min(limit, len(source))):
+        sample = source[i]
+        last = max(k for k, m in enumerate(sample.messages) if m.role == "assistant")
+        prediction = generator.generate(sample.messages[:last], sample.images, max_new_tokens=max_new_tokens)
+        reference = sample.messages[last].content
+        results.append(
+            {
+                "index": i,
+                "prediction": prediction,
+                "reference": reference,
+                "correct": normalize(prediction) == normalize(reference),
+            }
+        )
+    correct = sum(r["correct"] for r in results)
+    return {"accuracy": correct / max(len(results), 1), "correct": correct, "total": len(results), "results": results}

@@ -1,0 +1,77 @@
+"""What differs between model families, as data: classes to load, module groups, LoRA targets, vision tokens.
+
+The trainer, collator and tools are generic; each family file ends with one `ADAPTER = ModelAdapter(...)`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from paddlemix.processors.sample_processor import VisionTokens
+from paddlemix.utils.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+PICKLE_WEIGHTS = ("*.pdparams", "*.bin", "*.pt", "*.pth", "*.ckpt")
+
+
+def import_object(path: str) -> Any:
+    """Import `package.module:Name` on first use, so choosing a family does not import every model."""
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def check_safe_weights(model_dir: str | Path, allow_pickle: bool = False) -> None:
+    """Refuse folders whose weights exist only in pickle-based formats, which can run code when loaded."""
+    folder = Path(model_dir)
+    if any(folder.glob("*.safetensors")):
+        return
+    pickled = [p.name for pattern in PICKLE_WEIGHTS for p in folder.glob(pattern)]
+    if pickled and not allow_pickle:
+        raise UserError(
+            f"{folder} holds weights only in pickle-based files ({', '.join(sorted(pickled)[:3])}), which can run "
+            'arbitrary code when loaded. Convert them to safetensors, or set "allow_pickle_weights": true if you '
+            "trust the source."
+        )
+    if not pickled:
+        raise UserError(f"{folder} has no *.safetensors weight files.")
+
+
+@dataclass(frozen=True)
+class ModelAdapter:
+    """Everything family-specific the generic code needs; values only, no per-run state."""
+
+    model_type: str
+    config_class: str
+    model_class: str
+    processor_class: str
+    vision_placeholder: str
+    image_token: str
+    lora_targets: tuple[str, ...]
+    module_groups: dict[str, tuple[str, ...]]
+    prepare_config: Callable[[Any, str], None]
+    export_state_dict: Callable[[dict[str, Any], Any], dict[str, Any]]
+
+    def load_config(self, path: str | Path, device: str = "cpu") -> Any:
+        config = import_object(self.config_class).from_pretrained(str(path))
+        self.prepare_config(config, device)
+        return config
+
+    def load_model(self, path: str | Path, dtype: str = "float32", device: str = "cpu", allow_pickle: bool = False):
+        check_safe_weights(path, allow_pickle)
+        config = self.load_config(path, device)
+        model = import_object(self.model_class).from_pretrained(str(path), config=config, dtype=dtype)
+        logger.info("loaded %s from %s as %s", self.model_type, path, dtype)
+        return model
+
+    def load_processor(self, path: str | Path) -> Any:
+        return import_object(self.processor_class).from_pretrained(str(path), use_fast=False)
+
+    def vision_tokens(self, processor: Any) -> VisionTokens:
+        merge = getattr(processor.image_processor, "merge_size", 2)
+        return VisionTokens(self.vision_placeholder, self.image_token, int(merge))

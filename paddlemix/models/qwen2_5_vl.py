@@ -1,0 +1,75 @@
+"""Qwen2.5-VL through paddleformers: a windowed ViT with a patch-merger projector and a Qwen2 language model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from paddlemix.models.adapter import ModelAdapter
+
+
+def prepare_config(config: Any, device: str) -> None:
+    """Use the unfused RMSNorm where the fused kernel is missing (every device but CUDA GPUs)."""
+    if device != "gpu":
+        for part in (config.text_config, config.vision_config):
+            part.fuse_rms_norm = False
+
+
+def _split_qkv(value: np.ndarray, heads: int, kv_heads: int, head_dim: int) -> tuple[np.ndarray, ...]:
+    """Undo paddleformers' fused QKV: per KV group the last axis holds [q (group*head_dim) | k | v]."""
+    group = heads // kv_heads
+    blocks = np.split(value, kv_heads, axis=-1)
+    parts = [np.split(b, [group * head_dim, (group + 1) * head_dim], axis=-1) for b in blocks]
+    return tuple(np.concatenate([p[i] for p in parts], axis=-1) for i in range(3))
+
+
+def to_hf_state_dict(state: dict[str, np.ndarray], config: Any) -> dict[str, np.ndarray]:
+    """Paddle parameter names and layouts -> the Hugging Face checkpoint names every transformers version loads.
+
+    Paddle keeps Linear weights as [in, out] and fuses q/k/v and gate/up; HF stores [out, in] and separate tensors
+    under `model.*` (language model) and `visual.*` (vision tower).
+    """
+    text = config.text_config
+    heads, kv_heads = text.num_attention_heads, text.num_key_value_heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    out: dict[str, np.ndarray] = {}
+    for name, value in state.items():
+        if name.startswith("model.visual."):
+            name = name[len("model.") :]
+        elif name.startswith("model.language_model."):
+            name = "model." + name[len("model.language_model.") :]
+        is_weight = name.endswith(".weight")
+        if ".qkv_proj." in name:
+            for part, tensor in zip("qkv", _split_qkv(value, heads, kv_heads, head_dim)):
+                out[name.replace("qkv_proj", f"{part}_proj")] = tensor.T if is_weight else tensor
+        elif ".up_gate_proj." in name:
+            gate, up = np.split(value, 2, axis=-1)
+            out[name.replace("up_gate_proj", "gate_proj")] = gate.T
+            out[name.replace("up_gate_proj", "up_proj")] = up.T
+        elif value.ndim == 2 and name != "lm_head.weight" and "embed_tokens" not in name:
+            out[name] = value.T
+        else:
+            out[name] = value
+    return {k: np.ascontiguousarray(v) for k, v in out.items()}
+
+
+ADAPTER = ModelAdapter(
+    model_type="qwen2_5_vl",
+    config_class="paddleformers.transformers:Qwen2_5_VLConfig",
+    model_class="paddleformers.transformers:Qwen2_5_VLForConditionalGeneration",
+    processor_class="paddleformers.transformers:Qwen2_5_VLProcessor",
+    vision_placeholder="<|vision_start|><|image_pad|><|vision_end|>",
+    image_token="<|image_pad|>",
+    lora_targets=(
+        r"model\.language_model\.layers\.\d+\.self_attn\.(qkv_proj|o_proj)",
+        r"model\.language_model\.layers\.\d+\.mlp\.(up_gate_proj|down_proj)",
+    ),
+    module_groups={
+        "vision": ("model.visual.patch_embed.*", "model.visual.blocks.*"),
+        "projector": ("model.visual.merger.*",),
+        "llm": ("model.language_model.*", "lm_head.*"),
+    },
+    prepare_config=prepare_config,
+    export_state_dict=to_hf_state_dict,
+)

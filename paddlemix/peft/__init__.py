@@ -1,0 +1,1 @@
+"""Low-rank adapters: apply, save, load and merge."""

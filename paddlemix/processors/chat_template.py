@@ -1,0 +1,154 @@
+"""Chat templates that render a conversation as (text, is_label) segments, so loss masking happens per turn.
+
+Two kinds are supported: a Jinja chat template (the model's own, or a `.jinja` file) and PaddleMIX's
+`chat_template.json` (`system`, `conversation` = [user part, bot part], `query`). Templates are rendered in a
+sandboxed Jinja environment because template files may come from data folders.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from jinja2.exceptions import TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from paddlemix.datasets.conversation import Message, SampleError
+from paddlemix.utils.errors import UserError
+
+Segment = tuple[str, bool]
+
+
+def _raise(message: str) -> None:
+    raise TemplateError(message)
+
+
+def _environment(**options: Any) -> ImmutableSandboxedEnvironment:
+    env = ImmutableSandboxedEnvironment(extensions=["jinja2.ext.loopcontrols"], **options)
+    env.globals["raise_exception"] = _raise
+    return env
+
+
+class ChatTemplate(Protocol):
+    def segments(self, messages: Sequence[Message]) -> list[Segment]:
+        """The whole conversation as ordered pieces; assistant answers are the pieces marked True."""
+
+    def prompt(self, messages: Sequence[Message]) -> str:
+        """The text a model continues to answer the last user turn (generation prompt included)."""
+
+
+def _split_answer(text: str) -> list[Segment]:
+    """Keep the answer and its end-of-turn token as label, the whitespace after it as context."""
+    stripped = text.rstrip()
+    return [(stripped, True), (text[len(stripped) :], False)]
+
+
+class JinjaChatTemplate:
+    """A Hugging Face-style Jinja chat template; assistant spans come from rendering growing prefixes."""
+
+    def __init__(self, source: str, special_tokens: dict[str, Any] | None = None):
+        try:
+            self.template = _environment(trim_blocks=True, lstrip_blocks=True).from_string(source)
+        except TemplateError as err:
+            raise UserError(f"the chat template does not parse: {err}") from None
+        self.special_tokens = special_tokens or {}
+
+    def render(self, messages: Sequence[Message], add_generation_prompt: bool) -> str:
+        turns = [{"role": m.role, "content": m.content} for m in messages]
+        try:
+            return self.template.render(
+                messages=turns, add_generation_prompt=add_generation_prompt, **self.special_tokens
+            )
+        except TemplateError as err:
+            raise SampleError(f"chat template failed: {err}") from None
+
+    def segments(self, messages: Sequence[Message]) -> list[Segment]:
+        out: list[Segment] = []
+        done = ""
+        for k, message in enumerate(messages):
+            if message.role != "assistant":
+                continue
+            prompt = self.render(messages[:k], add_generation_prompt=True)
+            full = self.render(messages[: k + 1], add_generation_prompt=False)
+            if not (prompt.startswith(done) and full.startswith(prompt)):
+                raise SampleError("chat template does not render turns as growing prefixes; per-turn masking fails")
+            out.append((prompt[len(done) :], False))
+            out.extend(_split_answer(full[len(prompt) :]))
+            done = full
+        return [s for s in out if s[0]]
+
+    def prompt(self, messages: Sequence[Message]) -> str:
+        return self.render(messages, add_generation_prompt=True)
+
+
+class PaddleMixChatTemplate:
+    """PaddleMIX's chat_template.json: a system text, a [user, bot] pair of Jinja strings, and a query string."""
+
+    def __init__(self, spec: dict[str, Any], where: str = "chat_template.json"):
+        conversation = spec.get("conversation")
+        if not (isinstance(conversation, list) and len(conversation) == 2):
+            raise UserError(f'{where}: "conversation" must be a list of two Jinja strings [user part, bot part].')
+        env = _environment(keep_trailing_newline=True)
+        self.system = env.from_string(spec.get("system", ""))
+        self.user, self.bot = (env.from_string(part) for part in conversation)
+        self.query = env.from_string(spec.get("query", conversation[0]))
+
+    def _rounds(self, messages: Sequence[Message]) -> tuple[str, list[tuple[str, str | None]]]:
+        system = " ".join(m.content for m in messages if m.role == "system")
+        turns = [m for m in messages if m.role != "system"]
+        rounds: list[tuple[str, str | None]] = []
+        for message in turns:
+            if message.role == "user":
+                rounds.append((message.content, None))
+            elif rounds and rounds[-1][1] is None:
+                rounds[-1] = (rounds[-1][0], message.content)
+            else:
+                raise SampleError("turns must alternate user, assistant")
+        return system, rounds
+
+    def segments(self, messages: Sequence[Message]) -> list[Segment]:
+        system, rounds = self._rounds(messages)
+        out: list[Segment] = [(self.system.render(system=system), False)]
+        for index, (user, bot) in enumerate(rounds):
+            if bot is None:
+                break
+            out.append((self.user.render(user=user, index=index), False))
+            out.extend(_split_answer(self.bot.render(bot=bot, index=index)))
+        return [s for s in out if s[0]]
+
+    def prompt(self, messages: Sequence[Message]) -> str:
+        system, rounds = self._rounds(messages)
+        text = self.system.render(system=system)
+        for index, (user, bot) in enumerate(rounds):
+            if bot is None:
+                return text + self.query.render(query=user, index=index)
+            text += self.user.render(user=user, index=index) + self.bot.render(bot=bot, index=index)
+        return text
+
+
+def load_chat_template(path: str | Path | None, default: str | None, special_tokens: dict[str, Any]) -> ChatTemplate:
+    """The template from `path` (chat_template.json or a Jinja file), else the model's own `default`."""
+    if path is None:
+        if not default:
+            raise UserError(
+                "the model folder has no chat template (chat_template.json / tokenizer_config.json) and the source "
+                'sets no "chat_template"; add one of them.'
+            )
+        return JinjaChatTemplate(default, special_tokens)
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f'chat template "{path}" does not exist; give a path to a chat_template.json or Jinja file.')
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        try:
+            spec = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{path} is not valid JSON: {err}") from None
+        if isinstance(spec, dict) and "conversation" in spec:
+            return PaddleMixChatTemplate(spec, str(path))
+        if isinstance(spec, dict) and isinstance(spec.get("chat_template"), str):
+            return JinjaChatTemplate(spec["chat_template"], special_tokens)
+        raise UserError(f'{path} has neither PaddleMIX\'s "conversation" nor a "chat_template" string.')
+    return JinjaChatTemplate(text, special_tokens)

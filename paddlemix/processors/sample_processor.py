@@ -1,0 +1,116 @@
+"""Turn one `Sample` into model inputs: token ids, per-turn labels, pixel values and image grids.
+
+Images are decoded here (in dataloader workers), each `<image>` placeholder becomes the model's vision tokens
+repeated once per visual token, and only assistant answers carry labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from paddlemix.datasets.conversation import IMAGE_PLACEHOLDER, Message, Sample, SampleError
+from paddlemix.processors.chat_template import ChatTemplate
+
+IGNORE_INDEX = -100
+MIN_IMAGE_SIDE = 28
+MAX_ASPECT_RATIO = 200
+
+
+@dataclass(frozen=True)
+class VisionTokens:
+    """How a model writes an image into text: the placeholder text and the token repeated per visual token."""
+
+    placeholder: str
+    image_token: str
+    merge_size: int
+
+    def count(self, grid_thw: Sequence[int]) -> int:
+        """Visual tokens for one image of `grid_thw` patches after spatial merging."""
+        t, h, w = (int(x) for x in grid_thw)
+        return t * h * w // (self.merge_size**2)
+
+
+def load_image(path: str) -> Image.Image:
+    """Decode an image as RGB, rejecting files a vision tower cannot use."""
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+    except FileNotFoundError:
+        raise SampleError(f"image not found: {path}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise SampleError(f"image cannot be decoded: {path} ({err})") from None
+    width, height = image.size
+    if min(width, height) < MIN_IMAGE_SIDE:
+        raise SampleError(f"image side under {MIN_IMAGE_SIDE} px: {path} is {width}x{height}")
+    if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
+        raise SampleError(f"image aspect ratio over {MAX_ASPECT_RATIO}: {path} is {width}x{height}")
+    return image
+
+
+class SampleProcessor:
+    """Callable that encodes a `Sample`; raises `SampleError` with a reason for samples that must be skipped."""
+
+    def __init__(self, tokenizer: Any, image_processor: Any, vision: VisionTokens, max_length: int):
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.vision = vision
+        self.max_length = max_length
+
+    def images(self, paths: Sequence[str]) -> dict[str, np.ndarray]:
+        if not paths:
+            return {}
+        out = self.image_processor(images=[load_image(p) for p in paths], return_tensors="np")
+        return {"pixel_values": np.asarray(out["pixel_values"]), "image_grid_thw": np.asarray(out["image_grid_thw"])}
+
+    def with_vision_tokens(self, messages: Sequence[Message]) -> list[Message]:
+        """Replace `<image>` with the model's placeholder text (one image token, expanded after rendering)."""
+        return [Message(m.role, m.content.replace(IMAGE_PLACEHOLDER, self.vision.placeholder)) for m in messages]
+
+    def expand(self, text: str, counts: list[int]) -> str:
+        """Repeat the image token of each placeholder by that image's visual-token count, in order."""
+        pieces = text.split(self.vision.image_token)
+        if len(pieces) - 1 > len(counts):
+            raise SampleError("more image tokens in the rendered text than images")
+        out = [pieces[0]]
+        for piece in pieces[1:]:
+            out.append(self.vision.image_token * counts.pop(0) + piece)
+        return "".join(out)
+
+    def encode_text(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _encode(self, sample: Sample, segments: list[tuple[str, bool]], vision: dict) -> tuple[list[int], list[int]]:
+        counts = [self.vision.count(g) for g in vision.get("image_grid_thw", [])]
+        input_ids: list[int] = []
+        labels: list[int] = []
+        for text, is_label in segments:
+            ids = self.encode_text(self.expand(text, counts))
+            input_ids += ids
+            labels += ids if is_label else [IGNORE_INDEX] * len(ids)
+        if counts:
+            raise SampleError(f"{len(counts)} images have no placeholder in the rendered text")
+        if len(input_ids) > self.max_length:
+            raise SampleError(f"{len(input_ids)} tokens after image expansion exceed max_length {self.max_length}")
+        return input_ids, labels
+
+    def __call__(self, sample: Sample, template: ChatTemplate) -> dict[str, np.ndarray]:
+        """Encode a training sample. `labels[t]` is the target of position t (already shifted by one), because
+        paddleformers' models do not shift labels themselves."""
+        vision = self.images(sample.images)
+        input_ids, labels = self._encode(sample, template.segments(self.with_vision_tokens(sample.messages)), vision)
+        if all(label == IGNORE_INDEX for label in labels[1:]):
+            raise SampleError("no assistant tokens to learn from")
+        targets = np.asarray(labels[1:] + [IGNORE_INDEX], dtype="int64")
+        return {"input_ids": np.asarray(input_ids, dtype="int64"), "labels": targets, **vision}
+
+    def encode_prompt(self, sample: Sample, template: ChatTemplate) -> dict[str, np.ndarray]:
+        """Encode a conversation up to the generation prompt, for inference."""
+        vision = self.images(sample.images)
+        prompt = template.prompt(self.with_vision_tokens(sample.messages))
+        input_ids, _ = self._encode(sample, [(prompt, False)], vision)
+        return {"input_ids": np.asarray(input_ids, dtype="int64"), **vision}

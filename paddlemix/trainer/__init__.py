@@ -1,0 +1,1 @@
+"""The trainer subclass and its callbacks."""

@@ -1,0 +1,174 @@
+"""Supervised fine-tuning from RunArgs: build model, data and trainer, train (resuming if possible), save HF layout."""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from paddlemix.arguments import RunArgs
+from paddlemix.datasets.collator import Collator
+from paddlemix.datasets.encoded import SkipLog, build_dataset
+from paddlemix.models import adapter_for
+from paddlemix.models.adapter import ModelAdapter
+from paddlemix.peft.freeze import apply_freeze, trainable_table
+from paddlemix.peft.lora import apply_lora, load_adapter, save_adapter
+from paddlemix.processors.sample_processor import SampleProcessor
+from paddlemix.trainer.callbacks import CHECKPOINT_DONE, CheckpointDoneCallback, JsonlLogCallback, ThroughputCallback
+from paddlemix.utils.io import copy_side_files, save_safetensors, to_numpy, write_json
+
+logger = logging.getLogger(__name__)
+
+RUN_ARGS = "run_args.json"
+SKIPPED = "skipped_samples.jsonl"
+
+
+def setup_runtime(args: RunArgs) -> None:
+    """Logging, device and distributed environment for this process; every choice is logged."""
+    import paddle
+    from paddle.distributed import fleet
+
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
+    paddle.set_device(args.training.device)
+    # paddleformers' checkpoint loader needs an initialised fleet, also in a single process.
+    fleet.init(is_collective=True)
+    logger.info(
+        "device %s, world size %d, seed %d", args.training.device, args.training.world_size, args.training.seed
+    )
+
+
+def load_dtype(training: Any) -> str:
+    """PaddleMIX's rule: O2 loads the weights in the half type; O1 keeps float32 master weights."""
+    if training.fp16_opt_level == "O2" and (training.bf16 or training.fp16):
+        return "bfloat16" if training.bf16 else "float16"
+    return "float32"
+
+
+def last_complete_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest `checkpoint-N` folder that was written completely, or None."""
+    done = [p.parent for p in Path(output_dir).glob(f"checkpoint-*/{CHECKPOINT_DONE}")]
+    return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def build_model(args: RunArgs, adapter: ModelAdapter) -> Any:
+    """Load the base model, wrap it with LoRA if asked, apply freezing, and log the trainable table."""
+    path = args.model.model_name_or_path
+    model = adapter.load_model(path, dtype=load_dtype(args.training), device=args.training.device)
+    lora = args.lora
+    if lora.lora_path:
+        model = load_adapter(model, lora.lora_path)
+        model.mark_only_lora_as_trainable()
+    elif lora.lora:
+        targets = lora.lora_target_modules or adapter.lora_targets
+        model = apply_lora(model, targets, lora.lora_rank, lora.lora_alpha, lora.lora_dropout)
+    base = model.model if lora.lora else model
+    if args.model.freeze_include:
+        frozen = apply_freeze(base, args.model.freeze_include, args.model.freeze_exclude)
+        logger.info("froze %d parameter tensors matching %s", len(frozen), args.model.freeze_include)
+    logger.info("trainable parameters:\n%s", trainable_table(base))
+    return model
+
+
+def build_datasets(args: RunArgs, processor: Any, adapter: ModelAdapter) -> tuple[Any, Any]:
+    """Encoded train and eval datasets (eval is None without `dataset.eval` or `do_eval`)."""
+    tokenizer = processor.tokenizer
+    encoder = SampleProcessor(
+        tokenizer, processor.image_processor, adapter.vision_tokens(processor), args.data.max_length
+    )
+    template = getattr(processor, "chat_template", None) or getattr(tokenizer, "chat_template", None)
+    special = {"bos_token": tokenizer.bos_token, "eos_token": tokenizer.eos_token}
+    skips = SkipLog(Path(args.training.output_dir) / SKIPPED) if args.training.process_index == 0 else SkipLog()
+    seed = args.training.seed
+    train = build_dataset(args.data.train, encoder, template, special, seed, skips) if args.data.train else None
+    evaluate = args.data.eval and args.training.do_eval
+    eval_set = build_dataset(args.data.eval, encoder, template, special, seed, skips) if evaluate else None
+    return train, eval_set
+
+
+def save_final(model: Any, args: RunArgs, adapter: ModelAdapter, processor_dir: str) -> None:
+    """Write the output folder's model (HF layout) or adapter, plus the processor files, atomically per file set."""
+    out = Path(args.training.output_dir)
+    with tempfile.TemporaryDirectory(dir=out, prefix=".final-") as staging:
+        tmp = Path(staging)
+        copy_side_files(processor_dir, tmp)
+        if args.lora.lora:
+            (tmp / "config.json").unlink(missing_ok=True)
+            (tmp / "generation_config.json").unlink(missing_ok=True)
+            save_adapter(model, tmp)
+        else:
+            state = {k: to_numpy(v) for k, v in model.state_dict().items()}
+            save_safetensors(adapter.export_state_dict(state, model.config), tmp / "model.safetensors")
+        write_json(args.to_dict(), tmp / RUN_ARGS)
+        for file in tmp.iterdir():
+            file.replace(out / file.name)
+    logger.info("saved %s to %s", "LoRA adapter" if args.lora.lora else "model", out)
+
+
+def benchmark_report(metrics: dict[str, Any], trainer: Any, seconds: float) -> dict[str, float]:
+    """Effective samples/s, tokens/s (text and image) and peak memory of the run."""
+    import paddle
+
+    tokens = trainer.text_tokens + trainer.image_tokens
+    if paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0:
+        peak_mb = paddle.device.cuda.max_memory_allocated() / 2**20
+    else:
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {
+        "train_samples_per_second": metrics.get("train_samples_per_second", 0.0),
+        "tokens_per_second": tokens / max(seconds, 1e-9),
+        "text_tokens_per_second": trainer.text_tokens / max(seconds, 1e-9),
+        "image_tokens_per_second": trainer.image_tokens / max(seconds, 1e-9),
+        "peak_memory_mb": peak_mb,
+    }
+
+
+def run_sft(args: RunArgs) -> dict[str, Any]:
+    """Train per `args` and return the final metrics; resumes from the last complete checkpoint when present."""
+    from paddlemix.trainer.trainer import MIXTrainer
+
+    setup_runtime(args)
+    training = args.training
+    out = Path(training.output_dir)
+    resume = None if training.overwrite_output_dir else last_complete_checkpoint(out)
+    resume = training.resume_from_checkpoint or resume
+    if resume:
+        logger.info("resuming from %s", resume)
+    if training.process_index == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(args.to_dict(), out / RUN_ARGS)
+
+    adapter = adapter_for(args.model.model_name_or_path)
+    processor = adapter.load_processor(args.model.model_name_or_path)
+    model = build_model(args, adapter)
+    train_set, eval_set = build_datasets(args, processor, adapter)
+    image_token_id = processor.tokenizer.convert_tokens_to_ids(adapter.image_token)
+    trainer = MIXTrainer(
+        model=model,
+        args=training,
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        data_collator=Collator(processor.tokenizer.pad_token_id),
+        image_token_id=image_token_id,
+        callbacks=[JsonlLogCallback(), CheckpointDoneCallback()],
+    )
+    # First in line, so the printer, the progress bar and the JSONL log all see the throughput fields.
+    trainer.callback_handler.callbacks.insert(0, ThroughputCallback(trainer))
+    metrics: dict[str, Any] = {}
+    if training.do_train:
+        start = time.perf_counter()
+        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        metrics.update(result.metrics)
+        if args.runtime.benchmark:
+            metrics.update(benchmark_report(metrics, trainer, time.perf_counter() - start))
+        if training.process_index == 0:
+            save_final(model, args, adapter, args.model.model_name_or_path)
+    if eval_set is not None:
+        metrics.update(trainer.evaluate())
+    if training.process_index == 0:
+        write_json(metrics, out / "all_results.json")
+        logger.info("metrics: %s", json.dumps(metrics, default=str))
+    return metrics

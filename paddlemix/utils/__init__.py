@@ -1,0 +1,1 @@
+"""Device selection, checkpoint I/O, logging and errors."""

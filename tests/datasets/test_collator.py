@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import numpy as np
+
+from paddlemix.datasets.collator import Collator, pad_batch
+from paddlemix.processors.sample_processor import IGNORE_INDEX
+
+
+def feature(n: int, with_image: bool) -> dict:
+    out = {"input_ids": np.arange(1, n + 1), "labels": np.arange(1, n + 1)}
+    if with_image:
+        out["pixel_values"] = np.full((4, 6), n, dtype="float32")
+        out["image_grid_thw"] = np.array([[1, 2, 2]])
+    return out
+
+
+def test_pads_right_to_multiple_and_masks() -> None:
+    batch = pad_batch([feature(3, False), feature(10, True)], pad_token_id=0, pad_to_multiple_of=8)
+    assert batch["input_ids"].shape == (2, 16)
+    assert batch["attention_mask"][0].tolist() == [1] * 3 + [0] * 13
+    assert (batch["labels"][0, 3:] == IGNORE_INDEX).all()
+    assert (batch["input_ids"][0, 3:] == 0).all()
+
+
+def test_images_concatenated_in_sample_order() -> None:
+    batch = pad_batch([feature(5, True), feature(2, False), feature(7, True)], pad_token_id=0)
+    assert batch["pixel_values"][:4, 0].tolist() == [5] * 4 and batch["pixel_values"][4:, 0].tolist() == [7] * 4
+    assert batch["image_grid_thw"].shape == (2, 3)
+
+
+def test_collator_returns_paddle_tensors() -> None:
+    import paddle
+
+    batch = Collator(pad_token_id=0)([feature(3, True)])
+    assert all(isinstance(v, paddle.Tensor) for v in batch.values())

@@ -1,0 +1,130 @@
+"""The real entry points, run as a user runs them, on the tiny model and synthetic shapes data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import paddle
+import pytest
+
+from paddlemix.auto import AutoModelMIX
+from paddlemix.peft.lora import load_adapter
+from paddlemix.utils.io import load_safetensors
+
+pytestmark = pytest.mark.slow
+CONFIG = Path(__file__).resolve().parents[2] / "paddlemix" / "config" / "tiny"
+MODEL_FILES = {
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "merges.txt",
+    "special_tokens_map.json",
+    "chat_template.json",
+    "preprocessor_config.json",
+}
+RUN_FILES = {"run_args.json", "all_results.json", "train_log.jsonl"}
+
+
+def log_records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+
+
+def losses(out: Path) -> list[float]:
+    return [r["loss"] for r in log_records(out) if "loss" in r]
+
+
+def test_full_sft_writes_hf_model_that_learns(workspace: Path, run_tool) -> None:
+    proc = run_tool(
+        "supervised_finetune.py",
+        str(CONFIG / "sft_argument.json"),
+        "--max_steps",
+        "12",
+        "--freeze_include",
+        '["model.visual.patch_embed.*"]',
+        "--benchmark",
+        "true",
+        cwd=workspace,
+    )
+    out = workspace / "checkpoints" / "tiny_sft"
+    files = {p.name for p in out.iterdir() if not p.name.startswith(".")}
+    assert files == MODEL_FILES | RUN_FILES | {"checkpoint-12", "skipped_samples.jsonl"} - {"skipped_samples.jsonl"}
+    assert "trainable" in proc.stderr and "frozen" in proc.stderr
+    curve = losses(out)
+    assert len(curve) == 12 and all(np.isfinite(curve))
+    assert np.mean(curve[-3:]) < np.mean(curve[:3])
+    results = json.loads((out / "all_results.json").read_text())
+    for key in ("train_samples_per_second", "tokens_per_second", "image_tokens_per_second", "peak_memory_mb"):
+        assert results[key] > 0, key
+    assert "eval_loss" in results
+    base = load_safetensors(workspace / "tiny_qwen2_5_vl" / "model.safetensors")
+    trained = load_safetensors(out / "model.safetensors")
+    assert set(trained) == set(base)
+    np.testing.assert_array_equal(trained["visual.patch_embed.proj.weight"], base["visual.patch_embed.proj.weight"])
+    assert not np.array_equal(
+        trained["model.layers.0.self_attn.q_proj.weight"], base["model.layers.0.self_attn.q_proj.weight"]
+    )
+    AutoModelMIX.from_pretrained(out)
+    assert json.loads((out / "run_args.json").read_text())["max_steps"] == 12
+
+
+def test_rerun_resumes_from_last_checkpoint_unless_overwrite(workspace: Path, run_tool) -> None:
+    args = [str(CONFIG / "sft_argument.json"), "--save_steps", "2", "--eval_steps", "100"]
+    run_tool("supervised_finetune.py", *args, "--max_steps", "4", cwd=workspace)
+    out = workspace / "checkpoints" / "tiny_sft"
+    assert (out / "checkpoint-4" / ".complete").is_file()
+    second = run_tool("supervised_finetune.py", *args, "--max_steps", "6", cwd=workspace)
+    assert "resuming from" in second.stderr and "checkpoint-4" in second.stderr
+    steps = [r["step"] for r in log_records(out) if "loss" in r]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    third = run_tool(
+        "supervised_finetune.py", *args, "--max_steps", "2", "--overwrite_output_dir", "true", cwd=workspace
+    )
+    assert "resuming from" not in third.stderr
+
+
+def test_lora_run_then_merge_tool(workspace: Path, run_tool) -> None:
+    run_tool("supervised_finetune.py", str(CONFIG / "lora_sft_argument.json"), cwd=workspace)
+    out = workspace / "checkpoints" / "tiny_lora"
+    files = {p.name for p in out.iterdir() if not p.name.startswith(".")}
+    assert {
+        "adapter_model.safetensors",
+        "lora_config.json",
+        "run_args.json",
+        "tokenizer.json",
+        "preprocessor_config.json",
+        "chat_template.json",
+    } <= files
+    assert "model.safetensors" not in files and "config.json" not in files
+    run_tool(
+        "merge_lora_params.py", "--lora_path", str(out), "--merge_model_path", str(workspace / "merged"), cwd=workspace
+    )
+    merged_files = {p.name for p in (workspace / "merged").iterdir()}
+    assert MODEL_FILES <= merged_files
+    inputs = {"input_ids": paddle.to_tensor(np.random.default_rng(0).integers(0, 500, (1, 16)))}
+    with paddle.no_grad():
+        expected = load_adapter(AutoModelMIX.from_pretrained(workspace / "tiny_qwen2_5_vl"), out)(**inputs).logits
+        merged = AutoModelMIX.from_pretrained(workspace / "merged")(**inputs).logits
+        base = AutoModelMIX.from_pretrained(workspace / "tiny_qwen2_5_vl")(**inputs).logits
+    assert float((expected - base).abs().max()) > 1e-4
+    assert float((merged - expected).abs().max()) <= 1e-5
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (["--lora_rnak", "4"], 'unknown key "lora_rnak". Did you mean "lora_rank"?'),
+        (["--max_steps", "many"], 'key "max_steps" must be an integer'),
+        (["--device", "gpu"], 'device "gpu" is not usable'),
+        (["--fp16_opt_level", "O2"], '"fp16_opt_level": "O2" needs'),
+    ],
+)
+def test_user_mistakes_exit_2_with_one_paragraph(workspace: Path, run_tool, override, message) -> None:
+    proc = run_tool("supervised_finetune.py", str(CONFIG / "sft_argument.json"), *override, cwd=workspace, check=False)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,59 @@
+"""Reference outputs from Hugging Face transformers 4.57 (PyTorch, CPU) for the parity tests.
+
+Runs in the reference environment, not the Paddle one:
+  python hf_reference.py MODEL_DIR REQUEST.json OUT.npz
+REQUEST.json: {"messages": [HF chat messages], "images": [paths]} to run the processor and the model, or
+{"inputs": "inputs.npz"} to run the model on given input_ids / attention_mask / pixel_values / image_grid_thw.
+Writes the model inputs, the rendered text and the float32 logits.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import torch
+import transformers
+from PIL import Image
+from transformers import processing_utils
+from transformers.video_processing_utils import BaseVideoProcessor
+
+
+class NoVideoProcessor(BaseVideoProcessor):
+    """Qwen2.5-VL's processor always builds a video processor, which needs torchvision; images do not."""
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        return cls()
+
+
+def load_processor(model_dir: str):
+    for name in ("AutoVideoProcessor", "BaseVideoProcessor"):
+        setattr(processing_utils.transformers_module, name, NoVideoProcessor)
+    return transformers.AutoProcessor.from_pretrained(model_dir)
+
+
+def main() -> None:
+    model_dir, request_path, out_path = sys.argv[1:4]
+    request = json.loads(open(request_path, encoding="utf-8").read())
+    model, info = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        model_dir, torch_dtype=torch.float32, output_loading_info=True
+    )
+    assert not any(info.values()), f"weights did not load cleanly: {info}"
+    model.eval()
+    text = ""
+    if request.get("inputs"):
+        inputs = {k: torch.from_numpy(v) for k, v in np.load(request["inputs"]).items()}
+    else:
+        processor = load_processor(model_dir)
+        text = processor.apply_chat_template(request["messages"], tokenize=False, add_generation_prompt=False)
+        images = [Image.open(p).convert("RGB") for p in request["images"]] or None
+        inputs = processor(text=[text], images=images, return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**inputs).logits.float().numpy()
+    np.savez(out_path, text=np.array(text), logits=logits, **{k: v.numpy() for k, v in inputs.items()})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from paddlemix.auto import AutoProcessorMIX
+from paddlemix.datasets.conversation import Message, Sample, SampleError
+from paddlemix.models import adapter_for
+from paddlemix.processors.chat_template import load_chat_template
+from paddlemix.processors.sample_processor import IGNORE_INDEX, SampleProcessor, load_image
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_model_dir: Path) -> tuple[SampleProcessor, object, object]:
+    processor = AutoProcessorMIX.from_pretrained(tiny_model_dir)
+    adapter = adapter_for(tiny_model_dir)
+    template = load_chat_template(None, processor.chat_template, {})
+    return (
+        SampleProcessor(processor.tokenizer, processor.image_processor, adapter.vision_tokens(processor), 256),
+        template,
+        processor.tokenizer,
+    )
+
+
+def image(tmp_path: Path, size=(56, 84), name="a.png") -> str:
+    path = tmp_path / name
+    Image.new("RGB", size, (200, 10, 10)).save(path)
+    return str(path)
+
+
+def labelled_text(tokenizer, out: dict) -> str:
+    """Decode the tokens that carry loss: labels are shifted, so label t is the token at position t+1."""
+    ids = [int(t) for t in out["labels"] if t != IGNORE_INDEX]
+    return tokenizer.decode(ids)
+
+
+def test_loss_only_on_assistant_answers_and_labels_are_shifted(encoder, tmp_path: Path) -> None:
+    proc, template, tokenizer = encoder
+    sample = Sample(
+        (
+            Message("user", "<image>What color is the circle?"),
+            Message("assistant", "red"),
+            Message("user", "And the shape?"),
+            Message("assistant", "circle"),
+        ),
+        (image(tmp_path),),
+    )
+    out = proc(sample, template)
+    assert labelled_text(tokenizer, out) == "red<|im_end|>circle<|im_end|>"
+    ids, labels = out["input_ids"], out["labels"]
+    keep = labels != IGNORE_INDEX
+    np.testing.assert_array_equal(labels[:-1][keep[:-1]], ids[1:][keep[:-1]])
+    assert labels[-1] == IGNORE_INDEX
+
+
+def test_image_tokens_match_patches(encoder, tmp_path: Path) -> None:
+    proc, template, tokenizer = encoder
+    sample = Sample((Message("user", "<image>Q"), Message("assistant", "A")), (image(tmp_path, (56, 84)),))
+    out = proc(sample, template)
+    image_id = tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    ((t, h, w),) = out["image_grid_thw"]
+    assert (t, h, w) == (1, 6, 4)  # 84x56 px -> 6x4 patches of 14 px
+    assert int((out["input_ids"] == image_id).sum()) == t * h * w // 4
+    assert out["pixel_values"].shape == (t * h * w, 3 * 2 * 14 * 14)
+
+
+def test_two_images_expand_in_order(encoder, tmp_path: Path) -> None:
+    proc, template, tokenizer = encoder
+    images = (image(tmp_path, (56, 56), "a.png"), image(tmp_path, (112, 56), "b.png"))
+    sample = Sample((Message("user", "<image>first <image>second"), Message("assistant", "A")), images)
+    out = proc(sample, template)
+    text = tokenizer.decode(out["input_ids"])
+    assert text.count("<|image_pad|>") == 4 + 8
+    assert "<|vision_start|>" + "<|image_pad|>" * 4 + "<|vision_end|>first" in text
+
+
+def test_too_long_and_bad_images_are_sample_errors(encoder, tmp_path: Path) -> None:
+    proc, template, _ = encoder
+    long_sample = Sample((Message("user", "word " * 300), Message("assistant", "A")))
+    with pytest.raises(SampleError, match="exceed max_length"):
+        proc(long_sample, template)
+    with pytest.raises(SampleError, match="not found"):
+        load_image(str(tmp_path / "missing.png"))
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    with pytest.raises(SampleError, match="cannot be decoded"):
+        load_image(str(tmp_path / "broken.png"))
+    with pytest.raises(SampleError, match="side under 28"):
+        load_image(image(tmp_path, (20, 100), "small.png"))
+    with pytest.raises(SampleError, match="aspect ratio"):
+        load_image(image(tmp_path, (30, 6100), "thin.png"))
+
+
+def test_prompt_encoding_ends_with_generation_prompt(encoder, tmp_path: Path) -> None:
+    proc, template, tokenizer = encoder
+    out = proc.encode_prompt(Sample((Message("user", "<image>Q"),), (image(tmp_path),)), template)
+    assert tokenizer.decode(out["input_ids"]).endswith("<|im_start|>assistant\n")
+    assert "labels" not in out

@@ -1,0 +1,120 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from paddlemix import arguments
+from paddlemix.utils.errors import UserError
+
+
+@pytest.fixture()
+def model_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text(
+        json.dumps({"model_type": "qwen2_5_vl", "text_config": {"num_attention_heads": 4, "num_key_value_heads": 2}})
+    )
+    return folder
+
+
+@pytest.fixture()
+def data_file(tmp_path: Path) -> Path:
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"conversations": [["q", "a"]]}\n')
+    return path
+
+
+def write_args(tmp_path: Path, model_dir: Path, data_file: Path, **extra) -> Path:
+    args = {
+        "model_name_or_path": str(model_dir),
+        "output_dir": str(tmp_path / "out"),
+        "do_train": True,
+        "dataset": {"train": [{"name": "chatml_dataset", "data_files": str(data_file)}]},
+        **extra,
+    }
+    path = tmp_path / "args.json"
+    path.write_text(json.dumps(args))
+    return path
+
+
+def test_load_routes_keys_and_translates_legacy_names(tmp_path, model_dir, data_file) -> None:
+    path = write_args(
+        tmp_path,
+        model_dir,
+        data_file,
+        mixtoken=True,
+        lora=True,
+        lora_rank=4,
+        max_length=512,
+        learning_rate=1e-4,
+        freeze_include="*visual*",
+        tensor_parallel_degree=1,
+        device="cpu",
+    )
+    args = arguments.load(path, ["--max_steps", "3", "--lora_alpha=8"])
+    assert args.data.packing is True and args.data.max_length == 512
+    assert args.lora.lora_rank == 4 and args.lora.lora_alpha == 8
+    assert args.model.freeze_include == ["*visual*"]
+    assert args.training.max_steps == 3 and args.training.learning_rate == 1e-4
+    assert "tensor_model_parallel_size" in args.training_keys and "tensor_parallel_degree" not in args.training_keys
+    assert args.training.remove_unused_columns is False
+    assert args.data.train[0].data_files == [str(data_file)]
+    saved = args.to_dict()
+    assert saved["mixtoken"] is True and saved["max_steps"] == 3 and saved["lora_rank"] == 4
+    assert saved["dataset"]["train"][0]["name"] == "chatml_dataset"
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ({"lora_rnak": 4}, 'unknown key "lora_rnak". Did you mean "lora_rank"?'),
+        ({"lora_rank": "4"}, 'key "lora_rank" must be an integer'),
+        ({"lora": 1}, 'key "lora" must be true or false'),
+        ({"learning_rate": "fast"}, 'key "learning_rate" must be a number'),
+        ({"fp16_opt_level": "O2"}, '"fp16_opt_level": "O2" needs'),
+        ({"fp16": True, "bf16": True}, "choose one"),
+        ({"lora_path": "/nonexistent"}, '"lora_path" is set but "lora" is false'),
+        ({"device": "tpu"}, 'key "device" must be one of'),
+        ({"tensor_parallel_degree": 3}, "does not divide"),
+        (
+            {"dataset": {"train": [{"name": "chatml", "data_files": "x"}]}},
+            'key "dataset.train[0].name" must be one of',
+        ),
+        ({"dataset": {"train": [{"name": "chatml_dataset", "data_file": "x"}]}}, 'Did you mean "data_files"'),
+        ({"dataset": {"train": [{"name": "chatml_dataset", "data_files": "/no/such.jsonl"}]}}, "does not exist"),
+        (
+            {
+                "dataset": {
+                    "train": [{"name": "chatml_dataset", "data_files": "{data}", "chat_template": "/no/t.json"}]
+                }
+            },
+            "chat_template",
+        ),
+        ({"evaluation_strategy": "sometimes"}, 'key "evaluation_strategy" must be one of'),
+    ],
+)
+def test_mistakes_name_the_key_and_file(tmp_path, model_dir, data_file, extra, message) -> None:
+    extra = json.loads(json.dumps(extra).replace("{data}", str(data_file)))
+    path = write_args(tmp_path, model_dir, data_file, **extra)
+    with pytest.raises(UserError) as err:
+        arguments.load(path)
+    assert message in str(err.value)
+    assert str(path) in str(err.value)
+
+
+def test_missing_model_folder(tmp_path, data_file) -> None:
+    path = write_args(tmp_path, tmp_path / "nowhere", data_file)
+    with pytest.raises(UserError, match="not a local model folder"):
+        arguments.load(path)
+
+
+def test_bad_override_and_bad_json(tmp_path, model_dir, data_file) -> None:
+    path = write_args(tmp_path, model_dir, data_file)
+    with pytest.raises(UserError, match='"--max_steps" needs a value'):
+        arguments.load(path, ["--max_steps"])
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    with pytest.raises(UserError, match="not valid JSON"):
+        arguments.load(bad)
