@@ -18,12 +18,10 @@ import time
 from pathlib import Path
 
 from paddlemix.testing.shapes import make_shapes_dataset
-from paddlemix.testing.tiny_model import build_tiny_qwen2_5_vl
+from paddlemix.testing.tiny_model import DEMO_SIZE, build_tiny_qwen2_5_vl
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "paddlemix" / "config" / "demo" / "shapes_sft_argument.json"
-DEMO_MODEL = {"hidden_size": 128, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 256,
-              "vision_hidden": 64, "vision_depth": 2, "vision_heads": 2}  # fmt: skip
 TARGET_ACCURACY = 0.9
 
 
@@ -43,7 +41,7 @@ def main(argv: list[str] | None = None) -> float:
     start = time.perf_counter()
 
     print(f"== build: tiny model and shapes data under {demo}", flush=True)
-    build_tiny_qwen2_5_vl(demo / "tiny_qwen2_5_vl", seed=0, **DEMO_MODEL)
+    build_tiny_qwen2_5_vl(demo / "tiny_qwen2_5_vl", seed=0, **DEMO_SIZE)
     make_shapes_dataset(demo / "shapes", n_train=args.n_train, n_eval=args.n_eval, seed=0)
 
     tools = REPO / "paddlemix" / "tools"

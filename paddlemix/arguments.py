@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ class ModelArgs:
     model_name_or_path: str
     freeze_include: list[str] = field(default_factory=list)
     freeze_exclude: list[str] = field(default_factory=list)
+    allow_pickle_weights: bool = False
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,8 @@ class DataArgs:
     eval: list[DatasetSource] = field(default_factory=list)
     max_length: int = 2048
     packing: bool = False
+    pack_window: int = 1000
+    max_skip_ratio: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -272,7 +276,7 @@ def parse(raw: dict[str, Any], where: str) -> RunArgs:
         source_file=where,
     )
     validate(args, training, where)
-    args.training = _build_training_arguments(training_cls, training, args.runtime, where)
+    args.training = _build_training_arguments(training_cls, training, args.runtime, args.data.packing, where)
     args.training_keys = tuple(training) + tuple(TRAINING_DEFAULTS)
     return args
 
@@ -291,13 +295,18 @@ def _parse_dataset(value: Any, where: str) -> dict[str, list[DatasetSource]]:
     return out
 
 
-def _build_training_arguments(cls: type, training: dict[str, Any], runtime: RuntimeArgs, where: str) -> Any:
+def _build_training_arguments(
+    cls: type, training: dict[str, Any], runtime: RuntimeArgs, packing: bool, where: str
+) -> Any:
     from paddlemix.utils.device import resolve_device
 
     kwargs = {**TRAINING_DEFAULTS, **training, "device": resolve_device(runtime.device)}
     if kwargs["device"] == "cpu" and kwargs.get("fp16"):
         raise UserError(f'{where}: "fp16" needs a GPU or NPU; on CPU train in float32 (or set "bf16": true).')
     kwargs.setdefault("amp_master_grad", bool(kwargs.get("fp16") or kwargs.get("bf16")))
+    if packing:
+        # The pack stream fast-forwards itself on resume; the trainer must not replay (and decode) skipped batches.
+        kwargs["ignore_data_skip"] = True
     try:
         return cls(**kwargs)
     except (ValueError, TypeError, AssertionError) as err:
@@ -320,6 +329,15 @@ def validate(args: RunArgs, training: dict[str, Any], where: str) -> None:
         raise UserError(f'{where}: "lora_path" is set but "lora" is false; set "lora": true to continue an adapter.')
     if args.lora.lora_path and not Path(args.lora.lora_path).is_dir():
         raise UserError(f'{where}: "lora_path" = "{args.lora.lora_path}" is not a folder.')
+    if args.data.packing and training.get("max_steps", -1) <= 0 and training.get("do_train", True):
+        raise UserError(
+            f'{where}: "mixtoken": true streams packs without knowing their number in advance, so it needs '
+            '"max_steps" (a positive number of optimizer steps) instead of "num_train_epochs".'
+        )
+    if args.data.pack_window < 1:
+        raise UserError(f'{where}: "pack_window" must be at least 1, got {args.data.pack_window}.')
+    if not 0 <= args.data.max_skip_ratio <= 1:
+        raise UserError(f'{where}: "max_skip_ratio" must be between 0 and 1, got {args.data.max_skip_ratio}.')
     if args.data.max_length < 16:
         raise UserError(f'{where}: "max_length" must be at least 16, got {args.data.max_length}.')
     if training.get("do_train", True) and not args.data.train:
@@ -348,7 +366,14 @@ def _validate_source(source: DatasetSource, key: str, where: str) -> None:
 
 
 def _validate_parallel(training: dict[str, Any], model_dir: Path, where: str) -> None:
-    tp = training.get("tensor_model_parallel_size", 1)
+    tp = max(training.get("tensor_model_parallel_size", 1), 1)
+    pp = max(training.get("pipeline_model_parallel_size", 1), 1)
+    world = int(os.environ.get("PADDLE_TRAINERS_NUM", "1"))
+    if world % (tp * pp):
+        raise UserError(
+            f'{where}: "tensor_parallel_degree" x "pipeline_parallel_degree" = {tp * pp} does not divide the '
+            f"{world} launched process(es); launch a multiple of {tp * pp} processes (see train.sh) or lower them."
+        )
     if tp <= 1:
         return
     config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))

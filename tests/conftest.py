@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -51,3 +54,64 @@ def _run_tool(tool: str, *args: str, cwd: Path, check: bool = True) -> subproces
 def run_tool():
     """Run `paddlemix/tools/<tool>` as a user would, in a fresh interpreter: run_tool(tool, *args, cwd=...)."""
     return _run_tool
+
+
+def _kill_when(tool: str, *args: str, cwd: Path, marker: Path, timeout: float = 600) -> int:
+    """Start a tool, `kill -9` it as soon as `marker` exists, and return its exit code (-9 when killed)."""
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "paddlemix" / "tools" / tool), *args],
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + timeout
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    return proc.wait()
+
+
+@pytest.fixture()
+def kill_when():
+    """kill_when(tool, *args, cwd=..., marker=...): run a tool and SIGKILL it once `marker` appears."""
+    return _kill_when
+
+
+PLANTED = {  # record index in faulty.jsonl -> the skip reason it must produce
+    1: "image not found",
+    2: "image cannot be decoded",
+    3: "image cannot be decoded",
+    4: "image side under 28 px",
+    5: "image aspect ratio over 200",
+    6: 'neither "messages" nor "conversations"',
+    7: "no assistant turn",
+    8: "2 <image> placeholders but 1 images",
+    9: "malformed JSON line",
+    10: "exceed max_length",
+}
+
+
+@pytest.fixture(scope="session")
+def faulty_data(tmp_path_factory: pytest.TempPathFactory, shapes_data: dict[str, Path]) -> Path:
+    """A chatml file whose records 1-10 each carry one planted fault (see PLANTED); the others are good."""
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("faulty")
+    good = sorted((shapes_data["train"].parent / "images").glob("train_*.png"))
+    (folder / "random.png").write_bytes(bytes(range(256)) * 4)
+    (folder / "truncated.png").write_bytes(good[0].read_bytes()[: good[0].stat().st_size // 2])
+    Image.new("RGB", (20, 20), (255, 0, 0)).save(folder / "tiny.png")
+    Image.new("RGB", (28, 6000), (255, 0, 0)).save(folder / "thin.png")
+
+    def chat(image: str, question: str = "<image>What color is it?", answer: str = "red") -> str:
+        return json.dumps({"images": [image], "messages": [{"role": "user", "content": question},
+                                                           {"role": "assistant", "content": answer}]})  # fmt: skip
+
+    lines = [chat(str(good[0])), chat("missing.png"), chat("random.png"), chat("truncated.png"), chat("tiny.png"),
+             chat("thin.png"), json.dumps({"text": "no conversation"}), chat(str(good[1]), answer=""),
+             chat(str(good[2]), question="<image><image>Which?"), '{"messages": [broken',
+             chat(str(good[3]), question="<image>" + "word " * 400)]  # fmt: skip
+    lines += [chat(str(p)) for p in good[4:30]]
+    path = folder / "faulty.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path

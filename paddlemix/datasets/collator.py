@@ -1,4 +1,4 @@
-"""The one collator: pads encoded samples into a batch and concatenates their images in sample order."""
+"""The one collator: pads encoded samples (or MIXToken packs) into a batch, images concatenated in sample order."""
 
 from __future__ import annotations
 
@@ -7,7 +7,11 @@ from typing import Any
 
 import numpy as np
 
+from paddlemix.datasets.packing import pack_batch
 from paddlemix.processors.sample_processor import IGNORE_INDEX
+
+REAL_TOKENS = "real_tokens"
+SAMPLE_IDS = "sample_ids"
 
 
 def pad_batch(features: Sequence[dict[str, np.ndarray]], pad_token_id: int, pad_to_multiple_of: int = 8) -> dict:
@@ -32,7 +36,8 @@ def pad_batch(features: Sequence[dict[str, np.ndarray]], pad_token_id: int, pad_
 
 
 class Collator:
-    """Batch encoded samples as paddle tensors for the trainer."""
+    """Batch encoded samples or packs as paddle tensors, plus the count of real (non-pad) tokens (throughput) and
+    the sample ids (error reports); the trainer removes both before the model sees the batch."""
 
     def __init__(self, pad_token_id: int, pad_to_multiple_of: int = 8):
         self.pad_token_id = pad_token_id
@@ -41,5 +46,13 @@ class Collator:
     def __call__(self, features: Sequence[dict[str, np.ndarray]]) -> dict[str, Any]:
         import paddle
 
-        batch = pad_batch(features, self.pad_token_id, self.pad_to_multiple_of)
-        return {k: paddle.to_tensor(v) for k, v in batch.items()}
+        if "seq_lens" in features[0]:
+            longest = max(len(f["input_ids"]) for f in features)
+            length = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
+            batch = pack_batch(features, self.pad_token_id, length)
+        else:
+            batch = pad_batch(features, self.pad_token_id, self.pad_to_multiple_of)
+        batch[REAL_TOKENS] = np.asarray(sum(len(f["input_ids"]) for f in features), dtype="int64")
+        tensors = {k: paddle.to_tensor(v) for k, v in batch.items()}
+        tensors[SAMPLE_IDS] = [str(f.get("sample_id", "?")) for f in features]
+        return tensors

@@ -56,6 +56,8 @@ class ModelAdapter:
     module_groups: dict[str, tuple[str, ...]]
     prepare_config: Callable[[Any, str], None]
     export_state_dict: Callable[[dict[str, Any], Any], dict[str, Any]]
+    image_grid: Callable[[Any, int, int], tuple[int, int, int]]
+    positions: Callable[[Any, Any, Any], Any]
 
     def load_config(self, path: str | Path, device: str = "cpu") -> Any:
         config = import_object(self.config_class).from_pretrained(str(path))
@@ -73,5 +75,14 @@ class ModelAdapter:
         return import_object(self.processor_class).from_pretrained(str(path), use_fast=False)
 
     def vision_tokens(self, processor: Any) -> VisionTokens:
-        merge = getattr(processor.image_processor, "merge_size", 2)
-        return VisionTokens(self.vision_placeholder, self.image_token, int(merge))
+        image_processor = processor.image_processor
+        return VisionTokens(
+            self.vision_placeholder,
+            self.image_token,
+            int(getattr(image_processor, "merge_size", 2)),
+            lambda width, height: self.image_grid(image_processor, width, height),
+        )
+
+    def position_fn(self, config: Any) -> Callable[[Any, Any], Any]:
+        """Per-sample position ids ([rows, L] numpy) for packing, from input ids and image grids."""
+        return lambda input_ids, grid_thw: self.positions(config, input_ids, grid_thw)

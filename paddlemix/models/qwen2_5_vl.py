@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -54,6 +55,31 @@ def to_hf_state_dict(state: dict[str, np.ndarray], config: Any) -> dict[str, np.
     return {k: np.ascontiguousarray(v) for k, v in out.items()}
 
 
+def image_grid(image_processor: Any, width: int, height: int) -> tuple[int, int, int]:
+    """The (t, h, w) patch grid the image processor makes of a width x height image (one frame)."""
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+    patch, merge = image_processor.patch_size, image_processor.merge_size
+    pixels = image_processor.size or {}
+    min_pixels = pixels.get("shortest_edge", image_processor.min_pixels)
+    max_pixels = pixels.get("longest_edge", image_processor.max_pixels)
+    h, w = smart_resize(height, width, factor=patch * merge, min_pixels=min_pixels, max_pixels=max_pixels)
+    return 1, h // patch, w // patch
+
+
+def positions(config: Any, input_ids: np.ndarray, grid_thw: np.ndarray | None) -> np.ndarray:
+    """3-D mRoPE position ids [3, L] of one sample, by the model's own rule (it reads only `self.config`)."""
+    import paddle
+    from paddleformers.transformers.qwen2_5_vl.modeling import Qwen2_5_VLModel
+
+    ids = paddle.to_tensor(input_ids[None])
+    grid = paddle.to_tensor(np.asarray(grid_thw)) if grid_thw is not None and len(grid_thw) else None
+    if grid is None:
+        return np.tile(np.arange(len(input_ids), dtype="int64"), (3, 1))
+    position_ids, _ = Qwen2_5_VLModel.get_rope_index(SimpleNamespace(config=config), ids, grid, None, None, None)
+    return position_ids[:, 0].numpy()
+
+
 ADAPTER = ModelAdapter(
     model_type="qwen2_5_vl",
     config_class="paddleformers.transformers:Qwen2_5_VLConfig",
@@ -72,4 +98,6 @@ ADAPTER = ModelAdapter(
     },
     prepare_config=prepare_config,
     export_state_dict=to_hf_state_dict,
+    image_grid=image_grid,
+    positions=positions,
 )

@@ -6,7 +6,7 @@ repeated once per visual token, and only assistant answers carry labels.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,16 +23,38 @@ MAX_ASPECT_RATIO = 200
 
 @dataclass(frozen=True)
 class VisionTokens:
-    """How a model writes an image into text: the placeholder text and the token repeated per visual token."""
+    """How a model writes an image into text: the placeholder text, the token repeated per visual token, and the
+    patch grid (t, h, w) an image of a given width and height becomes (for lengths without decoding pixels)."""
 
     placeholder: str
     image_token: str
     merge_size: int
+    grid_for_size: Callable[[int, int], tuple[int, int, int]]
 
     def count(self, grid_thw: Sequence[int]) -> int:
         """Visual tokens for one image of `grid_thw` patches after spatial merging."""
         t, h, w = (int(x) for x in grid_thw)
         return t * h * w // (self.merge_size**2)
+
+
+def check_size(path: str, width: int, height: int) -> None:
+    if min(width, height) < MIN_IMAGE_SIDE:
+        raise SampleError(f"image side under {MIN_IMAGE_SIDE} px: {path} is {width}x{height}")
+    if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
+        raise SampleError(f"image aspect ratio over {MAX_ASPECT_RATIO}: {path} is {width}x{height}")
+
+
+def image_size(path: str) -> tuple[int, int]:
+    """Width and height from the file header only, checked like a decoded image."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except FileNotFoundError:
+        raise SampleError(f"image not found: {path}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise SampleError(f"image cannot be decoded: {path} ({err})") from None
+    check_size(path, width, height)
+    return width, height
 
 
 def load_image(path: str) -> Image.Image:
@@ -44,11 +66,7 @@ def load_image(path: str) -> Image.Image:
         raise SampleError(f"image not found: {path}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise SampleError(f"image cannot be decoded: {path} ({err})") from None
-    width, height = image.size
-    if min(width, height) < MIN_IMAGE_SIDE:
-        raise SampleError(f"image side under {MIN_IMAGE_SIDE} px: {path} is {width}x{height}")
-    if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
-        raise SampleError(f"image aspect ratio over {MAX_ASPECT_RATIO}: {path} is {width}x{height}")
+    check_size(path, *image.size)
     return image
 
 
@@ -107,6 +125,15 @@ class SampleProcessor:
             raise SampleError("no assistant tokens to learn from")
         targets = np.asarray(labels[1:] + [IGNORE_INDEX], dtype="int64")
         return {"input_ids": np.asarray(input_ids, dtype="int64"), "labels": targets, **vision}
+
+    def length(self, sample: Sample, template: ChatTemplate) -> int:
+        """The exact token count `__call__` would give, from image headers instead of decoded pixels."""
+        grids = [self.vision.grid_for_size(*image_size(p)) for p in sample.images]
+        segments = template.segments(self.with_vision_tokens(sample.messages))
+        input_ids, labels = self._encode(sample, segments, {"image_grid_thw": grids})
+        if all(label == IGNORE_INDEX for label in labels[1:]):
+            raise SampleError("no assistant tokens to learn from")
+        return len(input_ids)
 
     def encode_prompt(self, sample: Sample, template: ChatTemplate) -> dict[str, np.ndarray]:
         """Encode a conversation up to the generation prompt, for inference."""

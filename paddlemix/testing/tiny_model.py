@@ -48,6 +48,9 @@ POSITIONS = ("left", "right", "top", "bottom", "center", "top left corner", "bot
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 MAX_LENGTH = 4096
+# The demo's model: big enough to learn the shapes task in about a minute on a 2-core CPU.
+DEMO_SIZE = {"hidden_size": 128, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 256,
+             "vision_hidden": 64, "vision_depth": 2, "vision_heads": 2}  # fmt: skip
 
 
 def default_corpus() -> list[str]:

@@ -1,4 +1,4 @@
-"""Trainer callbacks: a JSONL log of every logged step, completion markers on checkpoints, token throughput."""
+"""Trainer callbacks: a JSONL log of every logged step, token throughput with row fill, the skip budget."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from typing import Any
 
 from paddleformers.trainer import TrainerCallback
 
-CHECKPOINT_DONE = ".complete"
 TRAIN_LOG = "train_log.jsonl"
 
 
@@ -24,27 +23,30 @@ class JsonlLogCallback(TrainerCallback):
             f.write(json.dumps(record) + "\n")
 
 
-class CheckpointDoneCallback(TrainerCallback):
-    """Mark a checkpoint folder complete after the trainer has written all of it, so resume skips partial ones."""
-
-    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if state.is_world_process_zero and folder.is_dir():
-            (folder / CHECKPOINT_DONE).write_text(json.dumps({"step": state.global_step, "time": time.time()}))
-
-
 class ThroughputCallback(TrainerCallback):
-    """Add text and image tokens per second since the previous log to each log record."""
+    """Add text and image tokens per second and the fill (real tokens / row slots) since the previous log."""
 
     def __init__(self, counter: Any):
         self.counter = counter
-        self.last = (time.perf_counter(), 0, 0)
+        self.last = (time.perf_counter(), 0, 0, 0)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
         if logs is None or "loss" not in logs:
             return
-        now, text, image = time.perf_counter(), self.counter.text_tokens, self.counter.image_tokens
+        c = self.counter
+        now, text, image, slots = time.perf_counter(), c.text_tokens, c.image_tokens, c.slots
         seconds = max(now - self.last[0], 1e-9)
         logs["text_tokens_per_sec"] = round((text - self.last[1]) / seconds, 1)
         logs["image_tokens_per_sec"] = round((image - self.last[2]) / seconds, 1)
-        self.last = (now, text, image)
+        logs["fill"] = round((text + image - self.last[1] - self.last[2]) / max(slots - self.last[3], 1), 4)
+        self.last = (now, text, image, slots)
+
+
+class SkipBudgetCallback(TrainerCallback):
+    """Stop the run between steps once the data loader has found too many bad samples (see `SkipLog.check`)."""
+
+    def __init__(self, skip_log: Any):
+        self.skip_log = skip_log
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.skip_log.raise_if_exceeded()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import resource
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -13,12 +14,15 @@ from typing import Any
 from paddlemix.arguments import RunArgs
 from paddlemix.datasets.collator import Collator
 from paddlemix.datasets.encoded import SkipLog, build_dataset
+from paddlemix.datasets.packing import PackedDataset
 from paddlemix.models import adapter_for
 from paddlemix.models.adapter import ModelAdapter
 from paddlemix.peft.freeze import apply_freeze, trainable_table
 from paddlemix.peft.lora import apply_lora, load_adapter, save_adapter
 from paddlemix.processors.sample_processor import SampleProcessor
-from paddlemix.trainer.callbacks import CHECKPOINT_DONE, CheckpointDoneCallback, JsonlLogCallback, ThroughputCallback
+from paddlemix.trainer.callbacks import TRAIN_LOG, JsonlLogCallback, SkipBudgetCallback, ThroughputCallback
+from paddlemix.utils import checkpoints
+from paddlemix.utils.errors import UserError
 from paddlemix.utils.io import copy_side_files, save_safetensors, to_numpy, write_json
 
 logger = logging.getLogger(__name__)
@@ -41,6 +45,32 @@ def setup_runtime(args: RunArgs) -> None:
     )
 
 
+# Keys that make two runs different runs; changing others (max_steps, save_steps, ...) continues the same run.
+RUN_IDENTITY = ("model_name_or_path", "dataset", "lora", "lora_rank", "lora_target_modules", "mixtoken", "max_length")
+
+
+def check_output_dir(args: RunArgs) -> None:
+    """Refuse to resume into a folder that holds another run, unless `overwrite_output_dir` is set."""
+    saved = Path(args.training.output_dir) / RUN_ARGS
+    if args.training.overwrite_output_dir or not saved.is_file():
+        return
+    old, new = json.loads(saved.read_text(encoding="utf-8")), args.to_dict()
+    changed = [k for k in RUN_IDENTITY if old.get(k) != new.get(k)]
+    if changed:
+        raise UserError(
+            f'output_dir "{args.training.output_dir}" holds a different run ({", ".join(changed)} differ from its '
+            'run_args.json). Choose another output_dir, or set "overwrite_output_dir": true to start over there.'
+        )
+
+
+def clear_run_outputs(out: Path) -> None:
+    """For `overwrite_output_dir`: remove the checkpoints and logs of the earlier run, nothing else."""
+    for path in checkpoints.checkpoints(out):
+        shutil.rmtree(path, ignore_errors=True)
+    for name in (TRAIN_LOG, SKIPPED, "all_results.json"):
+        (out / name).unlink(missing_ok=True)
+
+
 def load_dtype(training: Any) -> str:
     """PaddleMIX's rule: O2 loads the weights in the half type; O1 keeps float32 master weights."""
     if training.fp16_opt_level == "O2" and (training.bf16 or training.fp16):
@@ -48,16 +78,15 @@ def load_dtype(training: Any) -> str:
     return "float32"
 
 
-def last_complete_checkpoint(output_dir: str | Path) -> Path | None:
-    """The newest `checkpoint-N` folder that was written completely, or None."""
-    done = [p.parent for p in Path(output_dir).glob(f"checkpoint-*/{CHECKPOINT_DONE}")]
-    return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
-
-
 def build_model(args: RunArgs, adapter: ModelAdapter) -> Any:
     """Load the base model, wrap it with LoRA if asked, apply freezing, and log the trainable table."""
     path = args.model.model_name_or_path
-    model = adapter.load_model(path, dtype=load_dtype(args.training), device=args.training.device)
+    model = adapter.load_model(
+        path,
+        dtype=load_dtype(args.training),
+        device=args.training.device,
+        allow_pickle=args.model.allow_pickle_weights,
+    )
     lora = args.lora
     if lora.lora_path:
         model = load_adapter(model, lora.lora_path)
@@ -73,19 +102,29 @@ def build_model(args: RunArgs, adapter: ModelAdapter) -> Any:
     return model
 
 
-def build_datasets(args: RunArgs, processor: Any, adapter: ModelAdapter) -> tuple[Any, Any]:
-    """Encoded train and eval datasets (eval is None without `dataset.eval` or `do_eval`)."""
+def build_datasets(
+    args: RunArgs, processor: Any, adapter: ModelAdapter, config: Any, skips: SkipLog, resume_step: int = 0
+) -> tuple[Any, Any]:
+    """Encoded train and eval datasets (eval is None without `dataset.eval` or `do_eval`).
+
+    With MIXToken the train set is a stream of packs; on resume it skips the packs the first `resume_step`
+    optimizer steps consumed (re-planned from lengths, nothing decoded).
+    """
     tokenizer = processor.tokenizer
     encoder = SampleProcessor(
         tokenizer, processor.image_processor, adapter.vision_tokens(processor), args.data.max_length
     )
     template = getattr(processor, "chat_template", None) or getattr(tokenizer, "chat_template", None)
     special = {"bos_token": tokenizer.bos_token, "eos_token": tokenizer.eos_token}
-    skips = SkipLog(Path(args.training.output_dir) / SKIPPED) if args.training.process_index == 0 else SkipLog()
     seed = args.training.seed
     train = build_dataset(args.data.train, encoder, template, special, seed, skips) if args.data.train else None
     evaluate = args.data.eval and args.training.do_eval
     eval_set = build_dataset(args.data.eval, encoder, template, special, seed, skips) if evaluate else None
+    if train is not None and args.data.packing:
+        t = args.training
+        consumed = resume_step * t.per_device_train_batch_size * t.gradient_accumulation_steps * t.dataset_world_size
+        positions = adapter.position_fn(config)
+        train = PackedDataset(train, args.data.max_length, positions, seed, args.data.pack_window, consumed)
     return train, eval_set
 
 
@@ -109,10 +148,11 @@ def save_final(model: Any, args: RunArgs, adapter: ModelAdapter, processor_dir: 
 
 
 def benchmark_report(metrics: dict[str, Any], trainer: Any, seconds: float) -> dict[str, float]:
-    """Effective samples/s, tokens/s (text and image) and peak memory of the run."""
+    """Effective samples/s, tokens/s (text and image), peak memory and row fill (real tokens / slots) of the run."""
     import paddle
 
     tokens = trainer.text_tokens + trainer.image_tokens
+    fill = tokens / max(trainer.slots, 1)
     if paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0:
         peak_mb = paddle.device.cuda.max_memory_allocated() / 2**20
     else:
@@ -123,6 +163,7 @@ def benchmark_report(metrics: dict[str, Any], trainer: Any, seconds: float) -> d
         "text_tokens_per_second": trainer.text_tokens / max(seconds, 1e-9),
         "image_tokens_per_second": trainer.image_tokens / max(seconds, 1e-9),
         "peak_memory_mb": peak_mb,
+        "fill": fill,
     }
 
 
@@ -130,21 +171,28 @@ def run_sft(args: RunArgs) -> dict[str, Any]:
     """Train per `args` and return the final metrics; resumes from the last complete checkpoint when present."""
     from paddlemix.trainer.trainer import MIXTrainer
 
+    check_output_dir(args)
     setup_runtime(args)
     training = args.training
     out = Path(training.output_dir)
-    resume = None if training.overwrite_output_dir else last_complete_checkpoint(out)
+    resume = None if training.overwrite_output_dir else checkpoints.last_complete(out)
     resume = training.resume_from_checkpoint or resume
     if resume:
         logger.info("resuming from %s", resume)
     if training.process_index == 0:
+        if training.overwrite_output_dir:
+            clear_run_outputs(out)
         out.mkdir(parents=True, exist_ok=True)
         write_json(args.to_dict(), out / RUN_ARGS)
 
     adapter = adapter_for(args.model.model_name_or_path)
     processor = adapter.load_processor(args.model.model_name_or_path)
     model = build_model(args, adapter)
-    train_set, eval_set = build_datasets(args, processor, adapter)
+    config = (model.model if args.lora.lora else model).config
+    resume_step = int(Path(resume).name.split("-")[-1]) if resume else 0
+    skip_file = out / SKIPPED if training.process_index == 0 else None
+    skips = SkipLog(skip_file, args.data.max_skip_ratio)
+    train_set, eval_set = build_datasets(args, processor, adapter, config, skips, resume_step)
     image_token_id = processor.tokenizer.convert_tokens_to_ids(adapter.image_token)
     trainer = MIXTrainer(
         model=model,
@@ -153,7 +201,7 @@ def run_sft(args: RunArgs) -> dict[str, Any]:
         eval_dataset=eval_set,
         data_collator=Collator(processor.tokenizer.pad_token_id),
         image_token_id=image_token_id,
-        callbacks=[JsonlLogCallback(), CheckpointDoneCallback()],
+        callbacks=[JsonlLogCallback(), SkipBudgetCallback(skips)],
     )
     # First in line, so the printer, the progress bar and the JSONL log all see the throughput fields.
     trainer.callback_handler.callbacks.insert(0, ThroughputCallback(trainer))
@@ -168,6 +216,8 @@ def run_sft(args: RunArgs) -> dict[str, Any]:
             save_final(model, args, adapter, args.model.model_name_or_path)
     if eval_set is not None:
         metrics.update(trainer.evaluate())
+    metrics["skipped_samples"] = sum(skips.skipped.values())
+    metrics["skipped_by_source"] = skips.summary()
     if training.process_index == 0:
         write_json(metrics, out / "all_results.json")
         logger.info("metrics: %s", json.dumps(metrics, default=str))

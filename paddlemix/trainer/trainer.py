@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import paddle
 import paddleformers.trainer.trainer as _pf_trainer
 from paddleformers.trainer import Trainer
+
+from paddlemix.datasets.collator import REAL_TOKENS, SAMPLE_IDS
+from paddlemix.utils import checkpoints
+from paddlemix.utils.errors import UserError
+
+
+class NonFiniteLossError(UserError):
+    """The loss became NaN or infinite; the last good state was saved before stopping."""
+
 
 # paddleformers 1.2 names `GPTModel` in its evaluation loop but imports it only when paddlefleet is installed;
 # a placeholder class keeps evaluation working without paddlefleet (nothing is an instance of it).
@@ -14,18 +25,47 @@ if not hasattr(_pf_trainer, "GPTModel"):
 
 
 class MIXTrainer(Trainer):
-    """Trainer that counts the real (non-pad) text and image tokens it trains on, for throughput logs."""
+    """Trainer that counts the real text and image tokens and the row slots it trains on (throughput, fill)."""
 
     def __init__(self, *args: Any, image_token_id: int | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.image_token_id = image_token_id
         self.text_tokens = 0
         self.image_tokens = 0
+        self.slots = 0
 
     def training_step(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
-        mask = inputs.get("attention_mask")
-        total = int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())
+        real = int(inputs.pop(REAL_TOKENS))
+        sample_ids = inputs.pop(SAMPLE_IDS, [])
         images = int((inputs["input_ids"] == self.image_token_id).sum()) if self.image_token_id is not None else 0
-        self.text_tokens += total - images
+        self.text_tokens += real - images
         self.image_tokens += images
-        return super().training_step(model, inputs, *args, **kwargs)
+        self.slots += int(inputs["input_ids"].numel())
+        loss = super().training_step(model, inputs, *args, **kwargs)
+        if not bool(paddle.isfinite(loss).all()):
+            self.stop_on_non_finite(model, float(loss), sample_ids)
+        return loss
+
+    def stop_on_non_finite(self, model: Any, loss: float, sample_ids: list[str]) -> None:
+        """Save the weights of the last completed step (the optimizer has not applied this batch) and stop."""
+        step = self.state.global_step
+        self._save_checkpoint(model)
+        raise NonFiniteLossError(
+            f"the training loss became {loss} at step {step + 1} on samples {', '.join(sample_ids[:8])}. "
+            f"The state after step {step} was saved to {self.args.output_dir}/checkpoint-{step}; lower the learning "
+            "rate, check these samples, or train in float32, then rerun the same command to resume from it."
+        )
+
+    def _rotate_checkpoints(self, use_mtime: bool = False, output_dir: str | None = None) -> None:
+        """Called once the checkpoint of this step is on disk: mark it complete first, then rotate among complete
+        checkpoints only, so neither a kill during a save nor `save_total_limit` can remove the last good one."""
+        folder = Path(output_dir or self.args.output_dir)
+        current = folder / f"checkpoint-{self.state.global_step}"
+        if current.is_dir():
+            checkpoints.mark_complete(current, self.state.global_step)
+            checkpoints.prune(folder, self.args.save_total_limit)
+
+    def prediction_step(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        inputs.pop(REAL_TOKENS, None)
+        inputs.pop(SAMPLE_IDS, None)
+        return super().prediction_step(model, inputs, *args, **kwargs)

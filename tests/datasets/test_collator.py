@@ -31,5 +31,7 @@ def test_images_concatenated_in_sample_order() -> None:
 def test_collator_returns_paddle_tensors() -> None:
     import paddle
 
-    batch = Collator(pad_token_id=0)([feature(3, True)])
+    batch = Collator(pad_token_id=0)([{**feature(3, True), "sample_id": "src#7"}])
+    assert batch.pop("sample_ids") == ["src#7"]
     assert all(isinstance(v, paddle.Tensor) for v in batch.values())
+    assert int(batch["real_tokens"]) == 3

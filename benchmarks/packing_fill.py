@@ -1,0 +1,58 @@
+"""Fill ratio of MIXToken's best-fit packing against next-fit in file order and padding to the batch's longest.
+
+fill = real tokens / (rows x row length). Padding rows are as long as the longest sample of each batch.
+Usage: python benchmarks/packing_fill.py --lengths FILE --max_length 4096 [--window 1000] [--batch 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from paddlemix.datasets.packing import BestFitPacker, fill_ratio
+
+
+def next_fit(lengths: list[int], capacity: int) -> list[list[int]]:
+    packs: list[list[int]] = [[]]
+    free = capacity
+    for i, n in enumerate(lengths):
+        if n > free:
+            packs.append([])
+            free = capacity
+        packs[-1].append(i)
+        free -= n
+    return packs
+
+
+def padded_fill(lengths: list[int], batch: int) -> tuple[float, int]:
+    rows = [lengths[i : i + batch] for i in range(0, len(lengths), batch)]
+    slots = sum(len(r) * max(r) for r in rows)
+    return sum(lengths) / slots, len(lengths)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lengths", required=True, help="text file, one sample length per line")
+    parser.add_argument("--max_length", type=int, default=4096)
+    parser.add_argument("--window", type=int, default=1000)
+    parser.add_argument("--batch", type=int, default=8)
+    args = parser.parse_args()
+    lengths = np.loadtxt(args.lengths, dtype=int, ndmin=1).tolist()
+    too_long = sum(n > args.max_length for n in lengths)
+    lengths = [n for n in lengths if n <= args.max_length]
+    ours = list(BestFitPacker(args.max_length, args.window).pack(enumerate(lengths)))
+    baseline = next_fit(lengths, args.max_length)
+    pad, pad_rows = padded_fill(lengths, args.batch)
+    print(f"{len(lengths)} samples, mean {np.mean(lengths):.0f} tokens, max_length {args.max_length}"
+          + (f" ({too_long} longer samples left out)" if too_long else ""))  # fmt: skip
+    print(f"{'method':<34} {'fill':>7} {'rows':>8}")
+    print(
+        f"{'best-fit, window ' + str(args.window):<34} {fill_ratio(ours, lengths, args.max_length):>7.4f} {len(ours):>8}"
+    )
+    print(f"{'next-fit in file order':<34} {fill_ratio(baseline, lengths, args.max_length):>7.4f} {len(baseline):>8}")
+    print(f"{'padding to longest of ' + str(args.batch):<34} {pad:>7.4f} {pad_rows:>8}")
+
+
+if __name__ == "__main__":
+    main()

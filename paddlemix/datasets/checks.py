@@ -1,0 +1,103 @@
+"""Check every record of the training and eval data before any model loads: what would be skipped and why, token
+lengths after image expansion, and the fill MIXToken would reach. Reads image headers only, never pixels."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from paddlemix.arguments import DatasetSource
+from paddlemix.datasets.conversation import SampleError
+from paddlemix.datasets.encoded import source_names
+from paddlemix.datasets.packing import BestFitPacker, fill_ratio
+from paddlemix.datasets.sources import SourceDataset
+from paddlemix.processors.chat_template import ChatTemplate
+from paddlemix.processors.sample_processor import SampleProcessor
+
+TOO_LONG = "exceed max_length"
+
+
+def length_stats(lengths: Sequence[int]) -> dict[str, float]:
+    if not lengths:
+        return {}
+    a = np.asarray(lengths)
+    return {"min": int(a.min()), "mean": float(a.mean()), "p50": float(np.percentile(a, 50)),
+            "p95": float(np.percentile(a, 95)), "max": int(a.max())}  # fmt: skip
+
+
+def reason_kind(reason: str) -> str:
+    """Group reasons that differ only in paths and numbers (`image not found: a.png` -> `image not found`)."""
+    if TOO_LONG in reason:
+        return "longer than max_length"
+    return reason.split(":")[0].split(" (")[0]
+
+
+def check_source(
+    source: DatasetSource, encoder: SampleProcessor, template: ChatTemplate, progress: Any = None
+) -> tuple[dict[str, Any], list[int]]:
+    """Per-source report and the lengths of its usable records."""
+    data = SourceDataset(source)
+    lengths, reasons, examples = [], Counter(), {}
+    too_long = []
+    for i in range(len(data)):
+        try:
+            lengths.append(encoder.length(data[i], template))
+        except SampleError as err:
+            kind = reason_kind(str(err))
+            reasons[kind] += 1
+            examples.setdefault(kind, f"{data.locate(i)[0].path} #{data.locate(i)[1]}: {err}")
+            if kind == "longer than max_length":
+                too_long.append(int(str(err).split()[0]))
+        if progress is not None:
+            progress.update(1)
+    report = {
+        "records": len(data),
+        "usable": len(lengths),
+        "skipped": sum(reasons.values()),
+        "skip_reasons": dict(reasons.most_common()),
+        "examples": examples,
+        "longer_than_max_length": len(too_long),
+        "tokens": length_stats(lengths + too_long),
+    }
+    return report, lengths
+
+
+def check_split(
+    sources: Sequence[DatasetSource], encoder: SampleProcessor, templates: Sequence[ChatTemplate],
+    max_length: int, window: int, progress: Any = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Reports for every source of one split, plus the packing fill of all usable records together."""
+    reports, all_lengths = {}, []
+    for name, source, template in zip(source_names(sources), sources, templates):
+        reports[name], lengths = check_source(source, encoder, template, progress)
+        all_lengths += lengths
+    packs = list(BestFitPacker(max_length, window).pack(enumerate(all_lengths)))
+    return {
+        "sources": reports,
+        "usable": len(all_lengths),
+        "skipped": sum(r["skipped"] for r in reports.values()),
+        "tokens": length_stats(all_lengths),
+        "mixtoken_fill": fill_ratio(packs, all_lengths, max_length) if packs else 0.0,
+        "mixtoken_rows": len(packs),
+    }
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """A readable summary of `check_split` reports keyed by split."""
+    lines = []
+    for split, r in report["splits"].items():
+        lines.append(f"{split}: {r['usable']} usable, {r['skipped']} skipped; MIXToken fill {r['mixtoken_fill']:.3f}"
+                     f" in {r['mixtoken_rows']} rows of {report['max_length']}")  # fmt: skip
+        for name, s in r["sources"].items():
+            t = s["tokens"]
+            tokens = (
+                f"tokens min {t['min']} mean {t['mean']:.0f} p95 {t['p95']:.0f} max {t['max']}" if t else "no tokens"
+            )
+            lines.append(f"  {name}: {s['records']} records, {s['skipped']} skipped, "
+                         f"{s['longer_than_max_length']} longer than max_length; {tokens}")  # fmt: skip
+            for kind, n in s["skip_reasons"].items():
+                lines.append(f"    {n:>6} x {kind}   e.g. {s['examples'][kind]}")
+    return "\n".join(lines)

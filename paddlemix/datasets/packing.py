@@ -1,0 +1,212 @@
+"""MIXToken: several samples share one row of up to `max_length` tokens instead of being padded.
+
+Plan: best-fit decreasing over a bounded window of samples, using each sample's exact length after image-token
+expansion (computed from image headers and cached tokenization, no pixel decoding). Bins that cannot take another
+sample of the window leave; the others stay open for the next window, so the fill stays high in a stream.
+
+Layout of one pack with samples A (3 tokens, one image token `I`) and B (2 tokens), max_length 8:
+
+    input_ids      A0 I  A2 B0 B1 pad pad pad
+    labels         A1 A2 -- B1 --  --  --  --     targets shifted inside each sample; -- = ignored (-100)
+    position_ids   0  1  2  0  1   0   0   0      restart per sample; for Qwen-VL each of the 3 mRoPE rows
+                                                  comes from the sample's own rope index
+    startend rows  3  3  3  5  5   6   7   8      column j is hidden from rows >= value: A never sees B and
+                                                  B never sees A (causal inside each sample); pads see pads
+
+`attn_mask_startend_row_indices` is FlashMask's O(L) encoding of that block-diagonal causal mask; on CPU the model
+expands it to the equivalent dense mask.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import paddle
+
+from paddlemix.datasets.conversation import SampleError
+from paddlemix.processors.sample_processor import IGNORE_INDEX
+
+logger = logging.getLogger(__name__)
+
+PositionFn = Callable[[np.ndarray, np.ndarray | None], np.ndarray]
+
+
+class BestFitPacker:
+    """Streaming best-fit-decreasing bin packing over windows of (id, length) items."""
+
+    def __init__(self, capacity: int, window: int = 1000):
+        if window < 1:
+            raise ValueError("window must be at least 1")
+        self.capacity = capacity
+        self.window = window
+        self._free: list[tuple[int, int]] = []  # sorted (free space, bin number)
+        self._bins: dict[int, list[int]] = {}
+        self._next = 0
+
+    def _place(self, item: int, length: int) -> None:
+        k = bisect.bisect_left(self._free, (length, -1))
+        if k < len(self._free):
+            free, number = self._free.pop(k)
+        else:
+            free, number = self.capacity, self._next
+            self._bins[number] = []
+            self._next += 1
+        self._bins[number].append(item)
+        bisect.insort(self._free, (free - length, number))
+
+    def _emit(self, keep_if_free_at_least: int | None) -> list[list[int]]:
+        """Remove and return bins with less free space than the threshold (all bins when it is None)."""
+        out, kept = [], []
+        for free, number in self._free:
+            if keep_if_free_at_least is not None and free >= keep_if_free_at_least:
+                kept.append((free, number))
+            else:
+                out.append((number, self._bins.pop(number)))
+        # Too many half-empty bins would make memory grow with the stream; the fullest go first.
+        overflow = len(kept) - self.window
+        if overflow > 0:
+            out += [(number, self._bins.pop(number)) for _, number in kept[:overflow]]
+            kept = kept[overflow:]
+        self._free = kept
+        return [items for _, items in sorted(out)]
+
+    def add_window(self, items: Sequence[tuple[int, int]]) -> list[list[int]]:
+        """Place one window of items (longest first) and return the packs that are done."""
+        for item, length in sorted(items, key=lambda x: -x[1]):
+            if length > self.capacity:
+                raise ValueError(f"item {item} has {length} tokens, more than the capacity {self.capacity}")
+            self._place(item, length)
+        smallest = min((length for _, length in items), default=0)
+        return self._emit(keep_if_free_at_least=smallest)
+
+    def flush(self) -> list[list[int]]:
+        return self._emit(keep_if_free_at_least=None)
+
+    def pack(self, items: Iterable[tuple[int, int]]) -> Iterator[list[int]]:
+        """All packs for a stream of (id, length) items."""
+        window: list[tuple[int, int]] = []
+        for item in items:
+            window.append(item)
+            if len(window) == self.window:
+                yield from self.add_window(window)
+                window = []
+        if window:
+            yield from self.add_window(window)
+        yield from self.flush()
+
+
+def fill_ratio(packs: Sequence[Sequence[int]], lengths: dict[int, int] | Sequence[int], capacity: int) -> float:
+    """Real tokens / (packs x capacity)."""
+    real = sum(lengths[i] for pack in packs for i in pack)
+    return real / max(len(packs) * capacity, 1)
+
+
+def build_pack(samples: Sequence[dict[str, np.ndarray]], positions: PositionFn) -> dict[str, np.ndarray]:
+    """Concatenate encoded samples into one row; positions are computed per sample, so they restart."""
+    out: dict[str, Any] = {
+        "input_ids": np.concatenate([s["input_ids"] for s in samples]),
+        "labels": np.concatenate([s["labels"] for s in samples]),
+        "position_ids": np.concatenate(
+            [positions(s["input_ids"], s.get("image_grid_thw")) for s in samples], axis=-1
+        ),  # [3, L] for mRoPE
+        "seq_lens": np.asarray([len(s["input_ids"]) for s in samples], dtype="int64"),
+        "sample_id": ",".join(str(s.get("sample_id", "?")) for s in samples),
+    }
+    images = [s for s in samples if "pixel_values" in s]
+    if images:
+        out["pixel_values"] = np.concatenate([s["pixel_values"] for s in images])
+        out["image_grid_thw"] = np.concatenate([s["image_grid_thw"] for s in images])
+    return out
+
+
+def startend_row_indices(seq_lens: Sequence[int], length: int) -> np.ndarray:
+    """For each column, the first row that must not see it: the end of its sample (pads: the next row)."""
+    ends = np.cumsum(seq_lens)
+    out = np.repeat(ends, seq_lens)
+    return np.concatenate([out, np.arange(len(out) + 1, length + 1)]).astype("int32")
+
+
+def pack_batch(packs: Sequence[dict[str, np.ndarray]], pad_token_id: int, length: int) -> dict[str, np.ndarray]:
+    """Stack packs into [rows, length] arrays with positions [3, rows, length] and FlashMask row indices."""
+    rows = len(packs)
+    position_rows = packs[0]["position_ids"].shape[0]
+    batch = {
+        "input_ids": np.full((rows, length), pad_token_id, dtype="int64"),
+        "labels": np.full((rows, length), IGNORE_INDEX, dtype="int64"),
+        "position_ids": np.zeros((position_rows, rows, length), dtype="int64"),
+        "attn_mask_startend_row_indices": np.zeros((rows, 1, length), dtype="int32"),
+    }
+    for r, pack in enumerate(packs):
+        n = len(pack["input_ids"])
+        batch["input_ids"][r, :n] = pack["input_ids"]
+        batch["labels"][r, :n] = pack["labels"]
+        batch["position_ids"][:, r, :n] = pack["position_ids"]
+        batch["attn_mask_startend_row_indices"][r, 0] = startend_row_indices(pack["seq_lens"], length)
+    images = [p for p in packs if "pixel_values" in p]
+    if images:
+        batch["pixel_values"] = np.concatenate([p["pixel_values"] for p in images]).astype("float32")
+        batch["image_grid_thw"] = np.concatenate([p["image_grid_thw"] for p in images]).astype("int64")
+    return batch
+
+
+class PackedDataset(paddle.io.IterableDataset):
+    """An endless stream of packs over an `EncodedDataset`, reshuffled each epoch; no up-front preprocessing.
+
+    `skip_packs` fast-forwards by re-planning from lengths alone (no image decoding), so a resumed run continues
+    with the same pack the interrupted one would have trained on next.
+    """
+
+    def __init__(
+        self,
+        encoded: Any,
+        max_length: int,
+        positions: PositionFn,
+        seed: int,
+        window: int = 1000,
+        skip_packs: int = 0,
+    ):
+        super().__init__()
+        self.encoded = encoded
+        self.max_length = max_length
+        self.positions = positions
+        self.seed = seed
+        self.window = window
+        self.skip_packs = skip_packs
+
+    def _lengths(self, order: Iterable[int]) -> Iterator[tuple[int, int]]:
+        for i in order:
+            try:
+                yield i, self.encoded.length(int(i))
+            except SampleError:  # logged and counted by the encoded dataset
+                continue
+
+    def plans(self) -> Iterator[list[int]]:
+        """Pack plans (lists of item ids), epoch after epoch."""
+        epoch = 0
+        while True:
+            order = np.random.default_rng([self.seed, epoch]).permutation(len(self.encoded))
+            packer = BestFitPacker(self.max_length, self.window)
+            empty = True
+            for plan in packer.pack(self._lengths(order)):
+                empty = False
+                yield plan
+            if empty:
+                raise RuntimeError("no usable sample in the training data; see skipped_samples.jsonl")
+            epoch += 1
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        for k, plan in enumerate(self.plans()):
+            if k < self.skip_packs:
+                continue
+            samples = []
+            for i in plan:
+                try:
+                    samples.append(self.encoded.encode(i))
+                except SampleError:
+                    continue
+            if samples:
+                yield build_pack(samples, self.positions)

@@ -1,0 +1,69 @@
+"""Check all training and eval data of an argument file before training: skips and reasons, token lengths after
+image expansion, records over max_length and the MIXToken fill. Loads the tokenizer and processor, not the model.
+
+Usage: python paddlemix/tools/check_data.py ARGS.json [--key value ...] [--report FILE]
+The JSON report goes to FILE (default: OUTPUT_DIR/data_report.json).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from paddlemix import arguments
+from paddlemix.utils.errors import UserError, exit_on_user_error
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return
+    report_path = None
+    if "--report" in argv:
+        k = argv.index("--report")
+        if k + 1 >= len(argv):
+            raise UserError('"--report" needs a file name.')
+        report_path = argv[k + 1]
+        del argv[k : k + 2]
+    args = arguments.load(argv[0], argv[1:])
+
+    from tqdm import tqdm
+
+    from paddlemix.datasets.checks import check_split, format_report
+    from paddlemix.datasets.sources import SourceDataset
+    from paddlemix.models import adapter_for
+    from paddlemix.processors.chat_template import load_chat_template
+    from paddlemix.processors.sample_processor import SampleProcessor
+
+    start = time.perf_counter()
+    adapter = adapter_for(args.model.model_name_or_path)
+    processor = adapter.load_processor(args.model.model_name_or_path)
+    tokenizer = processor.tokenizer
+    encoder = SampleProcessor(tokenizer, processor.image_processor, adapter.vision_tokens(processor),
+                              args.data.max_length)  # fmt: skip
+    default = getattr(processor, "chat_template", None) or tokenizer.chat_template
+    special = {"bos_token": tokenizer.bos_token, "eos_token": tokenizer.eos_token}
+    splits = {"train": args.data.train, "eval": args.data.eval}
+    total = sum(len(SourceDataset(s)) for sources in splits.values() for s in sources)
+    report = {"max_length": args.data.max_length, "splits": {}}
+    with tqdm(total=total, desc="checking records", unit="rec", file=sys.stderr) as progress:
+        for split, sources in splits.items():
+            if sources:
+                templates = [load_chat_template(s.chat_template, default, special) for s in sources]
+                report["splits"][split] = check_split(sources, encoder, templates, args.data.max_length,
+                                                      args.data.pack_window, progress)  # fmt: skip
+    report["seconds"] = round(time.perf_counter() - start, 2)
+    report["records"] = total
+    out = Path(report_path or Path(args.training.output_dir) / "data_report.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(format_report(report))
+    print(f"{total} records checked in {report['seconds']} s; report: {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""Which trainer checkpoints are complete, and rotation that never deletes the newest complete one.
+
+paddleformers writes `checkpoint-N/` in many files; a process killed during that write leaves a partial folder.
+A `.complete` marker is written (atomically) only after the whole folder is on disk, and resume and rotation only
+trust marked folders.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+COMPLETE = ".complete"
+PATTERN = re.compile(r"^checkpoint-(\d+)$")
+
+
+def step_of(path: Path) -> int:
+    match = PATTERN.match(path.name)
+    return int(match.group(1)) if match else -1
+
+
+def checkpoints(folder: str | Path) -> list[Path]:
+    """All `checkpoint-N` folders, oldest step first."""
+    found = [p for p in Path(folder).glob("checkpoint-*") if p.is_dir() and step_of(p) >= 0]
+    return sorted(found, key=step_of)
+
+
+def is_complete(path: Path) -> bool:
+    return (path / COMPLETE).is_file()
+
+
+def mark_complete(path: Path, step: int) -> None:
+    """Write the marker via a temporary file and a rename, so the marker itself is never half-written."""
+    tmp = path / f"{COMPLETE}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps({"step": step, "time": time.time()}))
+    tmp.replace(path / COMPLETE)
+
+
+def last_complete(folder: str | Path) -> Path | None:
+    done = [p for p in checkpoints(folder) if is_complete(p)]
+    return done[-1] if done else None
+
+
+def prune(folder: str | Path, keep: int | None) -> list[Path]:
+    """Keep the newest `keep` complete checkpoints; drop older complete ones and partial leftovers older than
+    the newest complete checkpoint. Returns the deleted folders."""
+    all_ = checkpoints(folder)
+    done = [p for p in all_ if is_complete(p)]
+    if not done:
+        return []
+    newest = step_of(done[-1])
+    doomed = [p for p in all_ if not is_complete(p) and step_of(p) < newest]
+    if keep is not None and keep > 0:
+        doomed += done[:-keep]
+    for path in doomed:
+        shutil.rmtree(path, ignore_errors=True)
+    return doomed

@@ -1,0 +1,139 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from paddlemix.datasets.packing import (
+    BestFitPacker,
+    PackedDataset,
+    build_pack,
+    fill_ratio,
+    pack_batch,
+    startend_row_indices,
+)
+
+
+def next_fit(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Oracle baseline: fill packs in order, open a new one when the next item does not fit."""
+    packs, free = [[]], capacity
+    for i, n in enumerate(lengths):
+        if n > free:
+            packs.append([])
+            free = capacity
+        packs[-1].append(i)
+        free -= n
+    return packs
+
+
+def dense_mask(seq_lens: list[int], length: int) -> np.ndarray:
+    """Oracle: visible[q, k] for block-diagonal causal attention; pads form one-token blocks."""
+    block = np.concatenate(
+        [np.full(n, b) for b, n in enumerate(seq_lens)] + [np.arange(length - sum(seq_lens)) + 1000]
+    )
+    q, k = np.meshgrid(np.arange(length), np.arange(length), indexing="ij")
+    return (k <= q) & (block[q] == block[k])
+
+
+@pytest.mark.parametrize("capacity, window, n, seed", [(64, 8, 100, 0), (128, 1000, 300, 1), (50, 1, 40, 2)])
+def test_every_item_once_and_capacity_respected(capacity: int, window: int, n: int, seed: int) -> None:
+    lengths = np.random.default_rng(seed).integers(1, capacity + 1, n).tolist()
+    packs = list(BestFitPacker(capacity, window).pack(enumerate(lengths)))
+    assert sorted(i for p in packs for i in p) == list(range(n))
+    assert all(sum(lengths[i] for i in p) <= capacity for p in packs)
+
+
+def test_best_fit_beats_next_fit_on_a_skewed_mix() -> None:
+    rng = np.random.default_rng(0)
+    lengths = np.clip(rng.lognormal(6.2, 0.6, 3000), 50, 4000).astype(int).tolist()
+    ours = list(BestFitPacker(4096, 1000).pack(enumerate(lengths)))
+    assert fill_ratio(ours, lengths, 4096) > fill_ratio(next_fit(lengths, 4096), lengths, 4096) + 0.05
+    assert fill_ratio(ours, lengths, 4096) >= 0.97
+
+
+def test_deterministic_and_too_long_raises() -> None:
+    lengths = [5, 9, 3, 7, 2]
+    assert list(BestFitPacker(10, 2).pack(enumerate(lengths))) == list(BestFitPacker(10, 2).pack(enumerate(lengths)))
+    with pytest.raises(ValueError, match="more than the capacity"):
+        list(BestFitPacker(8, 2).pack(enumerate(lengths)))
+
+
+@pytest.mark.parametrize("seq_lens, length", [([3, 2], 8), ([4], 4), ([1, 1, 5], 10), ([6, 2], 8)])
+def test_startend_rows_encode_block_diagonal_causal_mask(seq_lens: list[int], length: int) -> None:
+    ends = startend_row_indices(seq_lens, length)
+    q, k = np.meshgrid(np.arange(length), np.arange(length), indexing="ij")
+    visible = (k <= q) & (q < ends[k])
+    np.testing.assert_array_equal(visible, dense_mask(seq_lens, length))
+
+
+def sample(n: int, image: int | None = None) -> dict:
+    out = {"input_ids": np.arange(n) + 10 * n, "labels": np.r_[np.arange(1, n) + 10 * n, -100]}
+    if image is not None:
+        out["pixel_values"] = np.full((4, 3), image, dtype="float32")
+        out["image_grid_thw"] = np.array([[1, 2, 2]])
+    return out
+
+
+def positions(input_ids: np.ndarray, grid) -> np.ndarray:
+    return np.tile(np.arange(len(input_ids)), (3, 1))
+
+
+def test_build_pack_restarts_positions_and_keeps_image_order() -> None:
+    pack = build_pack([sample(3, image=1), sample(2), sample(4, image=2)], positions)
+    assert pack["position_ids"][0].tolist() == [0, 1, 2, 0, 1, 0, 1, 2, 3]
+    assert pack["seq_lens"].tolist() == [3, 2, 4]
+    assert pack["pixel_values"][:, 0].tolist() == [1] * 4 + [2] * 4
+    assert pack["labels"].tolist()[2] == -100 and pack["labels"].tolist()[4] == -100
+    batch = pack_batch([pack, build_pack([sample(2)], positions)], pad_token_id=0, length=12)
+    assert batch["input_ids"].shape == (2, 12) and batch["position_ids"].shape == (3, 2, 12)
+    assert batch["attn_mask_startend_row_indices"].shape == (2, 1, 12)
+    assert (batch["labels"][1, 2:] == -100).all()
+
+
+class CountingDataset:
+    """Stands in for EncodedDataset; records which items had their length computed or were encoded."""
+
+    def __init__(self, lengths: list[int]):
+        self.lengths, self.length_calls, self.encoded = lengths, 0, []
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def length(self, i: int) -> int:
+        self.length_calls += 1
+        return self.lengths[i]
+
+    def encode(self, i: int) -> dict:
+        self.encoded.append(i)
+        return sample(self.lengths[i])
+
+
+@pytest.mark.parametrize("size", [1_000, 100_000])
+def test_first_pack_needs_only_one_window(size: int) -> None:
+    data = CountingDataset(np.random.default_rng(0).integers(10, 60, size).tolist())
+    first = next(iter(PackedDataset(data, 128, positions, seed=0, window=50)))
+    assert data.length_calls == 50
+    assert sum(first["seq_lens"]) <= 128
+
+
+def test_skip_continues_with_the_same_packs_without_encoding_skipped_ones() -> None:
+    lengths = np.random.default_rng(1).integers(10, 60, 300).tolist()
+    full = iter(PackedDataset(CountingDataset(lengths), 128, positions, seed=3, window=40))
+    expected = [next(full)["input_ids"].tolist() for _ in range(30)][10:]
+    resumed_data = CountingDataset(lengths)
+    resumed = iter(PackedDataset(resumed_data, 128, positions, seed=3, window=40, skip_packs=10))
+    got = [next(resumed)["input_ids"].tolist() for _ in range(20)]
+    assert got == expected
+    assert len(resumed_data.encoded) == sum(len(p) for p in _plans(lengths)[10:30])
+
+
+def _plans(lengths: list[int]) -> list[list[int]]:
+    plans = PackedDataset(CountingDataset(lengths), 128, positions, seed=3, window=40).plans()
+    return [next(plans) for _ in range(30)]
+
+
+def test_epochs_reshuffle() -> None:
+    lengths = [30] * 40
+    plans = PackedDataset(CountingDataset(lengths), 120, positions, seed=0, window=40).plans()
+    first, second = [next(plans) for _ in range(10)], [next(plans) for _ in range(10)]
+    assert sorted(i for p in first for i in p) == sorted(i for p in second for i in p) == list(range(40))
+    assert first != second

@@ -1,0 +1,47 @@
+"""MIXToken through the real tool: packed rows, fill in the logs, and a killed run that resumes to the same end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from paddlemix.utils.io import load_safetensors
+
+pytestmark = pytest.mark.slow
+CONFIG = Path(__file__).resolve().parents[2] / "paddlemix" / "config" / "tiny" / "sft_argument.json"
+PACKING = ["--mixtoken", "true", "--pack_window", "16", "--max_length", "160", "--per_device_train_batch_size",
+           "2", "--max_steps", "8", "--save_steps", "2", "--save_total_limit", "2", "--do_eval", "false",
+           "--evaluation_strategy", "no"]  # fmt: skip
+
+
+def train_logs(out: Path) -> dict[int, dict]:
+    records = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    return {r["step"]: r for r in records if "loss" in r}
+
+
+@pytest.mark.parametrize("packing", [True, False], ids=["mixtoken", "padded"])
+def test_killed_run_resumes_to_the_same_weights(workspace: Path, run_tool, kill_when, packing: bool) -> None:
+    extra = PACKING if packing else PACKING[PACKING.index("--per_device_train_batch_size") :]
+    run_tool("supervised_finetune.py", str(CONFIG), *extra, "--output_dir", "straight", "--benchmark", "true",
+             cwd=workspace)  # fmt: skip
+    logs = train_logs(workspace / "straight")
+    assert sorted(logs) == list(range(1, 9))
+    if packing:
+        assert all(0.5 < r["fill"] <= 1.0 for r in logs.values())
+        assert json.loads((workspace / "straight" / "all_results.json").read_text())["fill"] > 0.5
+
+    args = [str(CONFIG), *extra, "--output_dir", "resumed"]
+    code = kill_when("supervised_finetune.py", *args, cwd=workspace,
+                     marker=workspace / "resumed" / "checkpoint-2" / ".complete")  # fmt: skip
+    assert code == -9, "the run ended before it could be killed"
+    second = run_tool("supervised_finetune.py", *args, cwd=workspace)
+    assert "resuming from" in second.stderr
+    resumed = train_logs(workspace / "resumed")
+    assert resumed[8]["loss"] == pytest.approx(logs[8]["loss"], abs=1e-5)
+    a = load_safetensors(workspace / "straight" / "model.safetensors")
+    b = load_safetensors(workspace / "resumed" / "model.safetensors")
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], atol=1e-6, err_msg=name)

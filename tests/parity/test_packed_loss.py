@@ -1,0 +1,91 @@
+"""MIXToken must not change what is learned: a packed batch gives the token-weighted loss and the gradients of
+the same samples run one by one (float32, CPU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import paddle
+import pytest
+
+from paddlemix.auto import AutoModelMIX, AutoProcessorMIX
+from paddlemix.datasets.collator import pad_batch
+from paddlemix.datasets.conversation import Message, Sample
+from paddlemix.datasets.packing import build_pack, pack_batch
+from paddlemix.models import adapter_for
+from paddlemix.processors.chat_template import load_chat_template
+from paddlemix.processors.sample_processor import IGNORE_INDEX, SampleProcessor
+
+PARAMS = (
+    "lm_head.weight",
+    "model.language_model.layers.0.self_attn.qkv_proj.weight",
+    "model.visual.merger.mlp.0.weight",
+)
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_model_dir: Path, shapes_data: dict):
+    processor = AutoProcessorMIX.from_pretrained(tiny_model_dir)
+    adapter = adapter_for(tiny_model_dir)
+    encoder = SampleProcessor(processor.tokenizer, processor.image_processor, adapter.vision_tokens(processor), 512)
+    template = load_chat_template(None, processor.chat_template, {})
+    model = AutoModelMIX.from_pretrained(tiny_model_dir)
+    images = sorted(str(p) for p in (shapes_data["train"].parent / "images").glob("train_*.png"))
+    return encoder, template, model, adapter.position_fn(model.config), images, processor.tokenizer.pad_token_id
+
+
+def samples(kind: str, images: list[str]) -> list[Sample]:
+    text = [Sample((Message("user", "What is two plus two?"), Message("assistant", "four"))),
+            Sample((Message("user", "Name a colour."), Message("assistant", "red"), Message("user", "Another?"),
+                    Message("assistant", "blue")))]  # fmt: skip
+    single = [Sample((Message("user", f"<image>What color is the {s}?"), Message("assistant", c)), (images[i],))
+              for i, (s, c) in enumerate([("circle", "red"), ("square", "green"), ("triangle", "blue")])]  # fmt: skip
+    multi = [Sample((Message("user", "<image><image>Same colour?"), Message("assistant", "no")), tuple(images[3:5])),
+             Sample((Message("user", "<image>first<image>second<image>third"), Message("assistant", "three")),
+                    tuple(images[5:8]))]  # fmt: skip
+    return {"text": text, "single": single, "multi": multi + single[:1] + text[:1]}[kind]
+
+
+def loss_and_grads(model, batches: list[tuple[dict, float]]) -> tuple[float, dict[str, np.ndarray]]:
+    """Sum of weight * loss over batches, and the gradients of that sum."""
+    model.clear_gradients()
+    total = 0.0
+    for batch, weight in batches:
+        loss = model(**{k: paddle.to_tensor(v) for k, v in batch.items()}).loss * weight
+        loss.backward()
+        total += float(loss)
+    params = dict(model.named_parameters())
+    grads = {name: params[name].grad for name in PARAMS}
+    return total, {name: np.zeros(1) if g is None else g.numpy().copy() for name, g in grads.items()}
+
+
+@pytest.mark.parametrize("kind", ["text", "single", "multi"])
+def test_packed_equals_token_weighted_unpacked(setup, kind: str) -> None:
+    encoder, template, model, positions, images, pad_id = setup
+    encoded = [encoder(s, template) for s in samples(kind, images)]
+    n_labels = [int((e["labels"] != IGNORE_INDEX).sum()) for e in encoded]
+    total = sum(n_labels)
+    one_by_one = [(pad_batch([e], pad_id, 1), n / total) for e, n in zip(encoded, n_labels)]
+    length = sum(len(e["input_ids"]) for e in encoded) + 5  # a few pad slots as well
+    packed = [(pack_batch([build_pack(encoded, positions)], pad_id, length), 1.0)]
+    loss_u, grads_u = loss_and_grads(model, one_by_one)
+    loss_p, grads_p = loss_and_grads(model, packed)
+    assert abs(loss_p - loss_u) <= 1e-5
+    for name in PARAMS:
+        if kind == "text" and "visual" in name:
+            continue
+        assert np.abs(grads_u[name]).max() > 0, name
+        np.testing.assert_allclose(grads_p[name], grads_u[name], atol=1e-6, rtol=1e-4, err_msg=name)
+
+
+def test_packing_without_isolation_would_differ(setup) -> None:
+    """The check above can fail: drop the per-sample mask and positions and the loss moves."""
+    encoder, template, model, positions, images, pad_id = setup
+    encoded = [encoder(s, template) for s in samples("single", images)]
+    packed = pack_batch([build_pack(encoded, positions)], pad_id, sum(len(e["input_ids"]) for e in encoded))
+    leaky = {k: v for k, v in packed.items() if k not in ("attn_mask_startend_row_indices", "position_ids")}
+    with paddle.no_grad():
+        isolated = float(model(**{k: paddle.to_tensor(v) for k, v in packed.items()}).loss)
+        mixed = float(model(**{k: paddle.to_tensor(v) for k, v in leaky.items()}).loss)
+    assert abs(isolated - mixed) > 1e-4
