@@ -10,19 +10,7 @@ import argparse
 
 import numpy as np
 
-from paddlemix.datasets.packing import BestFitPacker, fill_ratio
-
-
-def next_fit(lengths: list[int], capacity: int) -> list[list[int]]:
-    packs: list[list[int]] = [[]]
-    free = capacity
-    for i, n in enumerate(lengths):
-        if n > free:
-            packs.append([])
-            free = capacity
-        packs[-1].append(i)
-        free -= n
-    return packs
+from paddlemix.datasets.packing import BestFitPacker, fill_ratio, next_fit
 
 
 def padded_fill(lengths: list[int], batch: int) -> tuple[float, int]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import importlib.util
 import json
 import os
 import types
@@ -79,16 +80,20 @@ class LoraArgs:
 
 @dataclass(frozen=True)
 class RuntimeArgs:
-    """Where to run and what to report beyond the trainer's own logs."""
+    """Where to run, what to report beyond the trainer's own logs, and the chunked-loss size (0 = full logits)."""
 
     device: Device | None = None
     benchmark: bool = False
+    loss_chunk_size: int = 256
+    eval_generation: bool = False
+    eval_generation_samples: int = 64
 
 
 OWN_GROUPS = {"model": ModelArgs, "data": DataArgs, "lora": LoraArgs, "runtime": RuntimeArgs}
 DATA_SPLITS = ("train", "eval")
 # TrainingArguments defaults that differ for multimodal fine-tuning.
-TRAINING_DEFAULTS = {"remove_unused_columns": False, "disable_tqdm": False}
+# `sharding: ""` makes several processes plain data parallel unless the user asks for sharding.
+TRAINING_DEFAULTS = {"remove_unused_columns": False, "disable_tqdm": False, "sharding": ""}
 
 
 @dataclass
@@ -295,21 +300,27 @@ def _parse_dataset(value: Any, where: str) -> dict[str, list[DatasetSource]]:
     return out
 
 
-def _build_training_arguments(
-    cls: type, training: dict[str, Any], runtime: RuntimeArgs, packing: bool, where: str
-) -> Any:
+def training_kwargs(training: dict[str, Any], runtime: RuntimeArgs, packing: bool) -> dict[str, Any]:
+    """The keyword arguments handed to paddleformers' TrainingArguments (parallel degrees already translated)."""
     from paddlemix.utils.device import resolve_device
 
     kwargs = {**TRAINING_DEFAULTS, **training, "device": resolve_device(runtime.device)}
-    if kwargs["device"] == "cpu" and kwargs.get("fp16"):
-        raise UserError(f'{where}: "fp16" needs a GPU or NPU; on CPU train in float32 (or set "bf16": true).')
     kwargs.setdefault("amp_master_grad", bool(kwargs.get("fp16") or kwargs.get("bf16")))
     if packing:
         # The pack stream fast-forwards itself on resume; the trainer must not replay (and decode) skipped batches.
         kwargs["ignore_data_skip"] = True
+    return kwargs
+
+
+def _build_training_arguments(
+    cls: type, training: dict[str, Any], runtime: RuntimeArgs, packing: bool, where: str
+) -> Any:
+    kwargs = training_kwargs(training, runtime, packing)
+    if kwargs["device"] == "cpu" and kwargs.get("fp16"):
+        raise UserError(f'{where}: "fp16" needs a GPU or NPU; on CPU train in float32 (or set "bf16": true).')
     try:
         return cls(**kwargs)
-    except (ValueError, TypeError, AssertionError) as err:
+    except (ValueError, TypeError, AssertionError, RuntimeError) as err:
         raise UserError(f"{where}: the training arguments do not fit together: {err}") from None
 
 
@@ -338,6 +349,11 @@ def validate(args: RunArgs, training: dict[str, Any], where: str) -> None:
         raise UserError(f'{where}: "pack_window" must be at least 1, got {args.data.pack_window}.')
     if not 0 <= args.data.max_skip_ratio <= 1:
         raise UserError(f'{where}: "max_skip_ratio" must be between 0 and 1, got {args.data.max_skip_ratio}.')
+    reporters = training.get("report_to") or []
+    if "tensorboard" in reporters and importlib.util.find_spec("tensorboardX") is None:
+        raise UserError(f'{where}: "report_to" names tensorboard, which needs `pip install tensorboardX`.')
+    if args.runtime.loss_chunk_size < 0:
+        raise UserError(f'{where}: "loss_chunk_size" must be >= 0 (0 turns the chunked loss off).')
     if args.data.max_length < 16:
         raise UserError(f'{where}: "max_length" must be at least 16, got {args.data.max_length}.')
     if training.get("do_train", True) and not args.data.train:
@@ -368,17 +384,21 @@ def _validate_source(source: DatasetSource, key: str, where: str) -> None:
 def _validate_parallel(training: dict[str, Any], model_dir: Path, where: str) -> None:
     tp = max(training.get("tensor_model_parallel_size", 1), 1)
     pp = max(training.get("pipeline_model_parallel_size", 1), 1)
+    sharding = max(training.get("sharding_parallel_size", 1), 1)
     world = int(os.environ.get("PADDLE_TRAINERS_NUM", "1"))
-    if world % (tp * pp):
+    if world % (tp * pp * sharding):
         raise UserError(
-            f'{where}: "tensor_parallel_degree" x "pipeline_parallel_degree" = {tp * pp} does not divide the '
-            f"{world} launched process(es); launch a multiple of {tp * pp} processes (see train.sh) or lower them."
+            f"{where}: tensor x pipeline x sharding parallel degrees = {tp} x {pp} x {sharding} do not divide the "
+            f"{world} launched process(es); launch a multiple of {tp * pp * sharding} (see train.sh) or lower them."
         )
-    if tp <= 1:
-        return
+    if training.get("sharding") and sharding > 1 and training["sharding"] not in ("stage1", "stage2", "stage3"):
+        raise UserError(f'{where}: "sharding" must be stage1, stage2 or stage3, got {training["sharding"]!r}.')
     config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     text = config.get("text_config", config)
-    for name in ("num_attention_heads", "num_key_value_heads"):
-        heads = text.get(name) or config.get(name)
-        if heads and heads % tp:
-            raise UserError(f'{where}: "tensor_parallel_degree" = {tp} does not divide the model\'s {name} = {heads}.')
+    for name, degree, key in (("num_attention_heads", tp, "tensor"), ("num_key_value_heads", tp, "tensor"),
+                              ("num_hidden_layers", pp, "pipeline")):  # fmt: skip
+        size = text.get(name) or config.get(name)
+        if degree > 1 and size and size % degree:
+            raise UserError(
+                f'{where}: "{key}_parallel_degree" = {degree} does not divide the model\'s {name} = {size}.'
+            )

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import math
 import string
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +32,15 @@ class Generator:
     template: ChatTemplate
 
     @classmethod
+    def from_parts(cls, model: Any, processor: Any, adapter: Any, chat_template: str | None = None) -> Generator:
+        """A generator around an already loaded (possibly training) model."""
+        tokenizer = processor.tokenizer
+        encoder = SampleProcessor(tokenizer, processor.image_processor, adapter.vision_tokens(processor), 1 << 30)
+        default = getattr(processor, "chat_template", None) or tokenizer.chat_template
+        special = {"bos_token": tokenizer.bos_token, "eos_token": tokenizer.eos_token}
+        return cls(model, tokenizer, encoder, load_chat_template(chat_template, default, special))
+
+    @classmethod
     def from_pretrained(
         cls,
         model_dir: str | Path,
@@ -46,11 +57,7 @@ class Generator:
         if lora_path:
             model = load_adapter(model, lora_path)
         model.eval()
-        tokenizer = processor.tokenizer
-        encoder = SampleProcessor(tokenizer, processor.image_processor, adapter.vision_tokens(processor), 1 << 30)
-        default = getattr(processor, "chat_template", None) or tokenizer.chat_template
-        special = {"bos_token": tokenizer.bos_token, "eos_token": tokenizer.eos_token}
-        return cls(model, tokenizer, encoder, load_chat_template(chat_template, default, special))
+        return cls.from_parts(model, processor, adapter, chat_template)
 
     def generate(
         self,
@@ -82,24 +89,50 @@ def normalize(text: str) -> str:
     return text.strip().lower().strip(string.punctuation + " ")
 
 
+def bleu4(prediction: str, reference: str) -> float:
+    """Sentence BLEU-4 with add-one smoothing on the higher orders and the brevity penalty (whitespace tokens)."""
+    hyp, ref = normalize(prediction).split(), normalize(reference).split()
+    if not hyp:
+        return 0.0
+    log_precision = 0.0
+    for n in range(1, 5):
+        grams = Counter(tuple(hyp[i : i + n]) for i in range(len(hyp) - n + 1))
+        ref_grams = Counter(tuple(ref[i : i + n]) for i in range(len(ref) - n + 1))
+        overlap = sum(min(c, ref_grams[g]) for g, c in grams.items())
+        total = max(sum(grams.values()), 0)
+        smooth = 0 if n == 1 else 1
+        if overlap + smooth == 0:
+            return 0.0
+        log_precision += math.log((overlap + smooth) / (total + smooth)) / 4
+    brevity = min(0.0, 1 - len(ref) / len(hyp))
+    return math.exp(brevity + log_precision)
+
+
+def evaluate_generation(
+    generator: Generator, source: DatasetSource, limit: int | None = None, max_new_tokens: int = 16
+) -> dict[str, Any]:
+    """Answer the last assistant turn of each record from the turns before it; exact match for chat and VQA
+    sources, BLEU-4 for caption sources."""
+    data = SourceDataset(source)
+    caption = source.name == "coco_caption"
+    results = []
+    for i in range(len(data) if limit is None else min(limit, len(data))):
+        sample = data[i]
+        last = max(k for k, m in enumerate(sample.messages) if m.role == "assistant")
+        prediction = generator.generate(sample.messages[:last], sample.images, max_new_tokens=max_new_tokens)
+        reference = sample.messages[last].content
+        score = bleu4(prediction, reference) if caption else float(normalize(prediction) == normalize(reference))
+        results.append({"index": i, "prediction": prediction, "reference": reference, "score": score,
+                        "correct": score == 1.0})  # fmt: skip
+    correct = sum(r["correct"] for r in results)
+    mean = sum(r["score"] for r in results) / max(len(results), 1)
+    return {"metric": "bleu4" if caption else "accuracy", "score": mean, "accuracy": correct / max(len(results), 1),
+            "correct": correct, "total": len(results), "results": results}  # fmt: skip
+
+
 def evaluate_exact_match(
     generator: Generator, data_files: Sequence[str], limit: int | None = None, max_new_tokens: int = 16
 ) -> dict[str, Any]:
     """Exact-match accuracy of the last assistant turn of each chatml record, answered from the turns before it."""
-    source = SourceDataset(DatasetSource(name="chatml_dataset", data_files=list(data_files)))
-    results = []
-    for i in range(len(source) if limit is None else min(limit, len(source))):
-        sample = source[i]
-        last = max(k for k, m in enumerate(sample.messages) if m.role == "assistant")
-        prediction = generator.generate(sample.messages[:last], sample.images, max_new_tokens=max_new_tokens)
-        reference = sample.messages[last].content
-        results.append(
-            {
-                "index": i,
-                "prediction": prediction,
-                "reference": reference,
-                "correct": normalize(prediction) == normalize(reference),
-            }
-        )
-    correct = sum(r["correct"] for r in results)
-    return {"accuracy": correct / max(len(results), 1), "correct": correct, "total": len(results), "results": results}
+    source = DatasetSource(name="chatml_dataset", data_files=list(data_files))
+    return evaluate_generation(generator, source, limit, max_new_tokens)

@@ -77,7 +77,7 @@ def test_load_routes_keys_and_translates_legacy_names(tmp_path, model_dir, data_
         ({"fp16": True, "bf16": True}, "choose one"),
         ({"lora_path": "/nonexistent"}, '"lora_path" is set but "lora" is false'),
         ({"device": "tpu"}, 'key "device" must be one of'),
-        ({"tensor_parallel_degree": 3}, "does not divide"),
+        ({"tensor_parallel_degree": 3}, "do not divide the 1 launched process"),
         (
             {"dataset": {"train": [{"name": "chatml", "data_files": "x"}]}},
             'key "dataset.train[0].name" must be one of',
@@ -118,3 +118,51 @@ def test_bad_override_and_bad_json(tmp_path, model_dir, data_file) -> None:
     bad.write_text("{")
     with pytest.raises(UserError, match="not valid JSON"):
         arguments.load(bad)
+
+
+@pytest.mark.parametrize(
+    "extra, world, message",
+    [
+        ({"tensor_parallel_degree": 2}, "1", "do not divide the 1 launched process"),
+        (
+            {"pipeline_parallel_degree": 3},
+            "3",
+            '"pipeline_parallel_degree" = 3 does not divide the model\'s num_hidden',
+        ),
+        (
+            {"tensor_parallel_degree": 4},
+            "4",
+            '"tensor_parallel_degree" = 4 does not divide the model\'s num_key_value',
+        ),
+        ({"sharding_parallel_degree": 2, "tensor_parallel_degree": 2}, "2", "2 x 1 x 2 do not divide the 2"),
+    ],
+)
+def test_parallel_degrees_checked_against_model_and_processes(
+    tmp_path, model_dir, data_file, monkeypatch, extra, world, message
+) -> None:
+    config = json.loads((model_dir / "config.json").read_text())
+    config["text_config"]["num_hidden_layers"] = 2
+    (model_dir / "config.json").write_text(json.dumps(config))
+    monkeypatch.setenv("PADDLE_TRAINERS_NUM", world)
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        arguments.load(write_args(tmp_path, model_dir, data_file, **extra))
+
+
+def test_parallel_strategy_is_handed_to_the_trainer() -> None:
+    training = {"output_dir": "x", "tensor_model_parallel_size": 2, "pipeline_model_parallel_size": 2,
+                "sharding": "stage2", "sharding_parallel_size": 2}  # fmt: skip
+    kwargs = arguments.training_kwargs(training, arguments.RuntimeArgs(device="cpu"), packing=True)
+    assert kwargs["tensor_model_parallel_size"] == 2 and kwargs["pipeline_model_parallel_size"] == 2
+    assert kwargs["sharding"] == "stage2" and kwargs["sharding_parallel_size"] == 2
+    assert kwargs["ignore_data_skip"] is True and kwargs["remove_unused_columns"] is False
+    assert arguments.training_kwargs({"output_dir": "x"}, arguments.RuntimeArgs(device="cpu"), False)["sharding"] == ""
+
+
+def test_lora_gets_the_tensor_parallel_degree(tiny_model_dir) -> None:
+    from paddlemix.auto import AutoModelMIX
+    from paddlemix.models import adapter_for
+    from paddlemix.peft.lora import apply_lora
+
+    model = apply_lora(AutoModelMIX.from_pretrained(tiny_model_dir), adapter_for(tiny_model_dir).lora_targets, 4, 8,
+                       tensor_parallel_degree=1)  # fmt: skip
+    assert model.lora_config.tensor_model_parallel_size == 1

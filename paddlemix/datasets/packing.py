@@ -99,6 +99,19 @@ class BestFitPacker:
         yield from self.flush()
 
 
+def next_fit(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """The baseline MIXToken improves on: fill packs in file order, open a new one when the next item does not fit."""
+    packs: list[list[int]] = [[]]
+    free = capacity
+    for i, n in enumerate(lengths):
+        if n > free:
+            packs.append([])
+            free = capacity
+        packs[-1].append(i)
+        free -= n
+    return packs
+
+
 def fill_ratio(packs: Sequence[Sequence[int]], lengths: dict[int, int] | Sequence[int], capacity: int) -> float:
     """Real tokens / (packs x capacity)."""
     real = sum(lengths[i] for pack in packs for i in pack)

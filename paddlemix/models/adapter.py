@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,7 @@ class ModelAdapter:
     module_groups: dict[str, tuple[str, ...]]
     prepare_config: Callable[[Any, str], None]
     export_state_dict: Callable[[dict[str, Any], Any], dict[str, Any]]
+    import_state_dict: Callable[[dict[str, Any], Any, set[str]], dict[str, Any]]
     image_grid: Callable[[Any, int, int], tuple[int, int, int]]
     positions: Callable[[Any, Any, Any], Any]
 
@@ -67,9 +69,35 @@ class ModelAdapter:
     def load_model(self, path: str | Path, dtype: str = "float32", device: str = "cpu", allow_pickle: bool = False):
         check_safe_weights(path, allow_pickle)
         config = self.load_config(path, device)
-        model = import_object(self.model_class).from_pretrained(str(path), config=config, dtype=dtype)
+        cls = import_object(self.model_class)
+        if int(os.environ.get("PADDLE_TRAINERS_NUM", "1")) > 1:
+            model = self._load_replicated(cls, path, config, dtype)
+        else:
+            model = cls.from_pretrained(str(path), config=config, dtype=dtype)
         logger.info("loaded %s from %s as %s", self.model_type, path, dtype)
         return model
+
+    def _load_replicated(self, cls: Any, path: str | Path, config: Any, dtype: str) -> Any:
+        """Every data-parallel process reads the full safetensors itself: paddleformers' loader reshards through
+        CUDA when several processes run, which fails on CPU and is not needed for replicated weights."""
+        import paddle
+
+        from paddlemix.utils.io import load_safetensors
+
+        model = cls(config)
+        hf: dict[str, Any] = {}
+        for file in sorted(Path(path).glob("*.safetensors")):
+            hf.update(load_safetensors(file))
+        state = model.state_dict()
+        weights = self.import_state_dict(hf, config, set(state))
+        missing, unexpected = sorted(set(state) - set(weights)), sorted(set(weights) - set(state))
+        if missing or unexpected:
+            raise UserError(
+                f"{path}: weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})"
+            )
+        for name, param in state.items():
+            param.set_value(paddle.to_tensor(weights[name]).astype(param.dtype))
+        return model if dtype == "float32" else model.to(dtype=dtype)
 
     def load_processor(self, path: str | Path) -> Any:
         return import_object(self.processor_class).from_pretrained(str(path), use_fast=False)

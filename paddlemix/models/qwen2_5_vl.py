@@ -55,6 +55,41 @@ def to_hf_state_dict(state: dict[str, np.ndarray], config: Any) -> dict[str, np.
     return {k: np.ascontiguousarray(v) for k, v in out.items()}
 
 
+def _fuse_qkv(q: np.ndarray, k: np.ndarray, v: np.ndarray, kv_heads: int) -> np.ndarray:
+    """Inverse of `_split_qkv`: interleave per KV group as [q (group*head_dim) | k | v] on the last axis."""
+    parts = zip(*(np.split(x, kv_heads, axis=-1) for x in (q, k, v)))
+    return np.concatenate([np.concatenate(group, axis=-1) for group in parts], axis=-1)
+
+
+def from_hf_state_dict(hf: dict[str, np.ndarray], config: Any, target: set[str]) -> dict[str, np.ndarray]:
+    """Hugging Face checkpoint names and layouts -> this model's parameters (`target` names), inverse of
+    `to_hf_state_dict`: transpose Linear weights, fuse q/k/v and gate/up where the Paddle model fuses them."""
+    kv_heads = config.text_config.num_key_value_heads
+    out: dict[str, np.ndarray] = {}
+    fused: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+    for name, value in hf.items():
+        if name.startswith("visual."):
+            name = "model." + name
+        elif name.startswith("model.") and not name.startswith("model.visual."):
+            name = "model.language_model." + name[len("model.") :].removeprefix("language_model.")
+        stem, _, part = name.rpartition(".")
+        layer, _, proj = stem.rpartition(".")
+        is_linear = value.ndim == 2 and name != "lm_head.weight" and "embed_tokens" not in name
+        value = value.T if is_linear else value
+        if proj in ("q_proj", "k_proj", "v_proj") and f"{layer}.qkv_proj.{part}" in target:
+            fused.setdefault((f"{layer}.qkv_proj.{part}", "qkv"), {})[proj[0]] = value
+        elif proj in ("gate_proj", "up_proj") and f"{layer}.up_gate_proj.{part}" in target:
+            fused.setdefault((f"{layer}.up_gate_proj.{part}", "up_gate"), {})[proj[:-5]] = value
+        else:
+            out[name] = value
+    for (name, kind), p in fused.items():
+        both = (p["gate"], p["up"]) if kind == "up_gate" else None
+        out[name] = np.concatenate(both, axis=-1) if both else _fuse_qkv(p["q"], p["k"], p["v"], kv_heads)
+    if "lm_head.weight" in target and "lm_head.weight" not in out:  # tied embeddings
+        out["lm_head.weight"] = out["model.language_model.embed_tokens.weight"]
+    return {k: np.ascontiguousarray(v) for k, v in out.items()}
+
+
 def image_grid(image_processor: Any, width: int, height: int) -> tuple[int, int, int]:
     """The (t, h, w) patch grid the image processor makes of a width x height image (one frame)."""
     from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
@@ -98,6 +133,7 @@ ADAPTER = ModelAdapter(
     },
     prepare_config=prepare_config,
     export_state_dict=to_hf_state_dict,
+    import_state_dict=from_hf_state_dict,
     image_grid=image_grid,
     positions=positions,
 )

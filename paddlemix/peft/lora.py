@@ -34,6 +34,7 @@ def apply_lora(
     alpha: int,
     dropout: float = 0.0,
     trainable_modules: Sequence[str] = (),
+    tensor_parallel_degree: int = 1,
 ) -> Any:
     """Wrap `model` in a LoRAModel on the layers whose names fully match one of `targets` (regexes)."""
     from paddleformers.peft import LoRAConfig, LoRAModel
@@ -52,6 +53,7 @@ def apply_lora(
         r=rank,
         lora_alpha=alpha,
         lora_dropout=dropout,
+        tensor_model_parallel_size=tensor_parallel_degree,
     )
     return LoRAModel(model, config)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -23,11 +24,22 @@ class JsonlLogCallback(TrainerCallback):
             f.write(json.dumps(record) + "\n")
 
 
-class ThroughputCallback(TrainerCallback):
-    """Add text and image tokens per second and the fill (real tokens / row slots) since the previous log."""
+def peak_memory_mb() -> float:
+    """Peak accelerator memory when a GPU is in use, else the process's peak resident memory."""
+    import paddle
 
-    def __init__(self, counter: Any):
+    if paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0:
+        return paddle.device.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class ThroughputCallback(TrainerCallback):
+    """Add text and image tokens per second and the fill (real tokens / row slots) since the previous log, the
+    samples skipped so far and the peak memory."""
+
+    def __init__(self, counter: Any, skip_log: Any = None):
         self.counter = counter
+        self.skip_log = skip_log
         self.last = (time.perf_counter(), 0, 0, 0)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
@@ -40,6 +52,9 @@ class ThroughputCallback(TrainerCallback):
         logs["image_tokens_per_sec"] = round((image - self.last[2]) / seconds, 1)
         logs["fill"] = round((text + image - self.last[1] - self.last[2]) / max(slots - self.last[3], 1), 4)
         self.last = (now, text, image, slots)
+        logs["peak_memory_mb"] = round(peak_memory_mb(), 1)
+        if self.skip_log is not None:
+            logs["skipped"] = sum(self.skip_log.skipped.values())
 
 
 class SkipBudgetCallback(TrainerCallback):

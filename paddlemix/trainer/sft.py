@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import resource
 import shutil
 import tempfile
 import time
@@ -20,8 +19,16 @@ from paddlemix.models.adapter import ModelAdapter
 from paddlemix.peft.freeze import apply_freeze, trainable_table
 from paddlemix.peft.lora import apply_lora, load_adapter, save_adapter
 from paddlemix.processors.sample_processor import SampleProcessor
-from paddlemix.trainer.callbacks import TRAIN_LOG, JsonlLogCallback, SkipBudgetCallback, ThroughputCallback
+from paddlemix.trainer.callbacks import (
+    TRAIN_LOG,
+    JsonlLogCallback,
+    SkipBudgetCallback,
+    ThroughputCallback,
+    peak_memory_mb,
+)
+from paddlemix.trainer.report import LOSS_CURVE, SUMMARY, plot_loss_curve, read_log, summarize
 from paddlemix.utils import checkpoints
+from paddlemix.utils.device import device_env
 from paddlemix.utils.errors import UserError
 from paddlemix.utils.io import copy_side_files, save_safetensors, to_numpy, write_json
 
@@ -37,6 +44,9 @@ def setup_runtime(args: RunArgs) -> None:
     from paddle.distributed import fleet
 
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
+    for key, value in device_env(args.training.device).items():
+        if key.startswith("FLAGS_"):
+            paddle.set_flags({key: value})
     paddle.set_device(args.training.device)
     # paddleformers' checkpoint loader needs an initialised fleet, also in a single process.
     fleet.init(is_collective=True)
@@ -67,7 +77,7 @@ def clear_run_outputs(out: Path) -> None:
     """For `overwrite_output_dir`: remove the checkpoints and logs of the earlier run, nothing else."""
     for path in checkpoints.checkpoints(out):
         shutil.rmtree(path, ignore_errors=True)
-    for name in (TRAIN_LOG, SKIPPED, "all_results.json"):
+    for name in (TRAIN_LOG, SKIPPED, "all_results.json", SUMMARY, LOSS_CURVE):
         (out / name).unlink(missing_ok=True)
 
 
@@ -93,7 +103,10 @@ def build_model(args: RunArgs, adapter: ModelAdapter) -> Any:
         model.mark_only_lora_as_trainable()
     elif lora.lora:
         targets = lora.lora_target_modules or adapter.lora_targets
-        model = apply_lora(model, targets, lora.lora_rank, lora.lora_alpha, lora.lora_dropout)
+        tp = max(args.training.tensor_model_parallel_size, 1)
+        model = apply_lora(
+            model, targets, lora.lora_rank, lora.lora_alpha, lora.lora_dropout, tensor_parallel_degree=tp
+        )
     base = model.model if lora.lora else model
     if args.model.freeze_include:
         frozen = apply_freeze(base, args.model.freeze_include, args.model.freeze_exclude)
@@ -149,14 +162,9 @@ def save_final(model: Any, args: RunArgs, adapter: ModelAdapter, processor_dir: 
 
 def benchmark_report(metrics: dict[str, Any], trainer: Any, seconds: float) -> dict[str, float]:
     """Effective samples/s, tokens/s (text and image), peak memory and row fill (real tokens / slots) of the run."""
-    import paddle
-
     tokens = trainer.text_tokens + trainer.image_tokens
     fill = tokens / max(trainer.slots, 1)
-    if paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0:
-        peak_mb = paddle.device.cuda.max_memory_allocated() / 2**20
-    else:
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = peak_memory_mb()
     return {
         "train_samples_per_second": metrics.get("train_samples_per_second", 0.0),
         "tokens_per_second": tokens / max(seconds, 1e-9),
@@ -165,6 +173,31 @@ def benchmark_report(metrics: dict[str, Any], trainer: Any, seconds: float) -> d
         "peak_memory_mb": peak_mb,
         "fill": fill,
     }
+
+
+def generation_scorer(args: RunArgs, model: Any, processor: Any, adapter: ModelAdapter) -> Any:
+    """A callable that answers up to `eval_generation_samples` records of each eval source with the live model
+    and returns `eval_<source>_<accuracy|bleu4>` scores (None when `eval_generation` is off)."""
+    if not (args.runtime.eval_generation and args.data.eval):
+        return None
+    from paddlemix.datasets.encoded import source_names
+    from paddlemix.generation import Generator, evaluate_generation
+
+    def score() -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        out = {}
+        single = len(args.data.eval) == 1
+        for name, source in zip(source_names(args.data.eval), args.data.eval):
+            generator = Generator.from_parts(model, processor, adapter, source.chat_template)
+            result = evaluate_generation(generator, source, args.runtime.eval_generation_samples)
+            key = f"eval_{result['metric']}" if single else f"eval_{Path(name.split(':')[-1]).stem}_{result['metric']}"
+            out[key] = round(result["score"], 4)
+        if was_training:
+            model.train()
+        return out
+
+    return score
 
 
 def run_sft(args: RunArgs) -> dict[str, Any]:
@@ -201,10 +234,15 @@ def run_sft(args: RunArgs) -> dict[str, Any]:
         eval_dataset=eval_set,
         data_collator=Collator(processor.tokenizer.pad_token_id),
         image_token_id=image_token_id,
+        head_owner=model.model if args.lora.lora else model,
+        # Several processes: DataParallel's gradient reducer expects each parameter once per step, which the
+        # recomputed head chunks break, so data-parallel runs keep the model's own loss.
+        loss_chunk_size=args.runtime.loss_chunk_size if training.world_size == 1 else 0,
+        generation_eval=generation_scorer(args, model, processor, adapter),
         callbacks=[JsonlLogCallback(), SkipBudgetCallback(skips)],
     )
     # First in line, so the printer, the progress bar and the JSONL log all see the throughput fields.
-    trainer.callback_handler.callbacks.insert(0, ThroughputCallback(trainer))
+    trainer.callback_handler.callbacks.insert(0, ThroughputCallback(trainer, skips))
     metrics: dict[str, Any] = {}
     if training.do_train:
         start = time.perf_counter()
@@ -220,5 +258,9 @@ def run_sft(args: RunArgs) -> dict[str, Any]:
     metrics["skipped_by_source"] = skips.summary()
     if training.process_index == 0:
         write_json(metrics, out / "all_results.json")
+        records = read_log(out / TRAIN_LOG)
+        write_json(summarize(records, metrics), out / SUMMARY)
+        if records:
+            plot_loss_curve(records, out / LOSS_CURVE)
         logger.info("metrics: %s", json.dumps(metrics, default=str))
     return metrics

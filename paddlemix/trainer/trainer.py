@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import paddleformers.trainer.trainer as _pf_trainer
 from paddleformers.trainer import Trainer
 
 from paddlemix.datasets.collator import REAL_TOKENS, SAMPLE_IDS
+from paddlemix.trainer.chunked_loss import lm_loss_without_full_logits
 from paddlemix.utils import checkpoints
 from paddlemix.utils.errors import UserError
 
@@ -27,9 +29,15 @@ if not hasattr(_pf_trainer, "GPTModel"):
 class MIXTrainer(Trainer):
     """Trainer that counts the real text and image tokens and the row slots it trains on (throughput, fill)."""
 
-    def __init__(self, *args: Any, image_token_id: int | None = None, **kwargs: Any):
+    def __init__(
+        self, *args: Any, image_token_id: int | None = None, head_owner: Any = None, loss_chunk_size: int = 0,
+        generation_eval: Callable[[], dict[str, float]] | None = None, **kwargs: Any,
+    ):  # fmt: skip
         super().__init__(*args, **kwargs)
+        self.generation_eval = generation_eval
         self.image_token_id = image_token_id
+        self.head_owner = head_owner
+        self.loss_chunk_size = loss_chunk_size
         self.text_tokens = 0
         self.image_tokens = 0
         self.slots = 0
@@ -64,6 +72,22 @@ class MIXTrainer(Trainer):
         if current.is_dir():
             checkpoints.mark_complete(current, self.state.global_step)
             checkpoints.prune(folder, self.args.save_total_limit)
+
+    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, **kwargs: Any) -> Any:
+        """Training loss through the chunked head + cross-entropy (no full [tokens, vocab] logits) when enabled;
+        evaluation, which may need logits, keeps the model's own loss."""
+        if self.loss_chunk_size <= 0 or return_outputs or not model.training or self.head_owner is None:
+            return super().compute_loss(model, inputs, return_outputs, **kwargs)
+        return lm_loss_without_full_logits(model, inputs, self.head_owner, self.loss_chunk_size)
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+        """Loss-based evaluation, plus generated-answer scores (exact match / BLEU-4) when `eval_generation` is on."""
+        metrics = super().evaluate(*args, **kwargs)
+        if self.generation_eval is not None:
+            scores = self.generation_eval()
+            metrics.update(scores)
+            self.log(scores)
+        return metrics
 
     def prediction_step(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
         inputs.pop(REAL_TOKENS, None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 from paddlemix.utils.errors import UserError
 
@@ -48,3 +49,24 @@ def set_device(device: str) -> None:
 
     paddle.set_device(device)
     logger.info("device: %s", device)
+
+
+# Settings PaddleMIX documents for Ascend NPUs: no private storage format or JIT compilation, aclnn kernels, and
+# set_value kept off the device for accuracy. A value the user already exported always wins.
+NPU_ENV = {
+    "FLAGS_use_stride_kernel": "0",
+    "FLAGS_npu_storage_format": "0",
+    "FLAGS_npu_jit_compile": "0",
+    "FLAGS_npu_scale_aclnn": "True",
+    "FLAGS_npu_split_aclnn": "True",
+    "CUSTOM_DEVICE_BLACK_LIST": "set_value,set_value_with_tensor",
+}
+
+
+def device_env(device: str) -> dict[str, str]:
+    """Set the device's recommended environment where the user has not, log each, and return what was set."""
+    chosen = {k: v for k, v in (NPU_ENV if device == "npu" else {}).items() if k not in os.environ}
+    for key, value in chosen.items():
+        os.environ[key] = value
+        logger.info("set %s=%s for %s (export it to override)", key, value, device)
+    return chosen

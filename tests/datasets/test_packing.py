@@ -8,21 +8,10 @@ from paddlemix.datasets.packing import (
     PackedDataset,
     build_pack,
     fill_ratio,
+    next_fit,
     pack_batch,
     startend_row_indices,
 )
-
-
-def next_fit(lengths: list[int], capacity: int) -> list[list[int]]:
-    """Oracle baseline: fill packs in order, open a new one when the next item does not fit."""
-    packs, free = [[]], capacity
-    for i, n in enumerate(lengths):
-        if n > free:
-            packs.append([])
-            free = capacity
-        packs[-1].append(i)
-        free -= n
-    return packs
 
 
 def dense_mask(seq_lens: list[int], length: int) -> np.ndarray:
@@ -40,6 +29,10 @@ def test_every_item_once_and_capacity_respected(capacity: int, window: int, n: i
     packs = list(BestFitPacker(capacity, window).pack(enumerate(lengths)))
     assert sorted(i for p in packs for i in p) == list(range(n))
     assert all(sum(lengths[i] for i in p) <= capacity for p in packs)
+
+
+def test_next_fit_keeps_file_order() -> None:
+    assert next_fit([3, 4, 2, 5, 1], 7) == [[0, 1], [2, 3], [4]]
 
 
 def test_best_fit_beats_next_fit_on_a_skewed_mix() -> None:

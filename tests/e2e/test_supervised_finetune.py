@@ -27,7 +27,7 @@ MODEL_FILES = {
     "chat_template.json",
     "preprocessor_config.json",
 }
-RUN_FILES = {"run_args.json", "all_results.json", "train_log.jsonl"}
+RUN_FILES = {"run_args.json", "all_results.json", "train_log.jsonl", "train_summary.json", "loss_curve.png"}
 
 
 def log_records(out: Path) -> list[dict]:

@@ -52,3 +52,18 @@ def test_pickle_weights_refused_unless_allowed(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="pickle"):
         check_safe_weights(tmp_path)
     check_safe_weights(tmp_path, allow_pickle=True)
+
+
+def test_import_inverts_export_and_loads_the_same_model(model, tiny_model_dir: Path, monkeypatch) -> None:
+    """The replicated loader used by data-parallel processes gives the same parameters as paddleformers' loader."""
+    adapter = adapter_for(tiny_model_dir)
+    state = {k: to_numpy(v) for k, v in model.state_dict().items()}
+    imported = adapter.import_state_dict(load_safetensors(tiny_model_dir / "model.safetensors"), model.config,
+                                         set(state))  # fmt: skip
+    assert set(imported) == set(state)
+    for name, value in state.items():
+        np.testing.assert_array_equal(imported[name], value, err_msg=name)
+    monkeypatch.setenv("PADDLE_TRAINERS_NUM", "2")
+    replicated = AutoModelMIX.from_pretrained(tiny_model_dir)
+    for name, value in replicated.state_dict().items():
+        np.testing.assert_array_equal(to_numpy(value), state[name], err_msg=name)

@@ -1,7 +1,8 @@
 """A non-finite loss stops training with the step and the batch's sample ids, after saving the last good state.
 
-The tiny model keeps its loss finite even with corrupt weights, so the fault is planted in its forward: any batch
-holding a marker token gets a NaN loss. Everything else is the real run (arguments, data, trainer, checkpoints).
+Paddle's cross-entropy stays finite even for NaN logits on CPU, so the fault is planted in the loss itself: any
+batch holding a marker token gets a NaN loss. Everything else is the real run (arguments, data, trainer,
+checkpoints).
 """
 
 from __future__ import annotations
@@ -11,13 +12,12 @@ import json
 import pytest
 
 from paddlemix import arguments
-from paddlemix.models.adapter import ModelAdapter
 from paddlemix.trainer.sft import run_sft
-from paddlemix.trainer.trainer import NonFiniteLossError
+from paddlemix.trainer.trainer import MIXTrainer, NonFiniteLossError
 from paddlemix.utils import checkpoints
 
 pytestmark = pytest.mark.slow
-MARKER = "<|box_start|>"
+MARKER, MARKER_ID = "<|box_start|>", 521  # id in the tiny tokenizer
 
 
 def test_nan_loss_stops_with_step_samples_and_last_good_checkpoint(tiny_model_dir, shapes_data, tmp_path, monkeypatch):
@@ -26,23 +26,15 @@ def test_nan_loss_stops_with_step_samples_and_last_good_checkpoint(tiny_model_di
                                                 {"role": "assistant", "content": "red"}]}))  # fmt: skip
     data = tmp_path / "planted.jsonl"
     data.write_text("\n".join(r.replace('"images/', f'"{shapes_data["train"].parent}/images/') for r in records))
-    load = ModelAdapter.load_model
+    compute_loss = MIXTrainer.compute_loss
 
-    def load_with_planted_nan(self, *args, **kwargs):
-        model = load(self, *args, **kwargs)
-        forward, marker = model.forward, 521  # <|box_start|> in the tiny tokenizer
+    def planted(self, model, inputs, *args, **kwargs):
+        loss = compute_loss(self, model, inputs, *args, **kwargs)
+        if bool((inputs["input_ids"] == MARKER_ID).any()):
+            loss = loss * float("nan")
+        return loss
 
-        def planted(*a, **kw):
-            a = a[1:] if a and a[0] is model else a  # paddle may pass the layer itself first
-            out = forward(*a, **kw)
-            if out.loss is not None and bool((kw["input_ids"] == marker).any()):
-                out.loss = out.loss * float("nan")
-            return out
-
-        model.forward = planted
-        return model
-
-    monkeypatch.setattr(ModelAdapter, "load_model", load_with_planted_nan)
+    monkeypatch.setattr(MIXTrainer, "compute_loss", planted)
     out = tmp_path / "out"
     raw = {"model_name_or_path": str(tiny_model_dir), "output_dir": str(out), "device": "cpu", "do_train": True,
            "dataset": {"train": [{"name": "chatml_dataset", "data_files": str(data)}]}, "max_steps": 8,

@@ -1,0 +1,59 @@
+"""Language-model loss without the full [tokens, vocab] logits: the head and cross-entropy run chunk by chunk.
+
+Each chunk's logits exist only while that chunk is computed; backward recomputes them (activation recompute), so
+peak memory holds one chunk of logits instead of all of them (in the spirit of fused linear cross-entropy). The
+result is the same token-mean loss, with the same gradients, as `cross_entropy(head(hidden), labels)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import paddle
+import paddle.nn.functional as F
+from paddle.distributed.fleet.utils import recompute
+
+from paddlemix.processors.sample_processor import IGNORE_INDEX
+
+
+def _chunk_loss_sum(head: Callable[[Any], Any], hidden: Any, labels: Any) -> Any:
+    logits = head(hidden).astype("float32")  # [chunk, vocab]
+    return F.cross_entropy(logits, labels, reduction="sum")
+
+
+def chunked_lm_loss(head: Callable[[Any], Any], hidden: Any, labels: Any, chunk_size: int = 1024) -> Any:
+    """Mean cross-entropy of `head(hidden)` against `labels` over the positions whose label is not ignored.
+
+    hidden: [..., H] states whose label is the token at the same position (labels already shifted);
+    labels: [...] int64 with IGNORE_INDEX where no loss is taken.
+    """
+    hidden = hidden.reshape([-1, hidden.shape[-1]])  # [tokens, hidden]
+    labels = labels.reshape([-1])
+    keep = paddle.nonzero(labels != IGNORE_INDEX).squeeze(-1)
+    if keep.shape[0] == 0:
+        return (hidden.sum() * 0.0).astype("float32")
+    hidden, labels = paddle.gather(hidden, keep), paddle.gather(labels, keep)  # only labelled positions
+    total = paddle.zeros([], dtype="float32")
+    for start in range(0, hidden.shape[0], chunk_size):
+        h, y = hidden[start : start + chunk_size], labels[start : start + chunk_size]
+        total = total + recompute(_chunk_loss_sum, head, h, y, use_reentrant=False)
+    return total / float(keep.shape[0])
+
+
+class _Identity(paddle.nn.Layer):
+    def forward(self, x: Any) -> Any:
+        return x
+
+
+def lm_loss_without_full_logits(model: Any, inputs: dict[str, Any], head_owner: Any, chunk_size: int) -> Any:
+    """Run `model` (possibly wrapped by LoRA or DataParallel) with its LM head swapped for identity, so its
+    forward returns hidden states, then take the chunked loss with the real head. Going through the wrapper's own
+    forward keeps data-parallel gradient sync intact."""
+    head = head_owner.lm_head
+    head_owner.lm_head = _Identity()
+    try:
+        hidden = model(**{k: v for k, v in inputs.items() if k != "labels"}).logits  # [B, L, H]
+    finally:
+        head_owner.lm_head = head
+    return chunked_lm_loss(head, hidden, inputs["labels"], chunk_size)

@@ -1,0 +1,52 @@
+"""End-of-run outputs: the loss curve picture and a one-file summary of the run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+LOSS_CURVE = "loss_curve.png"
+SUMMARY = "train_summary.json"
+
+
+def read_log(path: str | Path) -> list[dict[str, Any]]:
+    path = Path(path)
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def plot_loss_curve(records: list[dict[str, Any]], out: str | Path) -> Any:
+    """Train loss (and eval loss, when there is any) over steps, saved as a PNG; returns the figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    for key, label in (("loss", "train loss"), ("eval_loss", "eval loss")):
+        points = [(r["step"], r[key]) for r in records if key in r]
+        if points:
+            steps, values = zip(*points)
+            ax.plot(steps, values, marker="o" if key == "eval_loss" else None, markersize=4, label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return fig
+
+
+def summarize(records: list[dict[str, Any]], metrics: dict[str, Any]) -> dict[str, Any]:
+    """Runtime, throughput, final losses and skip counts in one dictionary."""
+    train = [r for r in records if "loss" in r]
+    evals = [r for r in records if "eval_loss" in r]
+    keys = ("train_runtime", "train_samples_per_second", "tokens_per_second", "text_tokens_per_second",
+            "image_tokens_per_second", "peak_memory_mb", "fill", "skipped_samples", "skipped_by_source")  # fmt: skip
+    return {
+        "steps": train[-1]["step"] if train else 0,
+        "final_train_loss": train[-1]["loss"] if train else None,
+        "final_eval_loss": evals[-1]["eval_loss"] if evals else metrics.get("eval_loss"),
+        **{k: metrics[k] for k in keys if k in metrics},
+    }

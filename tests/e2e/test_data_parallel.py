@@ -1,0 +1,61 @@
+"""Data parallel over 2 CPU processes (gloo) through train.sh matches one process with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from paddlemix.auto import AutoProcessorMIX
+from paddlemix.utils.io import load_safetensors
+
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = REPO / "paddlemix" / "config" / "tiny" / "sft_argument.json"
+
+
+def equal_label_data(workspace: Path, model_dir: Path, shapes: Path) -> Path:
+    """Colour questions whose answers are one token each, so every sample carries the same number of labels and
+    the mean of per-process losses equals the loss over the whole global batch."""
+    tokenizer = AutoProcessorMIX.from_pretrained(model_dir).tokenizer
+    records = [json.loads(line) for line in shapes.read_text().splitlines()]
+    keep = [r for r in records if len(tokenizer(r["messages"][1]["content"])["input_ids"]) == 1]
+    for r in keep:
+        r["images"] = [str(shapes.parent / p) for p in r["images"]]
+    path = workspace / "equal_labels.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in keep[:16]))
+    assert len(keep) >= 16
+    return path
+
+
+def test_two_process_data_parallel_matches_single_process(workspace: Path, shapes_data, run_tool) -> None:
+    data = equal_label_data(workspace, workspace / "tiny_qwen2_5_vl", shapes_data["train"])
+    common = ["--dataset", json.dumps({"train": [{"name": "chatml_dataset", "data_files": str(data)}]}),
+              "--do_eval", "false", "--evaluation_strategy", "no", "--max_steps", "3", "--dataloader_shuffle",
+              "false", "--save_steps", "100", "--learning_rate", "0.003", "--warmup_ratio", "0"]  # fmt: skip
+    run_tool("supervised_finetune.py", str(CONFIG), *common, "--per_device_train_batch_size", "4",
+             "--output_dir", "single", cwd=workspace)  # fmt: skip
+    env = {**os.environ, "NPROC": "2", "PYTHON": str(Path(os.sys.executable))}
+    proc = subprocess.run(["sh", str(REPO / "paddlemix" / "tools" / "train.sh"), str(CONFIG), *common,
+                           "--per_device_train_batch_size", "2", "--output_dir", "dp"],
+                          cwd=workspace, env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
+    logs = workspace / "dp" / "launch_logs"
+    worker_logs = sorted(p.name for p in logs.glob("workerlog.*")) if logs.is_dir() else []
+    detail = "\n".join((logs / n).read_text()[-3000:] for n in worker_logs)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:] + detail
+    assert "+ " in proc.stdout and "paddle.distributed.launch --nproc_per_node 2" in proc.stdout
+    assert worker_logs == ["workerlog.0", "workerlog.1"]
+    records = [json.loads(line) for line in (workspace / "dp" / "train_log.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in records if "loss" in r]
+    assert steps == [1, 2, 3], "only rank 0 writes the log"
+    single = load_safetensors(workspace / "single" / "model.safetensors")
+    dp = load_safetensors(workspace / "dp" / "model.safetensors")
+    base = load_safetensors(workspace / "tiny_qwen2_5_vl" / "model.safetensors")
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert np.abs(single[name] - base[name]).max() > 1e-3
+    for key in single:
+        np.testing.assert_allclose(dp[key], single[key], atol=2e-5, err_msg=key)

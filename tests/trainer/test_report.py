@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image
+
+from paddlemix.trainer.report import plot_loss_curve, summarize
+
+RECORDS = [{"step": 1, "loss": 3.0}, {"step": 2, "loss": 2.0}, {"step": 2, "eval_loss": 2.5},
+           {"step": 3, "loss": 1.5}, {"step": 4, "loss": 1.0}, {"step": 4, "eval_loss": 1.2}]  # fmt: skip
+
+
+def test_loss_curve_has_train_and_eval_lines(tmp_path: Path) -> None:
+    fig = plot_loss_curve(RECORDS, tmp_path / "curve.png")
+    lines = fig.axes[0].get_lines()
+    assert [line.get_label() for line in lines] == ["train loss", "eval loss"]
+    assert list(lines[0].get_xdata()) == [1, 2, 3, 4] and list(lines[1].get_ydata()) == [2.5, 1.2]
+    with Image.open(tmp_path / "curve.png") as image:
+        assert image.format == "PNG" and image.size == (700, 400)
+
+
+def test_summary_takes_final_losses_and_metrics() -> None:
+    summary = summarize(RECORDS, {"train_runtime": 9.5, "tokens_per_second": 100.0, "other": 1})
+    assert summary == {"steps": 4, "final_train_loss": 1.0, "final_eval_loss": 1.2, "train_runtime": 9.5,
+                       "tokens_per_second": 100.0}  # fmt: skip
