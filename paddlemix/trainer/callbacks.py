@@ -53,6 +53,8 @@ class ThroughputCallback(TrainerCallback):
         logs["fill"] = round((text + image - self.last[1] - self.last[2]) / max(slots - self.last[3], 1), 4)
         self.last = (now, text, image, slots)
         logs["peak_memory_mb"] = round(peak_memory_mb(), 1)
+        if getattr(c, "grad_norm", None) is not None:
+            logs["grad_norm"] = round(c.grad_norm, 4)
         if self.skip_log is not None:
             logs["skipped"] = sum(self.skip_log.skipped.values())
 

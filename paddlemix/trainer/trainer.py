@@ -41,6 +41,7 @@ class MIXTrainer(Trainer):
         self.text_tokens = 0
         self.image_tokens = 0
         self.slots = 0
+        self.grad_norm: float | None = None
 
     def training_step(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
         real = int(inputs.pop(REAL_TOKENS))
@@ -52,7 +53,15 @@ class MIXTrainer(Trainer):
         loss = super().training_step(model, inputs, *args, **kwargs)
         if not bool(paddle.isfinite(loss).all()):
             self.stop_on_non_finite(model, float(loss), sample_ids)
+        if self.args.logging_steps > 0 and (self.state.global_step + 1) % self.args.logging_steps == 0:
+            self.grad_norm = self.gradient_norm(model)
         return loss
+
+    @staticmethod
+    def gradient_norm(model: Any) -> float:
+        """L2 norm of the gradients accumulated so far (before clipping), computed only for steps that log."""
+        squares = [(p.grad.astype("float32") ** 2).sum() for p in model.parameters() if p.grad is not None]
+        return float(paddle.add_n(squares).sqrt()) if squares else 0.0
 
     def stop_on_non_finite(self, model: Any, loss: float, sample_ids: list[str]) -> None:
         """Save the weights of the last completed step (the optimizer has not applied this batch) and stop."""

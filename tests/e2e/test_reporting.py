@@ -18,8 +18,8 @@ def test_run_writes_logs_events_curve_and_summary(workspace: Path, run_tool) -> 
     out = workspace / "checkpoints" / "tiny_sft"
     records = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     step = next(r for r in records if "loss" in r)
-    for key in ("loss", "learning_rate", "text_tokens_per_sec", "image_tokens_per_sec", "fill", "skipped",
-                "peak_memory_mb"):  # fmt: skip
+    for key in ("loss", "learning_rate", "grad_norm", "text_tokens_per_sec", "image_tokens_per_sec", "fill",
+                "skipped", "peak_memory_mb"):  # fmt: skip
         assert key in step, key
     assert any(out.rglob("vdlrecords*")), "VisualDL events"
     assert any(out.rglob("events.out.tfevents*")), "TensorBoard events"
@@ -27,4 +27,5 @@ def test_run_writes_logs_events_curve_and_summary(workspace: Path, run_tool) -> 
         assert image.format == "PNG"
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["steps"] == 4 and summary["final_train_loss"] > 0 and summary["final_eval_loss"] > 0
+    assert all(r["grad_norm"] > 0 for r in records if "loss" in r)
     assert "TrainProcess" in proc.stderr and "it/s" in proc.stderr  # the progress bar with its rate and ETA
