@@ -26,9 +26,6 @@ class Sample:
     source: str = ""
     index: int = -1
 
-    def placeholder_count(self) -> int:
-        return sum(m.content.count(IMAGE_PLACEHOLDER) for m in self.messages)
-
 
 class SampleError(ValueError):
     """A record that cannot become a training sample; the message is the skip reason."""

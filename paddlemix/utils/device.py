@@ -43,14 +43,6 @@ def _available(device: str) -> bool:
     return device in paddle.device.get_all_custom_device_type()
 
 
-def set_device(device: str) -> None:
-    """Make `device` Paddle's current device, logging the choice."""
-    import paddle
-
-    paddle.set_device(device)
-    logger.info("device: %s", device)
-
-
 # Settings PaddleMIX documents for Ascend NPUs: no private storage format or JIT compilation, aclnn kernels, and
 # set_value kept off the device for accuracy. A value the user already exported always wins.
 NPU_ENV = {
