@@ -21,8 +21,7 @@ from paddlemix.datasets.collator import pad_batch
 from paddlemix.datasets.conversation import Message, Sample, SampleError
 from paddlemix.datasets.packing import BestFitPacker, build_pack, pack_batch
 from paddlemix.models import adapter_for
-from paddlemix.processors.chat_template import load_chat_template
-from paddlemix.processors.sample_processor import SampleProcessor
+from paddlemix.processors.chat_template import template_for
 from paddlemix.testing.shapes import make_shapes_dataset
 from paddlemix.testing.tiny_model import DEMO_SIZE, build_tiny_qwen2_5_vl
 
@@ -72,9 +71,8 @@ def main() -> None:
     images = sorted(str(p) for p in (files["train"].parent / "images").glob("train_*.png"))
     processor = AutoProcessorMIX.from_pretrained(model_dir)
     adapter = adapter_for(model_dir)
-    encoder = SampleProcessor(processor.tokenizer, processor.image_processor, adapter.vision_tokens(processor),
-                              args.max_length)  # fmt: skip
-    template = load_chat_template(None, processor.chat_template, {})
+    encoder = adapter.sample_processor(processor, args.max_length)
+    template = template_for(processor)
     encoded = []
     for sample in make_samples(args.samples, images, np.random.default_rng(args.seed)):
         try:

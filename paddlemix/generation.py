@@ -16,7 +16,7 @@ from paddlemix.datasets.conversation import IMAGE_PLACEHOLDER, Message, Sample
 from paddlemix.datasets.sources import SourceDataset
 from paddlemix.models import adapter_for
 from paddlemix.peft.lora import load_adapter
-from paddlemix.processors.chat_template import ChatTemplate, load_chat_template
+from paddlemix.processors.chat_template import ChatTemplate, template_for
 from paddlemix.processors.sample_processor import SampleProcessor
 
 logger = logging.getLogger(__name__)
@@ -34,11 +34,8 @@ class Generator:
     @classmethod
     def from_parts(cls, model: Any, processor: Any, adapter: Any, chat_template: str | None = None) -> Generator:
         """A generator around an already loaded (possibly training) model."""
-        tokenizer = processor.tokenizer
-        encoder = SampleProcessor(tokenizer, processor.image_processor, adapter.vision_tokens(processor), 1 << 30)
-        default = getattr(processor, "chat_template", None) or tokenizer.chat_template
-        special = {"bos_token": tokenizer.bos_token, "eos_token": tokenizer.eos_token}
-        return cls(model, tokenizer, encoder, load_chat_template(chat_template, default, special))
+        encoder = adapter.sample_processor(processor, 1 << 30)
+        return cls(model, processor.tokenizer, encoder, template_for(processor, chat_template))
 
     @classmethod
     def from_pretrained(

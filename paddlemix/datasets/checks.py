@@ -10,14 +10,14 @@ from typing import Any
 import numpy as np
 
 from paddlemix.arguments import DatasetSource
-from paddlemix.datasets.conversation import SampleError
+from paddlemix.datasets.conversation import SampleError, TooLongError
 from paddlemix.datasets.encoded import source_names
 from paddlemix.datasets.packing import BestFitPacker, fill_ratio
 from paddlemix.datasets.sources import SourceDataset
 from paddlemix.processors.chat_template import ChatTemplate
 from paddlemix.processors.sample_processor import SampleProcessor
 
-TOO_LONG = "exceed max_length"
+TOO_LONG = "longer than max_length"
 
 
 def length_stats(lengths: Sequence[int]) -> dict[str, float]:
@@ -28,11 +28,11 @@ def length_stats(lengths: Sequence[int]) -> dict[str, float]:
             "p95": float(np.percentile(a, 95)), "max": int(a.max())}  # fmt: skip
 
 
-def reason_kind(reason: str) -> str:
+def reason_kind(err: SampleError) -> str:
     """Group reasons that differ only in paths and numbers (`image not found: a.png` -> `image not found`)."""
-    if TOO_LONG in reason:
-        return "longer than max_length"
-    return reason.split(":")[0].split(" (")[0]
+    if isinstance(err, TooLongError):
+        return TOO_LONG
+    return str(err).split(":")[0].split(" (")[0]
 
 
 def check_source(
@@ -46,11 +46,12 @@ def check_source(
         try:
             lengths.append(encoder.length(data[i], template))
         except SampleError as err:
-            kind = reason_kind(str(err))
+            kind = reason_kind(err)
             reasons[kind] += 1
-            examples.setdefault(kind, f"{data.locate(i)[0].path} #{data.locate(i)[1]}: {err}")
-            if kind == "longer than max_length":
-                too_long.append(int(str(err).split()[0]))
+            file, index = data.locate(i)
+            examples.setdefault(kind, f"{file.path} #{index}: {err}")
+            if isinstance(err, TooLongError):
+                too_long.append(err.length)
         if progress is not None:
             progress.update(1)
     report = {

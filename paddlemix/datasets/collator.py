@@ -14,10 +14,15 @@ REAL_TOKENS = "real_tokens"
 SAMPLE_IDS = "sample_ids"
 
 
+def padded_length(features: Sequence[dict[str, np.ndarray]], multiple: int) -> int:
+    """The longest row of the batch, rounded up to a multiple of `multiple`."""
+    longest = max(len(f["input_ids"]) for f in features)
+    return -(-longest // multiple) * multiple
+
+
 def pad_batch(features: Sequence[dict[str, np.ndarray]], pad_token_id: int, pad_to_multiple_of: int = 8) -> dict:
     """Right-pad ids and labels to the longest sample (rounded up), with a 0/1 attention mask; numpy arrays."""
-    longest = max(len(f["input_ids"]) for f in features)
-    length = -(-longest // pad_to_multiple_of) * pad_to_multiple_of
+    length = padded_length(features, pad_to_multiple_of)
     batch = {
         "input_ids": np.full((len(features), length), pad_token_id, dtype="int64"),
         "labels": np.full((len(features), length), IGNORE_INDEX, dtype="int64"),
@@ -47,9 +52,7 @@ class Collator:
         import paddle
 
         if "seq_lens" in features[0]:
-            longest = max(len(f["input_ids"]) for f in features)
-            length = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
-            batch = pack_batch(features, self.pad_token_id, length)
+            batch = pack_batch(features, self.pad_token_id, padded_length(features, self.pad_to_multiple_of))
         else:
             batch = pad_batch(features, self.pad_token_id, self.pad_to_multiple_of)
         batch[REAL_TOKENS] = np.asarray(sum(len(f["input_ids"]) for f in features), dtype="int64")

@@ -31,6 +31,14 @@ class SampleError(ValueError):
     """A record that cannot become a training sample; the message is the skip reason."""
 
 
+class TooLongError(SampleError):
+    """A sample longer than `max_length` after image expansion; `length` is its token count."""
+
+    def __init__(self, length: int, max_length: int):
+        super().__init__(f"{length} tokens after image expansion exceed max_length {max_length}")
+        self.length = length
+
+
 def with_placeholders(messages: list[Message], n_images: int) -> list[Message]:
     """Put images that have no placeholder at the start of the first user turn; reject count mismatches."""
     found = sum(m.content.count(IMAGE_PLACEHOLDER) for m in messages)

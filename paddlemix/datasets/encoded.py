@@ -21,7 +21,7 @@ from paddlemix.arguments import DatasetSource
 from paddlemix.datasets.conversation import SampleError
 from paddlemix.datasets.mixing import MixDataset
 from paddlemix.datasets.sources import SourceDataset
-from paddlemix.processors.chat_template import ChatTemplate, load_chat_template
+from paddlemix.processors.chat_template import ChatTemplate, template_for
 from paddlemix.processors.sample_processor import SampleProcessor
 from paddlemix.utils.errors import UserError
 
@@ -167,15 +167,15 @@ def source_names(sources: Sequence[DatasetSource]) -> list[str]:
 
 def build_dataset(
     sources: Sequence[DatasetSource],
-    processor: SampleProcessor,
-    default_template: str | None,
-    special_tokens: dict[str, Any],
+    encoder: SampleProcessor,
+    processor: Any,
     seed: int,
     skip_log: SkipLog | None = None,
 ) -> EncodedDataset:
-    """Read, mix and wrap the sources of one split (`dataset.train` or `dataset.eval`)."""
+    """Read, mix and wrap the sources of one split (`dataset.train` or `dataset.eval`); `processor` is the
+    model's, whose chat template serves sources that name none."""
     datasets = [SourceDataset(s) for s in sources]
     mix = MixDataset(datasets, [s.sampling_rate for s in sources], seed, source_names(sources))
     logger.info("data mix: %s", mix.describe())
-    templates = [load_chat_template(s.chat_template, default_template, special_tokens) for s in sources]
-    return EncodedDataset(mix, templates, processor, skip_log)
+    templates = [template_for(processor, s.chat_template) for s in sources]
+    return EncodedDataset(mix, templates, encoder, skip_log)

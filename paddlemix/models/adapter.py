@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from paddlemix.processors.sample_processor import VisionTokens
+from paddlemix.processors.sample_processor import SampleProcessor, VisionTokens
 from paddlemix.utils.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -109,6 +109,12 @@ class ModelAdapter:
             self.image_token,
             int(getattr(image_processor, "merge_size", 2)),
             lambda width, height: self.image_grid(image_processor, width, height),
+        )
+
+    def sample_processor(self, processor: Any, max_length: int) -> SampleProcessor:
+        """The encoder of samples for this family and loaded processor."""
+        return SampleProcessor(
+            processor.tokenizer, processor.image_processor, self.vision_tokens(processor), max_length
         )
 
     def position_fn(self, config: Any) -> Callable[[Any, Any], Any]:

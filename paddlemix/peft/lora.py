@@ -58,6 +58,13 @@ def apply_lora(
     return LoRAModel(model, config)
 
 
+def base_model(model: Any) -> Any:
+    """The wrapped model of a LoRAModel, or `model` itself."""
+    from paddleformers.peft import LoRAModel
+
+    return model.model if isinstance(model, LoRAModel) else model
+
+
 def adapter_state_dict(lora_model: Any) -> dict[str, np.ndarray]:
     """The trainable tensors of a LoRAModel (A/B matrices and fully trained modules) as numpy arrays."""
     return {k: to_numpy(v) for k, v in lora_model.get_trainable_state_dict().items()}

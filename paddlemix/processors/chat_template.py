@@ -128,6 +128,14 @@ class PaddleMixChatTemplate:
         return text
 
 
+def template_for(processor: Any, path: str | Path | None = None) -> ChatTemplate:
+    """The template of `path` if given, else the model's own, with the tokenizer's bos/eos tokens for Jinja."""
+    tokenizer = processor.tokenizer
+    default = getattr(processor, "chat_template", None) or tokenizer.chat_template
+    special = {"bos_token": tokenizer.bos_token, "eos_token": tokenizer.eos_token}
+    return load_chat_template(path, default, special)
+
+
 def load_chat_template(path: str | Path | None, default: str | None, special_tokens: dict[str, Any]) -> ChatTemplate:
     """The template from `path` (chat_template.json or a Jinja file), else the model's own `default`."""
     if path is None:

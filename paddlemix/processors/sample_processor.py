@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from paddlemix.datasets.conversation import IMAGE_PLACEHOLDER, Message, Sample, SampleError
+from paddlemix.datasets.conversation import IMAGE_PLACEHOLDER, Message, Sample, SampleError, TooLongError
 from paddlemix.processors.chat_template import ChatTemplate
 
 IGNORE_INDEX = -100
@@ -113,7 +113,7 @@ class SampleProcessor:
         if counts:
             raise SampleError(f"{len(counts)} images have no placeholder in the rendered text")
         if len(input_ids) > self.max_length:
-            raise SampleError(f"{len(input_ids)} tokens after image expansion exceed max_length {self.max_length}")
+            raise TooLongError(len(input_ids), self.max_length)
         return input_ids, labels
 
     def __call__(self, sample: Sample, template: ChatTemplate) -> dict[str, np.ndarray]:

@@ -36,24 +36,19 @@ def main(argv: list[str] | None = None) -> None:
     from paddlemix.datasets.checks import check_split, format_report
     from paddlemix.datasets.sources import SourceDataset
     from paddlemix.models import adapter_for
-    from paddlemix.processors.chat_template import load_chat_template
-    from paddlemix.processors.sample_processor import SampleProcessor
+    from paddlemix.processors.chat_template import template_for
 
     start = time.perf_counter()
     adapter = adapter_for(args.model.model_name_or_path)
     processor = adapter.load_processor(args.model.model_name_or_path)
-    tokenizer = processor.tokenizer
-    encoder = SampleProcessor(tokenizer, processor.image_processor, adapter.vision_tokens(processor),
-                              args.data.max_length)  # fmt: skip
-    default = getattr(processor, "chat_template", None) or tokenizer.chat_template
-    special = {"bos_token": tokenizer.bos_token, "eos_token": tokenizer.eos_token}
+    encoder = adapter.sample_processor(processor, args.data.max_length)
     splits = {"train": args.data.train, "eval": args.data.eval}
     total = sum(len(SourceDataset(s)) for sources in splits.values() for s in sources)
     report = {"max_length": args.data.max_length, "splits": {}}
     with tqdm(total=total, desc="checking records", unit="rec", file=sys.stderr) as progress:
         for split, sources in splits.items():
             if sources:
-                templates = [load_chat_template(s.chat_template, default, special) for s in sources]
+                templates = [template_for(processor, s.chat_template) for s in sources]
                 report["splits"][split] = check_split(sources, encoder, templates, args.data.max_length,
                                                       args.data.pack_window, progress)  # fmt: skip
     report["seconds"] = round(time.perf_counter() - start, 2)

@@ -31,12 +31,9 @@ done
 LOG_DIR=${LOG_DIR:-$OUTPUT_DIR/launch_logs}
 
 if [ "${DEVICE:-}" = "npu" ]; then
-    export FLAGS_use_stride_kernel=${FLAGS_use_stride_kernel:-0}
-    export FLAGS_npu_storage_format=${FLAGS_npu_storage_format:-0}
-    export FLAGS_npu_jit_compile=${FLAGS_npu_jit_compile:-0}
-    export FLAGS_npu_scale_aclnn=${FLAGS_npu_scale_aclnn:-True}
-    export FLAGS_npu_split_aclnn=${FLAGS_npu_split_aclnn:-True}
-    export CUSTOM_DEVICE_BLACK_LIST=${CUSTOM_DEVICE_BLACK_LIST:-set_value,set_value_with_tensor}
+    # PaddleMIX's NPU flags (paddlemix/utils/device.py: NPU_ENV), exported before Python starts; yours win.
+    eval "$("$PYTHON" -c 'import os, shlex; from paddlemix.utils.device import NPU_ENV
+print("\n".join(f"export {k}={shlex.quote(os.environ.get(k, v))}" for k, v in NPU_ENV.items()))')"
     COUNT=$("$PYTHON" -c "import paddle; print(paddle.device.get_device_count('npu') if 'npu' in paddle.device.get_all_custom_device_type() else 0)")
 else
     COUNT=$("$PYTHON" -c "import paddle; print(paddle.device.cuda.device_count() if paddle.device.is_compiled_with_cuda() else 0)")

@@ -17,8 +17,7 @@ from paddlemix.datasets.packing import PackedDataset
 from paddlemix.models import adapter_for
 from paddlemix.models.adapter import ModelAdapter
 from paddlemix.peft.freeze import apply_freeze, trainable_table
-from paddlemix.peft.lora import apply_lora, load_adapter, save_adapter
-from paddlemix.processors.sample_processor import SampleProcessor
+from paddlemix.peft.lora import apply_lora, base_model, load_adapter, save_adapter
 from paddlemix.trainer.callbacks import (
     TRAIN_LOG,
     JsonlLogCallback,
@@ -107,7 +106,7 @@ def build_model(args: RunArgs, adapter: ModelAdapter) -> Any:
         model = apply_lora(
             model, targets, lora.lora_rank, lora.lora_alpha, lora.lora_dropout, tensor_parallel_degree=tp
         )
-    base = model.model if lora.lora else model
+    base = base_model(model)
     if args.model.freeze_include:
         frozen = apply_freeze(base, args.model.freeze_include, args.model.freeze_exclude)
         logger.info("froze %d parameter tensors matching %s", len(frozen), args.model.freeze_include)
@@ -123,16 +122,11 @@ def build_datasets(
     With MIXToken the train set is a stream of packs; on resume it skips the packs the first `resume_step`
     optimizer steps consumed (re-planned from lengths, nothing decoded).
     """
-    tokenizer = processor.tokenizer
-    encoder = SampleProcessor(
-        tokenizer, processor.image_processor, adapter.vision_tokens(processor), args.data.max_length
-    )
-    template = getattr(processor, "chat_template", None) or getattr(tokenizer, "chat_template", None)
-    special = {"bos_token": tokenizer.bos_token, "eos_token": tokenizer.eos_token}
+    encoder = adapter.sample_processor(processor, args.data.max_length)
     seed = args.training.seed
-    train = build_dataset(args.data.train, encoder, template, special, seed, skips) if args.data.train else None
+    train = build_dataset(args.data.train, encoder, processor, seed, skips) if args.data.train else None
     evaluate = args.data.eval and args.training.do_eval
-    eval_set = build_dataset(args.data.eval, encoder, template, special, seed, skips) if evaluate else None
+    eval_set = build_dataset(args.data.eval, encoder, processor, seed, skips) if evaluate else None
     if train is not None and args.data.packing:
         t = args.training
         consumed = resume_step * t.per_device_train_batch_size * t.gradient_accumulation_steps * t.dataset_world_size
@@ -221,8 +215,8 @@ def run_sft(args: RunArgs) -> dict[str, Any]:
     adapter = adapter_for(args.model.model_name_or_path)
     processor = adapter.load_processor(args.model.model_name_or_path)
     model = build_model(args, adapter)
-    config = (model.model if args.lora.lora else model).config
-    resume_step = int(Path(resume).name.split("-")[-1]) if resume else 0
+    config = base_model(model).config
+    resume_step = checkpoints.step_of(Path(resume)) if resume else 0
     skip_file = out / SKIPPED if training.process_index == 0 else None
     skips = SkipLog(skip_file, args.data.max_skip_ratio)
     train_set, eval_set = build_datasets(args, processor, adapter, config, skips, resume_step)
@@ -234,7 +228,7 @@ def run_sft(args: RunArgs) -> dict[str, Any]:
         eval_dataset=eval_set,
         data_collator=Collator(processor.tokenizer.pad_token_id),
         image_token_id=image_token_id,
-        head_owner=model.model if args.lora.lora else model,
+        head_owner=base_model(model),
         # Several processes: DataParallel's gradient reducer expects each parameter once per step, which the
         # recomputed head chunks break, so data-parallel runs keep the model's own loss.
         loss_chunk_size=args.runtime.loss_chunk_size if training.world_size == 1 else 0,

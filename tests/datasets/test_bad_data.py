@@ -13,16 +13,14 @@ from paddlemix.auto import AutoProcessorMIX
 from paddlemix.datasets.conversation import SampleError
 from paddlemix.datasets.encoded import MISFORMAT_PROBE, SkipLog, build_dataset
 from paddlemix.models import adapter_for
-from paddlemix.processors.sample_processor import SampleProcessor
 from paddlemix.utils.errors import UserError
 
 
 def dataset(model_dir: Path, files: list[Path], skip_log: SkipLog):
     processor = AutoProcessorMIX.from_pretrained(model_dir)
-    encoder = SampleProcessor(processor.tokenizer, processor.image_processor,
-                              adapter_for(model_dir).vision_tokens(processor), 128)  # fmt: skip
+    encoder = adapter_for(model_dir).sample_processor(processor, 128)
     sources = [DatasetSource(name="chatml_dataset", data_files=[str(f)]) for f in files]
-    return build_dataset(sources, encoder, processor.chat_template, {}, seed=0, skip_log=skip_log)
+    return build_dataset(sources, encoder, processor, seed=0, skip_log=skip_log)
 
 
 def test_each_planted_fault_is_skipped_with_its_reason(tiny_model_dir: Path, faulty_data: Path, tmp_path: Path):

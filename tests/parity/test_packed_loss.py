@@ -14,8 +14,8 @@ from paddlemix.datasets.collator import pad_batch
 from paddlemix.datasets.conversation import Message, Sample
 from paddlemix.datasets.packing import build_pack, pack_batch
 from paddlemix.models import adapter_for
-from paddlemix.processors.chat_template import load_chat_template
-from paddlemix.processors.sample_processor import IGNORE_INDEX, SampleProcessor
+from paddlemix.processors.chat_template import template_for
+from paddlemix.processors.sample_processor import IGNORE_INDEX
 
 PARAMS = (
     "lm_head.weight",
@@ -28,8 +28,8 @@ PARAMS = (
 def setup(tiny_model_dir: Path, shapes_data: dict):
     processor = AutoProcessorMIX.from_pretrained(tiny_model_dir)
     adapter = adapter_for(tiny_model_dir)
-    encoder = SampleProcessor(processor.tokenizer, processor.image_processor, adapter.vision_tokens(processor), 512)
-    template = load_chat_template(None, processor.chat_template, {})
+    encoder = adapter.sample_processor(processor, 512)
+    template = template_for(processor)
     model = AutoModelMIX.from_pretrained(tiny_model_dir)
     images = sorted(str(p) for p in (shapes_data["train"].parent / "images").glob("train_*.png"))
     return encoder, template, model, adapter.position_fn(model.config), images, processor.tokenizer.pad_token_id

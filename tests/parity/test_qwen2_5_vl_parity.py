@@ -20,8 +20,7 @@ from paddlemix.auto import AutoModelMIX, AutoProcessorMIX
 from paddlemix.datasets.conversation import Message, Sample
 from paddlemix.models import adapter_for
 from paddlemix.peft.lora import apply_lora, merge_adapter_folder, save_adapter
-from paddlemix.processors.chat_template import load_chat_template
-from paddlemix.processors.sample_processor import SampleProcessor
+from paddlemix.processors.chat_template import template_for
 
 REF_PYTHON = os.environ.get("PADDLEMIX_REF_PYTHON")
 pytestmark = pytest.mark.skipif(
@@ -75,11 +74,9 @@ def test_processor_matches_hf(tiny_model_dir: Path, image_path: Path, hf_out) ->
 
 def test_training_encoder_matches_hf(tiny_model_dir: Path, image_path: Path, hf_out) -> None:
     processor = AutoProcessorMIX.from_pretrained(tiny_model_dir)
-    encoder = SampleProcessor(
-        processor.tokenizer, processor.image_processor, adapter_for(tiny_model_dir).vision_tokens(processor), 4096
-    )
+    encoder = adapter_for(tiny_model_dir).sample_processor(processor, 4096)
     sample = Sample((Message("user", "<image>" + QUESTION), Message("assistant", ANSWER)), (str(image_path),))
-    ours = encoder(sample, load_chat_template(None, processor.chat_template, {}))
+    ours = encoder(sample, template_for(processor))
     hf_ids = hf_out["input_ids"][0]
     # HF's template ends the last turn with "<|im_end|>\n"; both must agree on every token they share.
     np.testing.assert_array_equal(ours["input_ids"], hf_ids[: len(ours["input_ids"])])

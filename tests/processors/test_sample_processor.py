@@ -9,7 +9,7 @@ from PIL import Image
 from paddlemix.auto import AutoProcessorMIX
 from paddlemix.datasets.conversation import Message, Sample, SampleError
 from paddlemix.models import adapter_for
-from paddlemix.processors.chat_template import load_chat_template
+from paddlemix.processors.chat_template import template_for
 from paddlemix.processors.sample_processor import IGNORE_INDEX, SampleProcessor, load_image
 
 
@@ -17,9 +17,9 @@ from paddlemix.processors.sample_processor import IGNORE_INDEX, SampleProcessor,
 def encoder(tiny_model_dir: Path) -> tuple[SampleProcessor, object, object]:
     processor = AutoProcessorMIX.from_pretrained(tiny_model_dir)
     adapter = adapter_for(tiny_model_dir)
-    template = load_chat_template(None, processor.chat_template, {})
+    template = template_for(processor)
     return (
-        SampleProcessor(processor.tokenizer, processor.image_processor, adapter.vision_tokens(processor), 256),
+        adapter.sample_processor(processor, 256),
         template,
         processor.tokenizer,
     )

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 import paddle
 import pytest
 
@@ -23,3 +25,20 @@ def test_missing_accelerator_is_a_clear_error(device: str, hint: str) -> None:
         pytest.skip("an XPU build is present")
     with pytest.raises(UserError, match=hint):
         resolve_device(device)
+
+
+def test_npu_env_fills_in_only_what_the_user_did_not_set(monkeypatch) -> None:
+    from paddlemix.utils.device import NPU_ENV, device_env
+
+    for key in NPU_ENV:  # set then delete, so the test's teardown removes what device_env exports
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("FLAGS_npu_jit_compile", "1")
+    assert device_env("cpu") == {}
+    chosen = device_env("npu")
+    assert "FLAGS_npu_jit_compile" not in chosen and os.environ["FLAGS_npu_jit_compile"] == "1"
+    assert (
+        chosen["FLAGS_npu_storage_format"] == "0"
+        and os.environ["CUSTOM_DEVICE_BLACK_LIST"] == NPU_ENV["CUSTOM_DEVICE_BLACK_LIST"]
+    )
+    assert set(chosen) == set(NPU_ENV) - {"FLAGS_npu_jit_compile"}
