@@ -29,6 +29,7 @@ import paddle
 
 from paddlemix.datasets.conversation import SampleError
 from paddlemix.processors.sample_processor import IGNORE_INDEX
+from paddlemix.utils.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -208,7 +209,7 @@ class PackedDataset(paddle.io.IterableDataset):
                 empty = False
                 yield plan
             if empty:
-                raise RuntimeError("no usable sample in the training data; see skipped_samples.jsonl")
+                raise UserError("no usable sample in the training data; see skipped_samples.jsonl for the reasons.")
             epoch += 1
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:

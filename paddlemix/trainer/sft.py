@@ -135,6 +135,20 @@ def build_datasets(
     return train, eval_set
 
 
+def preflight(train_set: Any, skips: SkipLog) -> None:
+    """Draw the first training sample (or pack plan) in the main process: an error raised later inside the
+    trainer's data-loader thread would hang the run instead of stopping it, so unusable data must surface here."""
+    try:
+        if isinstance(train_set, PackedDataset):
+            next(train_set.plans())
+        else:
+            train_set[0]
+    except UserError:
+        skips.raise_if_exceeded()  # the more specific message (mis-formatted source, spent budget) first
+        raise
+    skips.raise_if_exceeded()
+
+
 def save_final(model: Any, args: RunArgs, adapter: ModelAdapter, processor_dir: str) -> None:
     """Write the output folder's model (HF layout) or adapter, plus the processor files, atomically per file set."""
     out = Path(args.training.output_dir)
@@ -220,6 +234,8 @@ def run_sft(args: RunArgs) -> dict[str, Any]:
     skip_file = out / SKIPPED if training.process_index == 0 else None
     skips = SkipLog(skip_file, args.data.max_skip_ratio)
     train_set, eval_set = build_datasets(args, processor, adapter, config, skips, resume_step)
+    if train_set is not None and training.do_train:
+        preflight(train_set, skips)
     image_token_id = processor.tokenizer.convert_tokens_to_ids(adapter.image_token)
     trainer = MIXTrainer(
         model=model,

@@ -72,3 +72,13 @@ def test_pickle_weights_need_an_opt_in(workspace: Path, run_tool) -> None:
     proc = run_tool("supervised_finetune.py", str(CONFIG), *SHORT, "--model_name_or_path", str(model),
                     "--max_steps", "1", cwd=workspace, check=False)  # fmt: skip
     assert proc.returncode == 2 and "allow_pickle_weights" in proc.stderr
+
+
+@pytest.mark.parametrize("packing", ["true", "false"], ids=["mixtoken", "padded"])
+def test_unusable_data_stops_before_training(workspace: Path, run_tool, packing: str) -> None:
+    bad = workspace / "all_bad.jsonl"
+    bad.write_text('{"question": "q", "answer": "a"}\n' * 40)
+    proc = run_tool("supervised_finetune.py", str(CONFIG), *SHORT, "--dataset", FAULTY % bad, "--mixtoken", packing,
+                    "--max_steps", "3", cwd=workspace, check=False)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "looks mis-formatted" in proc.stderr and "Traceback" not in proc.stderr
