@@ -21,6 +21,7 @@ from paddlemix.utils.errors import UserError, closest
 
 SourceName = Literal["chatml_dataset", "coco_caption", "coco_vqa"]
 Device = Literal["cpu", "gpu", "npu", "xpu"]
+TrainType = Literal["use_lora", "freeze_vision", "none"]
 
 # PaddleMIX names that paddleformers 1.2 spells differently; translated here and nowhere else.
 LEGACY_TRAINING_KEYS = {
@@ -46,9 +47,14 @@ class DatasetSource:
 
 @dataclass(frozen=True)
 class ModelArgs:
-    """Which local model to load and which of its parameters to freeze (glob patterns; exclude wins)."""
+    """Which local model to load and what to train: a `train_type` preset, per-group switches (vision, projector,
+    llm; unset = the preset's choice) and glob patterns on parameter names (exclude wins)."""
 
     model_name_or_path: str
+    train_type: TrainType | None = None
+    freeze_vision: bool | None = None
+    freeze_projector: bool | None = None
+    freeze_llm: bool | None = None
     freeze_include: list[str] = field(default_factory=list)
     freeze_exclude: list[str] = field(default_factory=list)
     allow_pickle_weights: bool = False
@@ -272,6 +278,7 @@ def parse(raw: dict[str, Any], where: str) -> RunArgs:
         raise UserError(f'{where}: "model_name_or_path" is required (a local model folder in Hugging Face layout).')
     if "output_dir" not in training:
         raise UserError(f'{where}: "output_dir" is required.')
+    _apply_train_type(groups["model"].get("train_type"), groups["lora"], where)
     args = RunArgs(
         model=ModelArgs(**groups["model"]),
         data=DataArgs(**groups["data"]),
@@ -284,6 +291,18 @@ def parse(raw: dict[str, Any], where: str) -> RunArgs:
     args.training = _build_training_arguments(training_cls, training, args.runtime, args.data.packing, where)
     args.training_keys = tuple(training) + tuple(TRAINING_DEFAULTS)
     return args
+
+
+def _apply_train_type(train_type: str | None, lora: dict[str, Any], where: str) -> None:
+    """`train_type` decides `lora`; an explicit `lora` that contradicts it is an error rather than a silent pick."""
+    if train_type is None:
+        return
+    wanted = train_type == "use_lora"
+    if lora.setdefault("lora", wanted) != wanted:
+        raise UserError(
+            f'{where}: "train_type": "{train_type}" {"trains LoRA adapters" if wanted else "trains full weights"} '
+            f'but "lora" is {str(lora["lora"]).lower()}; drop "lora" or change "train_type".'
+        )
 
 
 def _parse_dataset(value: Any, where: str) -> dict[str, list[DatasetSource]]:
@@ -336,6 +355,11 @@ def validate(args: RunArgs, training: dict[str, Any], where: str) -> None:
         raise UserError(f'{where}: "fp16" and "bf16" are both true; choose one.')
     if training.get("fp16_opt_level") == "O2" and not (training.get("fp16") or training.get("bf16")):
         raise UserError(f'{where}: "fp16_opt_level": "O2" needs "fp16": true or "bf16": true.')
+    if args.lora.lora and args.model.freeze_llm:
+        raise UserError(
+            f'{where}: "freeze_llm": true leaves LoRA nothing to train (its adapters sit in the language model); '
+            'set "lora": false to train only the vision tower or projector.'
+        )
     if args.lora.lora_path and not args.lora.lora:
         raise UserError(f'{where}: "lora_path" is set but "lora" is false; set "lora": true to continue an adapter.')
     if args.lora.lora_path and not Path(args.lora.lora_path).is_dir():

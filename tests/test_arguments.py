@@ -66,6 +66,13 @@ def test_load_routes_keys_and_translates_legacy_names(tmp_path, model_dir, data_
     assert saved["dataset"]["train"][0]["name"] == "chatml_dataset"
 
 
+def test_train_type_sets_lora(tmp_path, model_dir, data_file) -> None:
+    args = arguments.load(write_args(tmp_path, model_dir, data_file, train_type="use_lora", freeze_projector=True))
+    assert args.lora.lora is True and args.model.freeze_projector is True and args.model.freeze_vision is None
+    assert args.to_dict()["train_type"] == "use_lora"
+    assert arguments.load(write_args(tmp_path, model_dir, data_file, train_type="freeze_vision")).lora.lora is False
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
@@ -93,6 +100,11 @@ def test_load_routes_keys_and_translates_legacy_names(tmp_path, model_dir, data_
             "chat_template",
         ),
         ({"evaluation_strategy": "sometimes"}, 'key "evaluation_strategy" must be one of'),
+        ({"train_type": "lora"}, 'key "train_type" must be one of'),
+        ({"train_type": "use_lora", "lora": False}, '"train_type": "use_lora" trains LoRA adapters but "lora" is'),
+        ({"train_type": "none", "lora": True}, '"train_type": "none" trains full weights but "lora" is true'),
+        ({"lora": True, "freeze_llm": True}, '"freeze_llm": true leaves LoRA nothing to train'),
+        ({"freeze_vision": "yes"}, 'key "freeze_vision" must be true or false'),
     ],
 )
 def test_mistakes_name_the_key_and_file(tmp_path, model_dir, data_file, extra, message) -> None:

@@ -3,9 +3,21 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
-from fnmatch import fnmatchcase
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from fnmatch import fnmatchcase, translate
 from typing import Any
+
+GROUPS = ("vision", "projector", "llm")
+# Which module groups each `train_type` freezes (the LLaVA recipe); with LoRA the llm group trains through its
+# adapters. A bare "lora": true without a preset keeps LORA_ONLY: the adapters are all that trains.
+PRESETS: dict[str | None, dict[str, bool]] = {
+    "use_lora": {"vision": True, "projector": False, "llm": False},
+    "freeze_vision": {"vision": True, "projector": False, "llm": False},
+    "none": {"vision": False, "projector": False, "llm": False},
+    None: {"vision": False, "projector": False, "llm": False},
+}
+LORA_ONLY = {"vision": True, "projector": True, "llm": False}
 
 
 def matches(name: str, patterns: Iterable[str]) -> bool:
@@ -20,6 +32,39 @@ def apply_freeze(model: Any, include: Sequence[str], exclude: Sequence[str] = ()
             param.stop_gradient = True
             frozen.append(name)
     return frozen
+
+
+@dataclass(frozen=True)
+class FreezePlan:
+    """What to freeze by glob (`include` unless `exclude`), and which full tensors LoRA keeps trainable (regexes)."""
+
+    include: list[str]
+    exclude: list[str]
+    lora_trainable: list[str]
+    frozen_groups: list[str]
+
+
+def freeze_plan(
+    groups: Mapping[str, Sequence[str]],
+    train_type: str | None,
+    switches: Mapping[str, bool | None],
+    lora: bool,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+) -> FreezePlan:
+    """Resolve the preset, the per-group switches (an explicit value wins) and the patterns into one plan.
+
+    Without LoRA, frozen groups join `include`. With LoRA everything outside the adapters starts frozen, so the
+    groups left unfrozen other than the llm become LoRA's fully trained modules.
+    """
+    defaults = LORA_ONLY if lora and train_type is None else PRESETS[train_type]
+    frozen = {g: defaults[g] if switches.get(g) is None else bool(switches[g]) for g in GROUPS}
+    frozen_groups = [g for g in GROUPS if frozen[g]]
+    if lora:
+        trained = [p for g in GROUPS if g != "llm" and not frozen[g] for p in groups[g]]
+        return FreezePlan(list(include), list(exclude), [translate(p) for p in trained], frozen_groups)
+    by_group = [p for g in frozen_groups for p in groups[g]]
+    return FreezePlan([*by_group, *include], list(exclude), [], frozen_groups)
 
 
 def module_of(name: str, depth: int = 2) -> str:

@@ -16,7 +16,7 @@ from paddlemix.datasets.encoded import SkipLog, build_dataset
 from paddlemix.datasets.packing import PackedDataset
 from paddlemix.models import adapter_for
 from paddlemix.models.adapter import ModelAdapter
-from paddlemix.peft.freeze import apply_freeze, trainable_table
+from paddlemix.peft.freeze import apply_freeze, freeze_plan, trainable_table
 from paddlemix.peft.lora import apply_lora, base_model, load_adapter, save_adapter
 from paddlemix.trainer.callbacks import (
     TRAIN_LOG,
@@ -55,7 +55,9 @@ def setup_runtime(args: RunArgs) -> None:
 
 
 # Keys that make two runs different runs; changing others (max_steps, save_steps, ...) continues the same run.
-RUN_IDENTITY = ("model_name_or_path", "dataset", "lora", "lora_rank", "lora_target_modules", "mixtoken", "max_length")
+RUN_IDENTITY = (
+    "model_name_or_path", "dataset", "train_type", "lora", "lora_rank", "lora_target_modules", "mixtoken", "max_length"
+)  # fmt: skip
 
 
 def check_output_dir(args: RunArgs) -> None:
@@ -96,20 +98,21 @@ def build_model(args: RunArgs, adapter: ModelAdapter) -> Any:
         device=args.training.device,
         allow_pickle=args.model.allow_pickle_weights,
     )
-    lora = args.lora
+    lora, m = args.lora, args.model
+    switches = {"vision": m.freeze_vision, "projector": m.freeze_projector, "llm": m.freeze_llm}
+    plan = freeze_plan(adapter.module_groups, m.train_type, switches, lora.lora, m.freeze_include, m.freeze_exclude)
+    logger.info("train_type %s: frozen groups %s", m.train_type or "(not set)", plan.frozen_groups or "none")
     if lora.lora_path:
         model = load_adapter(model, lora.lora_path)
         model.mark_only_lora_as_trainable()
     elif lora.lora:
         targets = lora.lora_target_modules or adapter.lora_targets
         tp = max(args.training.tensor_model_parallel_size, 1)
-        model = apply_lora(
-            model, targets, lora.lora_rank, lora.lora_alpha, lora.lora_dropout, tensor_parallel_degree=tp
-        )
+        model = apply_lora(model, targets, lora.lora_rank, lora.lora_alpha, lora.lora_dropout, plan.lora_trainable, tp)
     base = base_model(model)
-    if args.model.freeze_include:
-        frozen = apply_freeze(base, args.model.freeze_include, args.model.freeze_exclude)
-        logger.info("froze %d parameter tensors matching %s", len(frozen), args.model.freeze_include)
+    if plan.include:
+        frozen = apply_freeze(base, plan.include, plan.exclude)
+        logger.info("froze %d parameter tensors matching %s", len(frozen), plan.include)
     logger.info("trainable parameters:\n%s", trainable_table(base))
     return model
 

@@ -2,7 +2,11 @@ from __future__ import annotations
 
 import paddle
 
-from paddlemix.peft.freeze import apply_freeze, trainable_table
+import re
+
+import pytest
+
+from paddlemix.peft.freeze import apply_freeze, freeze_plan, trainable_table
 
 
 class Tiny(paddle.nn.Layer):
@@ -27,3 +31,36 @@ def test_table_counts_per_module() -> None:
     lines = {line.split()[0]: line.split()[1:] for line in table.splitlines()[1:]}
     assert lines["visual.0"] == ["0", "6"] and lines["head"] == ["9", "0"]
     assert lines["total"][:2] == ["9", "12"]
+
+
+GROUPS = {"vision": ("visual.blocks.*",), "projector": ("visual.merger.*",), "llm": ("lm.*", "head.*")}
+NO_SWITCH = {"vision": None, "projector": None, "llm": None}
+
+
+@pytest.mark.parametrize(
+    "train_type, lora, switches, frozen",
+    [
+        (None, False, {}, []),
+        ("none", False, {}, []),
+        ("freeze_vision", False, {}, ["vision"]),
+        ("use_lora", True, {}, ["vision"]),
+        (None, True, {}, ["vision", "projector"]),  # a bare "lora": true trains the adapters only
+        ("use_lora", True, {"projector": True}, ["vision", "projector"]),
+        ("freeze_vision", False, {"vision": False, "llm": True}, ["llm"]),
+        ("none", False, {"projector": True}, ["projector"]),
+    ],
+)
+def test_presets_and_switches(train_type, lora, switches, frozen) -> None:
+    plan = freeze_plan(GROUPS, train_type, {**NO_SWITCH, **switches}, lora, ["extra.*"], ["lm.keep"])
+    assert plan.frozen_groups == frozen
+    assert plan.exclude == ["lm.keep"]
+    if lora:  # LoRA freezes all non-adapter weights itself; unfrozen groups become fully trained modules
+        assert plan.include == ["extra.*"]
+        trained = [g for g in ("vision", "projector") if g not in frozen]
+        name = {"vision": "visual.blocks.0.w", "projector": "visual.merger.mlp.w"}
+        for group in ("vision", "projector"):
+            hit = any(re.fullmatch(p, name[group]) for p in plan.lora_trainable)
+            assert hit == (group in trained)
+    else:
+        assert plan.include == [p for g in frozen for p in GROUPS[g]] + ["extra.*"]
+        assert plan.lora_trainable == []

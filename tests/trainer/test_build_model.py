@@ -1,0 +1,59 @@
+"""`train_type` presets and freeze switches decide what `build_model` trains, for full and LoRA runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from paddlemix import arguments
+from paddlemix.models import adapter_for
+from paddlemix.peft.freeze import matches
+from paddlemix.peft.lora import base_model
+from paddlemix.trainer.sft import build_model
+
+
+def trainable_groups(model_dir: Path, tmp_path: Path, data: Path, **keys) -> dict[str, str]:
+    """Per module group: "full", "lora" (only adapter matrices train), "frozen" or "mixed"."""
+    raw = {
+        "model_name_or_path": str(model_dir),
+        "output_dir": str(tmp_path / "out"),
+        "dataset": {"train": [{"name": "chatml_dataset", "data_files": str(data)}]},
+        "device": "cpu",
+        **keys,
+    }
+    args = arguments.parse(raw, "test.json")
+    adapter = adapter_for(model_dir)
+    model = base_model(build_model(args, adapter))
+    out = {}
+    for group, patterns in adapter.module_groups.items():
+        params = [(n, p) for n, p in model.named_parameters() if matches(n, patterns)]
+        lora = {not p.stop_gradient for n, p in params if "lora_" in n}
+        plain = {not p.stop_gradient for n, p in params if "lora_" not in n}
+        if plain == {True}:
+            out[group] = "full"
+        elif plain == {False}:
+            out[group] = "lora" if lora == {True} else "frozen"
+        else:
+            out[group] = "mixed"
+    return out
+
+
+@pytest.mark.parametrize(
+    "keys, expected",
+    [
+        ({"train_type": "use_lora"}, {"vision": "frozen", "projector": "full", "llm": "lora"}),
+        ({"train_type": "use_lora", "freeze_projector": True}, {"vision": "frozen", "projector": "frozen", "llm": "lora"}),
+        ({"lora": True}, {"vision": "frozen", "projector": "frozen", "llm": "lora"}),
+        ({"train_type": "freeze_vision"}, {"vision": "frozen", "projector": "full", "llm": "full"}),
+        ({"train_type": "none"}, {"vision": "full", "projector": "full", "llm": "full"}),
+        ({"train_type": "none", "freeze_llm": True}, {"vision": "full", "projector": "full", "llm": "frozen"}),
+        (
+            {"train_type": "freeze_vision", "freeze_include": ["model.language_model.*"],
+             "freeze_exclude": ["model.language_model.norm.*"]},
+            {"vision": "frozen", "projector": "full", "llm": "mixed"},
+        ),
+    ],
+)  # fmt: skip
+def test_presets_map_onto_module_groups(tiny_model_dir, shapes_data, tmp_path, keys, expected) -> None:
+    assert trainable_groups(tiny_model_dir, tmp_path, shapes_data["train"], **keys) == expected
