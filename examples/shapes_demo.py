@@ -1,10 +1,15 @@
-"""End-to-end demo: build a tiny Qwen2.5-VL and a coloured-shapes VQA set, fine-tune it, report held-out accuracy.
+"""End-to-end demo: build a tiny Qwen2.5-VL (or Qwen3-VL, or LLaVA) and a coloured-shapes VQA set, fine-tune it,
+report held-out accuracy.
 
 Everything is made by code (no downloads). Steps, each with the real entry point:
-  1. build  demo_run/tiny_qwen2_5_vl (random weights, locally trained tokenizer) and demo_run/shapes (images + jsonl)
-  2. train  python paddlemix/tools/supervised_finetune.py paddlemix/config/demo/shapes_sft_argument.json [overrides]
+  1. build  demo_run/tiny_<family> (random weights, locally trained tokenizer) and demo_run/shapes (images + jsonl)
+  2. train  python paddlemix/tools/supervised_finetune.py paddlemix/config/demo/<family's file> [overrides]
+            (qwen2_5_vl: shapes_sft_argument.json, qwen3_vl: qwen3_vl_shapes_sft_argument.json,
+             llava: llava_shapes_sft_argument.json; LLaVA is built from a tiny CLIP tower and a tiny Qwen2 LM by the
+             same code as tools/build_llava.py, and trained with "train_type": "freeze_vision")
   3. eval   python paddlemix/tools/infer.py --data_file demo_run/shapes/eval.jsonl  (greedy, exact match)
-Usage: python examples/shapes_demo.py [--workdir DIR] [--n_train N] [--n_eval N] [--key value ...]
+Usage: python examples/shapes_demo.py [--family qwen2_5_vl|qwen3_vl|llava] [--workdir DIR] [--n_train N] [--n_eval N]
+       [--key value ...]
 Extra --key value pairs are passed to the fine-tuning tool (e.g. --num_train_epochs 2).
 """
 
@@ -18,10 +23,18 @@ import time
 from pathlib import Path
 
 from paddlemix.testing.shapes import make_shapes_dataset
+from paddlemix.testing.tiny_llava import build_tiny_llava
 from paddlemix.testing.tiny_model import DEMO_SIZE, build_tiny_qwen2_5_vl
+from paddlemix.testing.tiny_qwen3_vl import build_tiny_qwen3_vl
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG = REPO / "paddlemix" / "config" / "demo" / "shapes_sft_argument.json"
+CONFIGS = REPO / "paddlemix" / "config" / "demo"
+# model family -> (tiny model builder, demo argument file); the file names the model folder and the output folder.
+FAMILIES = {
+    "qwen2_5_vl": (build_tiny_qwen2_5_vl, CONFIGS / "shapes_sft_argument.json"),
+    "qwen3_vl": (build_tiny_qwen3_vl, CONFIGS / "qwen3_vl_shapes_sft_argument.json"),
+    "llava": (build_tiny_llava, CONFIGS / "llava_shapes_sft_argument.json"),
+}
 TARGET_ACCURACY = 0.9
 
 
@@ -32,21 +45,23 @@ def step(title: str, command: list[str], cwd: Path) -> None:
 
 def main(argv: list[str] | None = None) -> float:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--family", choices=sorted(FAMILIES), default="qwen2_5_vl", help="model family to build")
     parser.add_argument("--workdir", default=".", help="folder that receives demo_run/ (default: current folder)")
     parser.add_argument("--n_train", type=int, default=400)
     parser.add_argument("--n_eval", type=int, default=80)
     args, overrides = parser.parse_known_args(argv)
     work = Path(args.workdir).resolve()
     demo = work / "demo_run"
+    build_model, config_path = FAMILIES[args.family]
+    config = json.loads(config_path.read_text())
     start = time.perf_counter()
 
-    print(f"== build: tiny model and shapes data under {demo}", flush=True)
-    build_tiny_qwen2_5_vl(demo / "tiny_qwen2_5_vl", seed=0, **DEMO_SIZE)
+    print(f"== build: tiny {args.family} model and shapes data under {demo}", flush=True)
+    build_model(work / config["model_name_or_path"], seed=0, **DEMO_SIZE)
     make_shapes_dataset(demo / "shapes", n_train=args.n_train, n_eval=args.n_eval, seed=0)
 
     tools = REPO / "paddlemix" / "tools"
-    step("fine-tune", [sys.executable, str(tools / "supervised_finetune.py"), str(CONFIG), *overrides], work)
-    config = json.loads(CONFIG.read_text())
+    step("fine-tune", [sys.executable, str(tools / "supervised_finetune.py"), str(config_path), *overrides], work)
     answers = demo / "eval_answers.jsonl"
     step(
         "evaluate",

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from paddlemix.utils.errors import UserError, closest
+from paddlemix.utils.io import read_json
 
 SourceName = Literal["chatml_dataset", "coco_caption", "coco_vqa"]
 Device = Literal["cpu", "gpu", "npu", "xpu"]
@@ -98,8 +99,9 @@ class RuntimeArgs:
 OWN_GROUPS = {"model": ModelArgs, "data": DataArgs, "lora": LoraArgs, "runtime": RuntimeArgs}
 DATA_SPLITS = ("train", "eval")
 # TrainingArguments defaults that differ for multimodal fine-tuning.
-# `sharding: ""` makes several processes plain data parallel unless the user asks for sharding.
-TRAINING_DEFAULTS = {"remove_unused_columns": False, "disable_tqdm": False, "sharding": ""}
+# `sharding: ""` makes several processes plain data parallel unless the user asks for sharding; `do_train` is on
+# unless turned off (paddleformers' default, off, would make a file without it run nothing and exit 0).
+TRAINING_DEFAULTS = {"remove_unused_columns": False, "disable_tqdm": False, "sharding": "", "do_train": True}
 
 
 @dataclass
@@ -243,10 +245,7 @@ def load(path: str | Path, overrides: list[str] | None = None) -> RunArgs:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"argument file {path} does not exist.")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path} is not valid JSON: {err}.") from None
+    raw = read_json(path)
     if not isinstance(raw, dict):
         raise UserError(f"{path} must hold one JSON object of arguments.")
     raw.update(_split_overrides(overrides or [], str(path)))

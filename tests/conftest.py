@@ -1,8 +1,10 @@
-"""Shared fixtures: a tiny Qwen2.5-VL folder and a synthetic shapes data set, built once per test session."""
+"""Shared fixtures: tiny Qwen2.5-VL, Qwen3-VL and LLaVA (with its CLIP and LM parts) folders and a synthetic shapes
+data set, built once per session."""
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -12,12 +14,54 @@ from pathlib import Path
 import pytest
 
 from paddlemix.testing.shapes import make_shapes_dataset
+from paddlemix.testing.tiny_llava import build_tiny_causal_lm, build_tiny_clip_vision
 from paddlemix.testing.tiny_model import build_tiny_qwen2_5_vl
+from paddlemix.testing.tiny_qwen3_vl import build_tiny_qwen3_vl
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_qwen2_5_vl(tmp_path_factory.mktemp("tiny_qwen2_5_vl"))
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_vl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_qwen3_vl(tmp_path_factory.mktemp("tiny_qwen3_vl"))
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_clip_vision(tmp_path_factory.mktemp("tiny_clip"))
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_lm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_causal_lm(tmp_path_factory.mktemp("tiny_qwen2_lm"), "qwen2")
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_dir(tmp_path_factory: pytest.TempPathFactory, tiny_clip_dir: Path, tiny_qwen2_lm_dir: Path) -> Path:
+    """A LLaVA folder built by `build_llava` from the tiny CLIP tower and the tiny Qwen2 LM."""
+    from paddlemix.models.llava.build import build_llava
+
+    return build_llava(tiny_clip_dir, tiny_qwen2_lm_dir, tmp_path_factory.mktemp("tiny_llava"))
+
+
+@pytest.fixture()
+def hf_llava_files():
+    """hf_llava_files(command, *args) -> dict: run tests/parity/hf_llava_files.py with transformers 4.57 (skips the
+    test when PADDLEMIX_REF_PYTHON is not set)."""
+    ref_python = os.environ.get("PADDLEMIX_REF_PYTHON")
+    if not ref_python:
+        pytest.skip("PADDLEMIX_REF_PYTHON (a Python with torch + transformers 4.57.1) is not set")
+
+    def run(command: str, *args: str | Path) -> dict:
+        script = REPO / "tests" / "parity" / "hf_llava_files.py"
+        proc = subprocess.run([ref_python, str(script), command, *map(str, args)], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    return run
 
 
 @pytest.fixture(scope="session")
@@ -35,6 +79,20 @@ def workspace(tmp_path: Path, tiny_model_dir: Path, shapes_data: dict[str, Path]
     (tmp_path / "tiny_qwen2_5_vl").symlink_to(tiny_model_dir)
     (tmp_path / "shapes").symlink_to(shapes_data["train"].parent)
     return tmp_path
+
+
+# model_type -> session fixture
+TINY_DIRS = {"qwen2_5_vl": "tiny_model_dir", "qwen3_vl": "tiny_qwen3_vl_dir", "llava": "tiny_llava_dir"}
+
+
+@pytest.fixture()
+def tiny_family(request: pytest.FixtureRequest, workspace: Path) -> str:
+    """Parametrise indirectly with a model_type: that family's tiny model is linked into the workspace as
+    ./tiny_<model_type>; returns the folder name, for `--model_name_or_path`."""
+    name = f"tiny_{request.param}"
+    if not (workspace / name).exists():
+        (workspace / name).symlink_to(request.getfixturevalue(TINY_DIRS[request.param]))
+    return name
 
 
 def _run_tool(tool: str, *args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:

@@ -66,6 +66,15 @@ def test_load_routes_keys_and_translates_legacy_names(tmp_path, model_dir, data_
     assert saved["dataset"]["train"][0]["name"] == "chatml_dataset"
 
 
+def test_training_is_on_unless_turned_off(tmp_path, model_dir, data_file) -> None:
+    path = write_args(tmp_path, model_dir, data_file)
+    raw = json.loads(path.read_text())
+    del raw["do_train"]
+    path.write_text(json.dumps(raw))
+    assert arguments.load(path).training.do_train is True
+    assert arguments.load(path, ["--do_train", "false"]).training.do_train is False
+
+
 def test_train_type_sets_lora(tmp_path, model_dir, data_file) -> None:
     args = arguments.load(write_args(tmp_path, model_dir, data_file, train_type="use_lora", freeze_projector=True))
     assert args.lora.lora is True and args.model.freeze_projector is True and args.model.freeze_vision is None

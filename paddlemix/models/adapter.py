@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from paddlemix.processors.sample_processor import SampleProcessor, VisionTokens
 from paddlemix.utils.errors import UserError
@@ -43,6 +43,11 @@ def check_safe_weights(model_dir: str | Path, allow_pickle: bool = False) -> Non
         raise UserError(f"{folder} has no *.safetensors weight files.")
 
 
+def merged_patch_tokens(processor: Any) -> tuple[int, int]:
+    """(merge size, extra tokens) of an image processor that merges `merge_size`^2 patches into one token."""
+    return int(getattr(processor.image_processor, "merge_size", 2)), 0
+
+
 @dataclass(frozen=True)
 class ModelAdapter:
     """Everything family-specific the generic code needs; values only, no per-run state."""
@@ -60,6 +65,11 @@ class ModelAdapter:
     import_state_dict: Callable[[dict[str, Any], Any, set[str]], dict[str, Any]]
     image_grid: Callable[[Any, int, int], tuple[int, int, int]]
     positions: Callable[[Any, Any, Any], Any]
+    # "import_state_dict": build the class from its config and fill it through `import_state_dict` (our own
+    # classes, which paddleformers' checkpoint converter does not know); "paddleformers": `cls.from_pretrained`.
+    weights_loader: Literal["paddleformers", "import_state_dict"] = "paddleformers"
+    # (merge size, extra tokens per image) of a loaded processor: visual tokens = t*h*w / merge^2 + extra.
+    image_token_layout: Callable[[Any], tuple[int, int]] = merged_patch_tokens
 
     def load_config(self, path: str | Path, device: str = "cpu") -> Any:
         config = import_object(self.config_class).from_pretrained(str(path))
@@ -70,7 +80,7 @@ class ModelAdapter:
         check_safe_weights(path, allow_pickle)
         config = self.load_config(path, device)
         cls = import_object(self.model_class)
-        if int(os.environ.get("PADDLE_TRAINERS_NUM", "1")) > 1:
+        if self.weights_loader == "import_state_dict" or int(os.environ.get("PADDLE_TRAINERS_NUM", "1")) > 1:
             model = self._load_replicated(cls, path, config, dtype)
         else:
             model = cls.from_pretrained(str(path), config=config, dtype=dtype)
@@ -97,6 +107,10 @@ class ModelAdapter:
             )
         for name, param in state.items():
             param.set_value(paddle.to_tensor(weights[name]).astype(param.dtype))
+        if (Path(path) / "generation_config.json").is_file() and getattr(model, "generation_config", None) is not None:
+            from paddleformers.generation import GenerationConfig
+
+            model.generation_config = GenerationConfig.from_pretrained(str(path))
         return model if dtype == "float32" else model.to(dtype=dtype)
 
     def load_processor(self, path: str | Path) -> Any:
@@ -104,11 +118,13 @@ class ModelAdapter:
 
     def vision_tokens(self, processor: Any) -> VisionTokens:
         image_processor = processor.image_processor
+        merge_size, extra = self.image_token_layout(processor)
         return VisionTokens(
             self.vision_placeholder,
             self.image_token,
-            int(getattr(image_processor, "merge_size", 2)),
+            merge_size,
             lambda width, height: self.image_grid(image_processor, width, height),
+            extra,
         )
 
     def sample_processor(self, processor: Any, max_length: int) -> SampleProcessor:

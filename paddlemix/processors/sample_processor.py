@@ -23,18 +23,20 @@ MAX_ASPECT_RATIO = 200
 
 @dataclass(frozen=True)
 class VisionTokens:
-    """How a model writes an image into text: the placeholder text, the token repeated per visual token, and the
-    patch grid (t, h, w) an image of a given width and height becomes (for lengths without decoding pixels)."""
+    """How a model writes an image into text: the placeholder text, the token repeated per visual token, the
+    patch grid (t, h, w) an image of a given width and height becomes (for lengths without decoding pixels), and
+    tokens per image beyond the merged patches (LLaVA's class token with the "full" feature strategy)."""
 
     placeholder: str
     image_token: str
     merge_size: int
     grid_for_size: Callable[[int, int], tuple[int, int, int]]
+    extra_tokens: int = 0
 
     def count(self, grid_thw: Sequence[int]) -> int:
         """Visual tokens for one image of `grid_thw` patches after spatial merging."""
         t, h, w = (int(x) for x in grid_thw)
-        return t * h * w // (self.merge_size**2)
+        return t * h * w // (self.merge_size**2) + self.extra_tokens
 
 
 def check_size(path: str, width: int, height: int) -> None:

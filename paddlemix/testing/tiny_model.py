@@ -71,7 +71,9 @@ def default_corpus() -> list[str]:
     return lines
 
 
-def _train_tokenizer(corpus: Iterable[str], vocab_size: int) -> Tokenizer:
+def _train_tokenizer(
+    corpus: Iterable[str], vocab_size: int, added: tuple[tuple[str, bool], ...] = ADDED_TOKENS
+) -> Tokenizer:
     tok = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.Sequence(
@@ -86,7 +88,7 @@ def _train_tokenizer(corpus: Iterable[str], vocab_size: int) -> Tokenizer:
         vocab_size=vocab_size, min_frequency=1, show_progress=False, initial_alphabet=alphabet
     )
     tok.train_from_iterator(list(corpus), trainer=trainer)
-    for content, special in ADDED_TOKENS:  # one at a time so ids follow Qwen's order
+    for content, special in added:  # one at a time so ids follow Qwen's order
         token = AddedToken(content, single_word=False, lstrip=False, rstrip=False, normalized=False, special=special)
         (tok.add_special_tokens if special else tok.add_tokens)([token])
     return tok
@@ -96,13 +98,15 @@ def _write_json(path: Path, obj: dict) -> None:
     path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def _write_tokenizer(out: Path, tok: Tokenizer) -> dict[str, int]:
+def _write_tokenizer(
+    out: Path, tok: Tokenizer, chat_template: str = CHAT_TEMPLATE, added: tuple[tuple[str, bool], ...] = ADDED_TOKENS
+) -> dict[str, int]:
     tok.save(str(out / "tokenizer.json"))
     tok.model.save(str(out))  # vocab.json + merges.txt for the slow Qwen2Tokenizer
-    ids = {content: tok.token_to_id(content) for content, _ in ADDED_TOKENS}
+    ids = {content: tok.token_to_id(content) for content, _ in added}
     flags = {"lstrip": False, "normalized": False, "rstrip": False, "single_word": False}
-    decoder = {str(ids[c]): {"content": c, **flags, "special": s} for c, s in ADDED_TOKENS}
-    extra = [c for c, s in ADDED_TOKENS if s and c != "<|endoftext|>"]
+    decoder = {str(ids[c]): {"content": c, **flags, "special": s} for c, s in added}
+    extra = [c for c, s in added if s and c != "<|endoftext|>"]
     _write_json(
         out / "tokenizer_config.json",
         {
@@ -111,7 +115,7 @@ def _write_tokenizer(out: Path, tok: Tokenizer) -> dict[str, int]:
             "added_tokens_decoder": decoder,
             "additional_special_tokens": extra,
             "bos_token": None,
-            "chat_template": CHAT_TEMPLATE,
+            "chat_template": chat_template,
             "clean_up_tokenization_spaces": False,
             "eos_token": "<|im_end|>",
             "errors": "replace",
@@ -127,13 +131,13 @@ def _write_tokenizer(out: Path, tok: Tokenizer) -> dict[str, int]:
         out / "special_tokens_map.json",
         {"additional_special_tokens": extra, **{k: {"content": v, **flags} for k, v in special_map.items()}},
     )
-    _write_json(out / "chat_template.json", {"chat_template": CHAT_TEMPLATE})
+    _write_json(out / "chat_template.json", {"chat_template": chat_template})
     return ids
 
 
-def _weight_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
-    """Parameter names and shapes as stored in Qwen2.5-VL checkpoints (``model.*``, ``visual.*``, ``lm_head``)."""
-    v, h, inter, vc = cfg["vocab_size"], cfg["hidden_size"], cfg["intermediate_size"], cfg["vision_config"]
+def _lm_weight_shapes(cfg: dict, qkv_bias: bool = True) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of a Qwen2/Llama decoder as HF stores them: ``model.*``, and ``lm_head`` unless tied."""
+    v, h, inter = cfg["vocab_size"], cfg["hidden_size"], cfg["intermediate_size"]
     head_dim = h // cfg["num_attention_heads"]
     q, kv = cfg["num_attention_heads"] * head_dim, cfg["num_key_value_heads"] * head_dim
     shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (v, h)}
@@ -141,11 +145,22 @@ def _weight_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
         p = f"model.layers.{i}."
         shapes.update({p + "input_layernorm.weight": (h,), p + "post_attention_layernorm.weight": (h,)})
         for name, out_dim in (("q_proj", q), ("k_proj", kv), ("v_proj", kv)):
-            shapes.update({f"{p}self_attn.{name}.weight": (out_dim, h), f"{p}self_attn.{name}.bias": (out_dim,)})
+            shapes[f"{p}self_attn.{name}.weight"] = (out_dim, h)
+            if qkv_bias:
+                shapes[f"{p}self_attn.{name}.bias"] = (out_dim,)
         shapes[p + "self_attn.o_proj.weight"] = (h, q)
         shapes.update({p + "mlp.gate_proj.weight": (inter, h), p + "mlp.up_proj.weight": (inter, h)})
         shapes[p + "mlp.down_proj.weight"] = (h, inter)
-    shapes.update({"model.norm.weight": (h,), "lm_head.weight": (v, h)})
+    shapes["model.norm.weight"] = (h,)
+    if not cfg.get("tie_word_embeddings", False):
+        shapes["lm_head.weight"] = (v, h)
+    return shapes
+
+
+def _weight_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
+    """Parameter names and shapes as stored in Qwen2.5-VL checkpoints (``model.*``, ``visual.*``, ``lm_head``)."""
+    h, vc = cfg["hidden_size"], cfg["vision_config"]
+    shapes = _lm_weight_shapes(cfg)
     vh, vi, ps, tps = vc["hidden_size"], vc["intermediate_size"], vc["patch_size"], vc["temporal_patch_size"]
     shapes["visual.patch_embed.proj.weight"] = (vh, vc["in_channels"], tps, ps, ps)
     for i in range(vc["depth"]):
@@ -162,17 +177,54 @@ def _weight_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _random_weights(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, np.ndarray]:
+def _random_weights(shapes: dict[str, tuple[int, ...]], seed: int, bias_std: float = 0.0) -> dict[str, np.ndarray]:
+    """N(0, 0.02) weights, unit norm scales, and biases that are zero unless `bias_std` is set."""
     rng = np.random.default_rng(seed)
     tensors = {}
     for name, shape in shapes.items():
-        if "norm" in name or name.endswith("ln_q.weight"):
+        if name.endswith(".bias"):
+            bias = rng.normal(0.0, bias_std, size=shape) if bias_std else np.zeros(shape)
+            tensors[name] = bias.astype(np.float32)
+        elif "norm" in name or name.endswith("ln_q.weight"):
             tensors[name] = np.ones(shape, dtype=np.float32)
-        elif name.endswith(".bias"):
-            tensors[name] = np.zeros(shape, dtype=np.float32)
         else:
             tensors[name] = rng.normal(0.0, 0.02, size=shape).astype(np.float32)
     return tensors
+
+
+def _model_vocab_size(tok: Tokenizer) -> int:
+    """The model's vocabulary: the tokenizer's size rounded up to a multiple of 64, as Qwen checkpoints pad it."""
+    return -(-tok.get_vocab_size(with_added_tokens=True) // 64) * 64
+
+
+def _image_processor_config(processor_class: str, patch_size: int, mean: list[float], std: list[float]) -> dict:
+    """preprocessor_config.json of a Qwen2-VL-style image processor, capped at 4 x 4 merged patches per image so
+    tests stay fast (at least 2 x 2 worth of pixels)."""
+    factor = patch_size * 2  # one merged patch
+    min_pixels, max_pixels = (2 * factor) ** 2, (4 * factor) ** 2
+    # fmt: off
+    return {
+        "image_processor_type": "Qwen2VLImageProcessor", "processor_class": processor_class,
+        "do_resize": True, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+        "do_convert_rgb": True, "image_mean": mean, "image_std": std,
+        "min_pixels": min_pixels, "max_pixels": max_pixels,
+        "size": {"shortest_edge": min_pixels, "longest_edge": max_pixels},
+        "patch_size": patch_size, "temporal_patch_size": 2, "merge_size": 2,
+    }
+    # fmt: on
+
+
+def _write_model(
+    out: Path, config: dict, preprocessor: dict, ids: dict[str, int], weights: dict[str, np.ndarray]
+) -> Path:
+    """Write config.json, generation_config.json, preprocessor_config.json and model.safetensors into `out`."""
+    eot, im_end = ids["<|endoftext|>"], ids["<|im_end|>"]
+    _write_json(out / "config.json", config)
+    generation = {"bos_token_id": eot, "pad_token_id": eot, "eos_token_id": [im_end, eot], "do_sample": False}
+    _write_json(out / "generation_config.json", generation)
+    _write_json(out / "preprocessor_config.json", preprocessor)
+    save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
+    return out
 
 
 def build_tiny_qwen2_5_vl(
@@ -223,21 +275,8 @@ def build_tiny_qwen2_5_vl(
         "rope_scaling": {"type": "mrope", "mrope_section": [head_dim // 2 - 2 * hw_section, hw_section, hw_section]},
         "max_position_embeddings": MAX_LENGTH, "max_window_layers": num_layers, "sliding_window": MAX_LENGTH,
         "use_sliding_window": False, "tie_word_embeddings": False, "torch_dtype": "float32", "use_cache": True,
-        "vocab_size": -(-tok.get_vocab_size(with_added_tokens=True) // 64) * 64, "vision_config": vision_config,
-    }
-    min_pixels, max_pixels = 28 * 28 * 4, 112 * 112
-    preprocessor = {
-        "image_processor_type": "Qwen2VLImageProcessor", "processor_class": "Qwen2_5_VLProcessor",
-        "do_resize": True, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
-        "do_convert_rgb": True, "image_mean": CLIP_MEAN, "image_std": CLIP_STD,
-        "min_pixels": min_pixels, "max_pixels": max_pixels,
-        "size": {"shortest_edge": min_pixels, "longest_edge": max_pixels},
-        "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2,
+        "vocab_size": _model_vocab_size(tok), "vision_config": vision_config,
     }
     # fmt: on
-    _write_json(out / "config.json", config)
-    generation = {"bos_token_id": eot, "pad_token_id": eot, "eos_token_id": [im_end, eot], "do_sample": False}
-    _write_json(out / "generation_config.json", generation)
-    _write_json(out / "preprocessor_config.json", preprocessor)
-    save_file(_random_weights(_weight_shapes(config), seed), str(out / "model.safetensors"), metadata={"format": "pt"})
-    return out
+    preprocessor = _image_processor_config("Qwen2_5_VLProcessor", 14, CLIP_MEAN, CLIP_STD)
+    return _write_model(out, config, preprocessor, ids, _random_weights(_weight_shapes(config), seed))

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from paddlemix.utils.errors import UserError
+
 # Files of a Hugging Face model folder that are not weights: copied unchanged from the base model.
 MODEL_SIDE_FILES = (
     "config.json",
@@ -25,6 +27,7 @@ MODEL_SIDE_FILES = (
     "chat_template.json",
     "chat_template.jinja",
     "preprocessor_config.json",
+    "processor_config.json",
     "video_preprocessor_config.json",
 )
 
@@ -80,3 +83,11 @@ def copy_side_files(src: str | Path, dst: str | Path) -> list[str]:
 
 def write_json(data: Any, path: str | Path) -> None:
     Path(path).write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+
+
+def read_json(path: str | Path) -> Any:
+    """A JSON file's content; invalid JSON is a UserError naming the file and the place."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path} is not valid JSON: {err}.") from None

@@ -1,4 +1,4 @@
-"""A shortened run of the README's demo: the tiny model must really learn the colour task."""
+"""A shortened run of the README's demo, per model family: the tiny model must really learn the colour task."""
 
 from __future__ import annotations
 
@@ -13,12 +13,15 @@ pytestmark = pytest.mark.slow
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "shapes_demo.py"
 
 
-def test_shortened_demo_learns_colours(tmp_path: Path, monkeypatch, run_tool) -> None:
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl", "llava"])
+def test_shortened_demo_learns_colours(tmp_path: Path, monkeypatch, run_tool, family: str) -> None:
     monkeypatch.setattr(sys, "argv", [str(DEMO)])
-    main = runpy.run_path(str(DEMO))["main"]
-    accuracy = main(["--workdir", str(tmp_path), "--n_train", "320", "--n_eval", "40", "--num_train_epochs", "3"])
+    demo = runpy.run_path(str(DEMO))
+    args = ["--family", family, "--workdir", str(tmp_path), "--n_train", "320", "--n_eval", "40"]
+    accuracy = demo["main"]([*args, "--num_train_epochs", "3"])
     assert accuracy >= 0.9
-    model = tmp_path / "demo_run" / "checkpoints" / "shapes_sft"
+    config = json.loads(demo["FAMILIES"][family][1].read_text())
+    model = tmp_path / config["output_dir"]
     assert (model / "model.safetensors").is_file()
     record = json.loads((tmp_path / "demo_run" / "shapes" / "eval.jsonl").read_text().splitlines()[0])
     image = tmp_path / "demo_run" / "shapes" / record["images"][0]

@@ -22,9 +22,17 @@ def train_logs(out: Path) -> dict[int, dict]:
     return {r["step"]: r for r in records if "loss" in r}
 
 
-@pytest.mark.parametrize("packing", [True, False], ids=["mixtoken", "padded"])
-def test_killed_run_resumes_to_the_same_weights(workspace: Path, run_tool, kill_when, packing: bool) -> None:
+@pytest.mark.parametrize(
+    "tiny_family, packing",
+    [("qwen2_5_vl", True), ("qwen2_5_vl", False), ("qwen3_vl", True), ("llava", True)],
+    ids=["mixtoken", "padded", "qwen3_vl-mixtoken", "llava-mixtoken"],
+    indirect=["tiny_family"],
+)
+def test_killed_run_resumes_to_the_same_weights(
+    workspace: Path, run_tool, kill_when, tiny_family: str, packing: bool
+) -> None:
     extra = PACKING if packing else PACKING[PACKING.index("--per_device_train_batch_size") :]
+    extra = [*extra, "--model_name_or_path", tiny_family]
     run_tool("supervised_finetune.py", str(CONFIG), *extra, "--output_dir", "straight", "--benchmark", "true",
              cwd=workspace)  # fmt: skip
     logs = train_logs(workspace / "straight")

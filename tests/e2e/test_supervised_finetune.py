@@ -27,6 +27,10 @@ MODEL_FILES = {
     "chat_template.json",
     "preprocessor_config.json",
 }
+FAMILIES = ["qwen2_5_vl", "qwen3_vl", "llava"]
+# A vision-tower tensor per family, to check that "freeze_vision" kept it.
+VISION_TENSOR = {"qwen2_5_vl": "patch_embed.proj.weight", "qwen3_vl": "patch_embed.proj.weight",
+                 "llava": "embeddings.patch_embedding.weight"}  # fmt: skip
 RUN_FILES = {"run_args.json", "all_results.json", "train_log.jsonl", "train_summary.json", "loss_curve.png"}
 
 
@@ -38,21 +42,37 @@ def losses(out: Path) -> list[float]:
     return [r["loss"] for r in log_records(out) if "loss" in r]
 
 
-def test_full_sft_writes_hf_model_that_learns(workspace: Path, run_tool) -> None:
+def tensor(weights: dict[str, np.ndarray], suffix: str) -> np.ndarray:
+    """The one tensor whose checkpoint name ends with `suffix` (the names' prefixes differ per family)."""
+    (name,) = [n for n in weights if n.endswith(suffix)]
+    return weights[name]
+
+
+def model_files(model_dir: Path) -> set[str]:
+    """The files a saved model must have: the standard set, plus the processor and video processor configs where
+    the base has them."""
+    optional = ("video_preprocessor_config.json", "processor_config.json")
+    return MODEL_FILES | {name for name in optional if (model_dir / name).is_file()}
+
+
+@pytest.mark.parametrize("tiny_family", FAMILIES, indirect=True)
+def test_full_sft_writes_hf_model_that_learns(workspace: Path, run_tool, tiny_family: str) -> None:
     proc = run_tool(
         "supervised_finetune.py",
         str(CONFIG / "sft_argument.json"),
+        "--model_name_or_path",
+        tiny_family,
         "--max_steps",
         "12",
-        "--freeze_include",
-        '["model.visual.patch_embed.*"]',
+        "--freeze_vision",
+        "true",
         "--benchmark",
         "true",
         cwd=workspace,
     )
     out = workspace / "checkpoints" / "tiny_sft"
     files = {p.name for p in out.iterdir() if not p.name.startswith(".")}
-    assert files == MODEL_FILES | RUN_FILES | {"checkpoint-12", "skipped_samples.jsonl"} - {"skipped_samples.jsonl"}
+    assert files == model_files(workspace / tiny_family) | RUN_FILES | {"checkpoint-12"}
     assert "trainable" in proc.stderr and "frozen" in proc.stderr
     curve = losses(out)
     assert len(curve) == 12 and all(np.isfinite(curve))
@@ -61,13 +81,13 @@ def test_full_sft_writes_hf_model_that_learns(workspace: Path, run_tool) -> None
     for key in ("train_samples_per_second", "tokens_per_second", "image_tokens_per_second", "peak_memory_mb"):
         assert results[key] > 0, key
     assert "eval_loss" in results
-    base = load_safetensors(workspace / "tiny_qwen2_5_vl" / "model.safetensors")
+    base = load_safetensors(workspace / tiny_family / "model.safetensors")
     trained = load_safetensors(out / "model.safetensors")
     assert set(trained) == set(base)
-    np.testing.assert_array_equal(trained["visual.patch_embed.proj.weight"], base["visual.patch_embed.proj.weight"])
-    assert not np.array_equal(
-        trained["model.layers.0.self_attn.q_proj.weight"], base["model.layers.0.self_attn.q_proj.weight"]
-    )
+    vision = VISION_TENSOR[tiny_family.removeprefix("tiny_")]
+    np.testing.assert_array_equal(tensor(trained, vision), tensor(base, vision))
+    q_proj = "model.layers.0.self_attn.q_proj.weight"  # the language model's, not the vision tower's
+    assert not np.array_equal(tensor(trained, q_proj), tensor(base, q_proj))
     AutoModelMIX.from_pretrained(out)
     assert json.loads((out / "run_args.json").read_text())["max_steps"] == 12
 
@@ -87,8 +107,12 @@ def test_rerun_resumes_from_last_checkpoint_unless_overwrite(workspace: Path, ru
     assert "resuming from" not in third.stderr
 
 
-def test_lora_run_then_merge_tool(workspace: Path, run_tool) -> None:
-    run_tool("supervised_finetune.py", str(CONFIG / "lora_sft_argument.json"), cwd=workspace)
+@pytest.mark.parametrize("tiny_family", FAMILIES, indirect=True)
+def test_lora_run_then_merge_tool(workspace: Path, run_tool, tiny_family: str) -> None:
+    run_tool(
+        "supervised_finetune.py", str(CONFIG / "lora_sft_argument.json"), "--model_name_or_path", tiny_family,
+        cwd=workspace,
+    )  # fmt: skip
     out = workspace / "checkpoints" / "tiny_lora"
     files = {p.name for p in out.iterdir() if not p.name.startswith(".")}
     assert {
@@ -104,12 +128,12 @@ def test_lora_run_then_merge_tool(workspace: Path, run_tool) -> None:
         "merge_lora_params.py", "--lora_path", str(out), "--merge_model_path", str(workspace / "merged"), cwd=workspace
     )
     merged_files = {p.name for p in (workspace / "merged").iterdir()}
-    assert MODEL_FILES <= merged_files
+    assert model_files(workspace / tiny_family) <= merged_files
     inputs = {"input_ids": paddle.to_tensor(np.random.default_rng(0).integers(0, 500, (1, 16)))}
     with paddle.no_grad():
-        expected = load_adapter(AutoModelMIX.from_pretrained(workspace / "tiny_qwen2_5_vl"), out)(**inputs).logits
+        expected = load_adapter(AutoModelMIX.from_pretrained(workspace / tiny_family), out)(**inputs).logits
         merged = AutoModelMIX.from_pretrained(workspace / "merged")(**inputs).logits
-        base = AutoModelMIX.from_pretrained(workspace / "tiny_qwen2_5_vl")(**inputs).logits
+        base = AutoModelMIX.from_pretrained(workspace / tiny_family)(**inputs).logits
     assert float((expected - base).abs().max()) > 1e-4
     assert float((merged - expected).abs().max()) <= 1e-5
 

@@ -1,5 +1,7 @@
 """Reference outputs from Hugging Face transformers 4.57 (PyTorch, CPU) for the parity tests.
 
+The model class comes from the folder's config.json `model_type` (HF_CLASSES).
+
 Runs in the reference environment, not the Paddle one:
   python hf_reference.py MODEL_DIR REQUEST.json OUT.npz
 REQUEST.json: {"messages": [HF chat messages], "images": [paths]} to run the processor and the model, or
@@ -19,9 +21,16 @@ from PIL import Image
 from transformers import processing_utils
 from transformers.video_processing_utils import BaseVideoProcessor
 
+# config.json model_type -> the transformers class that loads such a folder.
+HF_CLASSES = {
+    "llava": "LlavaForConditionalGeneration",
+    "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+    "qwen3_vl": "Qwen3VLForConditionalGeneration",
+}
+
 
 class NoVideoProcessor(BaseVideoProcessor):
-    """Qwen2.5-VL's processor always builds a video processor, which needs torchvision; images do not."""
+    """Qwen-VL processors always build a video processor, which needs torchvision; images do not."""
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
@@ -34,10 +43,15 @@ def load_processor(model_dir: str):
     return transformers.AutoProcessor.from_pretrained(model_dir)
 
 
+def model_class(model_dir: str):
+    with open(f"{model_dir}/config.json", encoding="utf-8") as file:
+        return getattr(transformers, HF_CLASSES[json.load(file)["model_type"]])
+
+
 def main() -> None:
     model_dir, request_path, out_path = sys.argv[1:4]
     request = json.loads(open(request_path, encoding="utf-8").read())
-    model, info = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(
+    model, info = model_class(model_dir).from_pretrained(
         model_dir, torch_dtype=torch.float32, output_loading_info=True
     )
     assert not any(info.values()), f"weights did not load cleanly: {info}"

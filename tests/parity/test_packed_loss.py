@@ -3,8 +3,6 @@ the same samples run one by one (float32, CPU)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import paddle
 import pytest
@@ -17,22 +15,32 @@ from paddlemix.models import adapter_for
 from paddlemix.processors.chat_template import template_for
 from paddlemix.processors.sample_processor import IGNORE_INDEX
 
-PARAMS = (
-    "lm_head.weight",
-    "model.language_model.layers.0.self_attn.qkv_proj.weight",
-    "model.visual.merger.mlp.0.weight",
-)
+# model_type -> (tiny folder fixture, parameters whose gradients are compared: head, LLM, projector(s))
+FAMILIES = {
+    "qwen2_5_vl": (
+        "tiny_model_dir",
+        ("lm_head.weight", "model.language_model.layers.0.self_attn.qkv_proj.weight", "model.visual.merger.mlp.0.weight"),
+    ),
+    "qwen3_vl": (
+        "tiny_qwen3_vl_dir",
+        ("lm_head.weight", "model.language_model.layers.0.self_attn.qkv_proj.weight",
+         "model.visual.merger.linear_fc1.weight", "model.visual.deepstack_merger_list.1.linear_fc1.weight"),
+    ),
+}  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def setup(tiny_model_dir: Path, shapes_data: dict):
-    processor = AutoProcessorMIX.from_pretrained(tiny_model_dir)
-    adapter = adapter_for(tiny_model_dir)
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def setup(request, shapes_data: dict):
+    fixture, params = FAMILIES[request.param]
+    model_dir = request.getfixturevalue(fixture)
+    processor = AutoProcessorMIX.from_pretrained(model_dir)
+    adapter = adapter_for(model_dir)
     encoder = adapter.sample_processor(processor, 512)
     template = template_for(processor)
-    model = AutoModelMIX.from_pretrained(tiny_model_dir)
+    model = AutoModelMIX.from_pretrained(model_dir)
     images = sorted(str(p) for p in (shapes_data["train"].parent / "images").glob("train_*.png"))
-    return encoder, template, model, adapter.position_fn(model.config), images, processor.tokenizer.pad_token_id
+    positions = adapter.position_fn(model.config)
+    return encoder, template, model, positions, images, processor.tokenizer.pad_token_id, params
 
 
 def samples(kind: str, images: list[str]) -> list[Sample]:
@@ -47,8 +55,10 @@ def samples(kind: str, images: list[str]) -> list[Sample]:
     return {"text": text, "single": single, "multi": multi + single[:1] + text[:1]}[kind]
 
 
-def loss_and_grads(model, batches: list[tuple[dict, float]]) -> tuple[float, dict[str, np.ndarray]]:
-    """Sum of weight * loss over batches, and the gradients of that sum."""
+def loss_and_grads(
+    model, batches: list[tuple[dict, float]], names: tuple[str, ...]
+) -> tuple[float, dict[str, np.ndarray]]:
+    """Sum of weight * loss over batches, and the gradients of that sum for the parameters `names`."""
     model.clear_gradients()
     total = 0.0
     for batch, weight in batches:
@@ -56,23 +66,23 @@ def loss_and_grads(model, batches: list[tuple[dict, float]]) -> tuple[float, dic
         loss.backward()
         total += float(loss)
     params = dict(model.named_parameters())
-    grads = {name: params[name].grad for name in PARAMS}
+    grads = {name: params[name].grad for name in names}
     return total, {name: np.zeros(1) if g is None else g.numpy().copy() for name, g in grads.items()}
 
 
 @pytest.mark.parametrize("kind", ["text", "single", "multi"])
 def test_packed_equals_token_weighted_unpacked(setup, kind: str) -> None:
-    encoder, template, model, positions, images, pad_id = setup
+    encoder, template, model, positions, images, pad_id, names = setup
     encoded = [encoder(s, template) for s in samples(kind, images)]
     n_labels = [int((e["labels"] != IGNORE_INDEX).sum()) for e in encoded]
     total = sum(n_labels)
     one_by_one = [(pad_batch([e], pad_id, 1), n / total) for e, n in zip(encoded, n_labels)]
     length = sum(len(e["input_ids"]) for e in encoded) + 5  # a few pad slots as well
     packed = [(pack_batch([build_pack(encoded, positions)], pad_id, length), 1.0)]
-    loss_u, grads_u = loss_and_grads(model, one_by_one)
-    loss_p, grads_p = loss_and_grads(model, packed)
+    loss_u, grads_u = loss_and_grads(model, one_by_one, names)
+    loss_p, grads_p = loss_and_grads(model, packed, names)
     assert abs(loss_p - loss_u) <= 1e-5
-    for name in PARAMS:
+    for name in names:
         if kind == "text" and "visual" in name:
             continue
         assert np.abs(grads_u[name]).max() > 0, name
@@ -81,7 +91,7 @@ def test_packed_equals_token_weighted_unpacked(setup, kind: str) -> None:
 
 def test_packing_without_isolation_would_differ(setup) -> None:
     """The check above can fail: drop the per-sample mask and positions and the loss moves."""
-    encoder, template, model, positions, images, pad_id = setup
+    encoder, template, model, positions, images, pad_id, _ = setup
     encoded = [encoder(s, template) for s in samples("single", images)]
     packed = pack_batch([build_pack(encoded, positions)], pad_id, sum(len(e["input_ids"]) for e in encoded))
     leaky = {k: v for k, v in packed.items() if k not in ("attn_mask_startend_row_indices", "position_ids")}

@@ -1,9 +1,8 @@
 from __future__ import annotations
 
-import paddle
-
 import re
 
+import paddle
 import pytest
 
 from paddlemix.peft.freeze import apply_freeze, freeze_plan, trainable_table

@@ -16,6 +16,7 @@ from paddlemix.peft.lora import (
     merge_lora,
     save_adapter,
 )
+from paddlemix.testing.lora import perturb_lora as perturb
 from paddlemix.utils.errors import UserError
 from paddlemix.utils.io import to_numpy
 
@@ -28,14 +29,6 @@ def batch(seed: int = 0) -> dict:
 def logits(model, inputs) -> np.ndarray:
     with paddle.no_grad():
         return model(**inputs).logits.numpy()
-
-
-def perturb(lora_model, seed: int = 1) -> None:
-    """Give every LoRA matrix random values, so B != 0 and the adapter really changes outputs."""
-    rng = np.random.default_rng(seed)
-    for name, param in lora_model.model.named_parameters():
-        if "lora_" in name:
-            param.set_value(rng.normal(0, 0.05, param.shape).astype("float32"))
 
 
 @pytest.fixture()

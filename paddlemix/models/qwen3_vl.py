@@ -1,0 +1,52 @@
+"""Qwen3-VL through paddleformers: a ViT with learned position table, a patch-merger projector plus DeepStack
+mergers that feed vision features into the first language-model layers, and a Qwen3 language model.
+
+paddleformers 1.2's default `Qwen3VLForConditionalGeneration` needs `paddlefleet`; the `...Deprecated` class of
+the same module needs nothing more and matches Hugging Face transformers 4.57 (tests/parity/).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from paddlemix.models.adapter import ModelAdapter
+from paddlemix.models.hf_layout import to_hf_layout
+from paddlemix.models.qwen_vl_common import SHARED_ADAPTER_FIELDS, mrope_positions
+
+_PADDLEFORMERS = "paddleformers.transformers.qwen3_vl"
+
+
+def to_hf_state_dict(state: dict[str, np.ndarray], config: Any) -> dict[str, np.ndarray]:
+    """Paddle parameters -> Hugging Face Qwen3-VL tensors; the names are already HF's (`model.visual.*`,
+    `model.language_model.*`, `lm_head.weight`), only the layouts differ."""
+    return to_hf_layout(state, config, lambda name: name)
+
+
+def positions(config: Any, input_ids: np.ndarray, grid_thw: np.ndarray | None) -> np.ndarray:
+    """3-D (interleaved) mRoPE position ids [3, L] of one sample, by the model's own rule."""
+    from paddleformers.transformers.qwen3_vl.modeling import Qwen3VLModelDeprecated
+
+    return mrope_positions(Qwen3VLModelDeprecated.get_rope_index, config, input_ids, grid_thw)
+
+
+ADAPTER = ModelAdapter(
+    model_type="qwen3_vl",
+    config_class=f"{_PADDLEFORMERS}:Qwen3VLConfig",
+    model_class=f"{_PADDLEFORMERS}:Qwen3VLForConditionalGenerationDeprecated",
+    processor_class=f"{_PADDLEFORMERS}:Qwen3VLProcessor",
+    lora_targets=(
+        r"model\.language_model\.layers\.\d+\.self_attn\.(qkv_proj|o_proj)",
+        r"model\.language_model\.layers\.\d+\.mlp\.(up_gate_proj|down_proj)",
+    ),
+    module_groups={
+        "vision": ("model.visual.patch_embed.*", "model.visual.pos_embed.*", "model.visual.blocks.*"),
+        # Both the final merger and the DeepStack mergers map vision features into the language model's space.
+        "projector": ("model.visual.merger.*", "model.visual.deepstack_merger_list.*"),
+        "llm": ("model.language_model.*", "lm_head.*"),
+    },
+    export_state_dict=to_hf_state_dict,
+    positions=positions,
+    **SHARED_ADAPTER_FIELDS,
+)

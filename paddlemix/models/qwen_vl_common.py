@@ -1,0 +1,70 @@
+"""What the Qwen2.5-VL and Qwen3-VL families share: the config fix, checkpoint names, image grids, mRoPE positions."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from paddlemix.models.hf_layout import from_hf_layout
+
+
+def prepare_config(config: Any, device: str) -> None:
+    """Use the unfused RMSNorm where the fused kernel is missing (every device but CUDA GPUs)."""
+    if device != "gpu":
+        for part in (config.text_config, config.vision_config):
+            part.fuse_rms_norm = False
+
+
+def paddle_name(name: str) -> str:
+    """Qwen-VL checkpoint name -> Paddle name, from the original (`visual.*`, `model.*`) or the nested
+    (`model.visual.*`, `model.language_model.*`) names."""
+    if name.startswith("visual."):
+        return "model." + name
+    if name.startswith("model.") and not name.startswith("model.visual."):
+        return "model.language_model." + name[len("model.") :].removeprefix("language_model.")
+    return name
+
+
+def from_hf_state_dict(hf: dict[str, np.ndarray], config: Any, target: set[str]) -> dict[str, np.ndarray]:
+    """Qwen-VL checkpoint tensors -> Paddle parameters (`target` names)."""
+    return from_hf_layout(hf, config, target, paddle_name)
+
+
+def image_grid(image_processor: Any, width: int, height: int) -> tuple[int, int, int]:
+    """The (t, h, w) patch grid the image processor makes of a width x height image (one frame)."""
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+    patch, merge = image_processor.patch_size, image_processor.merge_size
+    pixels = image_processor.size or {}
+    min_pixels = pixels.get("shortest_edge", image_processor.min_pixels)
+    max_pixels = pixels.get("longest_edge", image_processor.max_pixels)
+    h, w = smart_resize(height, width, factor=patch * merge, min_pixels=min_pixels, max_pixels=max_pixels)
+    return 1, h // patch, w // patch
+
+
+def mrope_positions(
+    get_rope_index: Callable[..., Any], config: Any, input_ids: np.ndarray, grid_thw: np.ndarray | None
+) -> np.ndarray:
+    """3-D mRoPE position ids [3, L] of one sample by a model's own `get_rope_index` (it reads only `self.config`)."""
+    import paddle
+
+    if grid_thw is None or not len(grid_thw):
+        return np.tile(np.arange(len(input_ids), dtype="int64"), (3, 1))
+    ids = paddle.to_tensor(input_ids[None])
+    grid = paddle.to_tensor(np.asarray(grid_thw))
+    position_ids, _ = get_rope_index(SimpleNamespace(config=config), input_ids=ids, image_grid_thw=grid)
+    return position_ids[:, 0].numpy()
+
+
+# ModelAdapter fields with the same value for every Qwen-VL family: Qwen2's vision tokens, the config fix, the HF
+# import and the image grid. Each family file adds the rest (classes, LoRA targets, module groups, export, positions).
+SHARED_ADAPTER_FIELDS: dict[str, Any] = {
+    "vision_placeholder": "<|vision_start|><|image_pad|><|vision_end|>",
+    "image_token": "<|image_pad|>",
+    "prepare_config": prepare_config,
+    "import_state_dict": from_hf_state_dict,
+    "image_grid": image_grid,
+}

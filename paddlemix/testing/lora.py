@@ -1,0 +1,15 @@
+"""LoRA helpers for tests: a fresh adapter has B = 0 and changes nothing, so merge checks must perturb it first."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def perturb_lora(lora_model: Any, seed: int = 1, std: float = 0.05) -> None:
+    """Give every LoRA matrix of a LoRAModel random N(0, std) values, so the adapter really changes outputs."""
+    rng = np.random.default_rng(seed)
+    for name, param in lora_model.model.named_parameters():
+        if "lora_" in name:
+            param.set_value(rng.normal(0, std, param.shape).astype("float32"))

@@ -1,0 +1,130 @@
+"""Parity checks against Hugging Face transformers 4.57.1 (CPU, float32), as a mixin for each family's test class.
+
+The reference side runs `hf_reference.py` in a separate environment named by PADDLEMIX_REF_PYTHON (built by
+scripts/run_tests.sh); without it the tests are skipped. A family's test class inherits `HFParity`, defines a
+class-scoped `model_dir` fixture naming its tiny folder and may set `pixel_atol` (see test_qwen3_vl_parity.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import paddle
+import pytest
+from PIL import Image
+
+from paddlemix.auto import AutoModelMIX, AutoProcessorMIX
+from paddlemix.datasets.conversation import Message, Sample
+from paddlemix.models import adapter_for
+from paddlemix.peft.lora import apply_lora, merge_adapter_folder, save_adapter
+from paddlemix.processors.chat_template import template_for
+from paddlemix.testing.lora import perturb_lora
+
+REF_PYTHON = os.environ.get("PADDLEMIX_REF_PYTHON")
+requires_reference = pytest.mark.skipif(
+    not REF_PYTHON, reason="PADDLEMIX_REF_PYTHON (a Python with torch + transformers 4.57.1) is not set"
+)
+HERE = Path(__file__).parent
+QUESTION, ANSWER = "What color is the circle?", "red"
+INPUT_KEYS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw")
+LOGITS_ATOL = 1e-4
+
+
+def reference(model_dir: Path, tmp_path: Path, **request) -> dict[str, np.ndarray]:
+    """Run hf_reference.py on `model_dir` with `request` (see its docstring) and return its outputs."""
+    request_path, out = tmp_path / "request.json", tmp_path / "ref.npz"
+    request_path.write_text(json.dumps(request))
+    proc = subprocess.run(
+        [REF_PYTHON, str(HERE / "hf_reference.py"), str(model_dir), str(request_path), str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return dict(np.load(out))
+
+
+def chat(with_image: bool) -> list[dict]:
+    """One question and answer as HF chat messages, with the image in front of the question if asked."""
+    question = [{"type": "image"}] * with_image + [{"type": "text", "text": QUESTION}]
+    return [
+        {"role": "user", "content": question},
+        {"role": "assistant", "content": [{"type": "text", "text": ANSWER}]},
+    ]
+
+
+def paddle_logits(model, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    with paddle.no_grad():
+        return model(**{k: paddle.to_tensor(inputs[k]) for k in INPUT_KEYS if k in inputs}).logits.numpy()
+
+
+@requires_reference
+class HFParity:
+    """Processor, training encoder, logits and the merged-LoRA export, each compared with transformers."""
+
+    pixel_atol = 1e-6
+
+    @pytest.fixture(scope="class")
+    def image_path(self, tmp_path_factory) -> Path:
+        rng = np.random.default_rng(0)
+        path = tmp_path_factory.mktemp("img") / "img.png"
+        Image.fromarray(rng.integers(0, 255, (84, 56, 3), dtype=np.uint8)).save(path)
+        return path
+
+    @pytest.fixture(scope="class")
+    def hf_out(self, model_dir: Path, image_path: Path, tmp_path_factory) -> dict[str, np.ndarray]:
+        """HF's processor and model on an image + text conversation."""
+        tmp = tmp_path_factory.mktemp("ref")
+        return reference(model_dir, tmp, messages=chat(with_image=True), images=[str(image_path)])
+
+    @pytest.fixture(scope="class")
+    def model(self, model_dir: Path):
+        return AutoModelMIX.from_pretrained(model_dir)
+
+    def test_processor_matches_hf(self, model_dir: Path, image_path: Path, hf_out) -> None:
+        processor = AutoProcessorMIX.from_pretrained(model_dir)
+        image = Image.open(image_path).convert("RGB")
+        ours = processor(text=[str(hf_out["text"])], images=[image], return_tensors="np")
+        np.testing.assert_array_equal(np.asarray(ours["input_ids"]), hf_out["input_ids"])
+        np.testing.assert_array_equal(np.asarray(ours["image_grid_thw"]), hf_out["image_grid_thw"])
+        np.testing.assert_allclose(np.asarray(ours["pixel_values"]), hf_out["pixel_values"], atol=self.pixel_atol)
+
+    def test_training_encoder_matches_hf(self, model_dir: Path, image_path: Path, hf_out) -> None:
+        processor = AutoProcessorMIX.from_pretrained(model_dir)
+        encoder = adapter_for(model_dir).sample_processor(processor, 4096)
+        sample = Sample((Message("user", "<image>" + QUESTION), Message("assistant", ANSWER)), (str(image_path),))
+        ours = encoder(sample, template_for(processor))
+        hf_ids = hf_out["input_ids"][0]
+        # HF's template ends the last turn with "<|im_end|>\n"; both must agree on every token they share.
+        np.testing.assert_array_equal(ours["input_ids"], hf_ids[: len(ours["input_ids"])])
+        assert len(hf_ids) - len(ours["input_ids"]) <= 1
+        np.testing.assert_allclose(ours["pixel_values"], hf_out["pixel_values"], atol=self.pixel_atol)
+
+    def test_logits_match_hf(self, model, hf_out) -> None:
+        diff = np.abs(paddle_logits(model, hf_out) - hf_out["logits"]).max()
+        print(f"image+text: max |logits - HF logits| = {diff:.2e}")
+        assert diff <= LOGITS_ATOL
+
+    def test_text_only_logits_match_hf(self, model, model_dir: Path, tmp_path: Path) -> None:
+        hf_text = reference(model_dir, tmp_path, messages=chat(with_image=False), images=[])
+        assert "pixel_values" not in hf_text
+        diff = np.abs(paddle_logits(model, hf_text) - hf_text["logits"]).max()
+        print(f"text only: max |logits - HF logits| = {diff:.2e}")
+        assert diff <= LOGITS_ATOL
+
+    def test_hf_loads_merged_lora_model_with_same_logits(self, model_dir: Path, hf_out, tmp_path: Path) -> None:
+        lora = apply_lora(AutoModelMIX.from_pretrained(model_dir), adapter_for(model_dir).lora_targets, 4, 8)
+        perturb_lora(lora, seed=0)
+        expected = paddle_logits(lora, hf_out)
+        assert np.abs(expected - hf_out["logits"]).max() > 1e-3, "the adapter must change the logits"
+        save_adapter(lora, tmp_path / "adapter")
+        merged = merge_adapter_folder(model_dir, tmp_path / "adapter", tmp_path / "merged")
+        inputs = tmp_path / "inputs.npz"
+        np.savez(inputs, **{k: hf_out[k] for k in INPUT_KEYS})
+        hf_merged = reference(merged, tmp_path, inputs=str(inputs))
+        diff = np.abs(hf_merged["logits"] - expected).max()
+        print(f"max |HF(merged) - paddle(base+LoRA)| = {diff:.2e}")
+        assert diff <= LOGITS_ATOL

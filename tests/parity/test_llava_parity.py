@@ -1,0 +1,177 @@
+"""Parity of our Paddle LLaVA with Hugging Face transformers 4.57.1 `LlavaForConditionalGeneration` (CPU, float32).
+
+Each tiny model is built and saved by transformers itself in the reference environment (PADDLEMIX_REF_PYTHON), so
+the checkpoint names and the config.json are HF's own. Our model loads that folder; logits are compared with image +
+text and text only (with padding), then our export and a merged LoRA are loaded back by transformers.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import paddle
+import pytest
+from hf_parity import LOGITS_ATOL, REF_PYTHON, reference, requires_reference
+
+from paddlemix.auto import AutoModelMIX
+from paddlemix.models import adapter_for
+from paddlemix.peft.lora import apply_lora, merge_adapter_folder, save_adapter
+from paddlemix.testing.lora import perturb_lora
+from paddlemix.utils.io import save_safetensors, to_numpy
+
+pytestmark = requires_reference
+VOCAB, IMAGE_TOKEN, IMAGE_SIZE, PATCH = 128, 127, 28, 14
+LEGACY_PREFIXES = (
+    "vision_tower.vision_model.",
+    "multi_modal_projector.",
+    "language_model.model.",
+    "language_model.lm_head.",
+)
+
+# Runs in the reference environment: build a tiny LLaVA from a config spec, randomise every tensor (HF's init leaves
+# zero biases and unit norms, which would hide layout mistakes) and save it as transformers does.
+BUILD_HF = """
+import json, sys, torch, transformers
+spec, out = json.loads(sys.argv[1]), sys.argv[2]
+torch.manual_seed(spec.pop("seed"))
+model = transformers.LlavaForConditionalGeneration(transformers.LlavaConfig(**spec)).eval()
+with torch.no_grad():
+    for name, p in model.named_parameters():
+        p.copy_((1.0 if "norm" in name else 0.0) + 0.1 * torch.randn_like(p))
+model.save_pretrained(out, safe_serialization=True)
+"""
+
+
+def llava_spec(text_type: str, tie: bool, feature_layer: int | list[int], strategy: str) -> dict:
+    """A tiny HF LlavaConfig: 3-layer CLIP tower (28 px, 14 px patches) and a 2-layer Qwen2 or Llama LM."""
+    text = {
+        "model_type": text_type,
+        "vocab_size": VOCAB,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-6,
+        "max_position_embeddings": 256,
+        "tie_word_embeddings": tie,
+        "pad_token_id": 0,
+        "eos_token_id": 1,
+    }
+    vision = {"model_type": "clip_vision_model", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 3,
+              "num_attention_heads": 2, "image_size": IMAGE_SIZE, "patch_size": PATCH, "projection_dim": 8,
+              "hidden_act": "quick_gelu"}  # fmt: skip
+    return {"vision_config": vision, "text_config": text, "image_token_index": IMAGE_TOKEN,
+            "vision_feature_layer": feature_layer, "vision_feature_select_strategy": strategy,
+            "image_seq_length": (IMAGE_SIZE // PATCH) ** 2, "tie_word_embeddings": tie, "seed": 0}  # fmt: skip
+
+
+CASES = {  # Qwen2 untied with the LLaVA-1.5 defaults; Llama tied, last layer, class token kept
+    "qwen2": llava_spec("qwen2", tie=False, feature_layer=-2, strategy="default"),
+    "llama": llava_spec("llama", tie=True, feature_layer=[-1, 1], strategy="full"),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def hf_dir(request, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp(f"hf_llava_{request.param}")
+    proc = subprocess.run([REF_PYTHON, "-c", BUILD_HF, json.dumps(CASES[request.param]), str(out)],
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def model(hf_dir: Path):
+    return AutoModelMIX.from_pretrained(hf_dir)
+
+
+def make_inputs(config: dict, with_image: bool) -> dict[str, np.ndarray]:
+    """Two rows: with images, one image each at different places; text only, the second row right-padded."""
+    rng = np.random.default_rng(1)
+    image_token, vision = config["image_token_index"], config["vision_config"]
+    ids = rng.integers(2, min(image_token, config["text_config"]["vocab_size"]), size=(2, 16))
+    mask = np.ones_like(ids)
+    if not with_image:
+        ids[1, 11:], mask[1, 11:] = 0, 0
+        return {"input_ids": ids, "attention_mask": mask}
+    size = vision["image_size"]
+    tokens = (size // vision["patch_size"]) ** 2 + (config.get("vision_feature_select_strategy") == "full")
+    ids = np.concatenate([ids[:, :2], np.full((2, tokens), image_token), ids[:, 2:]], axis=1)
+    ids[1] = np.roll(ids[1], 5)  # the second image further right
+    pixels = rng.normal(0, 1, (2, 3, size, size)).astype("float32")
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids), "pixel_values": pixels}
+
+
+def logits_of(model, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    with paddle.no_grad():
+        return model(**{k: paddle.to_tensor(v) for k, v in inputs.items()}).logits.numpy()
+
+
+def hf_logits(model_dir: Path, inputs: dict[str, np.ndarray], tmp_path: Path) -> np.ndarray:
+    np.savez(tmp_path / "inputs.npz", **inputs)
+    return reference(model_dir, tmp_path, inputs=str(tmp_path / "inputs.npz"))["logits"]
+
+
+def test_hf_writes_the_contract_layout(hf_dir: Path) -> None:
+    from paddlemix.utils.io import load_safetensors
+
+    names = load_safetensors(hf_dir / "model.safetensors")
+    assert all(name.startswith(LEGACY_PREFIXES) for name in names)
+    tied = json.loads((hf_dir / "config.json").read_text())["text_config"].get("tie_word_embeddings", False)
+    assert ("language_model.lm_head.weight" in names) != tied
+
+
+@pytest.mark.parametrize("with_image", [True, False], ids=["image+text", "text"])
+def test_logits_match_hf(model, hf_dir: Path, with_image: bool, tmp_path: Path) -> None:
+    inputs = make_inputs(json.loads((hf_dir / "config.json").read_text()), with_image)
+    ours, theirs = logits_of(model, inputs), hf_logits(hf_dir, inputs, tmp_path)
+    real = inputs["attention_mask"].astype(bool)  # pad rows are masked differently and never used
+    diff = np.abs(ours - theirs)[real].max()
+    print(f"{hf_dir.name} {'image+text' if with_image else 'text'}: max |logits - HF| = {diff:.2e}")
+    assert np.abs(theirs).max() > 0.5, "logits too small to tell layouts apart"
+    assert diff <= LOGITS_ATOL
+
+
+def test_hf_loads_our_export_with_same_logits(hf_dir: Path, tmp_path: Path) -> None:
+    """Change every parameter in Paddle, export, and let transformers load the folder strictly."""
+    model = AutoModelMIX.from_pretrained(hf_dir)
+    rng = np.random.default_rng(2)
+    for _, param in model.named_parameters():
+        param.set_value((param.numpy() + rng.normal(0, 0.05, param.shape)).astype("float32"))
+    inputs = make_inputs(json.loads((hf_dir / "config.json").read_text()), with_image=True)
+    out = tmp_path / "export"
+    out.mkdir()
+    shutil.copy(hf_dir / "config.json", out / "config.json")
+    state = {k: to_numpy(v) for k, v in model.state_dict().items()}
+    save_safetensors(adapter_for(hf_dir).export_state_dict(state, model.config), out / "model.safetensors")
+    diff = np.abs(hf_logits(out, inputs, tmp_path) - logits_of(model, inputs)).max()
+    print(f"{hf_dir.name} export: max |HF(export) - paddle| = {diff:.2e}")
+    assert diff <= LOGITS_ATOL
+
+
+def test_hf_loads_merged_lora_with_same_logits(model, hf_dir: Path, tmp_path: Path) -> None:
+    inputs = make_inputs(json.loads((hf_dir / "config.json").read_text()), with_image=True)
+    base = logits_of(model, inputs)
+    lora = apply_lora(AutoModelMIX.from_pretrained(hf_dir), adapter_for(hf_dir).lora_targets, 4, 8)
+    perturb_lora(lora, seed=3, std=0.1)
+    expected = logits_of(lora, inputs)
+    assert np.abs(expected - base).max() > 1e-3, "the adapter must change the logits"
+    save_adapter(lora, tmp_path / "adapter")
+    merged = merge_adapter_folder(hf_dir, tmp_path / "adapter", tmp_path / "merged")
+    diff = np.abs(hf_logits(merged, inputs, tmp_path) - expected).max()
+    print(f"{hf_dir.name} merged LoRA: max |HF(merged) - paddle(base+LoRA)| = {diff:.2e}")
+    assert diff <= LOGITS_ATOL
+
+
+def test_builder_folder_logits_match_hf(tiny_llava_dir: Path, tmp_path: Path) -> None:
+    """The folder `build_llava` writes (tiny CLIP + tiny Qwen2 LM) gives HF's logits too."""
+    inputs = make_inputs(json.loads((tiny_llava_dir / "config.json").read_text()), with_image=True)
+    ours = logits_of(AutoModelMIX.from_pretrained(tiny_llava_dir), inputs)
+    diff = np.abs(ours - hf_logits(tiny_llava_dir, inputs, tmp_path)).max()
+    print(f"build_llava folder image+text: max |logits - HF| = {diff:.2e}")
+    assert diff <= LOGITS_ATOL
