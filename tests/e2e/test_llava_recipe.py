@@ -72,3 +72,29 @@ def test_build_finetune_merge_reload(tmp_path: Path, language, tiny_clip_dir, sh
         merged = generator.model(**tensors).logits
     assert float((merged - expected).abs().max()) <= 1e-5
     assert isinstance(generator.answer("What color is it?", [image], max_new_tokens=4), str)
+
+
+def test_freeze_vision_trains_projector_and_llama(tmp_path: Path, tiny_clip_dir, shapes_data, run_tool) -> None:
+    """The recipe's full fine-tuning stage on a Llama LLaVA: the saved model reloads, only the tower is unchanged."""
+    llava = tmp_path / "llava"
+    run_tool("build_llava.py", "--vision_model", str(tiny_clip_dir), "--language_model",
+             str(build_tiny_causal_lm(tmp_path / "lm", "llama")), "--output_dir", str(llava), cwd=tmp_path)  # fmt: skip
+    args = {
+        "model_name_or_path": str(llava),
+        "dataset": {"train": [{"name": "chatml_dataset", "data_files": str(shapes_data["train"])}]},
+        "output_dir": str(tmp_path / "out"),
+        "train_type": "freeze_vision",
+        "max_steps": 2,
+        "per_device_train_batch_size": 2,
+        "learning_rate": 0.01,
+        "device": "cpu",
+        "report_to": "none",
+    }
+    (tmp_path / "args.json").write_text(json.dumps(args))
+    run_tool("supervised_finetune.py", str(tmp_path / "args.json"), cwd=tmp_path)
+    base = load_safetensors(llava / "model.safetensors")
+    trained = load_safetensors(tmp_path / "out" / "model.safetensors")
+    assert set(trained) == set(base)
+    changed = {k.split(".")[0] for k in base if not np.array_equal(base[k], trained[k])}
+    assert changed == {"multi_modal_projector", "language_model"}
+    AutoModelMIX.from_pretrained(tmp_path / "out")
