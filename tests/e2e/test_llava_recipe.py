@@ -20,32 +20,33 @@ from paddlemix.utils.io import load_safetensors
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("language", ["qwen2", "llama"])
-def test_build_finetune_merge_reload(tmp_path: Path, language, tiny_clip_dir, shapes_data, run_tool) -> None:
+def build_and_train(tmp_path: Path, clip: Path, language: str, data: Path, run_tool, **keys) -> tuple[Path, str]:
+    """Build a LLaVA with the tool from `clip` and a tiny `language` LM, train it 2 steps with `keys`; return the
+    LLaVA folder and the training log (stderr)."""
     lm = build_tiny_causal_lm(tmp_path / f"tiny_{language}", language)
     llava = tmp_path / "llava"
-    run_tool("build_llava.py", "--vision_model", str(tiny_clip_dir), "--language_model", str(lm),
+    run_tool("build_llava.py", "--vision_model", str(clip), "--language_model", str(lm),
              "--output_dir", str(llava), cwd=tmp_path)  # fmt: skip
     args = {
         "model_name_or_path": str(llava),
-        "dataset": {"train": [{"name": "chatml_dataset", "data_files": str(shapes_data["train"])}]},
+        "dataset": {"train": [{"name": "chatml_dataset", "data_files": str(data)}]},
         "output_dir": str(tmp_path / "out"),
-        "train_type": "use_lora",
-        "lora_rank": 4,
-        "lora_alpha": 8,
-        "mixtoken": True,
-        "max_length": 256,
         "max_steps": 2,
         "per_device_train_batch_size": 2,
         "learning_rate": 0.01,
-        "logging_steps": 1,
-        "save_steps": 2,
         "device": "cpu",
         "report_to": "none",
+        **keys,
     }
     (tmp_path / "args.json").write_text(json.dumps(args))
-    train = run_tool("supervised_finetune.py", str(tmp_path / "args.json"), cwd=tmp_path)
-    assert "frozen groups ['vision']" in train.stderr
+    return llava, run_tool("supervised_finetune.py", str(tmp_path / "args.json"), cwd=tmp_path).stderr
+
+
+@pytest.mark.parametrize("language", ["qwen2", "llama"])
+def test_build_finetune_merge_reload(tmp_path: Path, language, tiny_clip_dir, shapes_data, run_tool) -> None:
+    keys = {"train_type": "use_lora", "lora_rank": 4, "lora_alpha": 8, "mixtoken": True, "max_length": 256}
+    llava, log = build_and_train(tmp_path, tiny_clip_dir, language, shapes_data["train"], run_tool, **keys)
+    assert "frozen groups ['vision']" in log
     out = tmp_path / "out"
     adapter = load_safetensors(out / "adapter_model.safetensors")
     assert any(k.startswith("model.multi_modal_projector.") for k in adapter)  # use_lora trains the projector fully
@@ -76,22 +77,9 @@ def test_build_finetune_merge_reload(tmp_path: Path, language, tiny_clip_dir, sh
 
 def test_freeze_vision_trains_projector_and_llama(tmp_path: Path, tiny_clip_dir, shapes_data, run_tool) -> None:
     """The recipe's full fine-tuning stage on a Llama LLaVA: the saved model reloads, only the tower is unchanged."""
-    llava = tmp_path / "llava"
-    run_tool("build_llava.py", "--vision_model", str(tiny_clip_dir), "--language_model",
-             str(build_tiny_causal_lm(tmp_path / "lm", "llama")), "--output_dir", str(llava), cwd=tmp_path)  # fmt: skip
-    args = {
-        "model_name_or_path": str(llava),
-        "dataset": {"train": [{"name": "chatml_dataset", "data_files": str(shapes_data["train"])}]},
-        "output_dir": str(tmp_path / "out"),
-        "train_type": "freeze_vision",
-        "max_steps": 2,
-        "per_device_train_batch_size": 2,
-        "learning_rate": 0.01,
-        "device": "cpu",
-        "report_to": "none",
-    }
-    (tmp_path / "args.json").write_text(json.dumps(args))
-    run_tool("supervised_finetune.py", str(tmp_path / "args.json"), cwd=tmp_path)
+    llava, _ = build_and_train(
+        tmp_path, tiny_clip_dir, "llama", shapes_data["train"], run_tool, train_type="freeze_vision"
+    )
     base = load_safetensors(llava / "model.safetensors")
     trained = load_safetensors(tmp_path / "out" / "model.safetensors")
     assert set(trained) == set(base)
