@@ -7,7 +7,6 @@ sandboxed Jinja environment because template files may come from data folders.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -17,6 +16,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from paddlemix.datasets.conversation import Message, SampleError
 from paddlemix.utils.errors import UserError
+from paddlemix.utils.io import read_json
 
 Segment = tuple[str, bool]
 
@@ -145,18 +145,23 @@ def load_chat_template(path: str | Path | None, default: str | None, special_tok
                 'sets no "chat_template"; add one of them.'
             )
         return JinjaChatTemplate(default, special_tokens)
+    spec = read_template_file(path)
+    if isinstance(spec, dict):
+        return PaddleMixChatTemplate(spec, str(path))
+    return JinjaChatTemplate(spec, special_tokens)
+
+
+def read_template_file(path: str | Path) -> str | dict[str, Any]:
+    """A template file's content: Jinja text (a Jinja file, or an HF-style JSON's "chat_template" string), or the
+    spec of a PaddleMIX chat_template.json (a dict with "conversation")."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f'chat template "{path}" does not exist; give a path to a chat_template.json or Jinja file.')
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".json":
-        try:
-            spec = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise UserError(f"{path} is not valid JSON: {err}") from None
-        if isinstance(spec, dict) and "conversation" in spec:
-            return PaddleMixChatTemplate(spec, str(path))
-        if isinstance(spec, dict) and isinstance(spec.get("chat_template"), str):
-            return JinjaChatTemplate(spec["chat_template"], special_tokens)
-        raise UserError(f'{path} has neither PaddleMIX\'s "conversation" nor a "chat_template" string.')
-    return JinjaChatTemplate(text, special_tokens)
+    if path.suffix != ".json":
+        return path.read_text(encoding="utf-8")
+    spec = read_json(path)
+    if isinstance(spec, dict) and "conversation" in spec:
+        return spec
+    if isinstance(spec, dict) and isinstance(spec.get("chat_template"), str):
+        return spec["chat_template"]
+    raise UserError(f'{path} has neither PaddleMIX\'s "conversation" nor a "chat_template" string.')

@@ -14,19 +14,18 @@ from typing import Literal
 from safetensors.numpy import save_file
 from tokenizers import Tokenizer
 
+from paddlemix.models.llava.processor import CLIP_MEAN, CLIP_STD
 from paddlemix.testing.tiny_model import (
     ADDED_TOKENS,
-    CLIP_MEAN,
-    CLIP_STD,
     MAX_LENGTH,
     _lm_weight_shapes,
     _model_vocab_size,
     _random_weights,
     _train_tokenizer,
-    _write_json,
     _write_tokenizer,
     default_corpus,
 )
+from paddlemix.utils.io import write_json
 
 # A text-only ChatML template with Qwen2.5's default system turn; the LM's own, so user text carries "<image>".
 CHATML_TEMPLATE = (
@@ -102,8 +101,8 @@ def build_tiny_clip_vision(
         "image_std": CLIP_STD, "do_convert_rgb": True,
     }
     # fmt: on
-    _write_json(out / "config.json", config)
-    _write_json(out / "preprocessor_config.json", preprocessor)
+    write_json(config, out / "config.json")
+    write_json(preprocessor, out / "preprocessor_config.json")
     weights = _random_weights(_clip_vision_shapes(config), seed)
     save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
     return out
@@ -113,10 +112,10 @@ def _write_llama_tokenizer(out: Path, tok: Tokenizer) -> dict[str, int]:
     """A Llama 3-style tokenizer: tokenizer.json plus a config naming `PreTrainedTokenizerFast` and its tokens."""
     ids = _write_tokenizer(out, tok, CHATML_TEMPLATE, LLAMA_TOKENS)
     decoder = json.loads((out / "tokenizer_config.json").read_text(encoding="utf-8"))["added_tokens_decoder"]
-    _write_json(out / "tokenizer_config.json", {"added_tokens_decoder": decoder, **LLAMA_TOKENIZER})
+    write_json({"added_tokens_decoder": decoder, **LLAMA_TOKENIZER}, out / "tokenizer_config.json")
     flags = {"lstrip": False, "normalized": False, "rstrip": False, "single_word": False}
     special = {k: {"content": LLAMA_TOKENIZER[k], **flags} for k in ("bos_token", "eos_token", "pad_token")}
-    _write_json(out / "special_tokens_map.json", special)
+    write_json(special, out / "special_tokens_map.json")
     for name in ("vocab.json", "merges.txt"):  # Llama 3 folders ship tokenizer.json only
         (out / name).unlink()
     return {"bos": ids["<|begin_of_text|>"], "eos": ids["<|im_end|>"], "pad": ids["<|pad|>"]}
@@ -167,9 +166,9 @@ def build_tiny_causal_lm(
         config.update({"rms_norm_eps": 1e-5, "rope_theta": 500000.0, "attention_bias": False, "mlp_bias": False,
                        "head_dim": hidden_size // num_heads, "pretraining_tp": 1, "pad_token_id": ids["pad"]})
     # fmt: on
-    _write_json(out / "config.json", config)
+    write_json(config, out / "config.json")
     generation = {"bos_token_id": ids["bos"], "eos_token_id": ids["eos"], "pad_token_id": ids["pad"]}
-    _write_json(out / "generation_config.json", {**generation, "do_sample": False})
+    write_json({**generation, "do_sample": False}, out / "generation_config.json")
     weights = _random_weights(_lm_weight_shapes(config, qkv_bias=family == "qwen2"), seed)
     save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
     return out

@@ -5,13 +5,15 @@ Tests and demos load it with the real loading code, so nothing has to be downloa
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import save_file
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+from paddlemix.models.llava.processor import CLIP_MEAN, CLIP_STD
+from paddlemix.utils.io import write_json
 
 # Qwen2's pre-tokenizer split pattern (the same one the slow Qwen2Tokenizer uses).
 SPLIT_PATTERN = (
@@ -45,8 +47,6 @@ COLORS = ("red", "green", "blue", "yellow", "purple", "orange", "white", "black"
 SHAPES = ("circle", "square", "triangle", "rectangle", "star", "ellipse", "diamond", "line")
 SIZES = ("small", "large", "big", "tiny")
 POSITIONS = ("left", "right", "top", "bottom", "center", "top left corner", "bottom right corner")
-CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 MAX_LENGTH = 4096
 # The demo's model: big enough to learn the shapes task in about a minute on a 2-core CPU.
 DEMO_SIZE = {"hidden_size": 128, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 256,
@@ -94,10 +94,6 @@ def _train_tokenizer(
     return tok
 
 
-def _write_json(path: Path, obj: dict) -> None:
-    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
 def _write_tokenizer(
     out: Path, tok: Tokenizer, chat_template: str = CHAT_TEMPLATE, added: tuple[tuple[str, bool], ...] = ADDED_TOKENS
 ) -> dict[str, int]:
@@ -107,8 +103,7 @@ def _write_tokenizer(
     flags = {"lstrip": False, "normalized": False, "rstrip": False, "single_word": False}
     decoder = {str(ids[c]): {"content": c, **flags, "special": s} for c, s in added}
     extra = [c for c, s in added if s and c != "<|endoftext|>"]
-    _write_json(
-        out / "tokenizer_config.json",
+    write_json(
         {
             "add_bos_token": False,
             "add_prefix_space": False,
@@ -125,13 +120,14 @@ def _write_tokenizer(
             "tokenizer_class": "Qwen2Tokenizer",
             "unk_token": None,
         },
+        out / "tokenizer_config.json",
     )
     special_map = {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}
-    _write_json(
-        out / "special_tokens_map.json",
+    write_json(
         {"additional_special_tokens": extra, **{k: {"content": v, **flags} for k, v in special_map.items()}},
+        out / "special_tokens_map.json",
     )
-    _write_json(out / "chat_template.json", {"chat_template": chat_template})
+    write_json({"chat_template": chat_template}, out / "chat_template.json")
     return ids
 
 
@@ -219,10 +215,10 @@ def _write_model(
 ) -> Path:
     """Write config.json, generation_config.json, preprocessor_config.json and model.safetensors into `out`."""
     eot, im_end = ids["<|endoftext|>"], ids["<|im_end|>"]
-    _write_json(out / "config.json", config)
+    write_json(config, out / "config.json")
     generation = {"bos_token_id": eot, "pad_token_id": eot, "eos_token_id": [im_end, eot], "do_sample": False}
-    _write_json(out / "generation_config.json", generation)
-    _write_json(out / "preprocessor_config.json", preprocessor)
+    write_json(generation, out / "generation_config.json")
+    write_json(preprocessor, out / "preprocessor_config.json")
     save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
     return out
 

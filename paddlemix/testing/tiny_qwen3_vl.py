@@ -18,11 +18,11 @@ from paddlemix.testing.tiny_model import (
     _model_vocab_size,
     _random_weights,
     _train_tokenizer,
-    _write_json,
     _write_model,
     _write_tokenizer,
     default_corpus,
 )
+from paddlemix.utils.io import write_json
 
 # Qwen3-VL's tokenizer adds these after Qwen2.5-VL's tokens (ordinary added tokens, not special).
 ADDED_TOKENS_QWEN3 = (
@@ -168,6 +168,6 @@ def build_tiny_qwen3_vl(
     preprocessor = _image_processor_config("Qwen3VLProcessor", 16, IMAGE_MEAN, IMAGE_STD)
     video = {**preprocessor, "video_processor_type": "Qwen3VLVideoProcessor", "fps": 2, "do_sample_frames": True}
     del video["image_processor_type"]
-    _write_json(out / "video_preprocessor_config.json", video)
+    write_json(video, out / "video_preprocessor_config.json")
     weights = _random_weights(_weight_shapes(config), seed, bias_std=0.02)
     return _write_model(out, config, preprocessor, ids, weights)

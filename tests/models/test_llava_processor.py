@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from paddlemix.models.llava.processor import LlavaImageProcessor, LlavaProcessorMIX
-from paddlemix.testing.tiny_model import CLIP_MEAN, CLIP_STD
+from paddlemix.models.llava.processor import CLIP_MEAN, CLIP_STD, LlavaImageProcessor, LlavaProcessorMIX
 
 # width x height: landscape, portrait, smaller than the crop (upscaled), odd sizes, a square
 SIZES = [(84, 56), (40, 100), (30, 20), (57, 113), (56, 56)]

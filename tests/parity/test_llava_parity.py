@@ -13,9 +13,8 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
-import paddle
 import pytest
-from hf_parity import LOGITS_ATOL, REF_PYTHON, reference, requires_reference
+from hf_parity import LOGITS_ATOL, REF_PYTHON, paddle_logits, reference, requires_reference
 
 from paddlemix.auto import AutoModelMIX
 from paddlemix.models import adapter_for
@@ -107,11 +106,6 @@ def make_inputs(config: dict, with_image: bool) -> dict[str, np.ndarray]:
     return {"input_ids": ids, "attention_mask": np.ones_like(ids), "pixel_values": pixels}
 
 
-def logits_of(model, inputs: dict[str, np.ndarray]) -> np.ndarray:
-    with paddle.no_grad():
-        return model(**{k: paddle.to_tensor(v) for k, v in inputs.items()}).logits.numpy()
-
-
 def hf_logits(model_dir: Path, inputs: dict[str, np.ndarray], tmp_path: Path) -> np.ndarray:
     np.savez(tmp_path / "inputs.npz", **inputs)
     return reference(model_dir, tmp_path, inputs=str(tmp_path / "inputs.npz"))["logits"]
@@ -129,7 +123,7 @@ def test_hf_writes_the_contract_layout(hf_dir: Path) -> None:
 @pytest.mark.parametrize("with_image", [True, False], ids=["image+text", "text"])
 def test_logits_match_hf(model, hf_dir: Path, with_image: bool, tmp_path: Path) -> None:
     inputs = make_inputs(json.loads((hf_dir / "config.json").read_text()), with_image)
-    ours, theirs = logits_of(model, inputs), hf_logits(hf_dir, inputs, tmp_path)
+    ours, theirs = paddle_logits(model, inputs), hf_logits(hf_dir, inputs, tmp_path)
     real = inputs["attention_mask"].astype(bool)  # pad rows are masked differently and never used
     diff = np.abs(ours - theirs)[real].max()
     print(f"{hf_dir.name} {'image+text' if with_image else 'text'}: max |logits - HF| = {diff:.2e}")
@@ -149,17 +143,17 @@ def test_hf_loads_our_export_with_same_logits(hf_dir: Path, tmp_path: Path) -> N
     shutil.copy(hf_dir / "config.json", out / "config.json")
     state = {k: to_numpy(v) for k, v in model.state_dict().items()}
     save_safetensors(adapter_for(hf_dir).export_state_dict(state, model.config), out / "model.safetensors")
-    diff = np.abs(hf_logits(out, inputs, tmp_path) - logits_of(model, inputs)).max()
+    diff = np.abs(hf_logits(out, inputs, tmp_path) - paddle_logits(model, inputs)).max()
     print(f"{hf_dir.name} export: max |HF(export) - paddle| = {diff:.2e}")
     assert diff <= LOGITS_ATOL
 
 
 def test_hf_loads_merged_lora_with_same_logits(model, hf_dir: Path, tmp_path: Path) -> None:
     inputs = make_inputs(json.loads((hf_dir / "config.json").read_text()), with_image=True)
-    base = logits_of(model, inputs)
+    base = paddle_logits(model, inputs)
     lora = apply_lora(AutoModelMIX.from_pretrained(hf_dir), adapter_for(hf_dir).lora_targets, 4, 8)
     perturb_lora(lora, seed=3, std=0.1)
-    expected = logits_of(lora, inputs)
+    expected = paddle_logits(lora, inputs)
     assert np.abs(expected - base).max() > 1e-3, "the adapter must change the logits"
     save_adapter(lora, tmp_path / "adapter")
     merged = merge_adapter_folder(hf_dir, tmp_path / "adapter", tmp_path / "merged")
@@ -171,7 +165,7 @@ def test_hf_loads_merged_lora_with_same_logits(model, hf_dir: Path, tmp_path: Pa
 def test_builder_folder_logits_match_hf(tiny_llava_dir: Path, tmp_path: Path) -> None:
     """The folder `build_llava` writes (tiny CLIP + tiny Qwen2 LM) gives HF's logits too."""
     inputs = make_inputs(json.loads((tiny_llava_dir / "config.json").read_text()), with_image=True)
-    ours = logits_of(AutoModelMIX.from_pretrained(tiny_llava_dir), inputs)
+    ours = paddle_logits(AutoModelMIX.from_pretrained(tiny_llava_dir), inputs)
     diff = np.abs(ours - hf_logits(tiny_llava_dir, inputs, tmp_path)).max()
     print(f"build_llava folder image+text: max |logits - HF| = {diff:.2e}")
     assert diff <= LOGITS_ATOL

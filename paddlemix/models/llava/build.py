@@ -13,7 +13,6 @@ Only numpy, safetensors and tokenizers are used, so no model is instantiated and
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from dataclasses import dataclass
@@ -23,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from paddlemix.models.adapter import check_safe_weights
-from paddlemix.models.llava.processor import IMAGE_TOKEN, clip_image_settings
+from paddlemix.models.llava.processor import CLIP_MEAN, CLIP_STD, IMAGE_TOKEN, clip_image_settings
+from paddlemix.processors.chat_template import read_template_file
 from paddlemix.utils.errors import UserError
 from paddlemix.utils.io import atomic_dir, read_json, save_safetensors, write_json
 
@@ -41,9 +41,6 @@ CLIP_VISION_DEFAULTS = {
     "num_attention_heads": 12, "num_channels": 3, "image_size": 224, "patch_size": 32, "hidden_act": "quick_gelu",
     "layer_norm_eps": 1e-5, "attention_dropout": 0.0, "initializer_range": 0.02, "initializer_factor": 1.0,
 }  # fmt: skip
-# OpenAI CLIP's pixel statistics, for CLIP folders saved without a preprocessor_config.json.
-CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 NOT_COPIED = ("architectures", "transformers_version", "_name_or_path", "dtype", "torch_dtype")
 TOKEN_FLAGS = {"lstrip": False, "normalized": False, "rstrip": False, "single_word": False}
 
@@ -104,21 +101,20 @@ def lm_chat_template(folder: Path, tokenizer_config: dict[str, Any]) -> str | No
     if (folder / "chat_template.jinja").is_file():
         return (folder / "chat_template.jinja").read_text(encoding="utf-8")
     if (folder / "chat_template.json").is_file():
-        return json.loads((folder / "chat_template.json").read_text(encoding="utf-8")).get("chat_template")
+        return read_json(folder / "chat_template.json").get("chat_template")
     return None
 
 
 def read_chat_template(path: str | Path) -> str:
     """The Jinja text of a chat template file: a chat_template.json ({"chat_template": ...}) or a Jinja file."""
-    path = Path(path)
-    if not path.is_file():
+    if not Path(path).is_file():
         raise UserError(f"chat template {path} does not exist; give a chat_template.json or a Jinja file.")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix != ".json":
-        return text
-    template = json.loads(text).get("chat_template")
-    if not isinstance(template, str):
-        raise UserError(f'{path} has no "chat_template" string.')
+    template = read_template_file(path)
+    if isinstance(template, dict):
+        raise UserError(
+            f'{path} is a PaddleMIX "conversation" template; a LLaVA folder stores a Jinja template, so give a '
+            'chat_template.json with a "chat_template" string or a Jinja file.'
+        )
     return template
 
 
@@ -158,7 +154,7 @@ def add_image_token(lm_dir: Path, out: Path, chat_template: str | None) -> Token
             raise UserError(
                 f"{lm_dir} has no {name}; the LM's tokenizer must be saved by a fast (tokenizers) tokenizer."
             )
-    config = json.loads((lm_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
+    config = read_json(lm_dir / "tokenizer_config.json")
     template = chat_template or lm_chat_template(lm_dir, config)
     if not template:
         raise UserError(
@@ -180,7 +176,7 @@ def add_image_token(lm_dir: Path, out: Path, chat_template: str | None) -> Token
             shutil.copy2(lm_dir / name, out / name)
     tok.save(str(out / "tokenizer.json"))
     special_map_path = out / "special_tokens_map.json"
-    special_map = json.loads(special_map_path.read_text(encoding="utf-8")) if special_map_path.is_file() else {}
+    special_map = read_json(special_map_path) if special_map_path.is_file() else {}
     pad = _pad_token(lm_dir, config, special_map, vocab)
     config.setdefault("added_tokens_decoder", {})[str(image_id)] = {
         "content": IMAGE_TOKEN,
@@ -191,7 +187,7 @@ def add_image_token(lm_dir: Path, out: Path, chat_template: str | None) -> Token
     write_json(config, out / "tokenizer_config.json")
     write_json({**special_map, "pad_token": {"content": pad, **TOKEN_FLAGS}}, special_map_path)
     if (out / "added_tokens.json").is_file():  # slow tokenizers read their added tokens from here
-        added = json.loads((out / "added_tokens.json").read_text(encoding="utf-8"))
+        added = read_json(out / "added_tokens.json")
         write_json({**added, IMAGE_TOKEN: image_id}, out / "added_tokens.json")
     check = Tokenizer.from_file(str(out / "tokenizer.json")).encode(f"a{IMAGE_TOKEN}b", add_special_tokens=False)
     if image_id not in check.ids:
@@ -250,7 +246,7 @@ def image_processor_config(vision_dir: Path, image_size: int) -> dict[str, Any]:
     """preprocessor_config.json: the CLIP folder's settings (CLIP's defaults if it has none), checked to give
     image_size x image_size pixels."""
     path = vision_dir / "preprocessor_config.json"
-    raw = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    raw = read_json(path) if path.is_file() else {}
     if not raw:
         logger.info("%s has no preprocessor_config.json; using CLIP's preprocessing defaults", vision_dir)
     settings = clip_image_settings(raw)
@@ -354,7 +350,7 @@ def _write_processor_files(
     write_json(processor, out / "processor_config.json")
     write_json({"chat_template": change.chat_template}, out / "chat_template.json")
     path = lm_dir / "generation_config.json"
-    generation = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    generation = read_json(path) if path.is_file() else {}
     for key in ("bos_token_id", "eos_token_id"):
         if key not in generation and text.get(key) is not None:
             generation[key] = text[key]

@@ -7,7 +7,6 @@ and their order are CLIP's: RGB, bicubic resize of the shortest edge, center cro
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from math import ceil
@@ -18,8 +17,12 @@ import numpy as np
 from PIL import Image
 
 from paddlemix.utils.errors import UserError
+from paddlemix.utils.io import read_json
 
 IMAGE_TOKEN = "<image>"
+# OpenAI CLIP's pixel statistics (Qwen-VL's image processors use them too).
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 
 def clip_image_settings(raw: dict[str, Any]) -> dict[str, Any]:
@@ -134,7 +137,7 @@ class LlavaImageProcessor:
 def _read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{path.parent} is not a LLaVA model folder: {path.name} is missing.")
-    return json.loads(path.read_text(encoding="utf-8"))
+    return read_json(path)
 
 
 @dataclass(frozen=True)
