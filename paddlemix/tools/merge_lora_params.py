@@ -1,7 +1,10 @@
 """Fold a LoRA adapter into its base model and save a complete Hugging Face-layout model folder.
 
-Usage: python paddlemix/tools/merge_lora_params.py --lora_path OUT [--model_name_or_path BASE] [--merge_model_path DIR]
-The base model defaults to the one named in the adapter folder's run_args.json.
+Usage: python paddlemix/tools/merge_lora_params.py --lora_path OUT [--model_name_or_path BASE]
+                                                   [--merge_model_path DIR] [--max_shard_size 5GB]
+The base model defaults to the adapter's `base_model_name_or_path` (adapter_config.json), else the
+`model_name_or_path` of the run's run_args.json. The merge streams tensor by tensor in the base's own dtype and
+layout, and never writes into the base or the adapter folder.
 """
 
 from __future__ import annotations
@@ -15,32 +18,55 @@ from paddlemix.utils.errors import UserError, exit_on_user_error
 
 
 def base_model_of(lora_path: Path) -> str:
-    run_args = lora_path / "run_args.json"
-    if not run_args.is_file():
-        raise UserError(f"{lora_path} has no run_args.json; pass --model_name_or_path BASE.")
-    return json.loads(run_args.read_text(encoding="utf-8"))["model_name_or_path"]
+    """The base model folder named by the adapter folder: adapter_config.json first, then run_args.json."""
+    named = []
+    for file, key in (("adapter_config.json", "base_model_name_or_path"), ("run_args.json", "model_name_or_path")):
+        if (lora_path / file).is_file():
+            value = json.loads((lora_path / file).read_text(encoding="utf-8")).get(key)
+            if value and Path(value).is_dir():
+                return value
+            named.append(f'{file} "{key}" = {value!r}')
+    found = f" ({'; '.join(named)}: not a folder here)" if named else ""
+    raise UserError(f"cannot tell the base model of {lora_path}{found}; pass --model_name_or_path BASE_MODEL_FOLDER.")
+
+
+def _print(line: str) -> None:
+    print(line, flush=True)
 
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lora_path", required=True, help="output folder of a LoRA run (holds the adapter)")
-    parser.add_argument("--model_name_or_path", help="base model folder (default: from run_args.json)")
+    parser.add_argument("--model_name_or_path", help="base model folder (default: named by the adapter folder)")
     parser.add_argument("--merge_model_path", help="where to write the merged model (default: LORA_PATH-merged)")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "gpu", "npu", "xpu"])
+    parser.add_argument("--max_shard_size", default="5GB", help='largest output shard: bytes, "500MB", "5GB", "2GiB"')
+    parser.add_argument("--device", default="cpu", help="ignored: the merge runs on the CPU without a framework")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     lora_path = Path(args.lora_path)
-    base = args.model_name_or_path or base_model_of(lora_path)
+    base = Path(args.model_name_or_path or base_model_of(lora_path))
     out = Path(args.merge_model_path or f"{str(lora_path).rstrip('/')}-merged")
+    max_shard_size = int(args.max_shard_size) if args.max_shard_size.isdigit() else args.max_shard_size
 
+    from paddlemix.peft.merge import ADAPTER_CONFIG, merge_checkpoint
+
+    if not (lora_path / ADAPTER_CONFIG).is_file() and (lora_path / "lora_config.json").is_file():
+        _merge_legacy_adapter(base, lora_path, out)
+    else:
+        merge_checkpoint(base, lora_path, out, max_shard_size, log=_print)
+    print(f"merged model written to {out}", flush=True)
+
+
+def _merge_legacy_adapter(base: Path, lora_path: Path, out: Path) -> None:
+    """Adapters saved before the PEFT format (lora_config.json, Paddle names): merged through the Paddle model."""
     import paddle
 
     from paddlemix.peft.lora import merge_adapter_folder
-    from paddlemix.utils.device import resolve_device
+    from paddlemix.peft.merge import check_output_path
 
-    paddle.set_device(resolve_device(args.device))
+    check_output_path(out, base, lora_path)
+    paddle.set_device("cpu")
     merge_adapter_folder(base, lora_path, out)
-    print(f"merged model written to {out}")
 
 
 if __name__ == "__main__":

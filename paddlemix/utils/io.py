@@ -71,12 +71,15 @@ def to_numpy(tensor: Any) -> np.ndarray:
     return tensor.numpy()
 
 
-def copy_side_files(src: str | Path, dst: str | Path) -> list[str]:
-    """Copy the non-weight files of a model folder (config, tokenizer, processor, chat template)."""
+def copy_side_files(src: str | Path, dst: str | Path, skip: tuple[str, ...] = ()) -> list[str]:
+    """Copy the non-weight files of a model folder (config, tokenizer, processor, chat template), except `skip`.
+
+    Only the content is copied, not the permission bits: files copied from a read-only model folder stay writable.
+    """
     copied = []
     for name in MODEL_SIDE_FILES:
-        if (Path(src) / name).is_file():
-            shutil.copy2(Path(src) / name, Path(dst) / name)
+        if name not in skip and (Path(src) / name).is_file():
+            shutil.copyfile(Path(src) / name, Path(dst) / name)
             copied.append(name)
     return copied
 

@@ -105,4 +105,5 @@ ADAPTER = ModelAdapter(
     positions=positions,
     weights_loader="import_state_dict",
     image_token_layout=image_token_layout,
+    canonical_name=paddle_name,
 )
