@@ -31,6 +31,16 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def warn_on_other_template(model_dir: str, lora_path: str | None, chat_template: str) -> None:
+    """Warn when --chat_template differs from the template the model (or its adapter) was trained with."""
+    from paddlemix.models import adapter_for
+    from paddlemix.processors.template_files import template_mismatch
+
+    warning = template_mismatch(lora_path or model_dir, chat_template, adapter_for(model_dir).vision_placeholder)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
+
+
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     args = parse(sys.argv[1:] if argv is None else argv)
@@ -38,6 +48,9 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError("give either --question (with --image) or --data_file.")
     from paddlemix.generation import Generator, evaluate_exact_match
     from paddlemix.utils.device import resolve_device
+
+    if args.chat_template:
+        warn_on_other_template(args.model_name_or_path, args.lora_path, args.chat_template)
 
     generator = Generator.from_pretrained(
         args.model_name_or_path, args.lora_path, args.chat_template, resolve_device(args.device)

@@ -18,6 +18,12 @@ from paddlemix.models import adapter_for
 from paddlemix.models.adapter import ModelAdapter
 from paddlemix.peft.freeze import apply_freeze, freeze_plan, trainable_table
 from paddlemix.peft.lora import apply_lora, base_model, load_adapter, save_adapter
+from paddlemix.processors.template_files import (
+    chosen_template,
+    read_folder_template,
+    trained_templates,
+    write_chat_template,
+)
 from paddlemix.trainer.callbacks import (
     TRAIN_LOG,
     JsonlLogCallback,
@@ -155,9 +161,13 @@ def preflight(train_set: Any, skips: SkipLog) -> None:
 def save_final(model: Any, args: RunArgs, adapter: ModelAdapter, processor_dir: str) -> None:
     """Write the output folder's model (HF layout) or adapter, plus the processor files, atomically per file set."""
     out = Path(args.training.output_dir)
+    templates = trained_templates(args.data.train, processor_dir, adapter.vision_placeholder)
     with tempfile.TemporaryDirectory(dir=out, prefix=".final-") as staging:
         tmp = Path(staging)
         copy_side_files(processor_dir, tmp)
+        trained = chosen_template(templates)
+        if trained and trained != read_folder_template(processor_dir):  # where transformers reads the template
+            write_chat_template(tmp, trained)
         if args.lora.lora:
             (tmp / "config.json").unlink(missing_ok=True)
             (tmp / "generation_config.json").unlink(missing_ok=True)
@@ -165,7 +175,7 @@ def save_final(model: Any, args: RunArgs, adapter: ModelAdapter, processor_dir: 
         else:
             state = {k: to_numpy(v) for k, v in model.state_dict().items()}
             save_safetensors(adapter.export_state_dict(state, model.config), tmp / "model.safetensors")
-        write_json(args.to_dict(), tmp / RUN_ARGS)
+        write_json({**args.to_dict(), "chat_templates": templates}, tmp / RUN_ARGS)
         for file in tmp.iterdir():
             file.replace(out / file.name)
     logger.info("saved %s to %s", "LoRA adapter" if args.lora.lora else "model", out)
@@ -240,6 +250,7 @@ def run_sft(args: RunArgs) -> dict[str, Any]:
     if train_set is not None and training.do_train:
         preflight(train_set, skips)
     image_token_id = processor.tokenizer.convert_tokens_to_ids(adapter.image_token)
+    templates = trained_templates(args.data.train, args.model.model_name_or_path, adapter.vision_placeholder)
     trainer = MIXTrainer(
         model=model,
         args=training,
@@ -252,6 +263,7 @@ def run_sft(args: RunArgs) -> dict[str, Any]:
         # recomputed head chunks break, so data-parallel runs keep the model's own loss.
         loss_chunk_size=args.runtime.loss_chunk_size if training.world_size == 1 else 0,
         generation_eval=generation_scorer(args, model, processor, adapter),
+        chat_template=chosen_template(templates, warn=training.process_index == 0),
         callbacks=[JsonlLogCallback(), SkipBudgetCallback(skips)],
     )
     # First in line, so the printer, the progress bar and the JSONL log all see the throughput fields.

@@ -11,6 +11,7 @@ import paddleformers.trainer.trainer as _pf_trainer
 from paddleformers.trainer import Trainer
 
 from paddlemix.datasets.collator import REAL_TOKENS, SAMPLE_IDS
+from paddlemix.processors.template_files import write_chat_template
 from paddlemix.trainer.chunked_loss import lm_loss_without_full_logits
 from paddlemix.utils import checkpoints
 from paddlemix.utils.errors import UserError
@@ -31,9 +32,11 @@ class MIXTrainer(Trainer):
 
     def __init__(
         self, *args: Any, image_token_id: int | None = None, head_owner: Any = None, loss_chunk_size: int = 0,
-        generation_eval: Callable[[], dict[str, float]] | None = None, **kwargs: Any,
+        generation_eval: Callable[[], dict[str, float]] | None = None, chat_template: str | None = None,
+        **kwargs: Any,
     ):  # fmt: skip
         super().__init__(*args, **kwargs)
+        self.chat_template = chat_template
         self.generation_eval = generation_eval
         self.image_token_id = image_token_id
         self.head_owner = head_owner
@@ -79,6 +82,8 @@ class MIXTrainer(Trainer):
         folder = Path(output_dir or self.args.output_dir)
         current = folder / f"checkpoint-{self.state.global_step}"
         if current.is_dir():
+            if self.chat_template and self.args.process_index == 0:  # checkpoints carry the trained template too
+                write_chat_template(current, self.chat_template)
             checkpoints.mark_complete(current, self.state.global_step)
             checkpoints.prune(folder, self.args.save_total_limit)
 

@@ -10,6 +10,7 @@ from paddlemix.processors.chat_template import (
     JinjaChatTemplate,
     PaddleMixChatTemplate,
     load_chat_template,
+    paddlemix_to_jinja,
 )
 from paddlemix.utils.errors import UserError
 
@@ -90,3 +91,109 @@ def test_load_json_kinds(tmp_path: Path) -> None:
     assert load_chat_template(jinja, None, {}).prompt(TWO_TURNS[:1]).endswith("assistant\n")
     with pytest.raises(UserError, match="no chat template"):
         load_chat_template(None, None, {})
+
+
+# --- PaddleMIX chat_template.json as a Hugging Face Jinja template ---------------------------------------------
+
+SPECS = {
+    "qwen": {
+        "system": "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n",
+        "conversation": ["<|im_start|>user\n{{user}}<|im_end|>\n<|im_start|>assistant\n", "{{bot}}<|im_end|>\n"],
+        "query": "<|im_start|>user\n{{query}}<|im_end|>\n<|im_start|>assistant\n",
+    },
+    # system text from the record, round numbers, parts that open with a newline and carry their own block tags
+    "rounds": {
+        "system": "{% if system %}SYSTEM: {{system}}\n{% endif %}",
+        "conversation": ["\n[Round {{index + 1}}]\n  {% if index == 0 %}First: {% endif %}{{user}}\nA:", " {{bot}}\n"],
+        "query": "\n[Round {{index + 1}}]\n{{query}}\nA:",
+    },
+}
+CONVERSATIONS = {
+    "one turn": (Message("user", "<IMG>What color?"), Message("assistant", "red")),
+    "two turns + system": (Message("system", "Be brief."), Message("system", "Answer in English."), *TWO_TURNS),
+    "images in two turns": (Message("user", "<IMG>a<IMG>b"), Message("assistant", "x"), Message("user", "<IMG>c"),
+                            Message("assistant", "y")),
+}  # fmt: skip
+
+
+def paddlemix_render(template: PaddleMixChatTemplate, messages) -> str:
+    return "".join(text for text, _ in template.segments(messages))
+
+
+@pytest.mark.parametrize("spec", sorted(SPECS))
+@pytest.mark.parametrize("conversation", sorted(CONVERSATIONS))
+def test_converted_paddlemix_template_renders_the_same(spec: str, conversation: str) -> None:
+    ours, messages = PaddleMixChatTemplate(SPECS[spec]), CONVERSATIONS[conversation]
+    jinja = JinjaChatTemplate(paddlemix_to_jinja(SPECS[spec], "<IMG>"))
+    assert jinja.render(messages, add_generation_prompt=False) == paddlemix_render(ours, messages)
+    last_user = max(i for i, m in enumerate(messages) if m.role == "user")
+    assert jinja.prompt(messages[: last_user + 1]) == ours.prompt(messages[: last_user + 1])
+    # labels of the converted template cover the same answers
+    labels = [text for text, label in jinja.segments(messages) if label]
+    assert labels == [text for text, label in ours.segments(messages) if label]
+
+
+def test_converted_template_takes_typed_content_and_rejects_broken_turns() -> None:
+    jinja = JinjaChatTemplate(paddlemix_to_jinja(SPECS["qwen"], "<IMG>"))
+    typed = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What color?"}]}]
+    as_string = [{"role": "user", "content": "<IMG>What color?"}]
+    assert jinja._render_turns(typed, True) == jinja._render_turns(as_string, True)
+    assert "<IMG>What color?<|im_end|>\n<|im_start|>assistant\n" in jinja._render_turns(typed, True)
+    with pytest.raises(SampleError, match="alternate"):
+        jinja.render((Message("user", "a"), Message("user", "b")), False)
+
+
+# --- templates written for Hugging Face processors -------------------------------------------------------------
+
+# llava-hf LLaVA-1.5 style: content must be a list of typed parts, images are written before their text.
+TYPED_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'].upper() }}: "
+    "{% for part in message['content'] %}{% if part['type'] == 'image' %}{{ '<image>\\n' }}"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}"
+    "{% if message['role'] == 'assistant' %}</s>{% endif %}{{ '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT: {% endif %}"
+)
+# SmolVLM style: typed content and the assistant's part inside {% generation %} ... {% endgeneration %}.
+GENERATION_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'assistant' %}Assistant: {% generation %}"
+    "{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}"
+    "<end_of_utterance>{% endgeneration %}\n"
+    "{% else %}{{ message['role'] | capitalize }}:{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<image>{% else %} {{ part['text'] }}{% endif %}{% endfor %}"
+    "<end_of_utterance>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+IMAGE_CHAT = (Message("user", "<image>What color?"), Message("assistant", "red"), Message("user", "And now?"),
+              Message("assistant", "blue"))  # fmt: skip
+
+
+def test_typed_content_template_renders_and_masks_per_turn() -> None:
+    template = JinjaChatTemplate(TYPED_TEMPLATE)
+    assert template.typed_content and template.image_text == "<image>\n"
+    assert template.render(IMAGE_CHAT, False) == "USER: <image>\nWhat color?\nASSISTANT: red</s>\nUSER: And now?\n" \
+        "ASSISTANT: blue</s>\n"  # fmt: skip
+    assert [text for text, label in template.segments(IMAGE_CHAT) if label] == ["red</s>", "blue</s>"]
+    assert template.prompt(IMAGE_CHAT[:1]) == "USER: <image>\nWhat color?\nASSISTANT: "
+
+
+def test_generation_tag_spans_are_the_labels() -> None:
+    template = JinjaChatTemplate(GENERATION_TEMPLATE)
+    # trim_blocks (as transformers renders) drops the newline right after {% endgeneration %}
+    assert template.segments(IMAGE_CHAT) == [
+        ("User:<image> What color?<end_of_utterance>\nAssistant: ", False),
+        ("red<end_of_utterance>", True),
+        ("User: And now?<end_of_utterance>\nAssistant: ", False),
+        ("blue<end_of_utterance>", True),
+    ]
+    assert template.prompt(IMAGE_CHAT[:3]).endswith("User: And now?<end_of_utterance>\nAssistant:")
+    assert "\ue000" not in template.render(IMAGE_CHAT, False)
+
+
+def test_template_that_shows_string_content_keeps_strings() -> None:
+    from paddlemix.testing.tiny_model import CHAT_TEMPLATE  # Qwen2.5-VL's: strings and typed parts both work
+
+    template = JinjaChatTemplate(CHAT_TEMPLATE)
+    assert not template.typed_content
+    assert template.render(TWO_TURNS[:2], False).endswith(
+        "<|im_start|>user\nq1<|im_end|>\n<|im_start|>assistant\na1<|im_end|>\n"
+    )
