@@ -1,0 +1,50 @@
+"""What transformers 4.57 makes of a folder's chat template: the processor's and the tokenizer's rendering, and
+the text of the tokens `return_assistant_tokens_mask` marks (from `{% generation %}` blocks).
+
+Runs in the reference environment:  python hf_chat_template.py REQUEST.json OUT.json
+REQUEST.json: [{"folder", "messages" (HF chat messages), "add_generation_prompt", "mask" (bool)}, ...]
+OUT.json: [{"processor": str, "tokenizer": str, "assistant_text": str | null}, ...]
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+
+import transformers
+from hf_reference import load_processor
+
+
+@functools.cache
+def readers(folder: str):
+    return load_processor(folder), transformers.AutoTokenizer.from_pretrained(folder)
+
+
+def render(case: dict) -> dict:
+    processor, tokenizer = readers(case["folder"])
+    options = {"tokenize": False, "add_generation_prompt": case["add_generation_prompt"]}
+    out = {
+        "processor": processor.apply_chat_template(case["messages"], **options),
+        "tokenizer": tokenizer.apply_chat_template(case["messages"], **options),
+        "assistant_text": None,
+    }
+    if case["mask"]:
+        encoded = tokenizer.apply_chat_template(
+            case["messages"], tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+        )
+        ids = [i for i, keep in zip(encoded["input_ids"], encoded["assistant_masks"]) if keep]
+        out["assistant_text"] = tokenizer.decode(ids)
+    return out
+
+
+def main() -> None:
+    request_path, out_path = sys.argv[1:3]
+    with open(request_path, encoding="utf-8") as f:
+        cases = json.load(f)
+    with open(out_path, "w", encoding="utf-8") as f:
+        json.dump([render(case) for case in cases], f)
+
+
+if __name__ == "__main__":
+    main()
