@@ -37,7 +37,6 @@ from paddlemix.utils.safetensors_stream import (
     parse_size,
     plan_shards,
     read_array,
-    read_float32,
     read_header,
     shard_names,
     to_float32,
@@ -62,13 +61,14 @@ class LoraAdapter:
     """A PEFT LoRA adapter read into memory, keyed by canonical (in-memory) names.
 
     `deltas[module]` = (left [out, r], right [r, in], scaling): the weight update is scaling * left @ right.
-    `replacements[tensor]` = float32 values of a fully trained tensor (`modules_to_save`).
+    `replacements[tensor]` = where a fully trained tensor (`modules_to_save`) lies in the adapter file; it is read
+    only while being written, so a large one (an embedding table) is never held whole.
     """
 
     folder: Path
     config: dict[str, Any]
     deltas: dict[str, tuple[np.ndarray, np.ndarray, float]] = field(default_factory=dict)
-    replacements: dict[str, np.ndarray] = field(default_factory=dict)
+    replacements: dict[str, TensorEntry] = field(default_factory=dict)
     source_names: dict[str, str] = field(default_factory=dict)  # canonical name -> name in the adapter file
 
 
@@ -112,19 +112,26 @@ def read_adapter(folder: str | Path, canonical_name: Callable[[str], str] | None
     _check_config(config, folder / ADAPTER_CONFIG)
     adapter = LoraAdapter(folder, config)
     pairs: dict[str, dict[str, np.ndarray]] = {}
-    for key, value in read_float32(folder / ADAPTER_WEIGHTS).items():
-        name = key.removeprefix(PEFT_PREFIX).replace(".modules_to_save.default.", ".")
-        if name.endswith(".lora_magnitude_vector") or ".lora_magnitude_vector." in name:
-            raise UserError(f"{folder / ADAPTER_WEIGHTS}: {key} is a DoRA tensor; the merge folds plain LoRA only.")
-        match = _LORA_KEY.match(name)
-        if match is None:
-            canonical = canonical_name(name)
-            adapter.replacements[canonical] = value
-            adapter.source_names[canonical] = key
-            continue
-        module = canonical_name((match["module"] or match["emb"]) + ".weight").removesuffix(".weight")
-        pairs.setdefault(module, {})[match["part"] or match["epart"]] = value
-        adapter.source_names[module] = key.rsplit(".lora_", 1)[0]
+    entries, _ = read_header(folder / ADAPTER_WEIGHTS)
+    with open(folder / ADAPTER_WEIGHTS, "rb") as f:
+        for entry in entries:
+            key = entry.name
+            name = key.removeprefix(PEFT_PREFIX).replace(".modules_to_save.default.", ".")
+            if name.endswith(".lora_magnitude_vector") or ".lora_magnitude_vector." in name:
+                raise UserError(
+                    f"{folder / ADAPTER_WEIGHTS}: {key} is a DoRA tensor; the merge folds plain LoRA only."
+                )
+            match = _LORA_KEY.match(name)
+            if match is None:
+                canonical = canonical_name(name)
+                adapter.replacements[canonical] = entry
+                adapter.source_names[canonical] = key
+                continue
+            module = canonical_name((match["module"] or match["emb"]) + ".weight").removesuffix(".weight")
+            pairs.setdefault(module, {})[match["part"] or match["epart"]] = to_float32(
+                read_array(f, entry), entry.dtype
+            )
+            adapter.source_names[module] = key.rsplit(".lora_", 1)[0]
     for module, parts in pairs.items():
         if set(parts) in ({"lora_A", "lora_B"}, {"lora_embedding_A", "lora_embedding_B"}):
             if "lora_A" in parts:  # Linear: delta = B [out, r] @ A [r, in]
@@ -197,9 +204,9 @@ def pair(adapter: LoraAdapter, entries: list[TensorEntry], canonical_name: Calla
         entry = by_canonical.get(name)
         if entry is None:
             unmatched.append(adapter.source_names[name])
-        elif entry.shape != value.shape or entry.dtype not in FLOAT_CODES:
+        elif entry.shape != value.shape or entry.dtype not in FLOAT_CODES or value.dtype not in FLOAT_CODES:
             raise UserError(
-                f"{adapter.folder}: {adapter.source_names[name]} has shape {list(value.shape)} but base tensor "
+                f"{adapter.folder}: {adapter.source_names[name]} is {list(value.shape)} {value.dtype} but base tensor "
                 f"{entry.name} is {list(entry.shape)} {entry.dtype}; the adapter was trained on another model."
             )
         else:
@@ -225,6 +232,22 @@ def _write_delta(src: Any, entry: TensorEntry, delta: tuple[np.ndarray, np.ndarr
         block = to_float32(read_array(src, entry, rows), entry.dtype)  # [rows, in]
         block = block + np.float32(scaling) * (left[rows] @ right)
         dst.write(from_float32(block, entry.dtype).tobytes())
+
+
+def _write_replacement(source: TensorEntry, entry: TensorEntry, dst: Any) -> None:
+    """A fully trained tensor in the base tensor's dtype: its bytes as they are when the dtypes agree, else
+    converted through float32 row block by row block."""
+    with open(source.file, "rb") as src:
+        if source.dtype == entry.dtype:
+            copy_bytes(src, source, dst)
+            return
+        if not entry.shape:
+            dst.write(from_float32(to_float32(read_array(src, source), source.dtype), entry.dtype).tobytes())
+            return
+        step = max(1, BLOCK_BYTES // (4 * max(1, math.prod(entry.shape[1:]))))
+        for start in range(0, entry.shape[0], step):
+            rows = slice(start, min(start + step, entry.shape[0]))
+            dst.write(from_float32(to_float32(read_array(src, source, rows), source.dtype), entry.dtype).tobytes())
 
 
 def output_dtype(entries: list[TensorEntry]) -> str | None:
@@ -290,7 +313,7 @@ def write_shards(
                     if kind == "delta":
                         _write_delta(src, entry, adapter.deltas[key], dst)
                     elif kind == "replace":
-                        dst.write(from_float32(adapter.replacements[key], entry.dtype).tobytes())
+                        _write_replacement(adapter.replacements[key], entry, dst)
                     else:
                         copy_bytes(src, entry, dst)
             done += len(names)

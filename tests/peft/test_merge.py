@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import stat
 from pathlib import Path
 
@@ -204,3 +205,52 @@ def test_legacy_checkpoint_names_pair_with_in_memory_adapter_names() -> None:
     )
     assert llava("language_model.lm_head.weight") == "lm_head.weight"
     assert llava("multi_modal_projector.linear_1.weight") == "model.multi_modal_projector.linear_1.weight"
+
+
+def test_embedding_lora_and_adapters_with_legacy_module_names(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """PEFT's Embedding LoRA (delta = (B @ A).T), and an adapter trained on transformers < 4.52, whose module
+    names are the legacy checkpoint names (`model.layers.*`, `visual.*`)."""
+    base = load_all(tiny_model_dir)
+    vocab, hidden = base["model.embed_tokens.weight"].shape
+    rng = np.random.default_rng(5)
+    a_emb, b_emb = (
+        rng.normal(0, 0.1, (2, vocab)).astype(np.float32),
+        rng.normal(0, 0.1, (hidden, 2)).astype(np.float32),
+    )
+    a_qkv = rng.normal(0, 0.1, (2, 32)).astype(np.float32)
+    b_qkv = rng.normal(0, 0.1, (96, 2)).astype(np.float32)
+    merger = rng.normal(0, 0.1, base["visual.merger.mlp.2.bias"].shape).astype(np.float32)
+    tensors = {
+        PEFT_PREFIX + "model.embed_tokens.lora_embedding_A": a_emb,
+        PEFT_PREFIX + "model.embed_tokens.lora_embedding_B": b_emb,
+        PEFT_PREFIX + "visual.blocks.1.attn.qkv.lora_A.weight": a_qkv,
+        PEFT_PREFIX + "visual.blocks.1.attn.qkv.lora_B.weight": b_qkv,
+        PEFT_PREFIX + "visual.merger.mlp.2.bias": merger,
+    }
+    (tmp_path / "adapter").mkdir()
+    save_file(tensors, str(tmp_path / "adapter" / "adapter_model.safetensors"))
+    config = {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["embed_tokens", "qkv"]}
+    (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps(config))
+    merged = load_all(merge_checkpoint(tiny_model_dir, tmp_path / "adapter", tmp_path / "merged"))
+    expected_emb = base["model.embed_tokens.weight"] + 2.0 * (b_emb @ a_emb).T
+    np.testing.assert_allclose(merged["model.embed_tokens.weight"], expected_emb, rtol=0, atol=1e-6)
+    expected_qkv = base["visual.blocks.1.attn.qkv.weight"] + 2.0 * b_qkv @ a_qkv
+    np.testing.assert_allclose(merged["visual.blocks.1.attn.qkv.weight"], expected_qkv, rtol=0, atol=1e-6)
+    assert merged["visual.merger.mlp.2.bias"].tobytes() == merger.tobytes()  # same dtype: the adapter's bytes
+    changed = {k for k in base if base[k].tobytes() != merged[k].tobytes()}
+    assert changed == {"model.embed_tokens.weight", "visual.blocks.1.attn.qkv.weight", "visual.merger.mlp.2.bias"}
+
+
+def test_config_names_the_dtype_the_weights_have(tiny_model_dir: Path, tmp_path: Path) -> None:
+    base_dir = tmp_path / "base"
+    shutil.copytree(tiny_model_dir, base_dir)
+    config = json.loads((base_dir / "config.json").read_text())
+    config["torch_dtype"] = "bfloat16"  # wrong: the weights are float32
+    config["vision_config"]["torch_dtype"] = "bfloat16"
+    (base_dir / "config.json").write_text(json.dumps(config))
+    write_peft_adapter(tmp_path / "adapter", base_dir, ADAPTERS["qwen2_5_vl"].canonical_name, ("q_proj",))
+    out = merge_checkpoint(base_dir, tmp_path / "adapter", tmp_path / "merged")
+    merged_config = json.loads((out / "config.json").read_text())
+    assert merged_config["torch_dtype"] == merged_config["vision_config"]["torch_dtype"] == "float32"
+    assert {k: v for k, v in merged_config.items() if k not in ("torch_dtype", "vision_config")} == {
+        k: v for k, v in config.items() if k not in ("torch_dtype", "vision_config")}  # fmt: skip
