@@ -192,10 +192,10 @@ def pair(adapter: LoraAdapter, entries: list[TensorEntry], canonical_name: Calla
         entry = by_canonical.get(module + ".weight")
         if entry is None:
             unmatched.append(adapter.source_names[module])
-        elif entry.shape != (left.shape[0], right.shape[1]):
+        elif entry.shape != (left.shape[0], right.shape[1]) or entry.dtype not in FLOAT_CODES:
             raise UserError(
                 f"{adapter.folder}: LoRA module {adapter.source_names[module]} makes a [{left.shape[0]}, "
-                f"{right.shape[1]}] update but base tensor {entry.name} is {list(entry.shape)}; the adapter was "
+                f"{right.shape[1]}] update but base tensor {entry.name} is {list(entry.shape)} {entry.dtype}; the adapter was "
                 "trained on another model."
             )
         else:
@@ -208,6 +208,11 @@ def pair(adapter: LoraAdapter, entries: list[TensorEntry], canonical_name: Calla
             raise UserError(
                 f"{adapter.folder}: {adapter.source_names[name]} is {list(value.shape)} {value.dtype} but base tensor "
                 f"{entry.name} is {list(entry.shape)} {entry.dtype}; the adapter was trained on another model."
+            )
+        elif entry.name in actions:
+            raise UserError(
+                f"{adapter.folder}: base tensor {entry.name} is both a LoRA target and a fully trained tensor "
+                f"({adapter.source_names[name]}); an adapter changes each tensor one way. Save the adapter again."
             )
         else:
             actions[entry.name] = "replace:" + name
@@ -224,8 +229,6 @@ def pair(adapter: LoraAdapter, entries: list[TensorEntry], canonical_name: Calla
 def _write_delta(src: Any, entry: TensorEntry, delta: tuple[np.ndarray, np.ndarray, float], dst: Any) -> None:
     """W + scaling * left @ right in float32, row block by row block, each block rounded back to W's dtype."""
     left, right, scaling = delta
-    if entry.dtype not in FLOAT_CODES or len(entry.shape) != 2:
-        raise UserError(f"{entry.file}: LoRA target {entry.name} is not a 2-D float weight ({entry.shape}).")
     step = max(1, BLOCK_BYTES // (4 * entry.shape[1]))
     for start in range(0, entry.shape[0], step):
         rows = slice(start, min(start + step, entry.shape[0]))
@@ -380,6 +383,28 @@ def merge_checkpoint(
         write_json(set_config_dtype(config, dtype) if dtype else config, tmp / "config.json")
         write_shards(tmp, entries, actions, adapter, limit, log)
     return out_dir
+
+
+def merge_adapter(
+    base_dir: str | Path,
+    adapter_dir: str | Path,
+    out_dir: str | Path,
+    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
+    log: Callable[[str], None] = logger.info,
+) -> Path:
+    """`merge_checkpoint` for a PEFT adapter folder; a folder saved before the PEFT format (`lora_config.json`,
+    Paddle names) is merged the old way, through the Paddle model (float32, one file)."""
+    adapter_dir = Path(adapter_dir)
+    if (adapter_dir / ADAPTER_CONFIG).is_file() or not (adapter_dir / "lora_config.json").is_file():
+        return merge_checkpoint(base_dir, adapter_dir, out_dir, max_shard_size, log=log)
+    import paddle
+
+    from paddlemix.peft.lora import merge_adapter_folder
+
+    check_output_path(Path(out_dir), Path(base_dir), adapter_dir)
+    log(f"{adapter_dir} holds an adapter of the earlier format (lora_config.json): merging through the Paddle model")
+    paddle.set_device("cpu")
+    return merge_adapter_folder(base_dir, adapter_dir, out_dir)
 
 
 def _family_canonical_name(base_dir: Path) -> Callable[[str], str]:

@@ -48,25 +48,10 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.merge_model_path or f"{str(lora_path).rstrip('/')}-merged")
     max_shard_size = int(args.max_shard_size) if args.max_shard_size.isdigit() else args.max_shard_size
 
-    from paddlemix.peft.merge import ADAPTER_CONFIG, merge_checkpoint
+    from paddlemix.peft.merge import merge_adapter
 
-    if not (lora_path / ADAPTER_CONFIG).is_file() and (lora_path / "lora_config.json").is_file():
-        _merge_legacy_adapter(base, lora_path, out)
-    else:
-        merge_checkpoint(base, lora_path, out, max_shard_size, log=_print)
+    merge_adapter(base, lora_path, out, max_shard_size, log=_print)
     print(f"merged model written to {out}", flush=True)
-
-
-def _merge_legacy_adapter(base: Path, lora_path: Path, out: Path) -> None:
-    """Adapters saved before the PEFT format (lora_config.json, Paddle names): merged through the Paddle model."""
-    import paddle
-
-    from paddlemix.peft.lora import merge_adapter_folder
-    from paddlemix.peft.merge import check_output_path
-
-    check_output_path(out, base, lora_path)
-    paddle.set_device("cpu")
-    merge_adapter_folder(base, lora_path, out)
 
 
 if __name__ == "__main__":

@@ -181,6 +181,8 @@ BROKEN_ADAPTERS = {
     "A without B": (lambda t: t.pop(LORA_KEY.format("B")), "has only \\['lora_A'\\]"),
     "wrong rank shape": (lambda t: t.__setitem__(LORA_KEY.format("B"), np.ones((5, 4), np.float32)),
                          "makes a \\[5, 64\\] update"),
+    "LoRA target also replaced": (lambda t: t.__setitem__(LORA_KEY.format("A").replace(".lora_A", ""),
+                                                          np.ones((64, 64), np.float32)), "both a LoRA target"),
     "fused name": (_fuse, "first: base_model.model.model.language_model.layers.0.self_attn.qkv_proj"),
 }  # fmt: skip
 
@@ -254,3 +256,27 @@ def test_config_names_the_dtype_the_weights_have(tiny_model_dir: Path, tmp_path:
     assert merged_config["torch_dtype"] == merged_config["vision_config"]["torch_dtype"] == "float32"
     assert {k: v for k, v in merged_config.items() if k not in ("torch_dtype", "vision_config")} == {
         k: v for k, v in config.items() if k not in ("torch_dtype", "vision_config")}  # fmt: skip
+
+
+def test_adapter_saved_by_the_training_merges_to_the_adapters_outputs(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Whatever format `save_adapter` writes (the earlier lora_config.json one or PEFT's), `merge_adapter` folds it
+    into a model whose logits equal base + adapter."""
+    import paddle
+
+    from paddlemix.auto import AutoModelMIX
+    from paddlemix.peft.lora import apply_lora, save_adapter
+    from paddlemix.peft.merge import merge_adapter
+    from paddlemix.testing.lora import perturb_lora
+
+    lora = apply_lora(AutoModelMIX.from_pretrained(tiny_model_dir), ADAPTERS["qwen2_5_vl"].lora_targets, 4, 8)
+    perturb_lora(lora, seed=2)
+    inputs = {"input_ids": paddle.to_tensor(np.random.default_rng(0).integers(0, 400, (1, 12)))}
+    with paddle.no_grad():
+        expected = lora(**inputs).logits.numpy()
+        base = AutoModelMIX.from_pretrained(tiny_model_dir)(**inputs).logits.numpy()
+    save_adapter(lora, tmp_path / "adapter")
+    merged = merge_adapter(tiny_model_dir, tmp_path / "adapter", tmp_path / "merged")
+    with paddle.no_grad():
+        got = AutoModelMIX.from_pretrained(merged)(**inputs).logits.numpy()
+    assert np.abs(expected - base).max() > 1e-3
+    np.testing.assert_allclose(got, expected, atol=1e-5)
