@@ -31,6 +31,17 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def trained_template_file(lora_path: str | None) -> str | None:
+    """The template an adapter folder carries (the one its training used), which prompts must follow rather than
+    the base model's."""
+    from pathlib import Path
+
+    from paddlemix.processors.template_files import JINJA_FILE
+
+    path = Path(lora_path or "") / JINJA_FILE
+    return str(path) if lora_path and path.is_file() else None
+
+
 def warn_on_other_template(model_dir: str, lora_path: str | None, chat_template: str) -> None:
     """Warn when --chat_template differs from the template the model (or its adapter) was trained with."""
     from paddlemix.models import adapter_for
@@ -49,11 +60,13 @@ def main(argv: list[str] | None = None) -> None:
     from paddlemix.generation import Generator, evaluate_exact_match
     from paddlemix.utils.device import resolve_device
 
+    chat_template = args.chat_template or trained_template_file(args.lora_path)
     if args.chat_template:
         warn_on_other_template(args.model_name_or_path, args.lora_path, args.chat_template)
+    print("chat template:", chat_template or "the model folder's own", file=sys.stderr, flush=True)
 
     generator = Generator.from_pretrained(
-        args.model_name_or_path, args.lora_path, args.chat_template, resolve_device(args.device)
+        args.model_name_or_path, args.lora_path, chat_template, resolve_device(args.device)
     )
     if args.question:
         print(

@@ -75,3 +75,7 @@ def test_every_output_carries_the_trained_template(workspace: Path, run_tool) ->
     assert "differs from the chat template" in run_tool(*infer, "--chat_template", "other.jinja", cwd=workspace).stderr
     same = run_tool(*infer, "--chat_template", "paddlemix_template.json", cwd=workspace).stderr
     assert "differs from the chat template" not in same
+    # base model + adapter: the prompt follows the adapter's (trained) template, not the base model's
+    with_adapter = ("infer.py", "--model_name_or_path", "tiny_qwen2_5_vl", "--lora_path", "out", "--question", "Hi?",
+                    "--max_new_tokens", "1")  # fmt: skip
+    assert f"chat template: {Path('out') / 'chat_template.jinja'}" in run_tool(*with_adapter, cwd=workspace).stderr
