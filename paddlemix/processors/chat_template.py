@@ -216,7 +216,9 @@ class PaddleMixChatTemplate:
 
 def _keep_whitespace(part: str) -> str:
     """A PaddleMIX template part for Hugging Face's Jinja options (trim_blocks, lstrip_blocks): its own block tags
-    get the `+` modifiers that switch both off, so it renders as it did in PaddleMIX's plain environment."""
+    get the `+` modifiers that switch both off and its comments go, so it renders as it did in PaddleMIX's plain
+    environment."""
+    part = re.sub(r"\{#(?![+-]).*?(?<![+-])#\}", "", part, flags=re.DOTALL)  # a plain comment renders nothing
     part = re.sub(r"\{%(?![+-])", "{%+", part)
     return re.sub(r"(?<![+-])%\}", "+%}", part)
 

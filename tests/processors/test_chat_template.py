@@ -104,7 +104,10 @@ SPECS = {
     # system text from the record, round numbers, parts that open with a newline and carry their own block tags
     "rounds": {
         "system": "{% if system %}SYSTEM: {{system}}\n{% endif %}",
-        "conversation": ["\n[Round {{index + 1}}]\n  {% if index == 0 %}First: {% endif %}{{user}}\nA:", " {{bot}}\n"],
+        "conversation": [
+            "\n[Round {{index + 1}}]\n  {% if index == 0 %}First: {% endif %}{{user}}\nA:",
+            "{# the answer #}\n  {{bot}}\n",
+        ],
         "query": "\n[Round {{index + 1}}]\n{{query}}\nA:",
     },
 }
