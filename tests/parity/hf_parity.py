@@ -20,7 +20,8 @@ from PIL import Image
 from paddlemix.auto import AutoModelMIX, AutoProcessorMIX
 from paddlemix.datasets.conversation import Message, Sample
 from paddlemix.models import adapter_for
-from paddlemix.peft.lora import apply_lora, merge_adapter_folder, save_adapter
+from paddlemix.peft.lora import apply_lora, save_adapter
+from paddlemix.peft.merge import merge_adapter
 from paddlemix.processors.chat_template import template_for
 from paddlemix.testing.lora import perturb_lora
 
@@ -121,7 +122,7 @@ class HFParity:
         expected = paddle_logits(lora, hf_out)
         assert np.abs(expected - hf_out["logits"]).max() > 1e-3, "the adapter must change the logits"
         save_adapter(lora, tmp_path / "adapter")
-        merged = merge_adapter_folder(model_dir, tmp_path / "adapter", tmp_path / "merged")
+        merged = merge_adapter(model_dir, tmp_path / "adapter", tmp_path / "merged")
         inputs = tmp_path / "inputs.npz"
         np.savez(inputs, **{k: hf_out[k] for k in INPUT_KEYS})
         hf_merged = reference(merged, tmp_path, inputs=str(inputs))

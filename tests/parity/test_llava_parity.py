@@ -18,7 +18,8 @@ from hf_parity import LOGITS_ATOL, REF_PYTHON, paddle_logits, reference, require
 
 from paddlemix.auto import AutoModelMIX
 from paddlemix.models import adapter_for
-from paddlemix.peft.lora import apply_lora, merge_adapter_folder, save_adapter
+from paddlemix.peft.lora import apply_lora, save_adapter
+from paddlemix.peft.merge import merge_adapter
 from paddlemix.testing.lora import perturb_lora
 from paddlemix.utils.io import save_safetensors, to_numpy
 
@@ -156,7 +157,7 @@ def test_hf_loads_merged_lora_with_same_logits(model, hf_dir: Path, tmp_path: Pa
     expected = paddle_logits(lora, inputs)
     assert np.abs(expected - base).max() > 1e-3, "the adapter must change the logits"
     save_adapter(lora, tmp_path / "adapter")
-    merged = merge_adapter_folder(hf_dir, tmp_path / "adapter", tmp_path / "merged")
+    merged = merge_adapter(hf_dir, tmp_path / "adapter", tmp_path / "merged")
     diff = np.abs(hf_logits(merged, inputs, tmp_path) - expected).max()
     print(f"{hf_dir.name} merged LoRA: max |HF(merged) - paddle(base+LoRA)| = {diff:.2e}")
     assert diff <= LOGITS_ATOL
