@@ -53,14 +53,17 @@ from paddlemix.tools.merge_lora_params import main
 if sys.argv[1] == "merge":
     main(sys.argv[2:])
 status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+print("paddle imported:", "paddle" in sys.modules)
 print("maxrss_kib", status["VmHWM"].split()[0])
 """
 
 
 def peak_rss(*args: str) -> int:
-    """Peak resident memory (bytes) of a fresh interpreter that runs the tool's main with `args` (Linux)."""
+    """Peak resident memory (bytes) of a fresh interpreter that runs the tool's main with `args` (Linux); the merge
+    of a PEFT adapter must not import Paddle."""
     proc = subprocess.run([sys.executable, "-c", RSS_SCRIPT, *args], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "paddle imported: False" in proc.stdout
     return int(proc.stdout.split("maxrss_kib")[-1]) * 1024
 
 
