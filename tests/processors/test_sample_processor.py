@@ -98,3 +98,31 @@ def test_prompt_encoding_ends_with_generation_prompt(encoder, tmp_path: Path) ->
     out = proc.encode_prompt(Sample((Message("user", "<image>Q"),), (image(tmp_path),)), template)
     assert tokenizer.decode(out["input_ids"]).endswith("<|im_start|>assistant\n")
     assert "labels" not in out
+
+
+# A Qwen-style template that takes only typed content parts and marks the answer with {% generation %}.
+TYPED_GENERATION_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['role'] == 'assistant' %}{% generation %}"
+    "{% for part in message['content'] %}{{ part['text'] }}{% endfor %}<|im_end|>{% endgeneration %}{{ '\\n' }}"
+    "{% else %}{% for part in message['content'] %}{% if part['type'] == 'image' %}"
+    "<|vision_start|><|image_pad|><|vision_end|>{% else %}{{ part['text'] }}{% endif %}{% endfor %}"
+    "<|im_end|>{{ '\\n' }}{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def test_typed_content_template_with_generation_spans_encodes(encoder, tmp_path: Path) -> None:
+    from paddlemix.processors.chat_template import JinjaChatTemplate
+
+    enc, _, tokenizer = encoder
+    template = JinjaChatTemplate(TYPED_GENERATION_TEMPLATE)
+    assert template.typed_content and template.image_text == "<|vision_start|><|image_pad|><|vision_end|>"
+    sample = Sample((Message("user", "<image>What color is the circle?"), Message("assistant", "red"),
+                     Message("user", "And the square?"), Message("assistant", "blue")), (image(tmp_path),))  # fmt: skip
+    out = enc(sample, template)
+    assert labelled_text(tokenizer, out) == "red<|im_end|>blue<|im_end|>"
+    image_pad = tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    t, h, w = out["image_grid_thw"][0]
+    assert int((out["input_ids"] == image_pad).sum()) == t * h * w // 4
+    text = tokenizer.decode([int(i) for i in out["input_ids"] if i != image_pad])
+    assert text.startswith("<|im_start|>user\n<|vision_start|><|vision_end|>What color is the circle?<|im_end|>\n")
