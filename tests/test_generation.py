@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from paddlemix.datasets.conversation import Message
-from paddlemix.generation import Generator, bleu4, normalize
+from paddlemix.generation import Generator, bleu4, evaluate_exact_match, normalize
 
 
 def test_normalize_for_exact_match() -> None:
@@ -116,3 +116,42 @@ def test_generation_config_eos_stops_generation(request, family, images, tmp_pat
     answer = generator.generate_encoded([generator.encode(*conversations(images)[0])])
     assert answer.generated.tokens[0] == tokens[: stop + 1]
     assert answer.texts[0] == generator.tokenizer.decode(tokens[:stop], skip_special_tokens=True).strip()
+
+
+def chat(image: str, question: str, answer: str = "red") -> str:
+    return json.dumps({"images": [image], "messages": [{"role": "user", "content": question},
+                                                       {"role": "assistant", "content": answer}]})  # fmt: skip
+
+
+def test_evaluation_batches_and_skips_failing_records(tiny_model_dir: Path, images, tmp_path: Path) -> None:
+    """Records that cannot be read, encoded or generated are skipped with a reason and left out of the score;
+    batched answers equal one-at-a-time answers."""
+    red, blue = images
+    lines = [chat(red, "<image>What color?"), chat("missing.png", "<image>What color?"),
+             chat(blue, "<image>What shape is it?", "square"), '{"messages": [broken',
+             chat(red, "<image>" + "word " * 40), chat(blue, "<image>Which color, and which shape, is it?"),
+             chat(red, "What is this?")]  # fmt: skip
+    data = tmp_path / "eval.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    generator = loaded(tiny_model_dir)
+    generator.encoder.max_length = 100  # the 40-word record is longer
+    poisoned = len(
+        generator.encode([Message("user", "<image>Which color, and which shape, is it?")], [blue])["input_ids"]
+    )
+    real = generator.generate_encoded
+
+    def failing(prompts, *args, **kwargs):
+        if any(len(p["input_ids"]) == poisoned for p in prompts):
+            raise RuntimeError("decode failed")
+        return real(prompts, *args, **kwargs)
+
+    generator.generate_encoded = failing
+    batched = evaluate_exact_match(generator, [str(data)], batch_size=3, max_new_tokens=6)
+    reasons = {r["index"]: r["reason"] for r in batched["skipped_records"]}
+    assert sorted(reasons) == [1, 3, 4, 5] and batched["skipped"] == 4
+    assert "image not found" in reasons[1] and "malformed JSON" in reasons[3]
+    assert "exceed max_length 100" in reasons[4] and "decode failed" in reasons[5]
+    assert [r["index"] for r in batched["results"]] == [0, 2, 6] and batched["total"] == 3
+    single = evaluate_exact_match(generator, [str(data)], batch_size=1, max_new_tokens=6)
+    assert [r["prediction"] for r in single["results"]] == [r["prediction"] for r in batched["results"]]
+    assert batched["new_tokens"] == single["new_tokens"] and 3 <= batched["new_tokens"] <= 18  # each run counted once
