@@ -115,7 +115,7 @@ def read_json_object(path: Path) -> dict[str, Any]:
     return value
 
 
-def _config_value(config: Any, key: str) -> Any:
+def config_value(config: Any, key: str) -> Any:
     """`key` of a model config, else of its text sub-config (Qwen3-VL and LLaVA keep token ids there)."""
     value = getattr(config, key, None)
     return value if value is not None else getattr(getattr(config, "text_config", None), key, None)
@@ -131,10 +131,10 @@ def settings_for(model_dir: str | Path | None, model_config: Any = None, tokeniz
     path = Path(model_dir) / GENERATION_CONFIG if model_dir is not None else None
     values = read_json_object(path) if path is not None else {}
     eos = token_ids(values.get("eos_token_id"))
-    eos = eos or token_ids(_config_value(model_config, "eos_token_id"))
+    eos = eos or token_ids(config_value(model_config, "eos_token_id"))
     eos = eos or token_ids(getattr(tokenizer, "eos_token_id", None))
     pad = values.get("pad_token_id")
-    for fallback in (_config_value(model_config, "pad_token_id"), getattr(tokenizer, "pad_token_id", None)):
+    for fallback in (config_value(model_config, "pad_token_id"), getattr(tokenizer, "pad_token_id", None)):
         pad = fallback if pad is None else pad
     pad = pad if pad is not None else (eos or (0,))[0]
     chosen = {k: values[k] for k in CONFIG_KEYS if values.get(k) is not None}

@@ -17,7 +17,15 @@ import numpy as np
 from paddlemix.arguments import DatasetSource
 from paddlemix.datasets.conversation import IMAGE_PLACEHOLDER, Message, Sample, SampleError
 from paddlemix.datasets.sources import SourceDataset
-from paddlemix.decoding import Generated, GenerationSettings, decode, left_pad, load_dtype, settings_for
+from paddlemix.decoding import (
+    Generated,
+    GenerationSettings,
+    config_value,
+    decode,
+    left_pad,
+    load_dtype,
+    settings_for,
+)
 from paddlemix.models import adapter_for
 from paddlemix.peft.lora import base_model, load_adapter
 from paddlemix.processors.chat_template import ChatTemplate, template_for
@@ -68,9 +76,11 @@ class Generator:
     ) -> Generator:
         """A generator around an already loaded (possibly training or LoRA-wrapped) model; decoding defaults come
         from `model_dir`'s generation_config.json (the base model's folder for an adapter). Prompts longer than
-        `max_length` tokens after image expansion raise `TooLongError`."""
+        `max_length` tokens after image expansion, or than the model's `max_position_embeddings`, raise
+        `TooLongError`."""
         config = base_model(model).config
-        encoder = adapter.sample_processor(processor, max_length)
+        positions_limit = config_value(config, "max_position_embeddings")
+        encoder = adapter.sample_processor(processor, min(max_length, positions_limit or max_length))
         settings = settings_for(model_dir, config, processor.tokenizer)
         template = template_for(processor, chat_template)
         return cls(model, processor.tokenizer, encoder, template, settings, adapter.position_fn(config))

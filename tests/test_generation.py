@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from paddlemix.datasets.conversation import Message
+from paddlemix.datasets.conversation import Message, TooLongError
 from paddlemix.generation import Generator, bleu4, evaluate_exact_match, normalize
+from paddlemix.models import adapter_for
 
 
 def test_normalize_for_exact_match() -> None:
@@ -155,3 +156,12 @@ def test_evaluation_batches_and_skips_failing_records(tiny_model_dir: Path, imag
     single = evaluate_exact_match(generator, [str(data)], batch_size=1, max_new_tokens=6)
     assert [r["prediction"] for r in single["results"]] == [r["prediction"] for r in batched["results"]]
     assert batched["new_tokens"] == single["new_tokens"] and 3 <= batched["new_tokens"] <= 18  # each run counted once
+
+
+def test_prompts_past_the_model_positions_are_too_long(tiny_model_dir: Path, images) -> None:
+    adapter = adapter_for(tiny_model_dir)
+    model = adapter.load_model(tiny_model_dir)
+    model.config.max_position_embeddings = 24
+    generator = Generator.from_parts(model, adapter.load_processor(tiny_model_dir), adapter, max_length=1000)
+    with pytest.raises(TooLongError, match="exceed max_length 24"):
+        generator.encode(*conversations(images)[1])
