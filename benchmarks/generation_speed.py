@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -99,9 +100,10 @@ def main() -> None:
           f"{'prompt pass s':>13} {'peak MB':>8}")  # fmt: skip
     for name, folder in models.items():
         r = measure(folder, args.new_tokens)
-        print(f"{name:<22} {r['prompt_tokens']:>6} {r['new_tokens']:>4} {r['cached_tokens_per_second']:>12.1f} "
-              f"{r['recompute_tokens_per_second']:>15.1f} {r['speedup']:>6.1f}x {r['cached_prompt_seconds']:>13.2f} "
+        print(f"{name:<22} {r['prompt_tokens']:>6} {r['new_tokens']:>4} {r['cached_tokens_per_second']:>12.3g} "
+              f"{r['recompute_tokens_per_second']:>15.3g} {r['speedup']:>6.1f}x {r['cached_prompt_seconds']:>13.2f} "
               f"{r['peak_rss_mb']:>8.0f}", flush=True)  # fmt: skip
+        print(json.dumps({"model": name, **r}), file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":
