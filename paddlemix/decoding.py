@@ -27,7 +27,8 @@ import numpy as np
 
 from paddlemix.utils.errors import UserError
 
-# transformers' GenerationConfig defaults (4.57), used where generation_config.json and the command line are silent.
+# New tokens when neither generation_config.json nor the command line sets a length (transformers would stop at
+# max_length 20, prompt included); the sampling defaults below (top_k 50, temperature 1, top_p 1) are transformers'.
 DEFAULT_MAX_NEW_TOKENS = 32
 
 
@@ -97,8 +98,9 @@ def token_ids(value: int | Sequence[int] | None) -> tuple[int, ...]:
 
 
 GENERATION_CONFIG = "generation_config.json"
-# generation_config.json keys that set decoding defaults, by their GenerationSettings field.
-CONFIG_KEYS = ("max_new_tokens", "max_length", "do_sample", "temperature", "top_p", "top_k", "repetition_penalty")
+# generation_config.json keys that set decoding defaults (GenerationSettings fields) and their JSON types.
+CONFIG_KEYS = {"max_new_tokens": int, "max_length": int, "do_sample": bool, "temperature": float, "top_p": float,
+               "top_k": int, "repetition_penalty": float}  # fmt: skip
 CHECKPOINT_DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -121,6 +123,14 @@ def config_value(config: Any, key: str) -> Any:
     return value if value is not None else getattr(getattr(config, "text_config", None), key, None)
 
 
+def _typed(value: Any, kind: type, key: str, path: Path) -> Any:
+    """A generation_config.json value checked against its JSON type (ints are accepted where floats are)."""
+    ok = isinstance(value, bool) if kind is bool else isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or (kind is int and value != int(value)):
+        raise UserError(f"{path}: {key} = {value!r} must be {kind.__name__}. Fix or remove {key} in that file.")
+    return kind(value)
+
+
 def settings_for(model_dir: str | Path | None, model_config: Any = None, tokenizer: Any = None) -> GenerationSettings:
     """Decoding defaults of a model folder, as transformers reads them: generation_config.json's eos_token_id
     (int or list), pad_token_id and sampling/length keys, falling back to config.json's ids, then the tokenizer's.
@@ -137,7 +147,7 @@ def settings_for(model_dir: str | Path | None, model_config: Any = None, tokeniz
     for fallback in (config_value(model_config, "pad_token_id"), getattr(tokenizer, "pad_token_id", None)):
         pad = fallback if pad is None else pad
     pad = pad if pad is not None else (eos or (0,))[0]
-    chosen = {k: values[k] for k in CONFIG_KEYS if values.get(k) is not None}
+    chosen = {k: _typed(values[k], kind, k, path) for k, kind in CONFIG_KEYS.items() if values.get(k) is not None}
     if "max_length" in chosen and "max_new_tokens" not in chosen:
         chosen["max_new_tokens"] = None
     origin = str(path) if chosen else "defaults"
