@@ -81,6 +81,13 @@ class GenerationSettings:
             given["eos_token_ids"] = token_ids(given["eos_token_ids"])
         return replace(self, **given, origin=origin) if given else self
 
+    def with_requests(self, **values: Any) -> GenerationSettings:
+        """`with_overrides` for a user's request: a temperature given without `do_sample` also turns sampling on
+        (above 0) or off (0), as infer.py's `--temperature` always did."""
+        if values.get("temperature") is not None and values.get("do_sample") is None:
+            values["do_sample"] = values["temperature"] > 0
+        return self.with_overrides(**values)
+
     def budget(self, prompt_length: int) -> int:
         """New tokens allowed after a prompt of `prompt_length` real tokens (at least 0)."""
         if self.max_new_tokens is not None:

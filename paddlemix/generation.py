@@ -130,7 +130,7 @@ class Generator:
         self, conversations: Sequence[tuple[Sequence[Message], Sequence[str]]], **overrides: Any
     ) -> Answers:
         """Answer several (messages, images) conversations in one batch; `overrides` replace settings fields."""
-        settings = self.settings.with_overrides(**overrides)
+        settings = self.settings.with_requests(**overrides)
         return self.generate_encoded([self.encode(m, i) for m, i in conversations], settings)
 
     def generate(self, messages: Sequence[Message], images: Sequence[str] = (), **overrides: Any) -> str:

@@ -48,11 +48,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 def overrides(args: argparse.Namespace) -> dict:
     """Decoding settings given on the command line (None = keep the model's generation_config.json value)."""
-    values = {k: getattr(args, k) for k in ("max_new_tokens", "do_sample", "temperature", "top_p", "top_k",
-                                            "repetition_penalty")}  # fmt: skip
-    if args.temperature is not None and args.do_sample is None:
-        values["do_sample"] = args.temperature > 0
-    return values
+    keys = ("max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "repetition_penalty")
+    return {k: getattr(args, k) for k in keys}
 
 
 def speed_line(new_tokens: int, seconds: float, prompt_seconds: float) -> str:
@@ -83,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     generator = Generator.from_pretrained(
         args.model_name_or_path, args.lora_path, args.chat_template, resolve_device(args.device)
     )
-    settings = generator.settings.with_overrides(**overrides(args))
+    settings = generator.settings.with_requests(**overrides(args))
     if args.question:
         prompt = generator.encode([question_message(args.question, args.image)], args.image)
         answers = generator.generate_encoded([prompt], settings, seed=args.seed)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from paddlemix.decoding import GenerationSettings
 from paddlemix.tools.infer import overrides, parse, shown_answer
 
 BASE = ["--model_name_or_path", "m", "--question", "q"]
@@ -20,8 +21,10 @@ BASE = ["--model_name_or_path", "m", "--question", "q"]
     ],
 )
 def test_only_given_flags_override(flags: list[str], expected: dict) -> None:
-    given = {k: v for k, v in overrides(parse(BASE + flags)).items() if v is not None}
-    assert given == expected
+    base = GenerationSettings(max_new_tokens=None, max_length=99, do_sample=True, temperature=0.3, top_k=7)
+    chosen = base.with_requests(**overrides(parse(BASE + flags)))
+    untouched = {"max_new_tokens": None, "do_sample": True, "temperature": 0.3, "top_p": 1.0, "top_k": 7}
+    assert {k: getattr(chosen, k) for k in untouched} == {**untouched, **expected}
 
 
 def test_empty_answer_is_never_a_blank_line() -> None:
