@@ -24,7 +24,7 @@ from paddlemix.testing.tiny_llava import build_tiny_causal_lm, build_tiny_clip_v
 from paddlemix.testing.tiny_model import build_tiny_qwen2_5_vl
 from paddlemix.testing.tiny_qwen3_vl import build_tiny_qwen3_vl
 
-# About 170M parameters in float32 (0.7 GB): 12 layers of width 1024 and an 8-block vision tower of width 512.
+# About 165M parameters in float32 (0.66 GB): 12 layers of width 1024 and an 8-block vision tower of width 512.
 MID_SIZE = {"hidden_size": 1024, "num_layers": 12, "num_heads": 16, "num_kv_heads": 4, "intermediate_size": 2816,
             "vision_hidden": 512, "vision_depth": 8, "vision_heads": 8}  # fmt: skip
 MID_IMAGE_PIXELS = 448 * 448
