@@ -1,4 +1,5 @@
-"""Answer questions about images with a fine-tuned model, using the same chat template and encoding as training."""
+"""Answer questions about images with a fine-tuned model, using the same chat template and encoding as training;
+batched, KV-cached decoding (paddlemix/decoding.py) and exact-match / BLEU-4 evaluation by generation."""
 
 from __future__ import annotations
 
@@ -6,36 +7,83 @@ import logging
 import math
 import string
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from paddlemix.arguments import DatasetSource
-from paddlemix.datasets.conversation import IMAGE_PLACEHOLDER, Message, Sample
+from paddlemix.datasets.conversation import IMAGE_PLACEHOLDER, Message, Sample, SampleError
 from paddlemix.datasets.sources import SourceDataset
+from paddlemix.decoding import (
+    Generated,
+    GenerationSettings,
+    config_value,
+    decode,
+    left_pad,
+    load_dtype,
+    settings_for,
+)
 from paddlemix.models import adapter_for
-from paddlemix.peft.lora import load_adapter
+from paddlemix.peft.lora import base_model, load_adapter
 from paddlemix.processors.chat_template import ChatTemplate, template_for
 from paddlemix.processors.sample_processor import SampleProcessor
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_BATCH_SIZE = 8
+EMPTY_ANSWER_HINT = (
+    "the model ended its answer at once (its first token was an end-of-turn/eos id); it may need more training, "
+    "or another chat template (--chat_template)."
+)
+
+
+@dataclass
+class Answers:
+    """Decoded answers of a batch, in input order, with the decoding statistics behind them."""
+
+    texts: list[str]
+    generated: Generated
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Generated tokens per second of generation wall time (prompt pass included)."""
+        return self.generated.new_tokens / max(self.generated.seconds, 1e-9)
+
 
 @dataclass
 class Generator:
-    """A loaded model with its processor and chat template."""
+    """A loaded model with its processor, chat template, decoding settings and the family's position rule."""
 
     model: Any
     tokenizer: Any
     encoder: SampleProcessor
     template: ChatTemplate
+    settings: GenerationSettings
+    positions: Callable[[np.ndarray, np.ndarray | None], np.ndarray]
 
     @classmethod
-    def from_parts(cls, model: Any, processor: Any, adapter: Any, chat_template: str | None = None) -> Generator:
-        """A generator around an already loaded (possibly training) model."""
-        encoder = adapter.sample_processor(processor, 1 << 30)
-        return cls(model, processor.tokenizer, encoder, template_for(processor, chat_template))
+    def from_parts(
+        cls,
+        model: Any,
+        processor: Any,
+        adapter: Any,
+        chat_template: str | None = None,
+        model_dir: str | Path | None = None,
+        max_length: int = 1 << 30,
+    ) -> Generator:
+        """A generator around an already loaded (possibly training or LoRA-wrapped) model; decoding defaults come
+        from `model_dir`'s generation_config.json (the base model's folder for an adapter). Prompts longer than
+        `max_length` tokens after image expansion, or than the model's `max_position_embeddings`, raise
+        `TooLongError`."""
+        config = base_model(model).config
+        positions_limit = config_value(config, "max_position_embeddings")
+        encoder = adapter.sample_processor(processor, min(max_length, positions_limit or max_length))
+        settings = settings_for(model_dir, config, processor.tokenizer)
+        template = template_for(processor, chat_template)
+        return cls(model, processor.tokenizer, encoder, template, settings, adapter.position_fn(config))
 
     @classmethod
     def from_pretrained(
@@ -45,40 +93,61 @@ class Generator:
         chat_template: str | None = None,
         device: str = "cpu",
     ) -> Generator:
+        """Load model (in the checkpoint's dtype on accelerators, float32 on CPU), processor and adapter weights."""
         import paddle
 
         paddle.set_device(device)
         adapter = adapter_for(model_dir)
         processor = adapter.load_processor(model_dir)
-        model = adapter.load_model(model_dir, device=device)
+        model = adapter.load_model(model_dir, dtype=load_dtype(model_dir, device), device=device)
         if lora_path:
             model = load_adapter(model, lora_path)
         model.eval()
-        return cls.from_parts(model, processor, adapter, chat_template)
+        return cls.from_parts(model, processor, adapter, chat_template, model_dir)
 
-    def generate(
+    def encode(self, messages: Sequence[Message], images: Sequence[str] = ()) -> dict[str, np.ndarray]:
+        """The prompt of a conversation so far (generation prompt included); raises `SampleError` for unusable
+        images or a prompt over the length limit."""
+        return self.encoder.encode_prompt(Sample(tuple(messages), tuple(images)), self.template)
+
+    def generate_encoded(
         self,
-        messages: Sequence[Message],
-        images: Sequence[str] = (),
-        max_new_tokens: int = 32,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-    ) -> str:
-        """The model's answer to the conversation so far (greedy unless temperature > 0)."""
-        import paddle
+        prompts: Sequence[dict[str, np.ndarray]],
+        settings: GenerationSettings | None = None,
+        use_cache: bool = True,
+        seed: int = 0,
+    ) -> Answers:
+        """Answer encoded prompts as one left-padded batch (see paddlemix/decoding.py)."""
+        settings = settings or self.settings
+        batch = left_pad(prompts, settings.pad_token_id, self.positions)
+        generated = decode(base_model(self.model), batch, settings, use_cache, np.random.default_rng(seed))
+        eos = set(settings.eos_token_ids)
+        texts = [self.tokenizer.decode([t for t in row if t not in eos], skip_special_tokens=True).strip()
+                 for row in generated.tokens]  # fmt: skip
+        return Answers(texts, generated)
 
-        inputs = self.encoder.encode_prompt(Sample(tuple(messages), tuple(images)), self.template)
-        tensors = {k: paddle.to_tensor(v[None] if k == "input_ids" else v) for k, v in inputs.items()}
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {}
-        with paddle.no_grad():
-            new_ids = self.model.generate(**tensors, max_new_tokens=max_new_tokens, **sampling)[0]
-        return self.tokenizer.decode(new_ids[0].tolist(), skip_special_tokens=True).strip()
+    def generate_batch(
+        self, conversations: Sequence[tuple[Sequence[Message], Sequence[str]]], **overrides: Any
+    ) -> Answers:
+        """Answer several (messages, images) conversations in one batch; `overrides` replace settings fields."""
+        settings = self.settings.with_requests(**overrides)
+        return self.generate_encoded([self.encode(m, i) for m, i in conversations], settings)
 
-    def answer(self, question: str, images: Sequence[str] = (), **kwargs: Any) -> str:
+    def generate(self, messages: Sequence[Message], images: Sequence[str] = (), **overrides: Any) -> str:
+        """The model's answer to the conversation so far (settings from generation_config.json unless overridden,
+        e.g. `max_new_tokens=8`, `do_sample=False`)."""
+        return self.generate_batch([(messages, images)], **overrides).texts[0]
+
+    def answer(self, question: str, images: Sequence[str] = (), **overrides: Any) -> str:
         """Answer one question; images without an `<image>` placeholder go in front of the question."""
-        if images and IMAGE_PLACEHOLDER not in question:
-            question = IMAGE_PLACEHOLDER * len(images) + question
-        return self.generate([Message("user", question)], images, **kwargs)
+        return self.generate([question_message(question, images)], images, **overrides)
+
+
+def question_message(question: str, images: Sequence[str] = ()) -> Message:
+    """A user turn asking `question`, with `<image>` placeholders in front when the question has none."""
+    if images and IMAGE_PLACEHOLDER not in question:
+        question = IMAGE_PLACEHOLDER * len(images) + question
+    return Message("user", question)
 
 
 def normalize(text: str) -> str:
@@ -105,31 +174,104 @@ def bleu4(prediction: str, reference: str) -> float:
     return math.exp(brevity + log_precision)
 
 
+@dataclass
+class _Prompt:
+    """One record ready to answer: its index in the source, the encoded prompt and the reference answer."""
+
+    index: int
+    encoded: dict[str, np.ndarray]
+    reference: str
+
+
+def _prompts(
+    generator: Generator, data: SourceDataset, count: int, skipped: list[dict[str, Any]]
+) -> Iterator[_Prompt]:
+    """Encoded prompts of the first `count` records; a record that cannot be read or encoded (missing or broken
+    image, too long, no assistant turn, ...) is appended to `skipped` with its reason instead."""
+    for i in range(count):
+        try:
+            sample = data[i]
+            last = max(k for k, m in enumerate(sample.messages) if m.role == "assistant")
+            yield _Prompt(i, generator.encode(sample.messages[:last], sample.images), sample.messages[last].content)
+        except Exception as err:  # noqa: BLE001 - any failure of one record is a skip, never the end of a run
+            skipped.append({"index": i, "reason": str(err) if isinstance(err, SampleError) else repr(err)})
+
+
+def _batches(prompts: Iterator[_Prompt], size: int) -> Iterator[list[_Prompt]]:
+    batch: list[_Prompt] = []
+    for prompt in prompts:
+        batch.append(prompt)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _answer(
+    generator: Generator, batch: list[_Prompt], settings: GenerationSettings, skipped: list[dict[str, Any]]
+) -> list[tuple[_Prompt, str, Generated]]:
+    """(prompt, answer, its batch's decoding statistics) of each record of `batch`; when the batch fails, its
+    records are answered one by one and those that fail alone are skipped."""
+    try:
+        answers = generator.generate_encoded([p.encoded for p in batch], settings)
+        return [(p, text, answers.generated) for p, text in zip(batch, answers.texts)]
+    except Exception as err:  # noqa: BLE001
+        if len(batch) == 1:
+            skipped.append({"index": batch[0].index, "reason": f"generation failed: {err!r}"})
+            return []
+    return [done for p in batch for done in _answer(generator, [p], settings, skipped)]
+
+
 def evaluate_generation(
-    generator: Generator, source: DatasetSource, limit: int | None = None, max_new_tokens: int = 16
+    generator: Generator,
+    source: DatasetSource,
+    limit: int | None = None,
+    max_new_tokens: int = 16,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    settings: GenerationSettings | None = None,
 ) -> dict[str, Any]:
-    """Answer the last assistant turn of each record from the turns before it; exact match for chat and VQA
-    sources, BLEU-4 for caption sources."""
+    """Answer the last assistant turn of each record from the turns before it, `batch_size` records at a time
+    (greedy unless `settings` say otherwise); exact match for chat and VQA sources, BLEU-4 for caption sources.
+
+    Records that fail (unreadable, missing image, too long, a failing generation) are skipped and listed under
+    `skipped_records` with their reason; they do not count in the scores.
+    """
     data = SourceDataset(source)
     caption = source.name == "coco_caption"
-    results = []
-    for i in range(len(data) if limit is None else min(limit, len(data))):
-        sample = data[i]
-        last = max(k for k, m in enumerate(sample.messages) if m.role == "assistant")
-        prediction = generator.generate(sample.messages[:last], sample.images, max_new_tokens=max_new_tokens)
-        reference = sample.messages[last].content
-        score = bleu4(prediction, reference) if caption else float(normalize(prediction) == normalize(reference))
-        results.append({"index": i, "prediction": prediction, "reference": reference, "score": score,
-                        "correct": score == 1.0})  # fmt: skip
+    settings = settings or generator.settings.with_overrides(max_new_tokens=max_new_tokens, do_sample=False)
+    skipped: list[dict[str, Any]] = []
+    results, runs = [], {}
+    count = len(data) if limit is None else min(limit, len(data))
+    for batch in _batches(_prompts(generator, data, count, skipped), max(batch_size, 1)):
+        for prompt, prediction, generated in _answer(generator, batch, settings, skipped):
+            runs[id(generated)] = generated
+            reference = prompt.reference
+            score = bleu4(prediction, reference) if caption else float(normalize(prediction) == normalize(reference))
+            results.append({"index": prompt.index, "prediction": prediction, "reference": reference,
+                            "score": score, "correct": score == 1.0})  # fmt: skip
+    tokens = sum(g.new_tokens for g in runs.values())
+    seconds = sum(g.seconds for g in runs.values())
+    prompt_seconds = sum(g.prefill_seconds for g in runs.values())
+    if skipped:
+        logger.warning("%s: %d of %d records skipped in generation, e.g. #%d: %s", source.data_files[0],
+                       len(skipped), count, skipped[0]["index"], skipped[0]["reason"])  # fmt: skip
     correct = sum(r["correct"] for r in results)
     mean = sum(r["score"] for r in results) / max(len(results), 1)
     return {"metric": "bleu4" if caption else "accuracy", "score": mean, "accuracy": correct / max(len(results), 1),
-            "correct": correct, "total": len(results), "results": results}  # fmt: skip
+            "correct": correct, "total": len(results), "results": sorted(results, key=lambda r: r["index"]),
+            "skipped": len(skipped), "skipped_records": skipped, "new_tokens": tokens, "seconds": seconds,
+            "prompt_seconds": prompt_seconds, "tokens_per_second": tokens / max(seconds, 1e-9)}  # fmt: skip
 
 
 def evaluate_exact_match(
-    generator: Generator, data_files: Sequence[str], limit: int | None = None, max_new_tokens: int = 16
+    generator: Generator,
+    data_files: Sequence[str],
+    limit: int | None = None,
+    max_new_tokens: int = 16,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    settings: GenerationSettings | None = None,
 ) -> dict[str, Any]:
     """Exact-match accuracy of the last assistant turn of each chatml record, answered from the turns before it."""
     source = DatasetSource(name="chatml_dataset", data_files=list(data_files))
-    return evaluate_generation(generator, source, limit, max_new_tokens)
+    return evaluate_generation(generator, source, limit, max_new_tokens, batch_size, settings)

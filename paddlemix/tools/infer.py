@@ -3,6 +3,10 @@
 Usage:
   python paddlemix/tools/infer.py --model_name_or_path DIR [--lora_path ADAPTER] --image IMG --question "..."
   python paddlemix/tools/infer.py --model_name_or_path DIR --data_file eval.jsonl --output answers.jsonl
+
+Decoding defaults come from the model folder's generation_config.json (eos/pad ids, do_sample, temperature,
+top_p, top_k, repetition_penalty, max_new_tokens / max_length); the flags below override them. --data_file runs
+greedy unless --do_sample is given.
 """
 
 from __future__ import annotations
@@ -12,6 +16,12 @@ import json
 import sys
 
 from paddlemix.utils.errors import UserError, exit_on_user_error
+
+
+def _bool(value: str) -> bool:
+    if value.lower() not in ("true", "false", "1", "0"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+    return value.lower() in ("true", "1")
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -24,9 +34,14 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--data_file", help="chatml file: answer the last assistant turn of each record")
     p.add_argument("--output", help="JSONL file for the answers of --data_file (default: print)")
     p.add_argument("--limit", type=int)
-    p.add_argument("--max_new_tokens", type=int, default=32)
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--top_p", type=float, default=1.0)
+    p.add_argument("--batch_size", type=int, default=8, help="records of --data_file answered together")
+    p.add_argument("--max_new_tokens", type=int, help="default: generation_config.json, else 32")
+    p.add_argument("--do_sample", type=_bool, help="true or false (default: generation_config.json)")
+    p.add_argument("--temperature", type=float, help="0 = greedy; a positive value alone turns sampling on")
+    p.add_argument("--top_p", type=float)
+    p.add_argument("--top_k", type=int, help="0 = off")
+    p.add_argument("--repetition_penalty", type=float)
+    p.add_argument("--seed", type=int, default=0, help="seed of sampling")
     p.add_argument("--device", default="cpu", choices=["cpu", "gpu", "npu", "xpu"])
     return p.parse_args(argv)
 
@@ -52,12 +67,35 @@ def warn_on_other_template(model_dir: str, lora_path: str | None, chat_template:
         print(f"warning: {warning}", file=sys.stderr, flush=True)
 
 
+def overrides(args: argparse.Namespace) -> dict:
+    """Decoding settings given on the command line (None = keep the model's generation_config.json value)."""
+    keys = ("max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "repetition_penalty")
+    return {k: getattr(args, k) for k in keys}
+
+
+def speed_line(new_tokens: int, seconds: float, prompt_seconds: float) -> str:
+    """'N tokens in S s: R tokens/s (prompt P s)' for generated tokens over generation wall time."""
+    rate = new_tokens / max(seconds, 1e-9)
+    return (
+        f"generated {new_tokens} tokens in {seconds:.2f} s: {rate:.1f} tokens/s (prompt pass {prompt_seconds:.2f} s)"
+    )
+
+
+def shown_answer(text: str) -> str:
+    """The answer as printed; an empty one as `answer: ""` with a hint, never a bare blank line."""
+    from paddlemix.generation import EMPTY_ANSWER_HINT
+
+    return text if text else f'answer: ""  ({EMPTY_ANSWER_HINT})'
+
+
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     args = parse(sys.argv[1:] if argv is None else argv)
     if bool(args.question) == bool(args.data_file):
         raise UserError("give either --question (with --image) or --data_file.")
-    from paddlemix.generation import Generator, evaluate_exact_match
+    if args.batch_size < 1:
+        raise UserError(f"--batch_size must be at least 1, got {args.batch_size}.")
+    from paddlemix.generation import EMPTY_ANSWER_HINT, Generator, evaluate_exact_match, question_message
     from paddlemix.utils.device import resolve_device
 
     chat_template = args.chat_template or trained_template_file(args.lora_path)
@@ -68,25 +106,32 @@ def main(argv: list[str] | None = None) -> None:
     generator = Generator.from_pretrained(
         args.model_name_or_path, args.lora_path, chat_template, resolve_device(args.device)
     )
+    settings = generator.settings.with_requests(**overrides(args))
     if args.question:
-        print(
-            generator.answer(
-                args.question,
-                args.image,
-                max_new_tokens=args.max_new_tokens,
-                temperature=args.temperature,
-                top_p=args.top_p,
-            )
-        )
+        prompt = generator.encode([question_message(args.question, args.image)], args.image)
+        answers = generator.generate_encoded([prompt], settings, seed=args.seed)
+        g = answers.generated
+        print(speed_line(g.new_tokens, g.seconds, g.prefill_seconds))
+        print(shown_answer(answers.texts[0]))
         return
-    report = evaluate_exact_match(generator, [args.data_file], args.limit, args.max_new_tokens)
+    if args.do_sample is None and args.temperature is None:
+        settings = settings.with_overrides(do_sample=False)
+    report = evaluate_exact_match(generator, [args.data_file], args.limit, batch_size=args.batch_size,
+                                  settings=settings)  # fmt: skip
     lines = [json.dumps(r, ensure_ascii=False) for r in report["results"]]
     if args.output:
         with open(args.output, "w", encoding="utf-8") as f:
-            f.write("\n".join(lines) + "\n")
+            f.write("\n".join(lines) + "\n" if lines else "")
     else:
         print("\n".join(lines))
-    print(f"exact match: {report['correct']}/{report['total']} = {report['accuracy']:.1%}")
+    empty = sum(not r["prediction"] for r in report["results"])
+    if empty:
+        print(f'{empty} answers are empty (answer: ""): {EMPTY_ANSWER_HINT}')
+    for record in report["skipped_records"]:
+        print(f"skipped record #{record['index']}: {record['reason']}")
+    print(speed_line(report["new_tokens"], report["seconds"], report["prompt_seconds"]))
+    print(f"exact match: {report['correct']}/{report['total']} = {report['accuracy']:.1%}"
+          + (f" ({report['skipped']} records skipped)" if report["skipped"] else ""))  # fmt: skip
 
 
 if __name__ == "__main__":

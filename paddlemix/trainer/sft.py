@@ -197,8 +197,10 @@ def benchmark_report(metrics: dict[str, Any], trainer: Any, seconds: float) -> d
 
 
 def generation_scorer(args: RunArgs, model: Any, processor: Any, adapter: ModelAdapter) -> Any:
-    """A callable that answers up to `eval_generation_samples` records of each eval source with the live model
-    and returns `eval_<source>_<accuracy|bleu4>` scores (None when `eval_generation` is off)."""
+    """A callable that answers up to `eval_generation_samples` records of each eval source with the live model,
+    `per_device_eval_batch_size` at a time, and returns `eval_<source>_<accuracy|bleu4>` scores plus
+    `eval_<source>_skipped` (records that failed; `eval_accuracy` / `eval_skipped` with one source). None when
+    `eval_generation` is off."""
     if not (args.runtime.eval_generation and args.data.eval):
         return None
     from paddlemix.datasets.encoded import source_names
@@ -210,10 +212,13 @@ def generation_scorer(args: RunArgs, model: Any, processor: Any, adapter: ModelA
         out = {}
         single = len(args.data.eval) == 1
         for name, source in zip(source_names(args.data.eval), args.data.eval):
-            generator = Generator.from_parts(model, processor, adapter, source.chat_template)
-            result = evaluate_generation(generator, source, args.runtime.eval_generation_samples)
-            key = f"eval_{result['metric']}" if single else f"eval_{Path(name.split(':')[-1]).stem}_{result['metric']}"
-            out[key] = round(result["score"], 4)
+            generator = Generator.from_parts(model, processor, adapter, source.chat_template,
+                                             args.model.model_name_or_path, args.data.max_length)  # fmt: skip
+            result = evaluate_generation(generator, source, args.runtime.eval_generation_samples,
+                                         batch_size=args.training.per_device_eval_batch_size)  # fmt: skip
+            prefix = "eval" if single else f"eval_{Path(name.split(':')[-1]).stem}"
+            out[f"{prefix}_{result['metric']}"] = round(result["score"], 4)
+            out[f"{prefix}_skipped"] = result["skipped"]
         if was_training:
             model.train()
         return out

@@ -182,23 +182,6 @@ def lm_loss(logits: paddle.Tensor, labels: paddle.Tensor) -> paddle.Tensor:
     return losses.sum() / paddle.clip(count, min=1.0)
 
 
-def sample_next(logits: paddle.Tensor, do_sample: bool, temperature: float, top_p: float) -> paddle.Tensor:
-    """The next token per row [B] from logits [B, vocab]: argmax, or a draw from the top-p nucleus."""
-    if not do_sample or temperature <= 0:
-        return logits.argmax(axis=-1)
-    probs = F.softmax(logits / temperature, axis=-1)
-    if top_p < 1.0:
-        order = paddle.argsort(probs, axis=-1, descending=True)
-        ranked = paddle.take_along_axis(probs, order, axis=-1)
-        ranked = paddle.where(paddle.cumsum(ranked, axis=-1) - ranked > top_p, paddle.zeros_like(ranked), ranked)
-        probs = paddle.put_along_axis(paddle.zeros_like(probs), order, ranked, axis=-1)
-    return paddle.multinomial(probs / probs.sum(axis=-1, keepdim=True), 1).squeeze(-1)
-
-
-def _ids(value: int | list[int] | None) -> list[int]:
-    return [] if value is None else [value] if isinstance(value, int) else list(value)
-
-
 class LlavaForConditionalGeneration(PretrainedModel):
     """LLaVA with the LM head at the top level (`lm_head`), so the chunked loss and LoRA find it as for Qwen-VL."""
 
@@ -216,7 +199,8 @@ class LlavaForConditionalGeneration(PretrainedModel):
         return self.model.language_model.embed_tokens
 
     def can_generate(self) -> bool:
-        """True: `generate` is this class's own loop, so the model keeps a `generation_config` (eos/pad ids)."""
+        """True, so paddleformers' loader keeps the folder's `generation_config`; decoding itself runs in
+        paddlemix/decoding.py, which drives this forward with a KV cache."""
         return True
 
     def forward(
@@ -228,11 +212,16 @@ class LlavaForConditionalGeneration(PretrainedModel):
         image_grid_thw: paddle.Tensor | None = None,
         position_ids: paddle.Tensor | None = None,
         attn_mask_startend_row_indices: paddle.Tensor | None = None,
+        past_key_values: Any = None,
+        use_cache: bool = False,
+        logits_to_keep: int = 0,
     ) -> CausalLMOutputWithPast:
         """Logits [B, L, vocab] and, with labels (already shifted: labels[t] is the target of position t), the loss.
 
         `image_grid_thw` is accepted for the generic collator; every image has the fixed grid of the vision tower.
         MIXToken packs pass `position_ids` as [1, B, L] and `attn_mask_startend_row_indices` (block-causal mask).
+        Decoding passes `use_cache` and then the returned `past_key_values` (the language model's cache) with only
+        the new tokens; `attention_mask` then covers cached + new tokens, `logits_to_keep` = n keeps the last n.
         """
         if position_ids is not None and position_ids.ndim == 3:
             if position_ids.shape[0] != 1:
@@ -242,64 +231,17 @@ class LlavaForConditionalGeneration(PretrainedModel):
             attention_mask = attention_mask.astype("bool")
             if attn_mask_startend_row_indices is not None or bool(attention_mask.all()):
                 attention_mask = None  # the causal (or packed block) mask already covers it
-        hidden = self.model.language_model(
+        out = self.model.language_model(
             inputs_embeds=self.model.embed(input_ids, pixel_values),
             attention_mask=attention_mask,
             position_ids=position_ids,
             attn_mask_startend_row_indices=attn_mask_startend_row_indices,
-            use_cache=False,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
             return_dict=True,
-        ).last_hidden_state
-        logits = self.lm_head(hidden)
+        )
+        hidden = out.last_hidden_state
+        logits = self.lm_head(hidden[:, -logits_to_keep:] if logits_to_keep else hidden)
         loss = lm_loss(logits, labels) if labels is not None else None
-        return CausalLMOutputWithPast(loss=loss, logits=logits)
-
-    def stop_ids(self) -> tuple[list[int], int]:
-        """End-of-sequence ids (generation_config.json, else the LM config) and the id that pads finished rows."""
-        generation = getattr(self, "generation_config", None)
-        text = self.config.text_config
-        eos = _ids(getattr(generation, "eos_token_id", None)) or _ids(text.eos_token_id)
-        pad = getattr(generation, "pad_token_id", None)
-        pad = pad if pad is not None else text.pad_token_id if text.pad_token_id is not None else (eos or [0])[0]
-        return eos, int(pad)
-
-    @paddle.no_grad()
-    def generate(
-        self,
-        input_ids: paddle.Tensor,
-        pixel_values: paddle.Tensor | None = None,
-        image_grid_thw: paddle.Tensor | None = None,
-        attention_mask: paddle.Tensor | None = None,
-        max_new_tokens: int = 32,
-        do_sample: bool = False,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-    ) -> tuple[paddle.Tensor, paddle.Tensor]:
-        """Continue each row (equal lengths, no padding) with a KV cache; greedy unless `do_sample`.
-
-        Returns (new token ids [B, new], their log-probabilities [B, new]); rows that ended are padded.
-        """
-        if attention_mask is not None and not bool(attention_mask.astype("bool").all()):
-            raise ValueError("LLaVA generate() takes unpadded rows of equal length; generate padded rows one by one.")
-        eos, pad = self.stop_ids()
-        batch, length = input_ids.shape
-        embeds = self.model.embed(input_ids, pixel_values)
-        positions = paddle.arange(length, dtype="int64").expand([batch, length])
-        cache, finished, tokens, scores = None, paddle.zeros([batch], dtype="bool"), [], []
-        for step in range(max_new_tokens):
-            out = self.model.language_model(
-                inputs_embeds=embeds, position_ids=positions, past_key_values=cache, use_cache=True, return_dict=True
-            )
-            cache = out.past_key_values
-            logits = self.lm_head(out.last_hidden_state[:, -1:]).astype("float32")[:, -1]  # [B, vocab]
-            token = sample_next(logits, do_sample, temperature, top_p)
-            score = paddle.take_along_axis(F.log_softmax(logits, axis=-1), token[:, None], axis=-1)[:, 0]
-            token = paddle.where(finished, paddle.full_like(token, pad), token)
-            tokens.append(token)
-            scores.append(score)
-            finished = finished | paddle.isin(token, paddle.to_tensor(eos or [-1], dtype=token.dtype))
-            if bool(finished.all()):
-                break
-            embeds = self.model.language_model.embed_tokens(token[:, None])
-            positions = paddle.full([batch, 1], length + step, dtype="int64")
-        return paddle.stack(tokens, axis=1), paddle.stack(scores, axis=1)
+        cache = out.past_key_values if use_cache else None
+        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=cache)

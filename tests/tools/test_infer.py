@@ -1,0 +1,32 @@
+"""Command-line decoding flags of infer.py: unset flags keep generation_config.json's values."""
+
+from __future__ import annotations
+
+import pytest
+
+from paddlemix.decoding import GenerationSettings
+from paddlemix.tools.infer import overrides, parse, shown_answer
+
+BASE = ["--model_name_or_path", "m", "--question", "q"]
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        ([], {}),
+        (["--temperature", "0.7"], {"temperature": 0.7, "do_sample": True}),  # as before: a temperature samples
+        (["--temperature", "0"], {"temperature": 0.0, "do_sample": False}),
+        (["--do_sample", "false", "--temperature", "0.5"], {"temperature": 0.5, "do_sample": False}),
+        (["--max_new_tokens", "4", "--top_k", "0", "--top_p", "0.9"], {"max_new_tokens": 4, "top_k": 0, "top_p": 0.9}),
+    ],
+)
+def test_only_given_flags_override(flags: list[str], expected: dict) -> None:
+    base = GenerationSettings(max_new_tokens=None, max_length=99, do_sample=True, temperature=0.3, top_k=7)
+    chosen = base.with_requests(**overrides(parse(BASE + flags)))
+    untouched = {"max_new_tokens": None, "do_sample": True, "temperature": 0.3, "top_p": 1.0, "top_k": 7}
+    assert {k: getattr(chosen, k) for k in untouched} == {**untouched, **expected}
+
+
+def test_empty_answer_is_never_a_blank_line() -> None:
+    assert shown_answer("red") == "red"
+    assert shown_answer("").startswith('answer: ""  (') and "more training" in shown_answer("")
