@@ -11,6 +11,7 @@ import paddleformers.trainer.trainer as _pf_trainer
 from paddleformers.trainer import Trainer
 
 from paddlemix.datasets.collator import REAL_TOKENS, SAMPLE_IDS
+from paddlemix.peft.lora import save_adapter
 from paddlemix.trainer.chunked_loss import lm_loss_without_full_logits
 from paddlemix.utils import checkpoints
 from paddlemix.utils.errors import UserError
@@ -74,11 +75,14 @@ class MIXTrainer(Trainer):
         )
 
     def _rotate_checkpoints(self, use_mtime: bool = False, output_dir: str | None = None) -> None:
-        """Called once the checkpoint of this step is on disk: mark it complete first, then rotate among complete
-        checkpoints only, so neither a kill during a save nor `save_total_limit` can remove the last good one."""
+        """Called once the checkpoint of this step is on disk: add the LoRA adapter in PEFT format (so any
+        checkpoint loads in PEFT, vLLM or as `lora_path`), mark it complete, then rotate among complete checkpoints
+        only, so neither a kill during a save nor `save_total_limit` can remove the last good one."""
         folder = Path(output_dir or self.args.output_dir)
         current = folder / f"checkpoint-{self.state.global_step}"
         if current.is_dir():
+            if hasattr(self.model, "lora_spec"):
+                save_adapter(self.model, current)
             checkpoints.mark_complete(current, self.state.global_step)
             checkpoints.prune(folder, self.args.save_total_limit)
 
