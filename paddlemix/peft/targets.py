@@ -7,7 +7,9 @@ What users bring, and what each means here (PEFT's rules where PEFT has one):
 - a regex (any target with regex characters, e.g. `.*down_proj.*`, PaddleMIX's `model.layers.*q_proj.*` or
   `llama.layer.*q_proj.*`): matched in full (PEFT's rule for a string) against the module path in transformers 4.57's
   in-memory model (`model.language_model.layers.0.self_attn.q_proj`) and against the older spellings of the same
-  language-model layer (`model.layers.0...`, `llama.layers.0...`, `language_model.model.layers.0...`).
+  language-model layer (`model.layers.0...`, `llama.layers.0...`, `language_model.model.layers.0...`);
+- paddleformers' fused names (`qkv_proj`, `up_gate_proj`, as this toolkit's earlier argument files used them):
+  all the Hugging Face layers they hold.
 
 Scope: a target reaches the language model only, unless its text names another part of the model (`visual`,
 `vision_tower`, `multi_modal_projector`: the second component of the family's module-group globs) or it matches
@@ -26,7 +28,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
-from paddlemix.models.hf_layout import is_linear_weight
+from paddlemix.models.hf_layout import FUSED_LAYERS, is_linear_weight
 from paddlemix.utils.errors import UserError
 
 ALL_LINEAR = ("all-linear", "all")
@@ -83,19 +85,21 @@ def is_regex(target: str) -> bool:
     return bool(_REGEX_CHARS.search(target))
 
 
-def _aliases(path: str, lm_prefix: str) -> list[str]:
-    if path.startswith(lm_prefix):
-        return [path] + [alias + path[len(lm_prefix) :] for alias in LM_ALIASES]
-    return [path, path.removeprefix("model.")]
+def _spellings(path: str, lm_prefix: str) -> list[str]:
+    """The names a target may use for one module: its path, the fused layer holding it (`qkv_proj` for q/k/v,
+    `up_gate_proj` for gate/up: this toolkit's earlier argument files), and the older language-model prefixes."""
+    if not path.startswith(lm_prefix):
+        return [path, path.removeprefix("model.")]
+    parent, _, leaf = path.rpartition(".")
+    paths = [path] + [f"{parent}.{fused}" for fused, parts in FUSED_LAYERS.items() if leaf in parts]
+    return paths + [alias + p[len(lm_prefix) :] for p in paths for alias in LM_ALIASES]
 
 
 def _matches(target: str, path: str, lm_prefix: str) -> bool:
+    names = _spellings(path, lm_prefix)
     if is_regex(target):
-        try:
-            return any(re.fullmatch(target, alias) for alias in _aliases(path, lm_prefix))
-        except re.error:
-            return False
-    return path == target or path.endswith("." + target)
+        return any(re.fullmatch(target, name) for name in names)
+    return any(name == target or name.endswith("." + target) for name in names)
 
 
 def resolve_targets(

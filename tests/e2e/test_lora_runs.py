@@ -26,7 +26,9 @@ def test_killed_q_v_run_resumes_to_the_same_adapter(workspace: Path, run_tool, k
     run_tool("supervised_finetune.py", str(CONFIG), *QV, "--output_dir", "straight", cwd=workspace)
     straight = workspace / "straight"
     weights = load_safetensors(straight / "adapter_model.safetensors")
-    assert set(weights) == {f"{PREFIX}{i}.self_attn.{p}.lora_{m}.weight" for i in range(2) for p in "qv" for m in "AB"}
+    assert set(weights) == {
+        f"{PREFIX}{i}.self_attn.{p}.lora_{m}.weight" for i in range(2) for p in ("q_proj", "v_proj") for m in "AB"
+    }
     checkpoint = straight / "checkpoint-6"
     assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in checkpoint.iterdir()}
     np.testing.assert_array_equal(load_safetensors(checkpoint / "adapter_model.safetensors")[next(iter(weights))],

@@ -120,6 +120,25 @@ def test_save_writes_peft_format_and_reload_matches(tiny_model_dir: Path, tmp_pa
     np.testing.assert_allclose(logits(reloaded, batch(3)), expected, atol=1e-6)
 
 
+def test_adapter_under_older_transformers_names_loads(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """PEFT adapters trained with transformers < 4.52 name Qwen2.5-VL's layers `model.layers.N` and `visual.*`."""
+    from paddlemix.utils.io import save_safetensors
+
+    model = lora_model(tiny_model_dir, ["q_proj", "model.visual.*qkv"])
+    perturb(model)
+    expected = logits(model, batch(2))
+    save_adapter(model, tmp_path)
+    weights = load_safetensors(tmp_path / "adapter_model.safetensors")
+    old = {
+        k.replace("model.model.language_model.", "model.model.").replace("model.model.visual.", "model.visual."): v
+        for k, v in weights.items()
+    }
+    assert any(".model.layers.0." in k for k in old) and any("base_model.model.visual." in k for k in old)
+    save_safetensors(old, tmp_path / "adapter_model.safetensors")
+    reloaded = load_adapter(AutoModelMIX.from_pretrained(tiny_model_dir), tmp_path)
+    np.testing.assert_allclose(logits(reloaded, batch(2)), expected, atol=1e-6)
+
+
 def test_modules_to_save_round_trip_in_torch_layout(tiny_model_dir: Path, tmp_path: Path) -> None:
     model = lora_model(tiny_model_dir, ["o_proj"], modules_to_save=["model.visual.merger"])
     assert not model.model.visual.merger.mlp[0].weight.stop_gradient

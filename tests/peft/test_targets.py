@@ -56,6 +56,11 @@ def lm(*names: str, layers=range(3)) -> list[str]:
         (["llama.layer.*q_proj.*"], lm("q_proj")),  # PaddleMIX's LLaVA names
         ([r"model\.language_model\.layers\.1\.self_attn\.(q_proj|v_proj)"], lm("q_proj", "v_proj", layers=[1])),
         (["self_attn.o_proj", "mlp.gate_proj"], lm("o_proj", "gate_proj")),
+        (["qkv_proj", "up_gate_proj"], lm("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")),  # fused names
+        (
+            [r"model\.language_model\.layers\.\d+\.self_attn\.(qkv_proj|o_proj)"],
+            lm("q_proj", "k_proj", "v_proj", "o_proj"),
+        ),
         (["qkv"], ["model.visual.blocks.0.attn.qkv", "model.visual.blocks.1.attn.qkv"]),  # vision-only name
         (["model.visual.*down_proj"], ["model.visual.blocks.0.mlp.down_proj", "model.visual.blocks.1.mlp.down_proj"]),
         (["visual.merger.mlp.0"], ["model.visual.merger.mlp.0"]),
