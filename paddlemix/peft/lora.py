@@ -19,7 +19,16 @@ from typing import Any
 import numpy as np
 
 from paddlemix.models.hf_layout import FUSED_LAYERS, fused_columns, is_linear_weight
-from paddlemix.peft.peft_format import ADAPTER_WEIGHTS, PeftAdapter, merge_lora, read_adapter, write_adapter
+from paddlemix.peft.peft_format import (
+    ADAPTER_WEIGHTS,
+    LORA_A,
+    LORA_B,
+    PREFIX,
+    PeftAdapter,
+    merge_lora,
+    read_adapter,
+    write_adapter,
+)
 from paddlemix.peft.targets import checkpoint_shapes, linear_modules, peft_target_regex, resolve_targets
 from paddlemix.utils.errors import UserError
 from paddlemix.utils.io import to_numpy
@@ -220,8 +229,6 @@ def to_peft(model: Any) -> PeftAdapter:
 
 def adapter_state_dict(model: Any) -> dict[str, np.ndarray]:
     """The adapter tensors exactly as `save_adapter` writes them (PEFT keys, torch layout)."""
-    from paddlemix.peft.peft_format import LORA_A, LORA_B, PREFIX
-
     adapter = to_peft(model)
     out = {PREFIX + m + LORA_A: a for m, a in adapter.lora_A.items()}
     out.update({PREFIX + m + LORA_B: b for m, b in adapter.lora_B.items()})
