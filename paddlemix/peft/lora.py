@@ -29,7 +29,7 @@ from paddlemix.peft.peft_format import (
     read_adapter,
     write_adapter,
 )
-from paddlemix.peft.targets import checkpoint_shapes, linear_modules, peft_target_regex, resolve_targets
+from paddlemix.peft.targets import checkpoint_shapes, linear_modules, peft_target_modules, resolve_targets
 from paddlemix.utils.errors import UserError
 from paddlemix.utils.io import to_numpy
 
@@ -53,7 +53,7 @@ __all__ = [
 @dataclass(frozen=True)
 class LoraSpec:
     """What `apply_lora` put on a model: adapted modules (in-memory paths), fully trained modules, hyper-parameters,
-    and the exact PEFT `target_modules` regex for these modules."""
+    and PEFT's `target_modules` selecting exactly these modules (names, or a regex)."""
 
     modules: tuple[str, ...]
     rank: int
@@ -61,7 +61,7 @@ class LoraSpec:
     dropout: float = 0.0
     use_rslora: bool = False
     modules_to_save: tuple[str, ...] = ()
-    target_modules: str = ""
+    target_modules: str | list[str] = ""
     base_model_name_or_path: str | None = None
 
 
@@ -182,7 +182,7 @@ def apply_lora(
     all_linear = _all_linear(model)
     model.lora_spec = LoraSpec(
         tuple(sorted(modules)), rank, alpha, dropout, use_rslora, saved,
-        peft_target_regex(sorted(modules), all_linear), base_model_name_or_path,
+        peft_target_modules(sorted(modules), all_linear), base_model_name_or_path,
     )  # fmt: skip
     logger.info("LoRA r=%d alpha=%s on %d modules, e.g. %s", rank, alpha, len(modules), ", ".join(sorted(modules)[:3]))
     return model

@@ -148,6 +148,15 @@ def example_names(modules: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(m.rsplit(".", 1)[-1] for m in modules))
 
 
+def peft_target_modules(chosen: Sequence[str], modules: Sequence[str]) -> str | list[str]:
+    """PEFT's `target_modules` for exactly `chosen` among `modules`: the list of layer names (`["q_proj", "v_proj"]`,
+    the form most tools write and read) when PEFT's suffix rule selects exactly `chosen`, else `peft_target_regex`."""
+    names = sorted({m.rsplit(".", 1)[-1] for m in chosen})
+    if {m for m in modules if m.rsplit(".", 1)[-1] in names} == set(chosen):
+        return names
+    return peft_target_regex(chosen, modules)
+
+
 def peft_target_regex(chosen: Sequence[str], modules: Sequence[str]) -> str:
     """A regex that PEFT's `re.fullmatch(target_modules, key)` makes select exactly `chosen` among `modules`.
 

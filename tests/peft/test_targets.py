@@ -13,7 +13,13 @@ from paddlemix import arguments
 from paddlemix.models import adapter_for
 from paddlemix.models.adapter import ModelAdapter
 from paddlemix.peft.lora import lora_modules
-from paddlemix.peft.targets import checkpoint_shapes, linear_modules, peft_target_regex, resolve_targets
+from paddlemix.peft.targets import (
+    checkpoint_shapes,
+    linear_modules,
+    peft_target_modules,
+    peft_target_regex,
+    resolve_targets,
+)
 from paddlemix.trainer.sft import build_model
 from paddlemix.utils.errors import UserError
 from paddlemix.utils.io import save_safetensors
@@ -91,6 +97,18 @@ def test_peft_regex_selects_exactly_the_chosen_modules(chosen: list[str]) -> Non
     pattern = peft_target_regex(chosen, QWEN_MODULES)
     # PEFT's rule for a string target: re.fullmatch against each module path.
     assert [m for m in QWEN_MODULES if re.fullmatch(pattern, m)] == sorted(chosen)
+
+
+@pytest.mark.parametrize(
+    "chosen, expected",
+    [
+        (lm("q_proj", "v_proj"), ["q_proj", "v_proj"]),  # PEFT's suffix rule is exact here
+        (lm("down_proj"), r"(model\.language_model\.layers\.\d+\.mlp\.down_proj)"),  # the vision blocks have one too
+        (lm("q_proj", layers=[1]), r"(model\.language_model\.layers\.1\.self_attn\.q_proj)"),
+    ],
+)
+def test_peft_target_modules_is_a_list_only_when_exact(chosen: list[str], expected) -> None:
+    assert peft_target_modules(chosen, QWEN_MODULES) == expected
 
 
 def test_regex_collapses_layer_numbers_when_every_layer_is_chosen() -> None:
