@@ -127,6 +127,20 @@ def check_tensor_parallel(degree: int) -> None:
         )
 
 
+def check_not_fully_trained(modules: Sequence[str], modules_to_save: Sequence[str]) -> None:
+    """A layer is either adapted by LoRA or trained fully (PEFT's modules_to_save), never both.
+
+    Raises:
+        UserError: a module lies inside a fully trained one.
+    """
+    both = sorted(m for m in modules if any(m.startswith(s + ".") for s in modules_to_save))
+    if both:
+        raise UserError(
+            f"LoRA targets {both[:3]} lie inside {sorted(modules_to_save)}, which this run trains fully; drop them "
+            'from "lora_target_modules", or set "freeze_projector"/"freeze_vision": true to adapt them with LoRA.'
+        )
+
+
 def apply_lora(
     model: Any,
     modules: Sequence[str],
@@ -149,13 +163,15 @@ def apply_lora(
     without touching the global random state.
 
     Raises:
-        UserError: tensor_parallel_degree > 1 (not supported with LoRA), or a module is not in the model.
+        UserError: tensor_parallel_degree > 1 (not supported with LoRA), a module is not in the model, or a module
+            is also inside `modules_to_save` (PEFT cannot hold both).
     """
     import paddle
 
     from paddlemix.peft.layers import LoRALinear
 
     check_tensor_parallel(tensor_parallel_degree)
+    check_not_fully_trained(modules, modules_to_save)
     config = base_model(model).config
     layers = dict(model.named_sublayers())
     placements = _placements(model, sorted(modules))

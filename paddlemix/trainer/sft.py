@@ -20,6 +20,7 @@ from paddlemix.peft.freeze import apply_freeze, freeze_plan, trainable_table
 from paddlemix.peft.lora import (
     apply_lora,
     base_model,
+    check_not_fully_trained,
     check_tensor_parallel,
     load_adapter,
     lora_modules,
@@ -104,18 +105,19 @@ def build_model(args: RunArgs, adapter: ModelAdapter) -> Any:
     """
     path = args.model.model_name_or_path
     lora, m = args.lora, args.model
+    switches = {"vision": m.freeze_vision, "projector": m.freeze_projector, "llm": m.freeze_llm}
+    plan = freeze_plan(adapter.module_groups, m.train_type, switches, lora.lora, m.freeze_include, m.freeze_exclude)
     modules = None
     if lora.lora and not lora.lora_path:
         modules = lora_modules(path, adapter, lora.lora_target_modules, f"{args.source_file}: ")
         check_tensor_parallel(max(args.training.tensor_model_parallel_size, 1))
+        check_not_fully_trained(modules, plan.modules_to_save)
     model = adapter.load_model(
         path,
         dtype=load_dtype(args.training),
         device=args.training.device,
         allow_pickle=args.model.allow_pickle_weights,
     )
-    switches = {"vision": m.freeze_vision, "projector": m.freeze_projector, "llm": m.freeze_llm}
-    plan = freeze_plan(adapter.module_groups, m.train_type, switches, lora.lora, m.freeze_include, m.freeze_exclude)
     logger.info("train_type %s: frozen groups %s", m.train_type or "(not set)", plan.frozen_groups or "none")
     if lora.lora_path:
         model = load_adapter(model, lora.lora_path, modules_to_save=plan.modules_to_save)

@@ -208,6 +208,11 @@ def test_dropout_is_active_only_in_training(tiny_model_dir: Path) -> None:
     assert np.abs(logits(model, batch()) - logits(model, batch())).max() > 1e-4
 
 
+def test_lora_inside_a_fully_trained_module_is_refused(tiny_model_dir: Path) -> None:
+    with pytest.raises(UserError, match="trains fully"):
+        lora_model(tiny_model_dir, ["q_proj", "model.visual.merger.*"], modules_to_save=["model.visual.merger"])
+
+
 def test_tensor_parallel_lora_is_refused(tiny_model_dir: Path) -> None:
     with pytest.raises(UserError, match="tensor_parallel_degree"):
         lora_model(tiny_model_dir, tensor_parallel_degree=2)
