@@ -57,3 +57,30 @@ def test_lora_path_continues_the_adapter(workspace: Path, run_tool) -> None:
     assert set(again) == set(adapter)
     for name, value in adapter.items():
         np.testing.assert_array_equal(again[name], value, err_msg=name)
+
+
+@pytest.mark.multiprocess
+def test_two_process_lora_matches_single_process(workspace: Path, shapes_data, run_tool) -> None:
+    """Data parallel through train.sh: 2 processes x 2 samples end with the adapter of 1 process x 4 samples."""
+    import os
+    import subprocess
+
+    from test_data_parallel import REPO, equal_label_data
+
+    data = equal_label_data(workspace, workspace / "tiny_qwen2_5_vl", shapes_data["train"])
+    common = [str(CONFIG), "--dataset", json.dumps({"train": [{"name": "chatml_dataset", "data_files": str(data)}]}),
+              "--do_eval", "false", "--evaluation_strategy", "no", "--max_steps", "3", "--dataloader_shuffle",
+              "false", "--save_steps", "100", "--warmup_ratio", "0", "--lora_target_modules", '["q_proj", "v_proj"]']  # fmt: skip
+    run_tool("supervised_finetune.py", *common, "--per_device_train_batch_size", "4", "--output_dir", "single",
+             cwd=workspace)  # fmt: skip
+    env = {**os.environ, "NPROC": "2", "PYTHON": str(Path(os.sys.executable))}
+    proc = subprocess.run(["sh", str(REPO / "paddlemix" / "tools" / "train.sh"), *common,
+                           "--per_device_train_batch_size", "2", "--output_dir", "dp"],
+                          cwd=workspace, env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    single = load_safetensors(workspace / "single" / "adapter_model.safetensors")
+    dp = load_safetensors(workspace / "dp" / "adapter_model.safetensors")
+    assert set(dp) == set(single)
+    for key in single:
+        assert np.abs(single[key]).max() > 0, key
+        np.testing.assert_allclose(dp[key], single[key], atol=2e-5, err_msg=key)
