@@ -33,6 +33,9 @@ def test_killed_q_v_run_resumes_to_the_same_adapter(workspace: Path, run_tool, k
     assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in checkpoint.iterdir()}
     np.testing.assert_array_equal(load_safetensors(checkpoint / "adapter_model.safetensors")[next(iter(weights))],
                                   weights[next(iter(weights))])  # fmt: skip
+    # the checkpoint's model state holds the trainable tensors only, not the frozen base
+    state_bytes = sum(p.stat().st_size for p in (checkpoint / "model_state").iterdir())
+    assert state_bytes < 0.1 * (workspace / "tiny_qwen2_5_vl" / "model.safetensors").stat().st_size
 
     args = [str(CONFIG), *QV, "--output_dir", "resumed"]
     marker = workspace / "resumed" / "checkpoint-2" / ".complete"
