@@ -75,7 +75,8 @@ class DataArgs:
 
 @dataclass(frozen=True)
 class LoraArgs:
-    """Low-rank adapters; `lora_target_modules` are regexes on parameter-owning layer names."""
+    """Low-rank adapters. `lora_target_modules`: module names (`q_proj`), `all-linear`, or regexes matched in full;
+    see paddlemix/peft/targets.py. `lora_path`: a Hugging Face PEFT adapter folder to continue."""
 
     lora: bool = False
     lora_rank: int = 8
@@ -83,6 +84,7 @@ class LoraArgs:
     lora_dropout: float = 0.0
     lora_target_modules: list[str] | None = None
     lora_path: str | None = None
+    rslora: bool = False
 
 
 @dataclass(frozen=True)
@@ -358,6 +360,17 @@ def validate(args: RunArgs, training: dict[str, Any], where: str) -> None:
         raise UserError(
             f'{where}: "freeze_llm": true leaves LoRA nothing to train (its adapters sit in the language model); '
             'set "lora": false to train only the vision tower or projector.'
+        )
+    if args.lora.lora and (args.lora.lora_rank < 1 or not 0 <= args.lora.lora_dropout < 1):
+        raise UserError(
+            f'{where}: "lora_rank" must be >= 1 and "lora_dropout" in [0, 1), got {args.lora.lora_rank} and '
+            f"{args.lora.lora_dropout}."
+        )
+    tp = max(training.get("tensor_model_parallel_size", 1) or 1, 1)
+    if args.lora.lora and tp > 1:
+        raise UserError(
+            f'{where}: "tensor_parallel_degree" = {tp} with "lora": true is not supported (the adapters are not split '
+            'across devices); set "tensor_parallel_degree": 1 and use data parallelism or sharding for LoRA runs.'
         )
     if args.lora.lora_path and not args.lora.lora:
         raise UserError(f'{where}: "lora_path" is set but "lora" is false; set "lora": true to continue an adapter.')

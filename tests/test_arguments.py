@@ -179,11 +179,13 @@ def test_parallel_strategy_is_handed_to_the_trainer() -> None:
     assert arguments.training_kwargs({"output_dir": "x"}, arguments.RuntimeArgs(device="cpu"), False)["sharding"] == ""
 
 
-def test_lora_gets_the_tensor_parallel_degree(tiny_model_dir) -> None:
+def test_lora_runs_only_without_tensor_parallelism(tiny_model_dir) -> None:
     from paddlemix.auto import AutoModelMIX
     from paddlemix.models import adapter_for
-    from paddlemix.peft.lora import apply_lora
+    from paddlemix.peft.lora import apply_lora, lora_modules
 
-    model = apply_lora(AutoModelMIX.from_pretrained(tiny_model_dir), adapter_for(tiny_model_dir).lora_targets, 4, 8,
-                       tensor_parallel_degree=1)  # fmt: skip
-    assert model.lora_config.tensor_model_parallel_size == 1
+    modules = lora_modules(tiny_model_dir, adapter_for(tiny_model_dir), None)
+    model = apply_lora(AutoModelMIX.from_pretrained(tiny_model_dir), modules, 4, 8, tensor_parallel_degree=1)
+    assert model.lora_spec.modules == tuple(modules)
+    with pytest.raises(UserError, match='"tensor_parallel_degree" = 2'):
+        apply_lora(AutoModelMIX.from_pretrained(tiny_model_dir), modules, 4, 8, tensor_parallel_degree=2)

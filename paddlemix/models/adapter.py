@@ -70,9 +70,9 @@ class ModelAdapter:
     weights_loader: Literal["paddleformers", "import_state_dict"] = "paddleformers"
     # (merge size, extra tokens per image) of a loaded processor: visual tokens = t*h*w / merge^2 + extra.
     image_token_layout: Callable[[Any], tuple[int, int]] = merged_patch_tokens
-    # Checkpoint tensor name (any layout the family reads) -> transformers 4.57's in-memory name, which PEFT
-    # adapters use (`model.language_model.layers.0.self_attn.q_proj.weight`); pairs adapters with base tensors.
-    canonical_name: Callable[[str], str] = str
+    # Checkpoint tensor name -> this model's parameter name, which is also transformers 4.57's in-memory name of the
+    # unfused layers (LoRA targets are resolved on these before the model loads, and PEFT adapters use them).
+    parameter_name: Callable[[str], str] = lambda name: name
 
     def load_config(self, path: str | Path, device: str = "cpu") -> Any:
         config = import_object(self.config_class).from_pretrained(str(path))

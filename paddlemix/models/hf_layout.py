@@ -16,6 +16,11 @@ def _is_linear(name: str, value: np.ndarray) -> bool:
     return value.ndim == 2 and not name.endswith(_NOT_LINEAR)
 
 
+def is_linear_weight(name: str, shape: tuple[int, ...] | list[int]) -> bool:
+    """Whether a tensor of this name and shape is a Linear layer's weight (2-D, not an embedding or head table)."""
+    return len(shape) == 2 and name.endswith(".weight") and not name.endswith(_NOT_LINEAR)
+
+
 def _split_qkv(value: np.ndarray, heads: int, kv_heads: int, head_dim: int) -> tuple[np.ndarray, ...]:
     """Undo paddleformers' fused QKV: per KV group the last axis holds [q (group*head_dim) | k | v]."""
     group = heads // kv_heads
@@ -28,6 +33,34 @@ def _fuse_qkv(q: np.ndarray, k: np.ndarray, v: np.ndarray, kv_heads: int) -> np.
     """Inverse of `_split_qkv`: interleave per KV group as [q (group*head_dim) | k | v] on the last axis."""
     parts = zip(*(np.split(x, kv_heads, axis=-1) for x in (q, k, v)))
     return np.concatenate([np.concatenate(group, axis=-1) for group in parts], axis=-1)
+
+
+# Default LoRA targets of every family: each Linear of a decoder layer, as Hugging Face names them (the fused
+# Paddle layers are adapted per slice; see paddlemix/peft/targets.py for what else `lora_target_modules` accepts).
+LM_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+# paddleformers' fused language-model layers and the Hugging Face layers each one holds, in output order.
+FUSED_LAYERS: dict[str, tuple[str, ...]] = {
+    "qkv_proj": ("q_proj", "k_proj", "v_proj"),
+    "up_gate_proj": ("gate_proj", "up_proj"),
+}
+
+
+def fused_columns(fused: str, config: Any) -> dict[str, np.ndarray]:
+    """Which output columns of a fused layer belong to each Hugging Face layer: `{"q_proj": int64 array, ...}`.
+
+    Computed by running the layout code itself (`_split_qkv`, the gate/up split) on column numbers, so the slices
+    of LoRA and of checkpoint conversion cannot disagree. `fused` is a key of FUSED_LAYERS.
+    """
+    text = config.text_config
+    heads, kv_heads = text.num_attention_heads, text.num_key_value_heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    if fused == "qkv_proj":
+        columns = np.arange((heads + 2 * kv_heads) * head_dim)[None]
+        parts = _split_qkv(columns, heads, kv_heads, head_dim)
+    else:
+        parts = np.split(np.arange(2 * text.intermediate_size)[None], 2, axis=-1)
+    return {name: part[0].astype("int64") for name, part in zip(FUSED_LAYERS[fused], parts)}
 
 
 def to_hf_layout(state: dict[str, np.ndarray], config: Any, rename: Callable[[str], str]) -> dict[str, np.ndarray]:

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from paddlemix.models.adapter import ModelAdapter
-from paddlemix.models.hf_layout import to_hf_layout
+from paddlemix.models.hf_layout import LM_LORA_TARGETS, to_hf_layout
 from paddlemix.models.qwen_vl_common import SHARED_ADAPTER_FIELDS, mrope_positions
 
 
@@ -37,10 +37,7 @@ ADAPTER = ModelAdapter(
     config_class="paddleformers.transformers:Qwen2_5_VLConfig",
     model_class="paddleformers.transformers:Qwen2_5_VLForConditionalGeneration",
     processor_class="paddleformers.transformers:Qwen2_5_VLProcessor",
-    lora_targets=(
-        r"model\.language_model\.layers\.\d+\.self_attn\.(qkv_proj|o_proj)",
-        r"model\.language_model\.layers\.\d+\.mlp\.(up_gate_proj|down_proj)",
-    ),
+    lora_targets=LM_LORA_TARGETS,
     module_groups={
         "vision": ("model.visual.patch_embed.*", "model.visual.blocks.*"),
         "projector": ("model.visual.merger.*",),

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from paddlemix.models.adapter import ModelAdapter
-from paddlemix.models.hf_layout import to_hf_layout
+from paddlemix.models.hf_layout import LM_LORA_TARGETS, to_hf_layout
 from paddlemix.models.qwen_vl_common import SHARED_ADAPTER_FIELDS, mrope_positions
 
 _PADDLEFORMERS = "paddleformers.transformers.qwen3_vl"
@@ -36,10 +36,7 @@ ADAPTER = ModelAdapter(
     config_class=f"{_PADDLEFORMERS}:Qwen3VLConfig",
     model_class=f"{_PADDLEFORMERS}:Qwen3VLForConditionalGenerationDeprecated",
     processor_class=f"{_PADDLEFORMERS}:Qwen3VLProcessor",
-    lora_targets=(
-        r"model\.language_model\.layers\.\d+\.self_attn\.(qkv_proj|o_proj)",
-        r"model\.language_model\.layers\.\d+\.mlp\.(up_gate_proj|down_proj)",
-    ),
+    lora_targets=LM_LORA_TARGETS,
     module_groups={
         "vision": ("model.visual.patch_embed.*", "model.visual.pos_embed.*", "model.visual.blocks.*"),
         # Both the final merger and the DeepStack mergers map vision features into the language model's space.

@@ -66,6 +66,6 @@ SHARED_ADAPTER_FIELDS: dict[str, Any] = {
     "image_token": "<|image_pad|>",
     "prepare_config": prepare_config,
     "import_state_dict": from_hf_state_dict,
-    "canonical_name": paddle_name,
+    "parameter_name": paddle_name,
     "image_grid": image_grid,
 }

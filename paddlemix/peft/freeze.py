@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fnmatch import fnmatchcase, translate
 from typing import Any
 
@@ -42,6 +42,8 @@ class FreezePlan:
     exclude: list[str]
     lora_trainable: list[str]
     frozen_groups: list[str]
+    # The same fully trained groups as module paths (`model.multi_modal_projector`), PEFT's `modules_to_save`.
+    modules_to_save: list[str] = field(default_factory=list)
 
 
 def freeze_plan(
@@ -62,7 +64,8 @@ def freeze_plan(
     frozen_groups = [g for g in GROUPS if frozen[g]]
     if lora:
         trained = [p for g in GROUPS if g != "llm" and not frozen[g] for p in groups[g]]
-        return FreezePlan(list(include), list(exclude), [translate(p) for p in trained], frozen_groups)
+        modules = [p.removesuffix(".*") for p in trained]
+        return FreezePlan(list(include), list(exclude), [translate(p) for p in trained], frozen_groups, modules)
     by_group = [p for g in frozen_groups for p in groups[g]]
     return FreezePlan([*by_group, *include], list(exclude), [], frozen_groups)
 

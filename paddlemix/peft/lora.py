@@ -1,139 +1,350 @@
-"""LoRA through paddleformers' LoRAModel: apply, save and load adapters as safetensors, merge as a pure function.
+"""LoRA on a Paddle model: resolve targets before loading, apply, save and load adapters in Hugging Face PEFT format,
+merge.
 
-An adapter folder holds `adapter_model.safetensors` (LoRA A/B matrices plus any fully trained modules, under the
-model's parameter names), `lora_config.json`, and the run's `run_args.json` naming the base model.
+Adapters live in the model itself as `LoRALinear` layers (paddlemix.peft.layers, which says why paddleformers'
+LoRAModel is not used); `model.lora_spec` records what was applied. Module paths everywhere are transformers 4.57's
+in-memory names of the unfused layers (`model.language_model.layers.0.self_attn.q_proj`), which is what PEFT files
+carry; `apply_lora` places each on the Paddle layer that holds it (itself, or the q/k/v or gate/up slice of a fused
+layer).
 """
 
 from __future__ import annotations
 
 import logging
-import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from paddlemix.models.hf_layout import FUSED_LAYERS, fused_columns, is_linear_weight
+from paddlemix.peft.peft_format import (
+    ADAPTER_WEIGHTS,
+    LORA_A,
+    LORA_B,
+    PREFIX,
+    PeftAdapter,
+    merge_lora,
+    read_adapter,
+    write_adapter,
+)
+from paddlemix.peft.targets import checkpoint_shapes, linear_modules, peft_target_modules, resolve_targets
 from paddlemix.utils.errors import UserError
-from paddlemix.utils.io import load_safetensors, save_safetensors, to_numpy
+from paddlemix.utils.io import to_numpy
 
 logger = logging.getLogger(__name__)
 
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-LORA_CONFIG = "lora_config.json"
+__all__ = [
+    "ADAPTER_WEIGHTS",
+    "LoraSpec",
+    "adapter_state_dict",
+    "apply_lora",
+    "base_model",
+    "load_adapter",
+    "lora_modules",
+    "fold_adapter",
+    "merge_lora",
+    "save_adapter",
+]
 
 
-def layer_names(model: Any) -> list[str]:
-    return [name for name, _ in model.named_sublayers()]
+@dataclass(frozen=True)
+class LoraSpec:
+    """What `apply_lora` put on a model: adapted modules (in-memory paths), fully trained modules, hyper-parameters,
+    and PEFT's `target_modules` selecting exactly these modules (names, or a regex)."""
+
+    modules: tuple[str, ...]
+    rank: int
+    alpha: float
+    dropout: float = 0.0
+    use_rslora: bool = False
+    modules_to_save: tuple[str, ...] = ()
+    target_modules: str | list[str] = ""
+    base_model_name_or_path: str | None = None
+
+
+def lora_modules(model_dir: str | Path, family: Any, targets: Sequence[str] | None, where: str = "") -> list[str]:
+    """The module paths that `targets` (or the family's default `lora_targets`) select in the checkpoint at
+    `model_dir`, from the safetensors headers alone, so a bad target fails before any weight is read.
+
+    Raises:
+        UserError: see `paddlemix.peft.targets.resolve_targets`.
+    """
+    modules = linear_modules(checkpoint_shapes(model_dir), family.parameter_name)
+    return resolve_targets(list(targets or family.lora_targets), modules, family.module_groups, where)
+
+
+def _all_linear(model: Any) -> list[str]:
+    """The unfused in-memory paths of every Linear of a loaded model (fused layers counted as their parts)."""
+    import paddle
+
+    out = []
+    for name, layer in model.named_sublayers():
+        if not isinstance(layer, paddle.nn.Linear | _lora_layer_class()):
+            continue
+        parent, _, leaf = name.rpartition(".")
+        out.extend(f"{parent}.{part}" for part in FUSED_LAYERS.get(leaf, (leaf,)))
+    return sorted(out)
+
+
+def _lora_layer_class() -> type:
+    from paddlemix.peft.layers import LoRALinear
+
+    return LoRALinear
+
+
+def _placements(model: Any, modules: Sequence[str]) -> dict[str, dict[str, str]]:
+    """Paddle layer path -> {part name: module path} for each module, found as itself or inside a fused layer."""
+    import paddle
+
+    layers = dict(model.named_sublayers())
+    placed: dict[str, dict[str, str]] = {}
+    for module in modules:
+        parent, _, leaf = module.rpartition(".")
+        fused = next((f for f, parts in FUSED_LAYERS.items() if leaf in parts and f"{parent}.{f}" in layers), None)
+        path = module if module in layers else f"{parent}.{fused}" if fused else None
+        if path is None or not isinstance(layers[path], paddle.nn.Linear):
+            raise UserError(
+                f"LoRA target {module} is not a Linear layer of this model (examples of its layers: "
+                f"{', '.join(_all_linear(model)[:4])}); the adapter was made for another model."
+            )
+        placed.setdefault(path, {})[leaf] = module
+    return placed
+
+
+def check_tensor_parallel(degree: int) -> None:
+    """LoRA layers here are not split across tensor-parallel ranks, so a LoRA run must keep degree 1.
+
+    Raises:
+        UserError: degree > 1.
+    """
+    if degree > 1:
+        raise UserError(
+            f'"tensor_parallel_degree" = {degree} with "lora": true is not supported (the adapters are not split '
+            'across devices); set "tensor_parallel_degree": 1 and use data parallelism or sharding for LoRA runs.'
+        )
+
+
+def check_not_fully_trained(modules: Sequence[str], modules_to_save: Sequence[str]) -> None:
+    """A layer is either adapted by LoRA or trained fully (PEFT's modules_to_save), never both.
+
+    Raises:
+        UserError: a module lies inside a fully trained one.
+    """
+    both = sorted(m for m in modules if any(m.startswith(s + ".") for s in modules_to_save))
+    if both:
+        raise UserError(
+            f"LoRA targets {both[:3]} lie inside {sorted(modules_to_save)}, which this run trains fully; drop them "
+            'from "lora_target_modules", or set "freeze_projector"/"freeze_vision": true to adapt them with LoRA.'
+        )
 
 
 def apply_lora(
     model: Any,
-    targets: Sequence[str],
+    modules: Sequence[str],
     rank: int,
-    alpha: int,
+    alpha: float,
     dropout: float = 0.0,
-    trainable_modules: Sequence[str] = (),
+    modules_to_save: Sequence[str] = (),
     tensor_parallel_degree: int = 1,
+    seed: int = 42,
+    use_rslora: bool = False,
+    base_model_name_or_path: str | None = None,
 ) -> Any:
-    """Wrap `model` in a LoRAModel on the layers whose names fully match one of `targets` (regexes)."""
-    from paddleformers.peft import LoRAConfig, LoRAModel
+    """Put LoRA adapters on `modules` (in-memory paths, e.g. from `lora_modules`) of `model`, in place, and make only
+    the adapters and the parameters of `modules_to_save` (module paths such as `model.multi_modal_projector`)
+    trainable. Returns `model`, with `model.lora_spec` set.
 
-    names = layer_names(model)
-    for pattern in targets:
-        if not any(re.fullmatch(pattern, n) for n in names):
-            linear = [n for n in names if n.endswith(("proj", "qkv", "fc1", "fc2"))][:6]
-            raise UserError(
-                f'"lora_target_modules" pattern {pattern!r} matches no layer of this model. Patterns must match whole '
-                f"layer names, such as {', '.join(linear)}."
-            )
-    config = LoRAConfig(
-        target_modules=list(targets),
-        trainable_modules=list(trainable_modules) or None,
-        r=rank,
-        lora_alpha=alpha,
-        lora_dropout=dropout,
-        tensor_model_parallel_size=tensor_parallel_degree,
-    )
-    return LoRAModel(model, config)
+    Init follows PEFT: A ~ U(-1/sqrt(in), 1/sqrt(in)) (kaiming-uniform with a = sqrt(5)), B = 0, so a fresh adapter
+    changes nothing. A is drawn by paddle's uniform op with an explicit seed derived from `seed` and the
+    adapter's position in sorted module order: the same seed and targets give the same adapter on any device,
+    without touching the global random state.
+
+    Raises:
+        UserError: tensor_parallel_degree > 1 (not supported with LoRA), a module is not in the model, or a module
+            is also inside `modules_to_save` (PEFT cannot hold both).
+    """
+    import paddle
+
+    from paddlemix.peft.layers import LoRALinear
+
+    check_tensor_parallel(tensor_parallel_degree)
+    check_not_fully_trained(modules, modules_to_save)
+    config = base_model(model).config
+    layers = dict(model.named_sublayers())
+    placements = _placements(model, sorted(modules))
+    for param in model.parameters():
+        param.stop_gradient = True
+    draw = 0
+    for path, parts in sorted(placements.items()):
+        parent_path, _, leaf = path.rpartition(".")
+        columns = fused_columns(leaf, config) if leaf in FUSED_LAYERS else None
+        order = FUSED_LAYERS.get(leaf, (leaf,))
+        cols = {p: columns[p] if columns else np.arange(layers[path].weight.shape[1]) for p in order if p in parts}
+        layer = LoRALinear(layers[path], cols, rank, alpha, dropout, use_rslora)
+        layer.part_modules = {p: parts[p] for p in cols}
+        bound = 1.0 / float(np.sqrt(layer.weight.shape[0]))
+        for p in layer.parts:
+            draw += 1
+            a = layer.lora_A[p]
+            a.set_value(paddle.uniform(a.shape, "float32", -bound, bound, seed=_seed(seed, draw)).astype(a.dtype))
+        layers[parent_path]._sub_layers[leaf] = layer
+    saved = tuple(sorted(modules_to_save))
+    for name, param in model.named_parameters():
+        if ".lora_A." in name or ".lora_B." in name or any(name.startswith(m + ".") for m in saved):
+            param.stop_gradient = False
+    all_linear = _all_linear(model)
+    model.lora_spec = LoraSpec(
+        tuple(sorted(modules)), rank, alpha, dropout, use_rslora, saved,
+        peft_target_modules(sorted(modules), all_linear), base_model_name_or_path,
+    )  # fmt: skip
+    logger.info("LoRA r=%d alpha=%s on %d modules, e.g. %s", rank, alpha, len(modules), ", ".join(sorted(modules)[:3]))
+    return model
+
+
+def _seed(seed: int, draw: int) -> int:
+    """A non-zero int32 op seed for the `draw`-th adapter matrix of a run seeded with `seed` (0 means unseeded)."""
+    return (seed * 100_003 + draw) % (2**31 - 1) or 1
 
 
 def base_model(model: Any) -> Any:
-    """The wrapped model of a LoRAModel, or `model` itself."""
-    from paddleformers.peft import LoRAModel
-
-    return model.model if isinstance(model, LoRAModel) else model
+    """The model itself: adapters live inside it (kept for callers written for wrapped LoRA models)."""
+    return model
 
 
-def adapter_state_dict(lora_model: Any) -> dict[str, np.ndarray]:
-    """The trainable tensors of a LoRAModel (A/B matrices and fully trained modules) as numpy arrays."""
-    return {k: to_numpy(v) for k, v in lora_model.get_trainable_state_dict().items()}
+def lora_layers(model: Any) -> dict[str, Any]:
+    """Paddle layer path -> LoRALinear, for every adapted layer of `model`."""
+    cls = _lora_layer_class()
+    return {name: layer for name, layer in model.named_sublayers() if isinstance(layer, cls)}
 
 
-def save_adapter(lora_model: Any, folder: str | Path) -> None:
-    """Write the adapter weights and LoRA config into `folder`."""
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    save_safetensors(adapter_state_dict(lora_model), Path(folder) / ADAPTER_WEIGHTS)
-    lora_model.lora_config.save_pretrained(str(folder))
+def _torch_layout(name: str, value: np.ndarray) -> np.ndarray:
+    return value.T if is_linear_weight(name, value.shape) else value
 
 
-def load_adapter(model: Any, folder: str | Path) -> Any:
-    """Wrap `model` with the adapter saved in `folder` and load its weights strictly."""
-    from paddleformers.peft import LoRAConfig, LoRAModel
+def to_peft(model: Any) -> PeftAdapter:
+    """The model's adapter in PEFT's terms (torch layout, split per Hugging Face module)."""
+    spec: LoraSpec = model.lora_spec
+    lora_a, lora_b = {}, {}
+    for layer in lora_layers(model).values():
+        for part, module in layer.part_modules.items():
+            lora_a[module] = to_numpy(layer.lora_A[part]).T  # [r, in]
+            lora_b[module] = to_numpy(layer.lora_B[part]).T  # [out_part, r]
+    saved = {
+        name: _torch_layout(name, to_numpy(param))
+        for name, param in model.named_parameters()
+        if any(name.startswith(m + ".") for m in spec.modules_to_save)
+    }
+    return PeftAdapter(
+        lora_a, lora_b, saved, spec.rank, spec.alpha, spec.dropout, spec.use_rslora, spec.target_modules,
+        list(spec.modules_to_save), spec.base_model_name_or_path,
+    )  # fmt: skip
 
-    folder = Path(folder)
-    if not (folder / ADAPTER_WEIGHTS).is_file():
-        raise UserError(f"{folder} holds no LoRA adapter ({ADAPTER_WEIGHTS} is missing).")
-    lora_model = LoRAModel(model, LoRAConfig.from_pretrained(str(folder)))
-    weights = load_safetensors(folder / ADAPTER_WEIGHTS)
-    expected = set(lora_model.get_trainable_state_dict())
-    if set(weights) != expected:
-        missing, extra = sorted(expected - set(weights))[:3], sorted(set(weights) - expected)[:3]
-        raise UserError(f"adapter {folder} does not fit this model (missing {missing}, unexpected {extra}).")
-    state = lora_model.model.state_dict()
-    for name, value in weights.items():
-        state[name].set_value(value.astype(str(state[name].dtype).replace("paddle.", "")))
-    return lora_model
+
+def adapter_state_dict(model: Any) -> dict[str, np.ndarray]:
+    """The adapter tensors exactly as `save_adapter` writes them (PEFT keys, torch layout)."""
+    adapter = to_peft(model)
+    out = {PREFIX + m + LORA_A: a for m, a in adapter.lora_A.items()}
+    out.update({PREFIX + m + LORA_B: b for m, b in adapter.lora_B.items()})
+    out.update({PREFIX + n: v for n, v in adapter.saved.items()})
+    return out
 
 
-def merge_lora(base: dict[str, np.ndarray], adapter: dict[str, np.ndarray], scaling: float) -> dict[str, np.ndarray]:
-    """Fold an adapter into base weights: W + A @ B * scaling for each LoRA layer ([in, out] layout).
+def save_adapter(model: Any, folder: str | Path, base_model_name_or_path: str | None = None) -> None:
+    """Write the model's adapter into `folder` as adapter_config.json + adapter_model.safetensors (PEFT format)."""
+    adapter = to_peft(model)
+    if base_model_name_or_path is not None:
+        adapter = replace(adapter, base_model_name_or_path=str(base_model_name_or_path))
+    write_adapter(adapter, folder)
 
-    Fully trained modules stored in the adapter replace their base tensors. Returns a new dict with the base's keys.
+
+def _renamer(model: Any) -> Callable[[str], str]:
+    """The family's checkpoint-name -> parameter-name rule, so adapters saved against older transformers names
+    (`model.layers.0...` for Qwen2.5-VL, `language_model.model.layers.0...` for LLaVA) load too."""
+    from paddlemix.models import ADAPTERS
+
+    family = ADAPTERS.get(getattr(base_model(model).config, "model_type", None))
+    return family.parameter_name if family is not None else (lambda name: name)
+
+
+def load_adapter(model: Any, folder: str | Path, trainable: bool = True, modules_to_save: Sequence[str] = ()) -> Any:
+    """Apply the PEFT adapter in `folder` (ours or one made by PEFT elsewhere) to `model` and load its weights.
+
+    Every tensor of the file must find its place: LoRA matrices on the named modules (with shapes checked), other
+    tensors on parameters of the listed modules_to_save. `modules_to_save` adds fully trained modules (module
+    paths) for continued training. Returns `model` (adapters trainable unless `trainable` is False, for inference).
+
+    Raises:
+        UserError: the folder is not a PEFT LoRA adapter, or it does not fit this model.
     """
-    merged = dict(base)
-    for name, value in adapter.items():
-        if name.endswith(".lora_A"):
-            layer = name[: -len(".lora_A")]
-            delta = value.astype("float32") @ adapter[layer + ".lora_B"].astype("float32") * scaling
-            weight = base[layer + ".weight"]
-            merged[layer + ".weight"] = (weight.astype("float32") + delta).astype(weight.dtype)
-        elif not name.endswith(".lora_B"):
-            if name not in base:
-                raise KeyError(f"adapter tensor {name} has no counterpart in the base model")
-            merged[name] = value
-    return merged
+    import paddle
+
+    adapter = read_adapter(folder)
+    rename = _renamer(model)
+
+    def module_name(module: str) -> str:
+        return rename(module + ".weight")[: -len(".weight")]
+
+    lora_a = {module_name(m): v for m, v in adapter.lora_A.items()}
+    lora_b = {module_name(m): v for m, v in adapter.lora_B.items()}
+    saved = {rename(n): v for n, v in adapter.saved.items()}
+    params = dict(model.named_parameters())
+    unknown = sorted(n for n in saved if n not in params)
+    if unknown:
+        raise UserError(f"adapter {folder} does not fit this model: it holds {unknown[:3]}, which the model lacks.")
+    to_save = sorted({_owner(n, adapter.modules_to_save) for n in saved} | set(modules_to_save))
+    apply_lora(
+        model, sorted(lora_a), adapter.r, adapter.lora_alpha, adapter.lora_dropout, to_save,
+        use_rslora=adapter.use_rslora, base_model_name_or_path=adapter.base_model_name_or_path,
+    )  # fmt: skip
+    for layer in lora_layers(model).values():
+        for part, module in layer.part_modules.items():
+            for store, value in ((layer.lora_A[part], lora_a[module].T), (layer.lora_B[part], lora_b[module].T)):
+                if tuple(store.shape) != value.shape:
+                    raise UserError(
+                        f"adapter {folder}: {module} has LoRA shape {value.T.shape} (torch layout), this model "
+                        f"needs {tuple(store.shape[::-1])}; the adapter was made for another model."
+                    )
+                store.set_value(paddle.to_tensor(np.ascontiguousarray(value)).astype(store.dtype))
+    for name, value in saved.items():
+        param = params[name]
+        param.set_value(paddle.to_tensor(np.ascontiguousarray(_torch_layout(name, value))).astype(param.dtype))
+    if not trainable:
+        for param in model.parameters():
+            param.stop_gradient = True
+    logger.info("loaded adapter %s: %d LoRA modules, %d fully trained tensors", folder, len(lora_a), len(saved))
+    return model
 
 
-def merge_adapter_folder(base_dir: str | Path, lora_dir: str | Path, out_dir: str | Path) -> Path:
-    """Write base + adapter as one complete model folder (HF layout, safetensors) at `out_dir`, atomically."""
-    import json
+def _owner(name: str, modules_to_save: Sequence[str]) -> str:
+    """The module a fully trained tensor belongs to: its shortest enclosing module whose path is, or ends with "."
+    plus, an entry of the config's `modules_to_save` (PEFT's rule); else the tensor's own module."""
+    parts = name.split(".")
+    for end in range(1, len(parts)):
+        path = ".".join(parts[:end])
+        if any(path == m or path.endswith("." + m) for m in modules_to_save):
+            return path
+    return name.rpartition(".")[0]
 
-    from paddlemix.models import adapter_for
-    from paddlemix.utils.io import atomic_dir, copy_side_files
 
-    lora_dir = Path(lora_dir)
-    if not (lora_dir / LORA_CONFIG).is_file():
-        raise UserError(f"{lora_dir} holds no LoRA adapter ({LORA_CONFIG} is missing).")
-    config = json.loads((lora_dir / LORA_CONFIG).read_text(encoding="utf-8"))
-    scaling = config["lora_alpha"] / (np.sqrt(config["r"]) if config.get("rslora") else config["r"])
-    family = adapter_for(base_dir)
-    model = family.load_model(base_dir)
-    base = {k: to_numpy(v) for k, v in model.state_dict().items()}
-    merged = merge_lora(base, load_safetensors(lora_dir / ADAPTER_WEIGHTS), scaling)
-    with atomic_dir(out_dir) as tmp:
-        copy_side_files(base_dir, tmp)
-        copy_side_files(lora_dir, tmp)
-        save_safetensors(family.export_state_dict(merged, model.config), tmp / "model.safetensors")
-    logger.info("merged %s into %s -> %s", lora_dir, base_dir, out_dir)
-    return Path(out_dir)
+def fold_adapter(model: Any) -> Any:
+    """Fold every adapter into its Linear weight (W + scaling * scatter(A @ B)) and put the plain Linear layers back,
+    in place; the result has exactly the base model's parameter names. Returns `model`."""
+    import paddle
+
+    layers = dict(model.named_sublayers())
+    for path, layer in lora_layers(model).items():
+        parent_path, _, leaf = path.rpartition(".")
+        in_features, out_features = layer.weight.shape
+        plain = paddle.nn.Linear(in_features, out_features, bias_attr=layer.bias is not None)
+        with paddle.no_grad():
+            merged = layer.weight.astype("float32") + layer.delta_weight().astype("float32")
+            layer.weight.set_value(merged.astype(layer.weight.dtype))
+        plain.weight = layer.weight
+        if layer.bias is not None:
+            plain.bias = layer.bias
+        layers[parent_path]._sub_layers[leaf] = plain
+    if hasattr(model, "lora_spec"):
+        del model.lora_spec
+    return model

@@ -10,7 +10,7 @@ The base is read in its own Hugging Face layout (one `model.safetensors` or shar
 Fully trained tensors of the adapter (PEFT's `modules_to_save`) replace their base tensors; every other tensor is
 copied byte for byte. Only one slice of one tensor is in memory at a time besides the adapter, so the peak memory
 is the adapter plus a few tens of MB, whatever the size of the model. Adapter names are transformers' in-memory
-module names; each family's `canonical_name` maps checkpoint names onto them to pair the two.
+module names; each family's `parameter_name` maps checkpoint names onto them to pair the two.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def _check_config(config: dict[str, Any], where: Path) -> None:
         )
 
 
-def read_adapter(folder: str | Path, canonical_name: Callable[[str], str] | None = None) -> LoraAdapter:
+def read_adapter(folder: str | Path, parameter_name: Callable[[str], str] | None = None) -> LoraAdapter:
     """Read `adapter_config.json` and `adapter_model.safetensors` of a PEFT LoRA folder (any float dtype).
 
     Raises UserError when a file is missing, the config asks for something the merge cannot fold, or an A matrix
@@ -107,7 +107,7 @@ def read_adapter(folder: str | Path, canonical_name: Callable[[str], str] | None
     for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
         if not (folder / name).is_file():
             raise UserError(f"{folder} holds no PEFT LoRA adapter ({name} is missing).")
-    canonical_name = canonical_name or same_name
+    parameter_name = parameter_name or same_name
     config = read_json(folder / ADAPTER_CONFIG)
     _check_config(config, folder / ADAPTER_CONFIG)
     adapter = LoraAdapter(folder, config)
@@ -123,11 +123,11 @@ def read_adapter(folder: str | Path, canonical_name: Callable[[str], str] | None
                 )
             match = _LORA_KEY.match(name)
             if match is None:
-                canonical = canonical_name(name)
+                canonical = parameter_name(name)
                 adapter.replacements[canonical] = entry
                 adapter.source_names[canonical] = key
                 continue
-            module = canonical_name((match["module"] or match["emb"]) + ".weight").removesuffix(".weight")
+            module = parameter_name((match["module"] or match["emb"]) + ".weight").removesuffix(".weight")
             pairs.setdefault(module, {})[match["part"] or match["epart"]] = to_float32(
                 read_array(f, entry), entry.dtype
             )
@@ -180,12 +180,12 @@ def base_tensors(folder: str | Path) -> list[TensorEntry]:
     return entries
 
 
-def pair(adapter: LoraAdapter, entries: list[TensorEntry], canonical_name: Callable[[str], str]) -> dict[str, str]:
+def pair(adapter: LoraAdapter, entries: list[TensorEntry], parameter_name: Callable[[str], str]) -> dict[str, str]:
     """Base tensor name -> "delta:<module>" or "replace:<tensor>" for every tensor the adapter changes.
 
     Raises UserError naming the first adapter names that match no base tensor (every adapter tensor must be used).
     """
-    by_canonical = {canonical_name(e.name): e for e in entries}
+    by_canonical = {parameter_name(e.name): e for e in entries}
     actions: dict[str, str] = {}
     unmatched = []
     for module, (left, right, _) in adapter.deltas.items():
@@ -345,7 +345,7 @@ def merge_checkpoint(
     adapter_dir: str | Path,
     out_dir: str | Path,
     max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
-    canonical_name: Callable[[str], str] | None = None,
+    parameter_name: Callable[[str], str] | None = None,
     log: Callable[[str], None] = logger.info,
 ) -> Path:
     """Write base + LoRA adapter as a complete Hugging Face model folder at `out_dir`, atomically.
@@ -355,7 +355,7 @@ def merge_checkpoint(
         adapter_dir: a PEFT LoRA folder; its tokenizer, processor and chat template files override the base's.
         out_dir: the merged folder, replaced in one rename when complete; must lie outside both inputs.
         max_shard_size: bytes, or a size such as "500MB" / "5GB" (powers of 10) or "2GiB".
-        canonical_name: checkpoint name -> transformers' in-memory name; default: the family's `canonical_name`
+        parameter_name: checkpoint name -> transformers' in-memory name; default: the family's `parameter_name`
             (by config.json's model_type), or names unchanged for a model type without a family.
         log: receives one progress line per shard.
 
@@ -367,10 +367,10 @@ def merge_checkpoint(
     if not (base_dir / "config.json").is_file():
         raise UserError(f"{base_dir} is not a model folder (config.json is missing); pass the base model's folder.")
     limit = parse_size(max_shard_size)
-    canonical_name = canonical_name or _family_canonical_name(base_dir)
-    adapter = read_adapter(adapter_dir, canonical_name)
+    parameter_name = parameter_name or _family_parameter_name(base_dir)
+    adapter = read_adapter(adapter_dir, parameter_name)
     entries = base_tensors(base_dir)
-    actions = pair(adapter, entries, canonical_name)
+    actions = pair(adapter, entries, parameter_name)
     log(
         f"merging {len(adapter.deltas)} LoRA modules and {len(adapter.replacements)} fully trained tensors into "
         f"{len(entries)} tensors of {base_dir}"
@@ -392,22 +392,11 @@ def merge_adapter(
     max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
     log: Callable[[str], None] = logger.info,
 ) -> Path:
-    """`merge_checkpoint` for a PEFT adapter folder; a folder saved before the PEFT format (`lora_config.json`,
-    Paddle names) is merged the old way, through the Paddle model (float32, one file)."""
-    adapter_dir = Path(adapter_dir)
-    if (adapter_dir / ADAPTER_CONFIG).is_file() or not (adapter_dir / "lora_config.json").is_file():
-        return merge_checkpoint(base_dir, adapter_dir, out_dir, max_shard_size, log=log)
-    import paddle
-
-    from paddlemix.peft.lora import merge_adapter_folder
-
-    check_output_path(Path(out_dir), Path(base_dir), adapter_dir)
-    log(f"{adapter_dir} holds an adapter of the earlier format (lora_config.json): merging through the Paddle model")
-    paddle.set_device("cpu")
-    return merge_adapter_folder(base_dir, adapter_dir, out_dir)
+    """`merge_checkpoint` under the name the tools and tests use."""
+    return merge_checkpoint(base_dir, adapter_dir, out_dir, max_shard_size, log=log)
 
 
-def _family_canonical_name(base_dir: Path) -> Callable[[str], str]:
+def _family_parameter_name(base_dir: Path) -> Callable[[str], str]:
     from paddlemix.models import ADAPTERS
 
     model_type = read_json(base_dir / "config.json").get("model_type")
@@ -415,7 +404,7 @@ def _family_canonical_name(base_dir: Path) -> Callable[[str], str]:
     if family is None:
         logger.info("model_type %r has no family here: adapter names must equal checkpoint names", model_type)
         return same_name
-    return family.canonical_name
+    return family.parameter_name
 
 
 def same_name(name: str) -> str:

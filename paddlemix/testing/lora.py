@@ -7,9 +7,10 @@ from typing import Any
 import numpy as np
 
 
-def perturb_lora(lora_model: Any, seed: int = 1, std: float = 0.05) -> None:
-    """Give every LoRA matrix of a LoRAModel random N(0, std) values, so the adapter really changes outputs."""
+def perturb_lora(model: Any, seed: int = 1, std: float = 0.05) -> None:
+    """Give every LoRA matrix of a model with adapters random N(0, std) values, so the adapter really changes
+    outputs."""
     rng = np.random.default_rng(seed)
-    for name, param in lora_model.model.named_parameters():
-        if "lora_" in name:
-            param.set_value(rng.normal(0, std, param.shape).astype("float32"))
+    for name, param in model.named_parameters():
+        if ".lora_A." in name or ".lora_B." in name:
+            param.set_value(rng.normal(0, std, param.shape).astype(str(param.dtype).replace("paddle.", "")))

@@ -35,7 +35,7 @@ def checkpoint_shapes(model_dir: str | Path) -> dict[str, tuple[tuple[int, ...],
 def write_peft_adapter(
     folder: str | Path,
     base_dir: str | Path,
-    canonical_name: Callable[[str], str],
+    parameter_name: Callable[[str], str],
     target_modules: Sequence[str],
     rank: int = 4,
     alpha: int = 8,
@@ -46,14 +46,14 @@ def write_peft_adapter(
 ) -> dict[str, np.ndarray]:
     """Write a PEFT LoRA folder for the checkpoint in `base_dir` and return its tensors (float32, by file key).
 
-    Every 2-D weight whose in-memory module name (`canonical_name` of its checkpoint name) ends with a
+    Every 2-D weight whose in-memory module name (`parameter_name` of its checkpoint name) ends with a
     `target_modules` entry gets A ~ N(0, std) [r, in] and B ~ N(0, std) [out, r]; every tensor of a module named in
     `modules_to_save` gets new N(0, 0.02) values, stored under its full name as PEFT stores `modules_to_save`.
     """
     rng = np.random.default_rng(seed)
     tensors: dict[str, np.ndarray] = {}
     for name, (shape, _) in sorted(checkpoint_shapes(base_dir).items()):
-        canonical = canonical_name(name)
+        canonical = parameter_name(name)
         module = canonical.rsplit(".", 1)[0]
         if any(module == m or module.startswith(m + ".") for m in modules_to_save):
             tensors[PEFT_PREFIX + canonical] = rng.normal(0, 0.02, shape).astype(np.float32)

@@ -17,7 +17,15 @@ from paddlemix.datasets.packing import PackedDataset
 from paddlemix.models import adapter_for
 from paddlemix.models.adapter import ModelAdapter
 from paddlemix.peft.freeze import apply_freeze, freeze_plan, trainable_table
-from paddlemix.peft.lora import apply_lora, base_model, load_adapter, save_adapter
+from paddlemix.peft.lora import (
+    apply_lora,
+    base_model,
+    check_not_fully_trained,
+    check_tensor_parallel,
+    load_adapter,
+    lora_modules,
+    save_adapter,
+)
 from paddlemix.processors.template_files import (
     chosen_template,
     read_folder_template,
@@ -96,25 +104,34 @@ def load_dtype(training: Any) -> str:
 
 
 def build_model(args: RunArgs, adapter: ModelAdapter) -> Any:
-    """Load the base model, wrap it with LoRA if asked, apply freezing, and log the trainable table."""
+    """Load the base model, wrap it with LoRA if asked, apply freezing, and log the trainable table.
+
+    LoRA targets are resolved against the checkpoint's tensor names before the weights load, so a target that
+    matches nothing fails fast.
+    """
     path = args.model.model_name_or_path
+    lora, m = args.lora, args.model
+    switches = {"vision": m.freeze_vision, "projector": m.freeze_projector, "llm": m.freeze_llm}
+    plan = freeze_plan(adapter.module_groups, m.train_type, switches, lora.lora, m.freeze_include, m.freeze_exclude)
+    modules = None
+    if lora.lora and not lora.lora_path:
+        modules = lora_modules(path, adapter, lora.lora_target_modules, f"{args.source_file}: ")
+        check_tensor_parallel(max(args.training.tensor_model_parallel_size, 1))
+        check_not_fully_trained(modules, plan.modules_to_save)
     model = adapter.load_model(
         path,
         dtype=load_dtype(args.training),
         device=args.training.device,
         allow_pickle=args.model.allow_pickle_weights,
     )
-    lora, m = args.lora, args.model
-    switches = {"vision": m.freeze_vision, "projector": m.freeze_projector, "llm": m.freeze_llm}
-    plan = freeze_plan(adapter.module_groups, m.train_type, switches, lora.lora, m.freeze_include, m.freeze_exclude)
     logger.info("train_type %s: frozen groups %s", m.train_type or "(not set)", plan.frozen_groups or "none")
     if lora.lora_path:
-        model = load_adapter(model, lora.lora_path)
-        model.mark_only_lora_as_trainable()
-    elif lora.lora:
-        targets = lora.lora_target_modules or adapter.lora_targets
-        tp = max(args.training.tensor_model_parallel_size, 1)
-        model = apply_lora(model, targets, lora.lora_rank, lora.lora_alpha, lora.lora_dropout, plan.lora_trainable, tp)
+        model = load_adapter(model, lora.lora_path, modules_to_save=plan.modules_to_save)
+    elif modules is not None:
+        model = apply_lora(
+            model, modules, lora.lora_rank, lora.lora_alpha, lora.lora_dropout, plan.modules_to_save,
+            seed=args.training.seed, use_rslora=lora.rslora, base_model_name_or_path=str(Path(path).resolve()),
+        )  # fmt: skip
     base = base_model(model)
     if plan.include:
         frozen = apply_freeze(base, plan.include, plan.exclude)
@@ -171,7 +188,7 @@ def save_final(model: Any, args: RunArgs, adapter: ModelAdapter, processor_dir: 
         if args.lora.lora:
             (tmp / "config.json").unlink(missing_ok=True)
             (tmp / "generation_config.json").unlink(missing_ok=True)
-            save_adapter(model, tmp)
+            save_adapter(model, tmp, str(Path(args.model.model_name_or_path).resolve()))
         else:
             state = {k: to_numpy(v) for k, v in model.state_dict().items()}
             save_safetensors(adapter.export_state_dict(state, model.config), tmp / "model.safetensors")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import paddleformers.trainer.trainer as _pf_trainer
 from paddleformers.trainer import Trainer
 
 from paddlemix.datasets.collator import REAL_TOKENS, SAMPLE_IDS
+from paddlemix.peft.lora import save_adapter
 from paddlemix.processors.template_files import write_chat_template
 from paddlemix.trainer.chunked_loss import lm_loss_without_full_logits
 from paddlemix.utils import checkpoints
@@ -25,6 +27,22 @@ class NonFiniteLossError(UserError):
 # a placeholder class keeps evaluation working without paddlefleet (nothing is an instance of it).
 if not hasattr(_pf_trainer, "GPTModel"):
     _pf_trainer.GPTModel = type("GPTModel", (), {})
+
+
+@contextmanager
+def trainable_state_only(model: Any) -> Iterator[None]:
+    """Within the block, `model.sharded_state_dict()` (what flex checkpoints save and load) holds only trainable
+    tensors, for a model with LoRA adapters; other models are left as they are."""
+    if not hasattr(model, "lora_spec"):
+        yield
+        return
+    full = model.sharded_state_dict
+    trainable = {name for name, param in model.named_parameters() if not param.stop_gradient}
+    model.sharded_state_dict = lambda *a, **k: {n: w for n, w in full(*a, **k).items() if n in trainable}
+    try:
+        yield
+    finally:
+        del model.sharded_state_dict
 
 
 class MIXTrainer(Trainer):
@@ -77,15 +95,33 @@ class MIXTrainer(Trainer):
         )
 
     def _rotate_checkpoints(self, use_mtime: bool = False, output_dir: str | None = None) -> None:
-        """Called once the checkpoint of this step is on disk: mark it complete first, then rotate among complete
-        checkpoints only, so neither a kill during a save nor `save_total_limit` can remove the last good one."""
+        """Called once the checkpoint of this step is on disk: add the LoRA adapter in PEFT format (so any
+        checkpoint loads in PEFT, vLLM or as `lora_path`), mark it complete, then rotate among complete checkpoints
+        only, so neither a kill during a save nor `save_total_limit` can remove the last good one."""
         folder = Path(output_dir or self.args.output_dir)
         current = folder / f"checkpoint-{self.state.global_step}"
         if current.is_dir():
             if self.chat_template and self.args.process_index == 0:  # checkpoints carry the trained template too
                 write_chat_template(current, self.chat_template)
+            if hasattr(self.model, "lora_spec"):
+                save_adapter(self.model, current)
             checkpoints.mark_complete(current, self.state.global_step)
             checkpoints.prune(folder, self.args.save_total_limit)
+
+    # LoRA runs: paddleformers' flex checkpoints would hold the whole model (the frozen base included, as large as
+    # the model itself) although only the adapters and fully trained modules change. Saving and resuming see the
+    # trainable tensors only; the base comes from `model_name_or_path` on resume, as it did at the start.
+    def _save_flex_model_state(self, output_dir: str) -> None:
+        with trainable_state_only(self.model):
+            super()._save_flex_model_state(output_dir)
+
+    def _save_flex_optimizer_state(self, output_dir: str) -> None:
+        with trainable_state_only(self.model):
+            super()._save_flex_optimizer_state(output_dir)
+
+    def _load_flex_checkpoint(self, resume_from_checkpoint: str) -> Any:
+        with trainable_state_only(self.model):
+            return super()._load_flex_checkpoint(resume_from_checkpoint)
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, **kwargs: Any) -> Any:
         """Training loss through the chunked head + cross-entropy (no full [tokens, vocab] logits) when enabled;

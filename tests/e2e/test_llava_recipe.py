@@ -49,8 +49,11 @@ def test_build_finetune_merge_reload(tmp_path: Path, language, tiny_clip_dir, sh
     assert "frozen groups ['vision']" in log
     out = tmp_path / "out"
     adapter = load_safetensors(out / "adapter_model.safetensors")
-    assert any(k.startswith("model.multi_modal_projector.") for k in adapter)  # use_lora trains the projector fully
-    assert not any(k.startswith("model.vision_tower.") for k in adapter)
+    # PEFT format: use_lora trains the projector fully (PEFT's modules_to_save), the tower not at all
+    assert any(k.startswith("base_model.model.model.multi_modal_projector.") for k in adapter)
+    assert not any(k.startswith("base_model.model.model.vision_tower.") for k in adapter)
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["modules_to_save"] == ["model.multi_modal_projector"]
 
     run_tool("merge_lora_params.py", "--lora_path", str(out), "--merge_model_path", str(tmp_path / "merged"),
              cwd=tmp_path)  # fmt: skip

@@ -117,7 +117,7 @@ def test_lora_run_then_merge_tool(workspace: Path, run_tool, tiny_family: str) -
     files = {p.name for p in out.iterdir() if not p.name.startswith(".")}
     assert {
         "adapter_model.safetensors",
-        "lora_config.json",
+        "adapter_config.json",
         "run_args.json",
         "tokenizer.json",
         "preprocessor_config.json",

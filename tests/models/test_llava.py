@@ -24,7 +24,8 @@ from paddlemix.generation import Generator
 from paddlemix.models import adapter_for, llava
 from paddlemix.models.llava.build import build_llava
 from paddlemix.models.llava.modeling import LlavaConfig, LlavaForConditionalGeneration
-from paddlemix.peft.lora import adapter_state_dict, apply_lora, merge_adapter_folder, merge_lora, save_adapter
+from paddlemix.peft.lora import adapter_state_dict, apply_lora, merge_lora, save_adapter
+from paddlemix.peft.merge import merge_adapter
 from paddlemix.processors.chat_template import template_for
 from paddlemix.testing.lora import perturb_lora
 from paddlemix.testing.tiny_llava import build_tiny_causal_lm, build_tiny_clip_vision
@@ -228,7 +229,7 @@ def test_lora_wraps_the_language_model_and_merges(model, model_dir: Path, tmp_pa
         param.set_value(merged[name])
     np.testing.assert_allclose(logits(fresh, **batch), expected, atol=1e-5)
     save_adapter(lora, tmp_path / "adapter")
-    folder = merge_adapter_folder(model_dir, tmp_path / "adapter", tmp_path / "merged")
+    folder = merge_adapter(model_dir, tmp_path / "adapter", tmp_path / "merged")
     assert AutoProcessorMIX.from_pretrained(folder).image_token == "<image>"
     np.testing.assert_allclose(logits(AutoModelMIX.from_pretrained(folder), **batch), expected, atol=1e-5)
 

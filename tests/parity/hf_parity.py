@@ -20,7 +20,13 @@ from PIL import Image
 from paddlemix.auto import AutoModelMIX, AutoProcessorMIX
 from paddlemix.datasets.conversation import Message, Sample
 from paddlemix.models import adapter_for
-from paddlemix.peft.lora import apply_lora, save_adapter
+from paddlemix.peft.lora import (
+    apply_lora,
+    fold_adapter,
+    load_adapter,
+    lora_modules,
+    save_adapter,
+)
 from paddlemix.peft.merge import merge_adapter
 from paddlemix.processors.chat_template import template_for
 from paddlemix.testing.lora import perturb_lora
@@ -46,6 +52,54 @@ def reference(model_dir: Path, tmp_path: Path, **request) -> dict[str, np.ndarra
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return dict(np.load(out))
+
+
+def peft_reference(command: str, model_dir: Path, adapter_dir: Path, inputs: dict, tmp_path: Path, *spec: str) -> dict:
+    """Run hf_peft.py (`load` our adapter with PEFT, or `make` one with PEFT) on `inputs`; returns its outputs."""
+    np.savez(tmp_path / "peft_inputs.npz", **{k: inputs[k] for k in INPUT_KEYS if k in inputs})
+    out = tmp_path / "peft_out.npz"
+    proc = subprocess.run(
+        [REF_PYTHON, str(HERE / "hf_peft.py"), command, str(model_dir), str(adapter_dir),
+         str(tmp_path / "peft_inputs.npz"), str(out), *spec],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return dict(np.load(out))
+
+
+def lora_on(model_dir: Path, targets: list[str] | None = None, **kwargs):
+    """The tiny model with LoRA (r=4, alpha=8) on `targets` (the family's defaults if None)."""
+    modules = lora_modules(model_dir, adapter_for(model_dir), targets)
+    return apply_lora(AutoModelMIX.from_pretrained(model_dir), modules, 4, 8, **kwargs)
+
+
+def check_peft_round_trip(model_dir: Path, inputs: dict, tmp_path: Path, targets: list[str], to_save: list[str],
+                          peft_spec: dict, what: str) -> None:  # fmt: skip
+    """Both ways: PEFT loads our adapter (no missing or unexpected keys, same logits), and an adapter PEFT made
+    with random non-zero weights gives PEFT's logits here, before and after merging."""
+    ours = lora_on(model_dir, targets, modules_to_save=to_save)
+    perturb_lora(ours, seed=5)
+    params = dict(ours.named_parameters())
+    rng = np.random.default_rng(6)
+    for name in params:
+        if any(name.startswith(m + ".") for m in to_save):
+            params[name].set_value((params[name].numpy() + rng.normal(0, 0.05, params[name].shape)).astype("float32"))
+    expected = paddle_logits(ours, inputs)
+    save_adapter(ours, tmp_path / "ours", model_dir)
+    loaded = peft_reference("load", model_dir, tmp_path / "ours", inputs, tmp_path)
+    assert list(loaded["missing"]) == [] and list(loaded["unexpected"]) == []
+    diff = np.abs(loaded["logits"] - expected).max()
+    print(f"{what}: max |PEFT(our adapter) - paddle(base+LoRA)| = {diff:.2e}")
+    assert diff <= LOGITS_ATOL
+
+    made = peft_reference("make", model_dir, tmp_path / "theirs", inputs, tmp_path, json.dumps(peft_spec))
+    theirs = load_adapter(AutoModelMIX.from_pretrained(model_dir), tmp_path / "theirs")
+    base = paddle_logits(AutoModelMIX.from_pretrained(model_dir), inputs)
+    assert np.abs(made["logits"] - base).max() > 1e-3, "the PEFT adapter must change the logits"
+    diff = np.abs(paddle_logits(theirs, inputs) - made["logits"]).max()
+    merged = np.abs(paddle_logits(fold_adapter(theirs), inputs) - made["logits"]).max()
+    print(f"{what}: max |paddle(PEFT adapter) - PEFT| = {diff:.2e}, merged {merged:.2e}")
+    assert diff <= LOGITS_ATOL and merged <= LOGITS_ATOL
 
 
 def chat(with_image: bool) -> list[dict]:
@@ -117,7 +171,7 @@ class HFParity:
         assert diff <= LOGITS_ATOL
 
     def test_hf_loads_merged_lora_model_with_same_logits(self, model_dir: Path, hf_out, tmp_path: Path) -> None:
-        lora = apply_lora(AutoModelMIX.from_pretrained(model_dir), adapter_for(model_dir).lora_targets, 4, 8)
+        lora = lora_on(model_dir)
         perturb_lora(lora, seed=0)
         expected = paddle_logits(lora, hf_out)
         assert np.abs(expected - hf_out["logits"]).max() > 1e-3, "the adapter must change the logits"
@@ -129,3 +183,10 @@ class HFParity:
         diff = np.abs(hf_merged["logits"] - expected).max()
         print(f"max |HF(merged) - paddle(base+LoRA)| = {diff:.2e}")
         assert diff <= LOGITS_ATOL
+
+    def test_peft_round_trip(self, model_dir: Path, hf_out, tmp_path: Path) -> None:
+        """q/v/gate/down of the language model (slices of fused layers), the vision tower's qkv, and the merger as
+        a fully trained module; PEFT's own adapter on q/v."""
+        targets = ["q_proj", "v_proj", "gate_proj", "down_proj", "model.visual.*qkv"]
+        spec = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"], "modules_to_save": ["merger"]}
+        check_peft_round_trip(model_dir, hf_out, tmp_path, targets, ["model.visual.merger"], spec, model_dir.name)

@@ -14,11 +14,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hf_parity import LOGITS_ATOL, REF_PYTHON, paddle_logits, reference, requires_reference
+from hf_parity import (
+    LOGITS_ATOL,
+    REF_PYTHON,
+    check_peft_round_trip,
+    lora_on,
+    paddle_logits,
+    reference,
+    requires_reference,
+)
 
 from paddlemix.auto import AutoModelMIX
 from paddlemix.models import adapter_for
-from paddlemix.peft.lora import apply_lora, save_adapter
+from paddlemix.peft.lora import save_adapter
 from paddlemix.peft.merge import merge_adapter
 from paddlemix.testing.lora import perturb_lora
 from paddlemix.utils.io import save_safetensors, to_numpy
@@ -152,7 +160,7 @@ def test_hf_loads_our_export_with_same_logits(hf_dir: Path, tmp_path: Path) -> N
 def test_hf_loads_merged_lora_with_same_logits(model, hf_dir: Path, tmp_path: Path) -> None:
     inputs = make_inputs(json.loads((hf_dir / "config.json").read_text()), with_image=True)
     base = paddle_logits(model, inputs)
-    lora = apply_lora(AutoModelMIX.from_pretrained(hf_dir), adapter_for(hf_dir).lora_targets, 4, 8)
+    lora = lora_on(hf_dir)
     perturb_lora(lora, seed=3, std=0.1)
     expected = paddle_logits(lora, inputs)
     assert np.abs(expected - base).max() > 1e-3, "the adapter must change the logits"
@@ -161,6 +169,16 @@ def test_hf_loads_merged_lora_with_same_logits(model, hf_dir: Path, tmp_path: Pa
     diff = np.abs(hf_logits(merged, inputs, tmp_path) - expected).max()
     print(f"{hf_dir.name} merged LoRA: max |HF(merged) - paddle(base+LoRA)| = {diff:.2e}")
     assert diff <= LOGITS_ATOL
+
+
+def test_peft_round_trip(hf_dir: Path, tmp_path: Path) -> None:
+    """The language model's q/v/gate/down (fused slices with Qwen2, plain layers with Llama), CLIP's fc2 and the
+    projector fully trained; PEFT's own adapter on q/v (which PEFT also puts on CLIP's q/v) and fc1."""
+    inputs = make_inputs(json.loads((hf_dir / "config.json").read_text()), with_image=True)
+    targets = ["q_proj", "v_proj", "gate_proj", "down_proj", "fc2"]
+    spec = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj", "fc1"],
+            "modules_to_save": ["multi_modal_projector"]}  # fmt: skip
+    check_peft_round_trip(hf_dir, inputs, tmp_path, targets, ["model.multi_modal_projector"], spec, hf_dir.name)
 
 
 def test_builder_folder_logits_match_hf(tiny_llava_dir: Path, tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ def test_merged_folder_equals_peft_merge_and_unload(tiny_model_dir: Path, tmp_pa
     for dtype in ("float32", "bfloat16"):
         base = tiny_model_dir if dtype == "float32" else write_sharded(tiny_model_dir, tmp_path / "base", shards=3)
         write_peft_adapter(
-            tmp_path / f"adapter_{dtype}", base, ADAPTERS["qwen2_5_vl"].canonical_name, TARGETS, rank=4, alpha=8,
+            tmp_path / f"adapter_{dtype}", base, ADAPTERS["qwen2_5_vl"].parameter_name, TARGETS, rank=4, alpha=8,
             modules_to_save=("model.visual.merger",), seed=3,
         )  # fmt: skip
         run_tool("merge_lora_params.py", "--lora_path", f"adapter_{dtype}", "--model_name_or_path", str(base),

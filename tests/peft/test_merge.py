@@ -45,7 +45,7 @@ def within_one_bf16_ulp(got: np.ndarray, expected: np.ndarray) -> bool:
 
 def reference_merge(base: dict[str, np.ndarray], adapter: dict[str, np.ndarray], scaling: float, family) -> dict:
     """base + scaling * B @ A (float64 sums, bf16 by ml_dtypes), adapter full tensors cast to bf16, by base name."""
-    by_canonical = {family.canonical_name(k): k for k in base}
+    by_canonical = {family.parameter_name(k): k for k in base}
     out = {}
     for key, value in adapter.items():
         name = key.removeprefix(PEFT_PREFIX)
@@ -72,7 +72,7 @@ def test_sharded_bf16_merge_equals_numpy_reference(sharded_bf16, tmp_path: Path)
     family = ADAPTERS[model_type]
     _, extra_targets, to_save = FAMILIES[model_type]
     adapter = write_peft_adapter(
-        tmp_path / "adapter", base_dir, family.canonical_name, LM_TARGETS + extra_targets, rank=4, alpha=16,
+        tmp_path / "adapter", base_dir, family.parameter_name, LM_TARGETS + extra_targets, rank=4, alpha=16,
         modules_to_save=to_save,
     )  # fmt: skip
     base = load_all(base_dir)
@@ -106,7 +106,7 @@ def test_sharded_bf16_merge_equals_numpy_reference(sharded_bf16, tmp_path: Path)
 def test_float32_rslora_merge_and_single_output_file(tiny_model_dir: Path, tmp_path: Path) -> None:
     family = ADAPTERS["qwen2_5_vl"]
     adapter = write_peft_adapter(
-        tmp_path / "adapter", tiny_model_dir, family.canonical_name, ("o_proj",), rank=8, alpha=4, use_rslora=True
+        tmp_path / "adapter", tiny_model_dir, family.parameter_name, ("o_proj",), rank=8, alpha=4, use_rslora=True
     )
     out = merge_checkpoint(tiny_model_dir, tmp_path / "adapter", tmp_path / "merged")
     assert sorted(p.name for p in out.iterdir() if p.suffix == ".safetensors") == ["model.safetensors"]
@@ -129,7 +129,7 @@ def test_read_only_base_and_adapter_are_left_untouched(tiny_model_dir: Path, tmp
     base_dir.mkdir()
     for file in tiny_model_dir.iterdir():
         (base_dir / file.name).write_bytes(file.read_bytes())
-    write_peft_adapter(tmp_path / "adapter", base_dir, ADAPTERS["qwen2_5_vl"].canonical_name, ("q_proj",))
+    write_peft_adapter(tmp_path / "adapter", base_dir, ADAPTERS["qwen2_5_vl"].parameter_name, ("q_proj",))
     (tmp_path / "adapter" / "chat_template.jinja").write_text("{{ messages[0]['content'] }}")
     before = {d: tree_digest(d) for d in (base_dir, tmp_path / "adapter")}
     for folder in (base_dir, tmp_path / "adapter"):
@@ -151,7 +151,7 @@ def test_read_only_base_and_adapter_are_left_untouched(tiny_model_dir: Path, tmp
 @pytest.mark.parametrize("out_name", ["base", "base/merged", "adapter", "."])
 def test_output_inside_an_input_is_refused(tiny_model_dir: Path, tmp_path: Path, out_name: str) -> None:
     (tmp_path / "base").symlink_to(tiny_model_dir)
-    write_peft_adapter(tmp_path / "adapter", tiny_model_dir, ADAPTERS["qwen2_5_vl"].canonical_name, ("q_proj",))
+    write_peft_adapter(tmp_path / "adapter", tiny_model_dir, ADAPTERS["qwen2_5_vl"].parameter_name, ("q_proj",))
     with pytest.raises(UserError, match="merge_model_path"):
         merge_checkpoint(tmp_path / "base", tmp_path / "adapter", tmp_path / out_name)
 
@@ -190,7 +190,7 @@ BROKEN_ADAPTERS = {
 @pytest.mark.parametrize("case", sorted(BROKEN_ADAPTERS))
 def test_adapter_that_does_not_fit_is_a_user_error(tiny_model_dir: Path, tmp_path: Path, case: str) -> None:
     edit, message = BROKEN_ADAPTERS[case]
-    write_peft_adapter(tmp_path / "adapter", tiny_model_dir, ADAPTERS["qwen2_5_vl"].canonical_name, ("q_proj",))
+    write_peft_adapter(tmp_path / "adapter", tiny_model_dir, ADAPTERS["qwen2_5_vl"].parameter_name, ("q_proj",))
     _edit_adapter(tmp_path / "adapter", edit)
     with pytest.raises(UserError, match=message):
         merge_checkpoint(tiny_model_dir, tmp_path / "adapter", tmp_path / "merged")
@@ -198,7 +198,7 @@ def test_adapter_that_does_not_fit_is_a_user_error(tiny_model_dir: Path, tmp_pat
 
 
 def test_legacy_checkpoint_names_pair_with_in_memory_adapter_names() -> None:
-    qwen, llava = ADAPTERS["qwen2_5_vl"].canonical_name, ADAPTERS["llava"].canonical_name
+    qwen, llava = ADAPTERS["qwen2_5_vl"].parameter_name, ADAPTERS["llava"].parameter_name
     assert qwen("model.layers.3.mlp.up_proj.weight") == "model.language_model.layers.3.mlp.up_proj.weight"
     assert qwen("visual.blocks.0.attn.qkv.weight") == "model.visual.blocks.0.attn.qkv.weight"
     assert qwen("model.language_model.norm.weight") == "model.language_model.norm.weight"
@@ -250,7 +250,7 @@ def test_config_names_the_dtype_the_weights_have(tiny_model_dir: Path, tmp_path:
     config["torch_dtype"] = "bfloat16"  # wrong: the weights are float32
     config["vision_config"]["torch_dtype"] = "bfloat16"
     (base_dir / "config.json").write_text(json.dumps(config))
-    write_peft_adapter(tmp_path / "adapter", base_dir, ADAPTERS["qwen2_5_vl"].canonical_name, ("q_proj",))
+    write_peft_adapter(tmp_path / "adapter", base_dir, ADAPTERS["qwen2_5_vl"].parameter_name, ("q_proj",))
     out = merge_checkpoint(base_dir, tmp_path / "adapter", tmp_path / "merged")
     merged_config = json.loads((out / "config.json").read_text())
     assert merged_config["torch_dtype"] == merged_config["vision_config"]["torch_dtype"] == "float32"
@@ -259,16 +259,17 @@ def test_config_names_the_dtype_the_weights_have(tiny_model_dir: Path, tmp_path:
 
 
 def test_adapter_saved_by_the_training_merges_to_the_adapters_outputs(tiny_model_dir: Path, tmp_path: Path) -> None:
-    """Whatever format `save_adapter` writes (the earlier lora_config.json one or PEFT's), `merge_adapter` folds it
-    into a model whose logits equal base + adapter."""
+    """The adapter `save_adapter` writes (PEFT format) merges, by the streaming merge, into a model whose logits
+    equal base + adapter."""
     import paddle
 
     from paddlemix.auto import AutoModelMIX
-    from paddlemix.peft.lora import apply_lora, save_adapter
+    from paddlemix.peft.lora import apply_lora, lora_modules, save_adapter
     from paddlemix.peft.merge import merge_adapter
     from paddlemix.testing.lora import perturb_lora
 
-    lora = apply_lora(AutoModelMIX.from_pretrained(tiny_model_dir), ADAPTERS["qwen2_5_vl"].lora_targets, 4, 8)
+    modules = lora_modules(tiny_model_dir, ADAPTERS["qwen2_5_vl"], None)
+    lora = apply_lora(AutoModelMIX.from_pretrained(tiny_model_dir), modules, 4, 8)
     perturb_lora(lora, seed=2)
     inputs = {"input_ids": paddle.to_tensor(np.random.default_rng(0).integers(0, 400, (1, 12)))}
     with paddle.no_grad():

@@ -15,7 +15,7 @@ from paddlemix.models import ADAPTERS
 from paddlemix.peft.merge import INDEX
 from paddlemix.testing.peft_adapter import write_peft_adapter
 
-CANONICAL = ADAPTERS["qwen2_5_vl"].canonical_name
+CANONICAL = ADAPTERS["qwen2_5_vl"].parameter_name
 
 
 def test_only_lora_path_finds_the_base_and_prints_progress(tiny_model_dir: Path, tmp_path: Path, run_tool) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from paddlemix.models.adapter import ModelAdapter
-from paddlemix.models.hf_layout import from_hf_layout, to_hf_layout
+from paddlemix.models.hf_layout import LM_LORA_TARGETS, from_hf_layout, to_hf_layout
 
 # (Paddle prefix, checkpoint prefix); names in transformers' nested layout (model.*, lm_head.*) load unchanged.
 CHECKPOINT_PREFIXES = (
@@ -80,7 +80,6 @@ def positions(config: Any, input_ids: np.ndarray, grid_thw: np.ndarray | None) -
     return np.arange(len(input_ids), dtype="int64")[None]
 
 
-_LM = r"model\.language_model\.layers\.\d+"
 ADAPTER = ModelAdapter(
     model_type="llava",
     config_class="paddlemix.models.llava.modeling:LlavaConfig",
@@ -88,11 +87,7 @@ ADAPTER = ModelAdapter(
     processor_class="paddlemix.models.llava.processor:LlavaProcessorMIX",
     vision_placeholder="<image>",
     image_token="<image>",
-    # Qwen2 fuses q/k/v and gate/up in paddleformers, Llama does not: one pattern covers both.
-    lora_targets=(
-        _LM + r"\.self_attn\.(qkv_proj|q_proj|k_proj|v_proj|o_proj)",
-        _LM + r"\.mlp\.(up_gate_proj|gate_proj|up_proj|down_proj)",
-    ),
+    lora_targets=LM_LORA_TARGETS,
     module_groups={
         "vision": ("model.vision_tower.*",),
         "projector": ("model.multi_modal_projector.*",),
@@ -105,5 +100,5 @@ ADAPTER = ModelAdapter(
     positions=positions,
     weights_loader="import_state_dict",
     image_token_layout=image_token_layout,
-    canonical_name=paddle_name,
+    parameter_name=paddle_name,
 )

@@ -1,0 +1,179 @@
+"""Resolve LoRA target names of the whole field onto one model's Linear layers, from checkpoint headers alone.
+
+What users bring, and what each means here (PEFT's rules where PEFT has one):
+- a module name or dotted suffix (`q_proj`, `self_attn.v_proj`, `qkv`, `fc1`): every Linear whose path is that
+  name or ends with "." + it (PEFT's rule for a list of names);
+- `all-linear` (PEFT) or `all` (LLaMA-Factory, ms-swift): every Linear of the language model except the output head;
+- a regex (any target with regex characters, e.g. `.*down_proj.*`, PaddleMIX's `model.layers.*q_proj.*` or
+  `llama.layer.*q_proj.*`): matched in full (PEFT's rule for a string) against the module path in transformers 4.57's
+  in-memory model (`model.language_model.layers.0.self_attn.q_proj`) and against the older spellings of the same
+  language-model layer (`model.layers.0...`, `llama.layers.0...`, `language_model.model.layers.0...`);
+- paddleformers' fused names (`qkv_proj`, `up_gate_proj`, as this toolkit's earlier argument files used them):
+  all the Hugging Face layers they hold.
+
+Scope: a target reaches the language model only, unless its text names another part of the model (`visual`,
+`vision_tower`, `multi_modal_projector`: the second component of the family's module-group globs) or it matches
+nothing in the language model (a vision-only name such as `qkv` or `fc1`). So `.*down_proj.*` adapts the language
+model's down_proj and not the Qwen2.5-VL vision blocks' down_proj, while `model.visual.*qkv` adapts the vision tower.
+
+Module paths are transformers' in-memory names, which are also our Paddle parameter names except that paddleformers
+fuses q/k/v (`qkv_proj`) and gate/up (`up_gate_proj`); resolution works on the unfused names, so `q_proj` means
+exactly the q slice of a fused layer (see `paddlemix.peft.layers`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+
+from paddlemix.models.hf_layout import FUSED_LAYERS, is_linear_weight
+from paddlemix.utils.errors import UserError
+
+ALL_LINEAR = ("all-linear", "all")
+OUTPUT_HEAD = "lm_head"
+# Older names of the language model's layers that PaddleMIX argument files use in their regexes.
+LM_ALIASES = ("model.", "llama.", "language_model.model.", "")
+_REGEX_CHARS = re.compile(r"[\\*+?^$()\[\]{}|]")
+
+
+def checkpoint_shapes(model_dir: str | Path) -> dict[str, tuple[int, ...]]:
+    """Every tensor name of a safetensors checkpoint folder with its shape, read from the file headers only.
+
+    Raises:
+        UserError: the folder has no *.safetensors files.
+    """
+    from safetensors import safe_open
+
+    folder = Path(model_dir)
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+    else:
+        files = sorted(p.name for p in folder.glob("*.safetensors"))
+    if not files:
+        raise UserError(f"{folder} has no *.safetensors weight files to find LoRA target layers in.")
+    shapes: dict[str, tuple[int, ...]] = {}
+    for file in files:
+        with safe_open(str(folder / file), "np") as handle:
+            for name in handle.keys():  # noqa: SIM118 (safe_open has no __iter__)
+                shapes[name] = tuple(handle.get_slice(name).get_shape())
+    return shapes
+
+
+def linear_modules(shapes: Mapping[str, Sequence[int]], parameter_name: Callable[[str], str]) -> list[str]:
+    """In-memory module paths of the checkpoint's Linear layers (unfused, as transformers names them), sorted.
+
+    `parameter_name` maps a checkpoint tensor name to the model's parameter name (the family's rule).
+    """
+    names = {parameter_name(n) for n, shape in shapes.items() if is_linear_weight(n, shape)}
+    return sorted(n[: -len(".weight")] for n in names)
+
+
+def language_model_prefix(module_groups: Mapping[str, Sequence[str]]) -> str:
+    """`model.language_model.` from the family's llm group glob `model.language_model.*`."""
+    return next(g[:-1] for g in module_groups["llm"] if g.endswith(".*") and g != OUTPUT_HEAD + ".*")
+
+
+def other_part_words(module_groups: Mapping[str, Sequence[str]]) -> set[str]:
+    """Words that name a non-language-model part in a pattern: `visual`, `vision_tower`, `multi_modal_projector`."""
+    return {g.split(".")[1] for group, globs in module_groups.items() if group != "llm" for g in globs if "." in g}
+
+
+def is_regex(target: str) -> bool:
+    return bool(_REGEX_CHARS.search(target))
+
+
+def _spellings(path: str, lm_prefix: str) -> list[str]:
+    """The names a target may use for one module: its path, the fused layer holding it (`qkv_proj` for q/k/v,
+    `up_gate_proj` for gate/up: this toolkit's earlier argument files), and the older language-model prefixes."""
+    if not path.startswith(lm_prefix):
+        return [path, path.removeprefix("model.")]
+    parent, _, leaf = path.rpartition(".")
+    paths = [path] + [f"{parent}.{fused}" for fused, parts in FUSED_LAYERS.items() if leaf in parts]
+    return paths + [alias + p[len(lm_prefix) :] for p in paths for alias in LM_ALIASES]
+
+
+def _matches(target: str, path: str, lm_prefix: str) -> bool:
+    names = _spellings(path, lm_prefix)
+    if is_regex(target):
+        return any(re.fullmatch(target, name) for name in names)
+    return any(name == target or name.endswith("." + target) for name in names)
+
+
+def resolve_targets(
+    targets: Sequence[str], modules: Sequence[str], module_groups: Mapping[str, Sequence[str]], where: str = ""
+) -> list[str]:
+    """The sorted module paths (from `modules`, see `linear_modules`) that `targets` select, by the rules above.
+
+    Raises:
+        UserError: a target is not a valid regex, matches no layer, or names the output head.
+    """
+    lm_prefix = language_model_prefix(module_groups)
+    words = other_part_words(module_groups)
+    lm = [m for m in modules if m.startswith(lm_prefix)]
+    chosen: set[str] = set()
+    for target in targets:
+        if target.lower() in ALL_LINEAR:
+            chosen.update(lm)
+            continue
+        if is_regex(target):
+            try:
+                re.compile(target)
+            except re.error as err:
+                raise UserError(f'{where}"lora_target_modules": {target!r} is not a valid regex ({err}).') from None
+        if target == OUTPUT_HEAD or (is_regex(target) and re.fullmatch(target, OUTPUT_HEAD)):
+            raise UserError(
+                f'{where}"lora_target_modules": {target!r} names the output head "lm_head", which LoRA here does not '
+                "adapt (its weight feeds the chunked loss directly); train it fully with a full fine-tune instead."
+            )
+        named_part = any(w in target for w in words)
+        scope = modules if named_part else lm
+        hits = [m for m in scope if _matches(target, m, lm_prefix)]
+        if not hits and not named_part:
+            hits = [m for m in modules if _matches(target, m, lm_prefix)]
+        if not hits:
+            raise UserError(
+                f'{where}"lora_target_modules": {target!r} matches no Linear layer of this model. Use module names '
+                f'such as {", ".join(example_names(lm))}, "all-linear", or a regex matched in full against paths '
+                f"such as {', '.join(lm[:2])}."
+            )
+        chosen.update(hits)
+    return sorted(chosen)
+
+
+def example_names(modules: Iterable[str]) -> list[str]:
+    """The distinct leaf names of `modules` in first-seen order (`q_proj`, `k_proj`, ...)."""
+    return list(dict.fromkeys(m.rsplit(".", 1)[-1] for m in modules))
+
+
+def peft_target_modules(chosen: Sequence[str], modules: Sequence[str]) -> str | list[str]:
+    """PEFT's `target_modules` for exactly `chosen` among `modules`: the list of layer names (`["q_proj", "v_proj"]`,
+    the form most tools write and read) when PEFT's suffix rule selects exactly `chosen`, else `peft_target_regex`."""
+    names = sorted({m.rsplit(".", 1)[-1] for m in chosen})
+    if {m for m in modules if m.rsplit(".", 1)[-1] in names} == set(chosen):
+        return names
+    return peft_target_regex(chosen, modules)
+
+
+def peft_target_regex(chosen: Sequence[str], modules: Sequence[str]) -> str:
+    """A regex that PEFT's `re.fullmatch(target_modules, key)` makes select exactly `chosen` among `modules`.
+
+    Layer numbers collapse to `\\d+` where every layer of that kind is chosen, so a 28-layer model's seven
+    projections give seven alternatives, not 196.
+    """
+    by_template: dict[str, set[str]] = {}
+    for m in modules:
+        by_template.setdefault(re.sub(r"\.\d+\.", ".#.", m), set()).add(m)
+    parts = []
+    chosen_set = set(chosen)
+    for template, members in sorted(by_template.items()):
+        picked = members & chosen_set
+        if not picked:
+            continue
+        if picked == members and "#" in template:
+            parts.append(re.escape(template).replace(r"\#", r"\d+"))
+        else:
+            parts.extend(re.escape(m) for m in sorted(picked))
+    return "(" + "|".join(parts) + ")"
