@@ -12,6 +12,7 @@ import json
 import sys
 
 from paddlemix.utils.errors import UserError, exit_on_user_error
+from paddlemix.utils.logging import quiet_console
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -34,6 +35,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     args = parse(sys.argv[1:] if argv is None else argv)
+    quiet_console()
     if bool(args.question) == bool(args.data_file):
         raise UserError("give either --question (with --image) or --data_file.")
     from paddlemix.generation import Generator, evaluate_exact_match

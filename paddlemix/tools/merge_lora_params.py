@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from paddlemix.utils.errors import UserError, exit_on_user_error
+from paddlemix.utils.logging import quiet_console
 
 
 def base_model_of(lora_path: Path) -> str:
@@ -29,6 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--merge_model_path", help="where to write the merged model (default: LORA_PATH-merged)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "gpu", "npu", "xpu"])
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    quiet_console()
     lora_path = Path(args.lora_path)
     base = args.model_name_or_path or base_model_of(lora_path)
     out = Path(args.merge_model_path or f"{str(lora_path).rstrip('/')}-merged")

@@ -15,10 +15,18 @@ class UserError(Exception):
     """A bad argument, file or device choice; the message says what is wrong and how to fix it."""
 
 
+# How alike a key and a suggestion must be (difflib's ratio: 2 x matched characters / total characters). 0.8 keeps
+# typos (lora_rnak -> lora_rank 0.89, learning_rat -> learning_rate 0.96) and drops keys that merely share a word
+# (max_samples -> max_steps 0.70, mm_projector_lr -> freeze_projector 0.65), which would point the wrong way.
+SIMILARITY = 0.8
+
+
 def closest(name: str, candidates: Iterable[str]) -> str:
-    """Return ' Did you mean "x"?' for the nearest candidate, or an empty string."""
-    match = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
-    return f' Did you mean "{match[0]}"?' if match else ""
+    """Return ' Did you mean "x"?' for the candidate most like `name` (case and -/_ ignored) if it is at least
+    SIMILARITY alike, else an empty string."""
+    by_norm = {c.lower().replace("-", "_"): c for c in candidates}
+    match = difflib.get_close_matches(name.lower().replace("-", "_"), list(by_norm), n=1, cutoff=SIMILARITY)
+    return f' Did you mean "{by_norm[match[0]]}"?' if match else ""
 
 
 def exit_on_user_error(main: Callable[..., Any]) -> Callable[..., Any]:
