@@ -134,7 +134,9 @@ def test_default_run_console_fits_one_screen(workspace, run_tool) -> None:
                     cwd=workspace)  # fmt: skip
     console = (proc.stdout + proc.stderr).replace("\r", "\n").splitlines()
     # A progress-bar redraw is a line of the bar itself or the blank and cursor-up lines tqdm leaves behind.
-    lines = [ln for ln in console if ln.strip() and not re.match(r"^(\x1b\[A)?\s*((Train|Predict)Process|\x1b\[A)", ln)]
+    lines = [
+        ln for ln in console if ln.strip() and not re.match(r"^(\x1b\[A)?\s*((Train|Predict)Process|\x1b\[A)", ln)
+    ]
     assert len(lines) <= 60, "\n".join(lines)
     text = "\n".join(lines)
     for noise in ("Using download source", "PyTorch was not found", "Training Configuration Arguments",
