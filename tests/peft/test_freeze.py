@@ -90,7 +90,9 @@ def test_check_patterns_notes_translations_and_refuses_empty_patterns() -> None:
     from paddlemix.utils.errors import UserError
 
     aliases = ADAPTER.paddlemix_names
-    notes = check_patterns({"freeze_exclude": ["*visual.attn_pool*", "visual.blocks.*"]}, QWEN_NAMES, aliases, "a.json")
+    notes = check_patterns(
+        {"freeze_exclude": ["*visual.attn_pool*", "visual.blocks.*"]}, QWEN_NAMES, aliases, "a.json"
+    )
     assert notes == [
         'freeze pattern "*visual.attn_pool*" (freeze_exclude) uses PaddleMIX\'s module names; here it matches 1 '
         "tensors in model.visual.merger",
@@ -111,7 +113,7 @@ def test_loaded_names_cover_fused_projections_and_checkpoint_layouts(tmp_path) -
 
     from paddlemix.models.qwen2_5_vl import ADAPTER
     from paddlemix.peft.freeze import check_checkpoint_patterns, loaded_names
-    from paddlemix.utils.io import save_safetensors, safetensors_names
+    from paddlemix.utils.io import safetensors_names, save_safetensors
 
     tensors = {"model.layers.0.self_attn.k_proj.weight": np.zeros(2, "float32"),
                "visual.blocks.0.mlp.up_proj.weight": np.zeros(2, "float32")}  # fmt: skip
