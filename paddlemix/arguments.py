@@ -1,7 +1,9 @@
 """Typed run arguments read from one JSON file (PaddleMIX key names) plus `--key value` overrides.
 
-Every key is owned by exactly one dataclass here or by paddleformers' TrainingArguments. Unknown keys, wrong types
-and combinations that cannot work are reported as a UserError naming the key and the file before any model loads.
+Every key is owned by exactly one dataclass here or by paddleformers' TrainingArguments; PaddleMIX's keys that we
+name differently or do not have go through one table, PADDLEMIX_KEYS. Unknown keys, wrong types and combinations
+that cannot work are all reported in one UserError, naming each key and the file (or the command line), before any
+model loads.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from paddlemix.utils.errors import UserError, closest
+from paddlemix.utils.errors import Problems, UserError, closest
 from paddlemix.utils.io import read_json
 
 SourceName = Literal["chatml_dataset", "coco_caption", "coco_vqa"]
@@ -290,39 +292,6 @@ def coerce(value: Any, tp: Any, key: str, where: str) -> Any:
             raise fail("a string")
         return value
     return value
-
-
-class Problems:
-    """Every mistake found in one argument file, reported together in one UserError (`raise_if_any`).
-
-    Each problem names where it comes from: the file, or "command line" for a `--key value` override.
-    """
-
-    def __init__(self, file: str, cli_keys: set[str] | None = None):
-        self.file = file
-        self.cli_keys = cli_keys or set()
-        self.items: list[str] = []
-        self.keys: set[str] = set()  # keys with a problem already, so consequences are not reported twice
-
-    def origin(self, key: str) -> str:
-        """Where `key` was given: "command line" for overrides, else the file."""
-        return "command line" if key.split(".")[0] in self.cli_keys else self.file
-
-    def add(self, message: str, key: str = "") -> None:
-        self.items.append(f"{self.origin(key)}: {message}")
-        self.keys.add(key)
-
-    def error(self, err: UserError) -> None:
-        """Record a UserError raised by a helper (its message already names its origin)."""
-        self.items.append(str(err))
-
-    def raise_if_any(self) -> None:
-        if len(self.items) == 1:
-            raise UserError(self.items[0])
-        if self.items:
-            own = f"{self.file}: "
-            listed = "\n".join(f"  {i}. {item.removeprefix(own)}" for i, item in enumerate(self.items, 1))
-            raise UserError(f"{self.file}: {len(self.items)} problems, all listed here:\n{listed}")
 
 
 def _parse_source(entry: Any, split: str, index: int, problems: Problems) -> DatasetSource | None:

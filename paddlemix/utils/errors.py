@@ -29,6 +29,39 @@ def closest(name: str, candidates: Iterable[str]) -> str:
     return f' Did you mean "{by_norm[match[0]]}"?' if match else ""
 
 
+class Problems:
+    """Every mistake found in one argument file, reported together in one UserError (`raise_if_any`).
+
+    Each problem names where it comes from: the file, or "command line" for a `--key value` override.
+    """
+
+    def __init__(self, file: str, cli_keys: set[str] | None = None):
+        self.file = file
+        self.cli_keys = cli_keys or set()
+        self.items: list[str] = []
+        self.keys: set[str] = set()  # keys with a problem already, so consequences are not reported twice
+
+    def origin(self, key: str) -> str:
+        """Where `key` was given: "command line" for overrides, else the file."""
+        return "command line" if key.split(".")[0] in self.cli_keys else self.file
+
+    def add(self, message: str, key: str = "") -> None:
+        self.items.append(f"{self.origin(key)}: {message}")
+        self.keys.add(key)
+
+    def error(self, err: UserError) -> None:
+        """Record a UserError raised by a helper (its message already names its origin)."""
+        self.items.append(str(err))
+
+    def raise_if_any(self) -> None:
+        if len(self.items) == 1:
+            raise UserError(self.items[0])
+        if self.items:
+            own = f"{self.file}: "
+            listed = "\n".join(f"  {i}. {item.removeprefix(own)}" for i, item in enumerate(self.items, 1))
+            raise UserError(f"{self.file}: {len(self.items)} problems, all listed here:\n{listed}")
+
+
 def exit_on_user_error(main: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap a CLI main so a UserError ends the process with one readable paragraph and exit code 2."""
 
