@@ -58,8 +58,7 @@ PADDLEMIX_KEYS: dict[str, ForeignKey] = {
     "mixtoken": ForeignKey(to="packing"),
     "eval_with_do_generation": ForeignKey(to="eval_generation"),
     "use_flash_attention": ForeignKey(
-        why="the attention implementation is the model's default (eager); Paddle has no FlashAttention on CPU",
-        inert=lambda v: True,
+        why="the attention implementation is the model's default (eager); Paddle has no FlashAttention on CPU"
     ),
     "group_by_modality_length": ForeignKey(
         why="batches are drawn in shuffled order, not grouped by length",
