@@ -176,3 +176,22 @@ def test_mixtoken_accepts_epochs(tmp_path, model_dir, data) -> None:
 def test_closest_suggests_only_near_keys(typo, suggestion) -> None:
     hint = closest(typo, arguments.known_keys() - {"recompute"})
     assert hint == (f' Did you mean "{suggestion}"?' if suggestion else "")
+
+
+# The fields of PaddleNLP's TrainingArguments, which PaddleMIX's tool extends (paddlenlp/trainer/training_args.py).
+PADDLENLP_TRAINING_KEYS = """output_dir overwrite_output_dir do_train do_eval do_predict do_export evaluation_strategy
+prediction_loss_only per_device_train_batch_size per_device_eval_batch_size gradient_accumulation_steps
+eval_accumulation_steps learning_rate weight_decay adam_beta1 adam_beta2 adam_epsilon max_grad_norm num_train_epochs
+max_steps lr_scheduler_type warmup_ratio warmup_steps num_cycles lr_end power log_on_each_node logging_dir
+logging_strategy logging_first_step logging_steps save_strategy save_steps save_total_limit save_on_each_node no_cuda
+seed bf16 fp16 fp16_opt_level amp_master_grad bf16_full_eval fp16_full_eval amp_custom_black_list
+amp_custom_white_list sharding sharding_degree sharding_parallel_degree save_sharded_model load_sharded_model
+tensor_parallel_degree pipeline_parallel_degree pipeline_parallel_config sharding_parallel_config
+hybrid_parallel_topo_order scale_loss minimum_eval_times local_rank dataloader_drop_last eval_steps
+max_evaluate_steps dataloader_num_workers past_index run_name device disable_tqdm remove_unused_columns label_names
+load_best_model_at_end metric_for_best_model greater_is_better ignore_data_skip optim report_to
+resume_from_checkpoint skip_memory_metrics flatten_param_grads lazy_data_processing skip_profile_timer""".split()
+
+
+def test_every_paddlenlp_training_key_is_known() -> None:
+    assert sorted(set(PADDLENLP_TRAINING_KEYS) - arguments.known_keys()) == []
