@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> None:
         del argv[k : k + 2]
     quiet_console()
     args = arguments.load(argv[0], argv[1:])
+    for note in args.notes:  # PaddleMIX keys ignored or translated, precision on this device
+        print(note, file=sys.stderr)
 
     from tqdm import tqdm
 

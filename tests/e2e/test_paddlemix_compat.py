@@ -69,6 +69,8 @@ def test_llava_pretrain_recipe_trains_the_projector_alone(workspace, run_tool, t
     groups = {"tower": "vision_tower.", "projector": "multi_modal_projector.", "lm": "language_model."}
     by_group = {g: {moved[k] for k in moved if k.startswith(p)} for g, p in groups.items()}
     assert by_group == {"tower": {False}, "projector": {True}, "lm": {False}}, by_group
+    check = run_tool("check_data.py", str(path), cwd=workspace)
+    assert "ignored: group_by_modality_length: batches are drawn in shuffled order" in check.stderr
 
 
 @pytest.mark.parametrize("tiny_family", ["llava"], indirect=True)
