@@ -91,10 +91,14 @@ PADDLEMIX_KEYS: dict[str, ForeignKey] = {
     "top_k": ForeignKey(why="generation during evaluation is greedy here"),
     "top_p": ForeignKey(why="generation during evaluation is greedy here"),
     "profiler_options": ForeignKey(why="no profiler hook here", inert=_off, refuse="profiling is not available here"),
-    "prefix_tuning": ForeignKey(why="off", inert=_off, refuse='prefix tuning is not available here; use "lora": true'),
+    "prefix_tuning": ForeignKey(
+        why="off, and not available here", inert=_off, refuse='prefix tuning is not available here; use "lora": true'
+    ),
     "num_prefix_tokens": ForeignKey(why="prefix tuning is not available here"),
     "neftune": ForeignKey(
-        why="off", inert=_off, refuse="NEFTune embedding noise is not available here; set it to false"
+        why="off, and not available here",
+        inert=_off,
+        refuse="NEFTune embedding noise is not available here; set it to false",
     ),
     "neftune_noise_alpha": ForeignKey(why="NEFTune is not available here"),
     "from_aistudio": ForeignKey(
