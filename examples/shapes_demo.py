@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -86,7 +87,27 @@ def main(argv: list[str] | None = None) -> float:
         f"(chance 12.5%), total time {minutes:.1f} min"
     )
     print(f"answers: {answers}")
+    print_next_steps(work / config["output_dir"], demo / "shapes" / "eval.jsonl")
     return accuracy
+
+
+def print_next_steps(model: Path, eval_file: Path) -> list[str]:
+    """Print where the fine-tuned model is and the commands to use it next; return those commands."""
+    record = json.loads(eval_file.read_text().splitlines()[0])
+    image = os.path.relpath(eval_file.parent / record["images"][0])
+    question = record["messages"][0]["content"].replace("<image>", "")
+    infer = os.path.relpath(REPO / "paddlemix" / "tools" / "infer.py")
+    commands = [
+        f'python {infer} --model_name_or_path {os.path.relpath(model)} --image {image} --question "{question}"'
+    ]
+    if sys.prefix != sys.base_prefix:  # the virtual environment the demo ran in, which a new shell has not entered
+        commands.insert(0, f". {os.path.relpath(Path(sys.prefix) / 'bin' / 'activate')}")
+    print(
+        f"\nfine-tuned model: {os.path.relpath(model)} (Hugging Face layout, with train_log.jsonl and loss_curve.png)"
+    )
+    print("next, ask it about an image:\n" + "\n".join(f"  {c}" for c in commands))
+    print('then train on your own data: README, "Your own run"')
+    return commands
 
 
 if __name__ == "__main__":

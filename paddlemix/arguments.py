@@ -1,7 +1,9 @@
 """Typed run arguments read from one JSON file (PaddleMIX key names) plus `--key value` overrides.
 
-Every key is owned by exactly one dataclass here or by paddleformers' TrainingArguments. Unknown keys, wrong types
-and combinations that cannot work are reported as a UserError naming the key and the file before any model loads.
+Every key is owned by exactly one dataclass here or by paddleformers' TrainingArguments; PaddleMIX's keys that we
+name differently or do not have go through one table, PADDLEMIX_KEYS. Unknown keys, wrong types and combinations
+that cannot work are all reported in one UserError, naming each key and the file (or the command line), before any
+model loads.
 """
 
 from __future__ import annotations
@@ -13,25 +15,109 @@ import json
 import os
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from paddlemix.utils.errors import UserError, closest
+from paddlemix.utils.errors import Problems, UserError, closest
 from paddlemix.utils.io import read_json
 
 SourceName = Literal["chatml_dataset", "coco_caption", "coco_vqa"]
 Device = Literal["cpu", "gpu", "npu", "xpu"]
 TrainType = Literal["use_lora", "freeze_vision", "none"]
 
-# PaddleMIX names that paddleformers 1.2 spells differently; translated here and nowhere else.
-LEGACY_TRAINING_KEYS = {
-    "tensor_parallel_degree": "tensor_model_parallel_size",
-    "pipeline_parallel_degree": "pipeline_model_parallel_size",
-    "sharding_parallel_degree": "sharding_parallel_size",
+
+@dataclass(frozen=True)
+class ForeignKey:
+    """How one key of PaddleMIX's argument files is read here.
+
+    `to`: our name for the same setting (the value is used unchanged). Otherwise the key is accepted and logged as
+    ignored (`why`) while its value is `inert` (changes nothing here); any other value is refused with `refuse`.
+    """
+
+    to: str | None = None
+    why: str = ""
+    inert: Callable[[Any], bool] = lambda value: True
+    refuse: str = ""
+
+
+def _off(value: Any) -> bool:
+    return value in (False, None, 0, "", [])
+
+
+# Every key PaddleMIX's fine-tuning tool reads (its ModelArgument, DataArgument, GenerateArgument and the fields its
+# TrainingArguments adds to PaddleNLP's) that this toolkit names differently or does not have. The one table of
+# translations; README "Compatibility with PaddleMIX argument files" lists it. (`recompute` is PaddleNLP's key for
+# activation recomputation and is translated with the recompute settings.)
+PADDLEMIX_KEYS: dict[str, ForeignKey] = {
+    # paddleformers 1.2 renamed the parallel degrees of PaddleNLP's TrainingArguments
+    "tensor_parallel_degree": ForeignKey(to="tensor_model_parallel_size"),
+    "pipeline_parallel_degree": ForeignKey(to="pipeline_model_parallel_size"),
+    "sharding_parallel_degree": ForeignKey(to="sharding_parallel_size"),
+    "mixtoken": ForeignKey(to="packing"),
+    "eval_with_do_generation": ForeignKey(to="eval_generation"),
+    "use_flash_attention": ForeignKey(
+        why="the attention implementation is the model's default (eager); Paddle has no FlashAttention on CPU"
+    ),
+    "group_by_modality_length": ForeignKey(
+        why="batches are drawn in shuffled order, not grouped by length",
+        inert=_off,
+        refuse="grouping batches by modality length is not available here; set it to false (to avoid padding "
+        'waste, set "mixtoken": true instead)',
+    ),
+    "lr_scheduler_name": ForeignKey(
+        why="PaddleMIX reads it only in its BLIP-2 and MiniGPT-4 trainers; the schedule here is lr_scheduler_type"
+    ),
+    "eta_min": ForeignKey(why="PaddleMIX's BLIP-2/MiniGPT-4 schedule only; for a floor here use min_lr"),
+    "warmup_start_lr": ForeignKey(why="PaddleMIX's BLIP-2/MiniGPT-4 schedule only; warmup starts at 0 here"),
+    "src_length": ForeignKey(
+        why="max_length bounds prompt and answer together; longer samples are skipped, never cut"
+    ),
+    "text_model_name_or_path": ForeignKey(
+        why="PaddleMIX's separate BLIP-2 tokenizer; the tokenizer is read from model_name_or_path"
+    ),
+    "version": ForeignKey(why="the conversation format is the model's chat template or a source's chat_template"),
+    "task_name": ForeignKey(why="PaddleMIX's fine-tuning tool does not read it either"),
+    "lazy": ForeignKey(why="records are always read lazily here"),
+    "save_generation_output": ForeignKey(
+        why="generated answers are scored, not saved; `infer.py --data_file FILE --output answers.jsonl` saves them"
+    ),
+    "splits": ForeignKey(
+        why="no named dataset is downloaded here",
+        inert=_off,
+        refuse='PaddleMIX downloads its named datasets by split; here every source names its "data_files"',
+    ),
+    "top_k": ForeignKey(why="generation during evaluation is greedy here"),
+    "top_p": ForeignKey(why="generation during evaluation is greedy here"),
+    "profiler_options": ForeignKey(why="no profiler hook here", inert=_off, refuse="profiling is not available here"),
+    "prefix_tuning": ForeignKey(
+        why="off, and not available here", inert=_off, refuse='prefix tuning is not available here; use "lora": true'
+    ),
+    "num_prefix_tokens": ForeignKey(why="prefix tuning is not available here"),
+    "neftune": ForeignKey(
+        why="off, and not available here",
+        inert=_off,
+        refuse="NEFTune embedding noise is not available here; set it to false",
+    ),
+    "neftune_noise_alpha": ForeignKey(why="NEFTune is not available here"),
+    "from_aistudio": ForeignKey(
+        why="models load from local folders",
+        inert=_off,
+        refuse="nothing is downloaded here; point model_name_or_path at a local folder and set it to false",
+    ),
+    "save_to_aistudio": ForeignKey(
+        why="nothing is uploaded",
+        inert=_off,
+        refuse="uploading is not available here; upload output_dir yourself and set it to false",
+    ),
+    "aistudio_repo_id": ForeignKey(why="nothing is uploaded"),
+    "aistudio_repo_private": ForeignKey(why="nothing is uploaded"),
+    "aistudio_repo_license": ForeignKey(why="nothing is uploaded"),
+    "aistudio_token": ForeignKey(why="nothing is uploaded"),
 }
-# Keys of ours that PaddleMIX files carry under another name.
-LEGACY_KEYS = {"mixtoken": "packing"}
+# Keys of one dataset source that PaddleMIX accepts and we do not.
+PADDLEMIX_SOURCE_KEYS = {"splits": PADDLEMIX_KEYS["splits"]}
 
 
 @dataclass(frozen=True)
@@ -59,6 +145,8 @@ class ModelArgs:
     freeze_include: list[str] = field(default_factory=list)
     freeze_exclude: list[str] = field(default_factory=list)
     allow_pickle_weights: bool = False
+    # PaddleMIX's LLaVA key: the projector's learning rate (scaled along with the schedule); unset = learning_rate.
+    mm_projector_lr: float | None = None
 
 
 @dataclass(frozen=True)
@@ -117,6 +205,8 @@ class RunArgs:
     training: Any
     source_file: str
     training_keys: tuple[str, ...] = ()
+    # One line each about what the tool adjusted or ignored (PaddleMIX keys, CPU precision); logged by the run.
+    notes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """The fully resolved arguments in the JSON key space, as saved to run_args.json."""
@@ -209,22 +299,33 @@ def coerce(value: Any, tp: Any, key: str, where: str) -> Any:
     return value
 
 
-def _parse_source(entry: Any, split: str, index: int, where: str) -> DatasetSource:
+def _parse_source(entry: Any, split: str, index: int, problems: Problems) -> DatasetSource | None:
     key = f"dataset.{split}[{index}]"
+    where = problems.origin("dataset")
     if not isinstance(entry, dict):
-        raise UserError(f'{where}: "{key}" must be an object like {{"name": "chatml_dataset", "data_files": ...}}.')
+        problems.add(f'"{key}" must be an object like {{"name": "chatml_dataset", "data_files": ...}}.', "dataset")
+        return None
     types_ = _field_types(DatasetSource)
-    unknown = [k for k in entry if k not in types_]
-    if unknown:
-        raise UserError(f'{where}: unknown key "{key}.{unknown[0]}".{closest(unknown[0], types_)}')
-    missing = [k for k in ("name", "data_files") if k not in entry]
-    if missing:
-        raise UserError(f'{where}: "{key}" needs "{missing[0]}".')
-    values = {k: coerce(v, types_[k], f"{key}.{k}", where) for k, v in entry.items()}
-    return DatasetSource(**values)
+    count = len(problems.items)
+    values = {}
+    for k, v in entry.items():
+        foreign = PADDLEMIX_SOURCE_KEYS.get(k)
+        if k in types_:
+            try:
+                values[k] = coerce(v, types_[k], f"{key}.{k}", where)
+            except UserError as err:
+                problems.error(err)
+        elif foreign is not None and not foreign.inert(v):
+            problems.add(f'"{key}.{k}" = {v!r}: {foreign.refuse}.', "dataset")
+        elif foreign is None:
+            problems.add(f'unknown key "{key}.{k}".{closest(k, types_)}', "dataset")
+    for k in ("name", "data_files"):
+        if k not in entry:
+            problems.add(f'"{key}" needs "{k}".', "dataset")
+    return DatasetSource(**values) if len(problems.items) == count else None
 
 
-def _split_overrides(overrides: list[str], where: str) -> dict[str, Any]:
+def _split_overrides(overrides: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     it = iter(overrides)
     for token in it:
@@ -243,43 +344,84 @@ def _split_overrides(overrides: list[str], where: str) -> dict[str, Any]:
 
 
 def load(path: str | Path, overrides: list[str] | None = None) -> RunArgs:
-    """Read the argument file and overrides into RunArgs; raise UserError on any mistake."""
+    """Read the argument file and `--key value` overrides into RunArgs; raise one UserError listing every mistake
+    (those of an override name the command line, not the file)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"argument file {path} does not exist.")
     raw = read_json(path)
     if not isinstance(raw, dict):
         raise UserError(f"{path} must hold one JSON object of arguments.")
-    raw.update(_split_overrides(overrides or [], str(path)))
-    return parse(raw, str(path))
+    cli = _split_overrides(overrides or [])
+    raw.update(cli)
+    return parse(raw, str(path), set(cli))
 
 
-def parse(raw: dict[str, Any], where: str) -> RunArgs:
-    """Route each flat key to its dataclass, check types, then check combinations (see `validate`)."""
+def known_keys() -> set[str]:
+    """Every top-level key an argument file may hold: ours, paddleformers' TrainingArguments and PaddleMIX's."""
+    own = {key for cls in OWN_GROUPS.values() for key in _field_types(cls) if key not in DATA_SPLITS}
+    return own | set(_field_types(_training_arguments_cls())) | set(PADDLEMIX_KEYS) | {"dataset", "chat_template"}
+
+
+def _suggest(key: str, training_types: dict[str, Any]) -> str:
+    """The closest key: ours first (the ones users mean most often), then paddleformers'."""
+    own = {k for cls in OWN_GROUPS.values() for k in _field_types(cls) if k not in DATA_SPLITS} | {"dataset"}
+    return closest(key, own) or closest(key, training_types)
+
+
+def parse(raw: dict[str, Any], where: str, cli_keys: set[str] | None = None) -> RunArgs:
+    """Route each flat key to its dataclass, translate PaddleMIX's keys, check types, then check combinations (see
+    `validate`); every problem found is reported in one UserError."""
+    problems = Problems(where, cli_keys)
     training_cls = _training_arguments_cls()
     training_types = _field_types(training_cls)
     own_types = {name: _field_types(cls) for name, cls in OWN_GROUPS.items()}
     owner = {key: group for group, fields in own_types.items() for key in fields if key not in DATA_SPLITS}
-    known = set(owner) | set(training_types) | set(LEGACY_TRAINING_KEYS) | set(LEGACY_KEYS) | {"dataset"}
     groups: dict[str, dict[str, Any]] = {name: {} for name in OWN_GROUPS}
     training: dict[str, Any] = {}
+    notes: list[str] = []
     for key, value in raw.items():
-        if key not in known:
-            raise UserError(f'{where}: unknown key "{key}".{closest(key, known)}')
-        name = LEGACY_KEYS.get(key, key)
-        if name == "dataset":
-            groups["data"].update(_parse_dataset(value, where))
-        elif name in owner:
-            group = owner[name]
-            groups[group][name] = coerce(value, own_types[group][name], key, where)
-        else:
-            name = LEGACY_TRAINING_KEYS.get(name, name)
-            training[name] = coerce(value, training_types[name], key, where)
+        origin = problems.origin(key)
+        name = key
+        if key in PADDLEMIX_KEYS:
+            foreign = PADDLEMIX_KEYS[key]
+            if foreign.to is None:
+                if foreign.inert(value):
+                    notes.append(f"ignored: {key}: {foreign.why}")
+                else:
+                    problems.add(f'"{key}" = {json.dumps(value)}: {foreign.refuse}.', key)
+                continue
+            name = foreign.to
+        try:
+            if name == "dataset":
+                groups["data"].update(_parse_dataset(value, problems))
+            elif name == "chat_template":
+                continue  # applied to the sources below
+            elif name in owner:
+                group = owner[name]
+                groups[group][name] = coerce(value, own_types[group][name], key, origin)
+            elif name in training_types:
+                training[name] = coerce(value, training_types[name], key, origin)
+            elif origin == "command line":
+                hint = _suggest(key.replace("-", "_"), training_types).replace('"', '"--', 1)
+                problems.add(f'unknown option "--{key}".{hint}', key)
+            else:
+                problems.add(f'unknown key "{key}".{_suggest(key, training_types)}', key)
+        except UserError as err:
+            problems.error(err)
+    if "chat_template" in raw:
+        _apply_chat_template(raw["chat_template"], groups["data"], problems, notes)
     if "model_name_or_path" not in groups["model"]:
-        raise UserError(f'{where}: "model_name_or_path" is required (a local model folder in Hugging Face layout).')
+        problems.add('"model_name_or_path" is required (a local model folder in Hugging Face layout).')
     if "output_dir" not in training:
-        raise UserError(f'{where}: "output_dir" is required.')
-    _apply_train_type(groups["model"].get("train_type"), groups["lora"], where)
+        problems.add('"output_dir" is required.')
+    try:
+        _apply_train_type(groups["model"].get("train_type"), groups["lora"], problems.origin("train_type"))
+    except UserError as err:
+        problems.error(err)
+    if "model_name_or_path" not in groups["model"]:
+        problems.raise_if_any()
+    # The combinations are checked even when some keys were wrong, so one run reports everything it can.
     args = RunArgs(
         model=ModelArgs(**groups["model"]),
         data=DataArgs(**groups["data"]),
@@ -288,10 +430,25 @@ def parse(raw: dict[str, Any], where: str) -> RunArgs:
         training=None,
         source_file=where,
     )
-    validate(args, training, where)
-    args.training = _build_training_arguments(training_cls, training, args.runtime, args.data.packing, where)
-    args.training_keys = tuple(training) + tuple(TRAINING_DEFAULTS)
+    validate(args, training, problems)
+    problems.raise_if_any()
+    kwargs, adjusted = training_kwargs_with_notes(training, args.runtime, args.data.packing)
+    args.training = _build_training_arguments(training_cls, kwargs, where)
+    args.training_keys = tuple(dict.fromkeys((*training, *TRAINING_DEFAULTS)))
+    args.notes = tuple(notes + adjusted)
     return args
+
+
+def _apply_chat_template(value: Any, data: dict[str, Any], problems: Problems, notes: list[str]) -> None:
+    """PaddleMIX's top-level `chat_template` (DataArgument) applies to every source that names none itself."""
+    if value is None:
+        return
+    if not isinstance(value, str):
+        problems.add(f'"chat_template" must be a path, got {value!r}.', "chat_template")
+        return
+    for split in DATA_SPLITS:
+        data[split] = [dataclasses.replace(s, chat_template=s.chat_template or value) for s in data.get(split, [])]
+    notes.append(f"chat_template {value} applies to every source without its own (PaddleMIX's top-level key)")
 
 
 def _apply_train_type(train_type: str | None, lora: dict[str, Any], where: str) -> None:
@@ -306,18 +463,43 @@ def _apply_train_type(train_type: str | None, lora: dict[str, Any], where: str) 
         )
 
 
-def _parse_dataset(value: Any, where: str) -> dict[str, list[DatasetSource]]:
+def _parse_dataset(value: Any, problems: Problems) -> dict[str, list[DatasetSource]]:
     if not isinstance(value, dict):
-        raise UserError(f'{where}: "dataset" must be an object {{"train": [...], "eval": [...]}}.')
-    unknown = [k for k in value if k not in DATA_SPLITS]
-    if unknown:
-        raise UserError(f'{where}: unknown key "dataset.{unknown[0]}"; use "train" and "eval".')
+        problems.add('"dataset" must be an object {"train": [...], "eval": [...]}.', "dataset")
+        return {}
+    for k in value:
+        if k not in DATA_SPLITS:
+            problems.add(f'unknown key "dataset.{k}"; use "train" and "eval".', "dataset")
     out = {}
-    for split, entries in value.items():
+    for split in DATA_SPLITS:
+        entries = value.get(split, [])
         if not isinstance(entries, list):
             entries = [entries]
-        out[split] = [_parse_source(e, split, i, where) for i, e in enumerate(entries)]
+        parsed = [_parse_source(e, split, i, problems) for i, e in enumerate(entries)]
+        out[split] = [p for p in parsed if p is not None]
     return out
+
+
+# Why half precision cannot train on CPU here (checked with Paddle 3.3: the vision towers' patch embeddings call
+# conv3d (Qwen) and conv2d (CLIP), which have no CPU bfloat16 or float16 kernel, under O1 autocast and O2 alike).
+CPU_HALF_PRECISION = (
+    "Paddle 3.3 has no {kind} conv2d/conv3d kernels on CPU (the vision towers' patch embedding); the same file "
+    "trains in {kind} on a GPU"
+)
+
+
+def training_kwargs_with_notes(
+    training: dict[str, Any], runtime: RuntimeArgs, packing: bool
+) -> tuple[dict[str, Any], list[str]]:
+    """`training_kwargs`, adjusted where the device cannot run a setting, with one note per adjustment."""
+    kwargs = training_kwargs(training, runtime, packing)
+    notes = []
+    if kwargs["device"] == "cpu" and (kwargs.get("bf16") or kwargs.get("fp16")):
+        kind, key = ("bfloat16", "bf16") if kwargs.get("bf16") else ("float16", "fp16")
+        asked = f"{key} {kwargs.get('fp16_opt_level', 'O1')}"
+        notes.append(f"precision: float32, not {asked}: {CPU_HALF_PRECISION.format(kind=kind)}")
+        kwargs.update(bf16=False, fp16=False, amp_master_grad=False)
+    return kwargs, notes
 
 
 def training_kwargs(training: dict[str, Any], runtime: RuntimeArgs, packing: bool) -> dict[str, Any]:
@@ -332,109 +514,115 @@ def training_kwargs(training: dict[str, Any], runtime: RuntimeArgs, packing: boo
     return kwargs
 
 
-def _build_training_arguments(
-    cls: type, training: dict[str, Any], runtime: RuntimeArgs, packing: bool, where: str
-) -> Any:
-    kwargs = training_kwargs(training, runtime, packing)
-    if kwargs["device"] == "cpu" and kwargs.get("fp16"):
-        raise UserError(f'{where}: "fp16" needs a GPU or NPU; on CPU train in float32 (or set "bf16": true).')
+def _build_training_arguments(cls: type, kwargs: dict[str, Any], where: str) -> Any:
     try:
         return cls(**kwargs)
     except (ValueError, TypeError, AssertionError, RuntimeError) as err:
         raise UserError(f"{where}: the training arguments do not fit together: {err}") from None
 
 
-def validate(args: RunArgs, training: dict[str, Any], where: str) -> None:
-    """Check paths and cross-field combinations that would otherwise fail after the model is loaded."""
+def validate(args: RunArgs, training: dict[str, Any], problems: Problems) -> None:
+    """Check paths and cross-field combinations that would otherwise fail after the model is loaded; every
+    problem is added to `problems`."""
+    add = problems.add
     model_dir = Path(args.model.model_name_or_path)
     if not (model_dir / "config.json").is_file():
-        raise UserError(
-            f'{where}: "model_name_or_path" = "{model_dir}" is not a local model folder with a config.json. '
-            "Point it at a Hugging Face-layout folder (config.json, *.safetensors, tokenizer and processor files)."
+        add(
+            f'"model_name_or_path" = "{model_dir}" is not a local model folder with a config.json. '
+            "Point it at a Hugging Face-layout folder (config.json, *.safetensors, tokenizer and processor files).",
+            "model_name_or_path",
         )
     if training.get("fp16") and training.get("bf16"):
-        raise UserError(f'{where}: "fp16" and "bf16" are both true; choose one.')
+        add('"fp16" and "bf16" are both true; choose one.', "fp16")
     if training.get("fp16_opt_level") == "O2" and not (training.get("fp16") or training.get("bf16")):
-        raise UserError(f'{where}: "fp16_opt_level": "O2" needs "fp16": true or "bf16": true.')
+        add('"fp16_opt_level": "O2" needs "fp16": true or "bf16": true.', "fp16_opt_level")
     if args.lora.lora and args.model.freeze_llm:
-        raise UserError(
-            f'{where}: "freeze_llm": true leaves LoRA nothing to train (its adapters sit in the language model); '
-            'set "lora": false to train only the vision tower or projector.'
+        add(
+            '"freeze_llm": true leaves LoRA nothing to train (its adapters sit in the language model); '
+            'set "lora": false to train only the vision tower or projector.',
+            "freeze_llm",
         )
     if args.lora.lora and (args.lora.lora_rank < 1 or not 0 <= args.lora.lora_dropout < 1):
-        raise UserError(
-            f'{where}: "lora_rank" must be >= 1 and "lora_dropout" in [0, 1), got {args.lora.lora_rank} and '
-            f"{args.lora.lora_dropout}."
+        add(
+            f'"lora_rank" must be >= 1 and "lora_dropout" in [0, 1), got {args.lora.lora_rank} and '
+            f"{args.lora.lora_dropout}.",
+            "lora_rank",
         )
     tp = max(training.get("tensor_model_parallel_size", 1) or 1, 1)
     if args.lora.lora and tp > 1:
-        raise UserError(
-            f'{where}: "tensor_parallel_degree" = {tp} with "lora": true is not supported (the adapters are not split '
-            'across devices); set "tensor_parallel_degree": 1 and use data parallelism or sharding for LoRA runs.'
+        add(
+            f'"tensor_parallel_degree" = {tp} with "lora": true is not supported (the adapters are not split across '
+            'devices); set "tensor_parallel_degree": 1 and use data parallelism or sharding for LoRA runs.',
+            "tensor_parallel_degree",
         )
     if args.lora.lora_path and not args.lora.lora:
-        raise UserError(f'{where}: "lora_path" is set but "lora" is false; set "lora": true to continue an adapter.')
+        add('"lora_path" is set but "lora" is false; set "lora": true to continue an adapter.', "lora_path")
     if args.lora.lora_path and not Path(args.lora.lora_path).is_dir():
-        raise UserError(f'{where}: "lora_path" = "{args.lora.lora_path}" is not a folder.')
-    if args.data.packing and training.get("max_steps", -1) <= 0 and training.get("do_train", True):
-        raise UserError(
-            f'{where}: "mixtoken": true streams packs without knowing their number in advance, so it needs '
-            '"max_steps" (a positive number of optimizer steps) instead of "num_train_epochs".'
-        )
+        add(f'"lora_path" = "{args.lora.lora_path}" is not a folder.', "lora_path")
+    if args.data.packing and training.get("max_steps", -1) <= 0 and training.get("num_train_epochs", 1) <= 0:
+        add('"mixtoken": true needs a positive "max_steps" or "num_train_epochs".', "num_train_epochs")
+    if args.model.mm_projector_lr is not None and args.model.mm_projector_lr <= 0:
+        add(f'"mm_projector_lr" must be positive, got {args.model.mm_projector_lr}.', "mm_projector_lr")
     if args.data.pack_window < 1:
-        raise UserError(f'{where}: "pack_window" must be at least 1, got {args.data.pack_window}.')
+        add(f'"pack_window" must be at least 1, got {args.data.pack_window}.', "pack_window")
     if not 0 <= args.data.max_skip_ratio <= 1:
-        raise UserError(f'{where}: "max_skip_ratio" must be between 0 and 1, got {args.data.max_skip_ratio}.')
+        add(f'"max_skip_ratio" must be between 0 and 1, got {args.data.max_skip_ratio}.', "max_skip_ratio")
     reporters = training.get("report_to") or []
     if "tensorboard" in reporters and importlib.util.find_spec("tensorboardX") is None:
-        raise UserError(f'{where}: "report_to" names tensorboard, which needs `pip install tensorboardX`.')
+        add('"report_to" names tensorboard, which needs `pip install tensorboardX`.', "report_to")
     if args.runtime.loss_chunk_size < 0:
-        raise UserError(f'{where}: "loss_chunk_size" must be >= 0 (0 turns the chunked loss off).')
+        add('"loss_chunk_size" must be >= 0 (0 turns the chunked loss off).', "loss_chunk_size")
     if args.data.max_length < 16:
-        raise UserError(f'{where}: "max_length" must be at least 16, got {args.data.max_length}.')
-    if training.get("do_train", True) and not args.data.train:
-        raise UserError(f'{where}: "dataset.train" is empty; name at least one source.')
+        add(f'"max_length" must be at least 16, got {args.data.max_length}.', "max_length")
+    if training.get("do_train", True) and not args.data.train and "dataset" not in problems.keys:
+        add('"dataset.train" is empty; name at least one source.', "dataset")
     if training.get("do_eval") and not args.data.eval:
-        raise UserError(f'{where}: "do_eval" is true but "dataset.eval" is empty.')
+        add('"do_eval" is true but "dataset.eval" is empty.', "do_eval")
     for split in DATA_SPLITS:
         for i, source in enumerate(getattr(args.data, split)):
-            _validate_source(source, f"dataset.{split}[{i}]", where)
-    _validate_parallel(training, model_dir, where)
+            _validate_source(source, f"dataset.{split}[{i}]", problems)
+    if (model_dir / "config.json").is_file():
+        _validate_parallel(training, model_dir, problems)
 
 
-def _validate_source(source: DatasetSource, key: str, where: str) -> None:
+def _validate_source(source: DatasetSource, key: str, problems: Problems) -> None:
+    def add(message: str) -> None:
+        problems.add(message, "dataset")
+
     if source.sampling_rate < 0:
-        raise UserError(f'{where}: "{key}.sampling_rate" must be >= 0, got {source.sampling_rate}.')
+        add(f'"{key}.sampling_rate" must be >= 0, got {source.sampling_rate}.')
     for file in source.data_files:
         if not Path(file).is_file():
-            raise UserError(f'{where}: "{key}.data_files" names {file}, which does not exist.')
+            add(f'"{key}.data_files" names {file}, which does not exist.')
     if source.chat_template is not None and not Path(source.chat_template).is_file():
-        raise UserError(
-            f'{where}: "{key}.chat_template" = "{source.chat_template}" does not exist; it must be a path to a '
+        add(
+            f'"{key}.chat_template" = "{source.chat_template}" does not exist; it must be a path to a '
             "chat_template.json or a Jinja template file."
         )
     if source.image_root is not None and not Path(source.image_root).is_dir():
-        raise UserError(f'{where}: "{key}.image_root" = "{source.image_root}" is not a folder.')
+        add(f'"{key}.image_root" = "{source.image_root}" is not a folder.')
 
 
-def _validate_parallel(training: dict[str, Any], model_dir: Path, where: str) -> None:
+def _validate_parallel(training: dict[str, Any], model_dir: Path, problems: Problems) -> None:
     tp = max(training.get("tensor_model_parallel_size", 1), 1)
     pp = max(training.get("pipeline_model_parallel_size", 1), 1)
     sharding = max(training.get("sharding_parallel_size", 1), 1)
     world = int(os.environ.get("PADDLE_TRAINERS_NUM", "1"))
     if world % (tp * pp * sharding):
-        raise UserError(
-            f"{where}: tensor x pipeline x sharding parallel degrees = {tp} x {pp} x {sharding} do not divide the "
-            f"{world} launched process(es); launch a multiple of {tp * pp * sharding} (see train.sh) or lower them."
+        problems.add(
+            f"tensor x pipeline x sharding parallel degrees = {tp} x {pp} x {sharding} do not divide the "
+            f"{world} launched process(es); launch a multiple of {tp * pp * sharding} (see train.sh) or lower them.",
+            "tensor_parallel_degree",
         )
     if training.get("sharding") and sharding > 1 and training["sharding"] not in ("stage1", "stage2", "stage3"):
-        raise UserError(f'{where}: "sharding" must be stage1, stage2 or stage3, got {training["sharding"]!r}.')
+        problems.add(f'"sharding" must be stage1, stage2 or stage3, got {training["sharding"]!r}.', "sharding")
     config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     text = config.get("text_config", config)
     for name, degree, key in (("num_attention_heads", tp, "tensor"), ("num_key_value_heads", tp, "tensor"),
                               ("num_hidden_layers", pp, "pipeline")):  # fmt: skip
         size = text.get(name) or config.get(name)
         if degree > 1 and size and size % degree:
-            raise UserError(
-                f'{where}: "{key}_parallel_degree" = {degree} does not divide the model\'s {name} = {size}.'
+            problems.add(
+                f'"{key}_parallel_degree" = {degree} does not divide the model\'s {name} = {size}.',
+                f"{key}_parallel_degree",
             )

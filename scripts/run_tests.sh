@@ -4,9 +4,21 @@
 # set SKIP_PARITY=1 to skip building it (those tests are then skipped with a reason).
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/install.sh"
+# PyTorch's own CPU index serves the CPU build (a 192 MB wheel); the default index resolves `torch` to the CUDA build
+# plus ~20 nvidia-* packages (several GB) on Linux. When that index cannot be reached (offline mirrors, proxies), the
+# probe fails within seconds and torch comes from the default index or the local wheel cache like everything else.
+TORCH_CPU_INDEX="${TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}"
 if [ "${SKIP_PARITY:-0}" != "1" ] && [ -z "${PADDLEMIX_REF_PYTHON:-}" ]; then
     [ -x .venv-ref/bin/python ] || python3 -m venv .venv-ref
     .venv-ref/bin/python -m pip install --quiet --upgrade pip
+    TORCH_PIN="$(grep -E '^torch==' tests/parity/requirements-ref.txt)"
+    if python3 -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1] + '/torch/', timeout=5)" \
+        "$TORCH_CPU_INDEX" 2>/dev/null; then
+        echo "installing $TORCH_PIN (CPU build) from $TORCH_CPU_INDEX"
+        .venv-ref/bin/python -m pip install --quiet --index-url "$TORCH_CPU_INDEX" "$TORCH_PIN"
+    else
+        echo "$TORCH_CPU_INDEX is not reachable; installing $TORCH_PIN from the default index"
+    fi
     .venv-ref/bin/python -m pip install --quiet -r tests/parity/requirements-ref.txt
     export PADDLEMIX_REF_PYTHON="$PWD/.venv-ref/bin/python"
 fi

@@ -25,6 +25,11 @@ def test_config_validates(path: Path, tiny_model_dir: Path, shapes_data: dict, t
     for split in raw["dataset"].values():
         for source in split:
             source["data_files"] = str(shapes_data["train"])
-    raw.pop("bf16", None), raw.pop("fp16_opt_level", None)  # half precision needs a GPU; checked elsewhere
-    args = arguments.parse(raw, str(path))
+    args = arguments.parse(raw, str(path), set())
     assert args.data.train and args.training.output_dir == str(tmp_path / "out")
+    if (
+        raw.get("bf16") and args.training.device == "cpu"
+    ):  # on CPU the files run as shipped, in float32, with one line saying so
+        assert args.training.bf16 is False and [n for n in args.notes if n.startswith("precision: ")] == [
+            f"precision: float32, not bf16 {raw['fp16_opt_level']}: {arguments.CPU_HALF_PRECISION.format(kind='bfloat16')}"
+        ]

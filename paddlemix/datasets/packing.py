@@ -198,6 +198,11 @@ class PackedDataset(paddle.io.IterableDataset):
             except SampleError:  # logged and counted by the encoded dataset
                 continue
 
+    def packs_per_epoch(self, epoch: int = 0) -> int:
+        """How many packs one epoch of the stream makes, planned from sample lengths alone (no image decoded)."""
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.encoded))
+        return sum(1 for _ in BestFitPacker(self.max_length, self.window).pack(self._lengths(order)))
+
     def plans(self) -> Iterator[list[int]]:
         """Pack plans (lists of item ids), epoch after epoch."""
         epoch = 0

@@ -43,6 +43,27 @@ def check_safe_weights(model_dir: str | Path, allow_pickle: bool = False) -> Non
         raise UserError(f"{folder} has no *.safetensors weight files.")
 
 
+def prefix_aliases(table: tuple[tuple[str, tuple[str, ...]], ...]) -> Callable[[str], tuple[str, ...]]:
+    """Names of one parameter in another code base, from (our prefix, their prefixes) pairs; the first pair whose
+    prefix fits wins, so list the most specific first. Names outside the table have no alias."""
+
+    def aliases(name: str) -> tuple[str, ...]:
+        for ours, theirs in table:
+            if name.startswith(ours):
+                return tuple(t + name[len(ours) :] for t in theirs)
+        return ()
+
+    return aliases
+
+
+def no_aliases(name: str) -> tuple[str, ...]:
+    return ()
+
+
+def same_name(name: str) -> str:
+    return name
+
+
 def merged_patch_tokens(processor: Any) -> tuple[int, int]:
     """(merge size, extra tokens) of an image processor that merges `merge_size`^2 patches into one token."""
     return int(getattr(processor.image_processor, "merge_size", 2)), 0
@@ -72,7 +93,9 @@ class ModelAdapter:
     image_token_layout: Callable[[Any], tuple[int, int]] = merged_patch_tokens
     # Checkpoint tensor name -> this model's parameter name, which is also transformers 4.57's in-memory name of the
     # unfused layers (LoRA targets are resolved on these before the model loads, and PEFT adapters use them).
-    parameter_name: Callable[[str], str] = lambda name: name
+    parameter_name: Callable[[str], str] = same_name
+    # PaddleMIX's names for one of our parameters, so freeze patterns written for PaddleMIX's models still apply.
+    paddlemix_names: Callable[[str], tuple[str, ...]] = no_aliases
 
     def load_config(self, path: str | Path, device: str = "cpu") -> Any:
         config = import_object(self.config_class).from_pretrained(str(path))

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from paddlemix.models.adapter import prefix_aliases
 from paddlemix.models.hf_layout import from_hf_layout
 
 
@@ -26,6 +27,20 @@ def paddle_name(name: str) -> str:
     if name.startswith("model.") and not name.startswith("model.visual."):
         return "model.language_model." + name[len("model.") :].removeprefix("language_model.")
     return name
+
+
+# PaddleMIX's names of our Qwen-VL parameters (our prefix, its prefixes), most specific first: its Qwen2-VL model
+# keeps the original checkpoint names (`visual.*`, `model.*`); its first-generation Qwen-VL nests everything under
+# `transformer.` (`transformer.visual.*`, decoder layers `transformer.h.*`) and has the vision resampler `attn_pool`
+# where Qwen2-VL and later have the patch merger.
+PADDLEMIX_PREFIXES = (
+    ("model.visual.merger.", ("visual.merger.", "transformer.visual.attn_pool.")),
+    ("model.visual.", ("visual.", "transformer.visual.")),
+    ("model.language_model.layers.", ("model.layers.", "transformer.h.")),
+    ("model.language_model.embed_tokens.", ("model.embed_tokens.", "transformer.wte.")),
+    ("model.language_model.norm.", ("model.norm.", "transformer.ln_f.")),
+    ("model.language_model.", ("model.",)),
+)
 
 
 def from_hf_state_dict(hf: dict[str, np.ndarray], config: Any, target: set[str]) -> dict[str, np.ndarray]:
@@ -68,4 +83,5 @@ SHARED_ADAPTER_FIELDS: dict[str, Any] = {
     "import_state_dict": from_hf_state_dict,
     "parameter_name": paddle_name,
     "image_grid": image_grid,
+    "paddlemix_names": prefix_aliases(PADDLEMIX_PREFIXES),
 }

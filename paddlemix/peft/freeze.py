@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+import re
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase, translate
+from pathlib import Path
 from typing import Any
+
+from paddlemix.utils.errors import UserError
+
+logger = logging.getLogger(__name__)
+Aliases = Callable[[str], tuple[str, ...]]
 
 GROUPS = ("vision", "projector", "llm")
 # Which module groups each `train_type` freezes (the LLaVA recipe); with LoRA the llm group trains through its
@@ -20,18 +28,92 @@ PRESETS: dict[str | None, dict[str, bool]] = {
 LORA_ONLY = {"vision": True, "projector": True, "llm": False}
 
 
-def matches(name: str, patterns: Iterable[str]) -> bool:
-    return any(fnmatchcase(name, p) for p in patterns)
+def matches(name: str, patterns: Iterable[str], aliases: Aliases | None = None) -> bool:
+    """Whether a glob of `patterns` matches the parameter `name` or one of its `aliases` (PaddleMIX's names)."""
+    names = (name, *aliases(name)) if aliases else (name,)
+    return any(fnmatchcase(n, p) for p in patterns for n in names)
 
 
-def apply_freeze(model: Any, include: Sequence[str], exclude: Sequence[str] = ()) -> list[str]:
-    """Freeze parameters matching `include` unless they match `exclude` (exclude wins); return the frozen names."""
+def apply_freeze(
+    model: Any, include: Sequence[str], exclude: Sequence[str] = (), aliases: Aliases | None = None
+) -> list[str]:
+    """Freeze parameters matching `include` unless they match `exclude` (exclude wins); return the frozen names.
+    A pattern matches a parameter's own name or one of its `aliases`."""
     frozen = []
     for name, param in model.named_parameters():
-        if matches(name, include) and not matches(name, exclude):
+        if matches(name, include, aliases) and not matches(name, exclude, aliases):
             param.stop_gradient = True
             frozen.append(name)
     return frozen
+
+
+# paddleformers fuses q/k/v into `qkv_proj` and gate/up into `up_gate_proj` in some language models; before the
+# model exists, a checkpoint name stands for both its own and the fused name.
+_FUSED = ((re.compile(r"\.[qkv]_proj\."), ".qkv_proj."), (re.compile(r"\.(gate|up)_proj\."), ".up_gate_proj."))
+
+
+def loaded_names(checkpoint_names: Iterable[str], parameter_name: Callable[[str], str]) -> set[str]:
+    """The parameter names a model loaded from a checkpoint may have: each checkpoint name mapped by the family's
+    `parameter_name`, with and without paddleformers' q/k/v and gate/up fusion."""
+    out = set()
+    for name in checkpoint_names:
+        name = parameter_name(name)
+        out.add(name)
+        for pattern, fused in _FUSED:
+            out.add(pattern.sub(fused, name))
+    return out
+
+
+def check_patterns(
+    patterns: Mapping[str, Sequence[str]], names: Iterable[str], aliases: Aliases | None, where: str
+) -> list[str]:
+    """Check freeze patterns (key -> globs) against parameter names before anything is frozen.
+
+    Raises:
+        UserError: for every pattern that matches no name (directly or through PaddleMIX's names), listing the real
+            module prefixes, so a pattern never silently freezes nothing.
+    Returns:
+        One note per pattern that matched only through PaddleMIX's names, saying what it matches here.
+    """
+    names = sorted(names)
+    missing, notes = [], []
+    for key, globs in patterns.items():
+        for glob in globs:
+            direct = [n for n in names if fnmatchcase(n, glob)]
+            via = [n for n in names if not fnmatchcase(n, glob) and matches(n, [glob], aliases)]
+            if not direct and not via:
+                missing.append(f'"{glob}" ({key})')
+            elif via and not direct:
+                modules = sorted({module_of(n, 3) for n in via})
+                notes.append(f'freeze pattern "{glob}" ({key}) uses PaddleMIX\'s module names; here it matches '
+                             f"{len(via)} tensors in {', '.join(modules)}")  # fmt: skip
+    if missing:
+        prefixes = sorted({module_of(n, 3) for n in names})
+        theirs = sorted({module_of(a, 3) for n in names for a in (aliases(n) if aliases else ())})
+        raise UserError(
+            f"{where}: freeze pattern{'s' if len(missing) > 1 else ''} {', '.join(missing)} match"
+            f"{'' if len(missing) > 1 else 'es'} no parameter of this model, so nothing would be frozen or kept by "
+            f"{'them' if len(missing) > 1 else 'it'}. Patterns are globs on full parameter names; this model's "
+            f"modules are {', '.join(prefixes)} (PaddleMIX's names for them: {', '.join(theirs) or 'none'}); "
+            f'e.g. "{prefixes[0]}.*" names the first of them.'
+        )
+    return notes
+
+
+def check_checkpoint_patterns(
+    model_dir: str | Path,
+    patterns: Mapping[str, Sequence[str]],
+    parameter_name: Callable[[str], str],
+    aliases: Aliases | None,
+    where: str,
+) -> list[str]:
+    """`check_patterns` against the tensor names in a model folder's safetensors headers, before it is loaded."""
+    from paddlemix.utils.io import safetensors_names
+
+    if not any(patterns.values()):
+        return []
+    names = loaded_names(safetensors_names(model_dir), parameter_name)
+    return check_patterns(patterns, names, aliases, where)
 
 
 @dataclass(frozen=True)
@@ -68,6 +150,17 @@ def freeze_plan(
         return FreezePlan(list(include), list(exclude), [translate(p) for p in trained], frozen_groups, modules)
     by_group = [p for g in frozen_groups for p in groups[g]]
     return FreezePlan([*by_group, *include], list(exclude), [], frozen_groups)
+
+
+def scale_learning_rate(model: Any, patterns: Sequence[str], ratio: float) -> int:
+    """Train the trainable parameters matching `patterns` at `ratio` x the optimizer's learning rate (Paddle's
+    per-parameter `optimize_attr["learning_rate"]`, which multiplies the scheduled rate); return how many."""
+    count = 0
+    for name, param in model.named_parameters():
+        if not param.stop_gradient and matches(name, patterns):
+            param.optimize_attr["learning_rate"] = ratio
+            count += 1
+    return count
 
 
 def module_of(name: str, depth: int = 2) -> str:

@@ -10,10 +10,10 @@ Usage: python paddlemix/tools/build_llava.py --vision_model CLIP_DIR --language_
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from paddlemix.utils.errors import exit_on_user_error
+from paddlemix.utils.logging import quiet_console
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -32,7 +32,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     args = parse(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
+    quiet_console()
     from paddlemix.models.llava.build import build_llava, read_chat_template
 
     template = read_chat_template(args.chat_template) if args.chat_template else None

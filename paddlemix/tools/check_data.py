@@ -14,6 +14,7 @@ from pathlib import Path
 
 from paddlemix import arguments
 from paddlemix.utils.errors import UserError, exit_on_user_error
+from paddlemix.utils.logging import quiet_console
 
 
 @exit_on_user_error
@@ -26,10 +27,13 @@ def main(argv: list[str] | None = None) -> None:
     if "--report" in argv:
         k = argv.index("--report")
         if k + 1 >= len(argv):
-            raise UserError('"--report" needs a file name.')
+            raise UserError('command line: "--report" needs a file name.')
         report_path = argv[k + 1]
         del argv[k : k + 2]
+    quiet_console()
     args = arguments.load(argv[0], argv[1:])
+    for note in args.notes:  # PaddleMIX keys ignored or translated, precision on this device
+        print(note, file=sys.stderr)
 
     from tqdm import tqdm
 

@@ -16,6 +16,7 @@ import json
 import sys
 
 from paddlemix.utils.errors import UserError, exit_on_user_error
+from paddlemix.utils.logging import quiet_console
 
 
 def _bool(value: str) -> bool:
@@ -91,6 +92,7 @@ def shown_answer(text: str) -> str:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     args = parse(sys.argv[1:] if argv is None else argv)
+    quiet_console()
     if bool(args.question) == bool(args.data_file):
         raise UserError("give either --question (with --image) or --data_file.")
     if args.batch_size < 1:

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from paddlemix.utils.errors import UserError, exit_on_user_error
+from paddlemix.utils.logging import quiet_console
 
 
 def base_model_of(lora_path: Path) -> str:
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max_shard_size", default="5GB", help='largest output shard: bytes, "500MB", "5GB", "2GiB"')
     parser.add_argument("--device", default="cpu", help="ignored: the merge runs on the CPU without a framework")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    quiet_console()
     lora_path = Path(args.lora_path)
     base = Path(args.model_name_or_path or base_model_of(lora_path))
     out = Path(args.merge_model_path or f"{str(lora_path).rstrip('/')}-merged")

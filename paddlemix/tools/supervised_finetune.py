@@ -9,6 +9,7 @@ import sys
 
 from paddlemix import arguments
 from paddlemix.utils.errors import UserError, exit_on_user_error
+from paddlemix.utils.logging import quiet_console
 
 
 @exit_on_user_error
@@ -18,7 +19,8 @@ def main(argv: list[str] | None = None) -> None:
         print(__doc__)
         return
     if not argv[0].endswith(".json"):
-        raise UserError(f"the first argument must be the JSON argument file, got {argv[0]!r}.")
+        raise UserError(f"command line: the first argument must be the JSON argument file, got {argv[0]!r}.")
+    quiet_console()
     args = arguments.load(argv[0], argv[1:])
 
     from paddlemix.trainer.sft import run_sft

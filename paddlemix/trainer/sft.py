@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
+import math
 import shutil
 import tempfile
 import time
@@ -16,7 +19,14 @@ from paddlemix.datasets.encoded import SkipLog, build_dataset
 from paddlemix.datasets.packing import PackedDataset
 from paddlemix.models import adapter_for
 from paddlemix.models.adapter import ModelAdapter
-from paddlemix.peft.freeze import apply_freeze, freeze_plan, trainable_table
+from paddlemix.peft.freeze import (
+    apply_freeze,
+    check_checkpoint_patterns,
+    check_patterns,
+    freeze_plan,
+    scale_learning_rate,
+    trainable_table,
+)
 from paddlemix.peft.lora import (
     apply_lora,
     base_model,
@@ -44,6 +54,7 @@ from paddlemix.utils import checkpoints
 from paddlemix.utils.device import device_env
 from paddlemix.utils.errors import UserError
 from paddlemix.utils.io import copy_side_files, save_safetensors, to_numpy, write_json
+from paddlemix.utils.logging import quiet_console
 
 logger = logging.getLogger(__name__)
 
@@ -56,16 +67,20 @@ def setup_runtime(args: RunArgs) -> None:
     import paddle
     from paddle.distributed import fleet
 
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
+    quiet_console()
     for key, value in device_env(args.training.device).items():
         if key.startswith("FLAGS_"):
             paddle.set_flags({key: value})
     paddle.set_device(args.training.device)
-    # paddleformers' checkpoint loader needs an initialised fleet, also in a single process.
-    fleet.init(is_collective=True)
+    # paddleformers' checkpoint loader needs an initialised fleet, also in a single process. Its init writes a
+    # "Modified FLAGS detected" banner straight to stderr (flags paddleformers set, not the user); errors still raise.
+    with contextlib.redirect_stderr(io.StringIO()):
+        fleet.init(is_collective=True)
     logger.info(
         "device %s, world size %d, seed %d", args.training.device, args.training.world_size, args.training.seed
     )
+    for note in args.notes:
+        logger.info("%s", note)
 
 
 # Keys that make two runs different runs; changing others (max_steps, save_steps, ...) continues the same run.
@@ -106,10 +121,15 @@ def load_dtype(training: Any) -> str:
 def build_model(args: RunArgs, adapter: ModelAdapter) -> Any:
     """Load the base model, wrap it with LoRA if asked, apply freezing, and log the trainable table.
 
-    LoRA targets are resolved against the checkpoint's tensor names before the weights load, so a target that
-    matches nothing fails fast.
+    LoRA targets and the user's freeze patterns are resolved against the checkpoint's tensor names before the
+    weights load, and the patterns again against the loaded parameters: a target or pattern that matches nothing is
+    a UserError, never a silent no-op.
     """
     path = args.model.model_name_or_path
+    patterns = {"freeze_include": args.model.freeze_include, "freeze_exclude": args.model.freeze_exclude}
+    for note in check_checkpoint_patterns(path, patterns, adapter.parameter_name, adapter.paddlemix_names,
+                                          args.source_file):  # fmt: skip
+        logger.info("%s", note)
     lora, m = args.lora, args.model
     switches = {"vision": m.freeze_vision, "projector": m.freeze_projector, "llm": m.freeze_llm}
     plan = freeze_plan(adapter.module_groups, m.train_type, switches, lora.lora, m.freeze_include, m.freeze_exclude)
@@ -133,11 +153,27 @@ def build_model(args: RunArgs, adapter: ModelAdapter) -> Any:
             seed=args.training.seed, use_rslora=lora.rslora, base_model_name_or_path=str(Path(path).resolve()),
         )  # fmt: skip
     base = base_model(model)
+    if any(patterns.values()):
+        check_patterns(patterns, [n for n, _ in base.named_parameters()], adapter.paddlemix_names, args.source_file)
     if plan.include:
-        frozen = apply_freeze(base, plan.include, plan.exclude)
+        frozen = apply_freeze(base, plan.include, plan.exclude, adapter.paddlemix_names)
         logger.info("froze %d parameter tensors matching %s", len(frozen), plan.include)
+    if m.mm_projector_lr is not None:
+        set_projector_learning_rate(base, adapter, m.mm_projector_lr, args.training.learning_rate)
     logger.info("trainable parameters:\n%s", trainable_table(base))
     return model
+
+
+def set_projector_learning_rate(model: Any, adapter: ModelAdapter, rate: float, learning_rate: float) -> None:
+    """PaddleMIX's `mm_projector_lr`: the projector trains at its own rate, on the same schedule."""
+    count = scale_learning_rate(model, adapter.module_groups["projector"], rate / learning_rate)
+    if count:
+        logger.info("mm_projector_lr: %d projector tensors train at %g (learning_rate %g)", count, rate, learning_rate)
+    else:
+        logger.info(
+            'ignored: mm_projector_lr: the projector is frozen in this run ("lora": true without "train_type" '
+            'trains the adapters only); "train_type": "use_lora" trains it too, as PaddleMIX\'s LLaVA trainer does'
+        )
 
 
 def build_datasets(
@@ -159,6 +195,21 @@ def build_datasets(
         positions = adapter.position_fn(config)
         train = PackedDataset(train, args.data.max_length, positions, seed, args.data.pack_window, consumed)
     return train, eval_set
+
+
+def plan_packed_steps(training: Any, train_set: PackedDataset) -> int:
+    """Optimizer steps for `num_train_epochs` of a pack stream, which the trainer cannot count itself: packs per
+    epoch (planned from sample lengths, nothing decoded) over the packs one step consumes, rounded up."""
+    per_step = (
+        training.per_device_train_batch_size * training.gradient_accumulation_steps * training.dataset_world_size
+    )
+    packs = train_set.packs_per_epoch()
+    steps = max(math.ceil(training.num_train_epochs * packs / per_step), 1)
+    logger.info(
+        "MIXToken: %d packs per epoch, %d per optimizer step: num_train_epochs %g = max_steps %d",
+        packs, per_step, training.num_train_epochs, steps,
+    )  # fmt: skip
+    return steps
 
 
 def preflight(train_set: Any, skips: SkipLog) -> None:
@@ -269,6 +320,8 @@ def run_sft(args: RunArgs) -> dict[str, Any]:
     skip_file = out / SKIPPED if training.process_index == 0 else None
     skips = SkipLog(skip_file, args.data.max_skip_ratio)
     train_set, eval_set = build_datasets(args, processor, adapter, config, skips, resume_step)
+    if isinstance(train_set, PackedDataset) and training.max_steps <= 0 and training.do_train:
+        training.max_steps = plan_packed_steps(training, train_set)
     if train_set is not None and training.do_train:
         preflight(train_set, skips)
     image_token_id = processor.tokenizer.convert_tokens_to_ids(adapter.image_token)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import runpy
+import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -32,3 +35,18 @@ def test_shortened_demo_learns_colours(tmp_path: Path, monkeypatch, run_tool, fa
     log = [json.loads(line) for line in (model / "train_log.jsonl").read_text().splitlines()]
     during = [r["eval_accuracy"] for r in log if "eval_accuracy" in r]
     assert len(during) >= 3 and during[-1] >= 0.9 and during[-1] > during[0], during
+
+
+def test_demo_ends_with_the_model_and_a_next_command_that_runs(tmp_path: Path, monkeypatch, capsys, tiny_model_dir,
+                                                              shapes_data) -> None:  # fmt: skip
+    monkeypatch.setattr(sys, "argv", [str(DEMO)])
+    demo = runpy.run_path(str(DEMO))
+    monkeypatch.chdir(tmp_path)
+    commands = demo["print_next_steps"](tiny_model_dir, shapes_data["eval"])
+    out = capsys.readouterr().out
+    assert f"fine-tuned model: {os.path.relpath(tiny_model_dir)}" in out
+    infer = commands[-1]
+    assert infer in out and infer.startswith("python ")
+    proc = subprocess.run([sys.executable, *shlex.split(infer)[1:]], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip()  # the model's answer

@@ -141,8 +141,8 @@ def test_lora_run_then_merge_tool(workspace: Path, run_tool, tiny_family: str) -
 @pytest.mark.parametrize(
     "override, message",
     [
-        (["--lora_rnak", "4"], 'unknown key "lora_rnak". Did you mean "lora_rank"?'),
-        (["--max_steps", "many"], 'key "max_steps" must be an integer'),
+        (["--lora_rnak", "4"], 'command line: unknown option "--lora_rnak". Did you mean "--lora_rank"?'),
+        (["--max_steps", "many"], 'command line: key "max_steps" must be an integer'),
         (["--device", "gpu"], 'device "gpu" is not usable'),
         (["--fp16_opt_level", "O2"], '"fp16_opt_level": "O2" needs'),
     ],

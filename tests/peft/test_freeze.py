@@ -63,3 +63,69 @@ def test_presets_and_switches(train_type, lora, switches, frozen) -> None:
     else:
         assert plan.include == [p for g in frozen for p in GROUPS[g]] + ["extra.*"]
         assert plan.lora_trainable == []
+
+
+def test_paddlemix_names_apply_through_aliases() -> None:
+    from paddlemix.models.llava import ADAPTER
+
+    model = Tiny()
+    aliases = {"visual.0.weight": ("llama.mm_projector.0.weight",)}.get
+    frozen = apply_freeze(model, ["*llama*"], (), lambda n: aliases(n, ()))
+    assert frozen == ["visual.0.weight"]
+    names = ADAPTER.paddlemix_names
+    assert names("model.multi_modal_projector.linear_2.bias") == ("llama.mm_projector.2.bias",)
+    assert names("model.vision_tower.vision_model.encoder.layers.0.mlp.fc1.weight") == (
+        "llama.vision_tower.vision_tower.vision_model.encoder.layers.0.mlp.fc1.weight",
+    )
+    assert names("lm_head.weight") == ()
+
+
+QWEN_NAMES = ["model.visual.blocks.0.attn.qkv.weight", "model.visual.merger.mlp.0.weight",
+              "model.language_model.layers.0.self_attn.qkv_proj.weight", "lm_head.weight"]  # fmt: skip
+
+
+def test_check_patterns_notes_translations_and_refuses_empty_patterns() -> None:
+    from paddlemix.models.qwen2_5_vl import ADAPTER
+    from paddlemix.peft.freeze import check_patterns
+    from paddlemix.utils.errors import UserError
+
+    aliases = ADAPTER.paddlemix_names
+    notes = check_patterns(
+        {"freeze_exclude": ["*visual.attn_pool*", "visual.blocks.*"]}, QWEN_NAMES, aliases, "a.json"
+    )
+    assert notes == [
+        'freeze pattern "*visual.attn_pool*" (freeze_exclude) uses PaddleMIX\'s module names; here it matches 1 '
+        "tensors in model.visual.merger",
+        'freeze pattern "visual.blocks.*" (freeze_exclude) uses PaddleMIX\'s module names; here it matches 1 '
+        "tensors in model.visual.blocks",
+    ]
+    assert check_patterns({"freeze_include": ["model.visual.*"]}, QWEN_NAMES, aliases, "a.json") == []
+    with pytest.raises(UserError) as err:
+        check_patterns({"freeze_include": ["*vit*", "*llama*"]}, QWEN_NAMES, aliases, "a.json")
+    message = str(err.value)
+    assert message.startswith('a.json: freeze patterns "*vit*" (freeze_include), "*llama*" (freeze_include) match no')
+    assert "model.language_model.layers, model.visual.blocks, model.visual.merger" in message
+    assert "transformer.visual.attn_pool" in message
+
+
+def test_loaded_names_cover_fused_projections_and_checkpoint_layouts(tmp_path) -> None:
+    import numpy as np
+
+    from paddlemix.models.qwen2_5_vl import ADAPTER
+    from paddlemix.peft.freeze import check_checkpoint_patterns, loaded_names
+    from paddlemix.utils.io import safetensors_names, save_safetensors
+
+    tensors = {"model.layers.0.self_attn.k_proj.weight": np.zeros(2, "float32"),
+               "visual.blocks.0.mlp.up_proj.weight": np.zeros(2, "float32")}  # fmt: skip
+    save_safetensors(tensors, tmp_path / "model.safetensors")
+    assert safetensors_names(tmp_path) == sorted(tensors)
+    assert loaded_names(safetensors_names(tmp_path), ADAPTER.parameter_name) == {
+        "model.language_model.layers.0.self_attn.k_proj.weight",
+        "model.language_model.layers.0.self_attn.qkv_proj.weight",
+        "model.visual.blocks.0.mlp.up_proj.weight",
+        "model.visual.blocks.0.mlp.up_gate_proj.weight",
+    }
+    patterns = {"freeze_include": ["*qkv_proj*"], "freeze_exclude": []}
+    assert check_checkpoint_patterns(tmp_path, patterns, ADAPTER.parameter_name, None, "a.json") == []
+    (tmp_path / "model.safetensors.index.json").write_text('{"weight_map": {"lm_head.weight": "x.safetensors"}}')
+    assert safetensors_names(tmp_path) == ["lm_head.weight"]

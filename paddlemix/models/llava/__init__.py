@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from paddlemix.models.adapter import ModelAdapter
+from paddlemix.models.adapter import ModelAdapter, prefix_aliases
 from paddlemix.models.hf_layout import LM_LORA_TARGETS, from_hf_layout, to_hf_layout
 
 # (Paddle prefix, checkpoint prefix); names in transformers' nested layout (model.*, lm_head.*) load unchanged.
@@ -26,6 +26,14 @@ CHECKPOINT_PREFIXES = (
     ("lm_head.", "language_model.lm_head."),
 )
 HF_LM_HEAD = "language_model.lm_head.weight"
+# PaddleMIX's names of our parameters (our prefix, its prefixes): its LLaVA nests the CLIP tower and the projector
+# (an nn.Sequential: Linear, GELU, Linear) inside the language model `llama`; the head is `lm_head` in both.
+PADDLEMIX_PREFIXES = (
+    ("model.vision_tower.", ("llama.vision_tower.vision_tower.",)),
+    ("model.multi_modal_projector.linear_1.", ("llama.mm_projector.0.",)),
+    ("model.multi_modal_projector.linear_2.", ("llama.mm_projector.2.",)),
+    ("model.language_model.", ("llama.",)),
+)
 
 
 def hf_name(name: str) -> str:
@@ -101,4 +109,5 @@ ADAPTER = ModelAdapter(
     weights_loader="import_state_dict",
     image_token_layout=image_token_layout,
     parameter_name=paddle_name,
+    paddlemix_names=prefix_aliases(PADDLEMIX_PREFIXES),
 )
