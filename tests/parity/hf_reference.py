@@ -24,6 +24,7 @@ from transformers.video_processing_utils import BaseVideoProcessor
 # config.json model_type -> the transformers class that loads such a folder.
 HF_CLASSES = {
     "llava": "LlavaForConditionalGeneration",
+    "qwen2_vl": "Qwen2VLForConditionalGeneration",
     "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
     "qwen3_vl": "Qwen3VLForConditionalGeneration",
 }

@@ -1,0 +1,38 @@
+"""Parity with Hugging Face transformers 4.57.1 (`Qwen2VLForConditionalGeneration`, `Qwen2VLProcessor`) on tiny
+Qwen2-VL folders (CPU, float32), through this toolkit's Paddle vision tower on paddleformers' Qwen2.5-VL language
+model and paddleformers' `Qwen2VLProcessor`.
+
+The checks are in hf_parity.py: processor ids, grids and pixels, the training encoder's ids, logits for text only
+and image + text (max abs diff <= 1e-4), and HF loading our merged-LoRA export.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hf_parity import HFParity
+
+from paddlemix.testing.tiny_qwen2_vl import build_tiny_qwen2_vl
+
+
+class TestQwen2VLParity(HFParity):
+    """config.json as transformers 4.57 writes it (text fields at the top level and in `text_config`)."""
+
+    pixel_atol = 1e-6
+
+    @pytest.fixture(scope="class")
+    def model_dir(self, tiny_qwen2_vl_dir: Path) -> Path:
+        return tiny_qwen2_vl_dir
+
+
+class TestQwen2VLReleaseParity(HFParity):
+    """The released Qwen2-VL-2B's layout: a flat config.json (`in_chans`, `{"type": "mrope"}`) and a head tied to
+    the embeddings, so neither the checkpoint nor the merged export has lm_head.weight."""
+
+    pixel_atol = 1e-6
+
+    @pytest.fixture(scope="class")
+    def model_dir(self, tmp_path_factory) -> Path:
+        folder = tmp_path_factory.mktemp("tiny_qwen2_vl_release")
+        return build_tiny_qwen2_vl(folder, config_layout="release", tie_word_embeddings=True)
