@@ -7,7 +7,8 @@ QuickGELU), LayerNorms with bias, an fc1/fc2 MLP, a LayerNorm merger, and the or
 
 - "transformers": what transformers 4.57 writes on save (text fields both at the top level and in `text_config`);
 - "release": the flat file of the released Qwen2-VL-2B/7B-Instruct (text fields at the top level only,
-  `in_chans`, no `hidden_act` in `vision_config`, mRoPE given as `{"type": "mrope"}`).
+  `in_chans`, no `hidden_act` in `vision_config`, mRoPE given as `{"type": "mrope"}`), and its
+  preprocessor_config.json, which gives `min_pixels` / `max_pixels` but no `size`.
 """
 
 from __future__ import annotations
@@ -135,4 +136,6 @@ def build_tiny_qwen2_vl(
     weights = _random_weights(shapes, seed, bias_std=0.02)
     _random_norm_scales(weights, seed)
     preprocessor = _image_processor_config("Qwen2VLProcessor", 14, CLIP_MEAN, CLIP_STD)
+    if release:
+        del preprocessor["size"]
     return _write_model(out, config, preprocessor, ids, weights)
