@@ -11,6 +11,7 @@ import numpy as np
 import paddle
 import pytest
 from family_checks import FamilyChecks, rope_oracle
+from PIL import Image
 
 from paddlemix.models import adapter_for
 from paddlemix.models.qwen2_vl.modeling import Qwen2VLModel
@@ -36,6 +37,18 @@ class TestQwen2VL(FamilyChecks):
         assert per_block == {f"{layer}.{part}" for layer in ("norm1", "norm2", "attn.qkv", "attn.proj", "mlp.fc1",
                                                               "mlp.fc2") for part in ("weight", "bias")}  # fmt: skip
         assert len(names) == 1 + 12 * model.config.vision_config.depth + 6  # patch embedding, blocks, merger
+
+    def test_images_of_a_batch_do_not_see_each_other(self, model, processor) -> None:
+        """Attention spans one frame: the features of two images encoded together equal each encoded alone."""
+        rng = np.random.default_rng(0)
+        images = [Image.fromarray(rng.integers(0, 255, size, dtype=np.uint8)) for size in [(84, 56, 3), (56, 112, 3)]]
+        alone = [processor.image_processor(images=[im], return_tensors="np") for im in images]
+        both = processor.image_processor(images=images, return_tensors="np")
+        visual = model.model.visual
+        with paddle.no_grad():
+            together = visual(paddle.to_tensor(both["pixel_values"]), paddle.to_tensor(both["image_grid_thw"]))
+            each = [visual(paddle.to_tensor(a["pixel_values"]), paddle.to_tensor(a["image_grid_thw"])) for a in alone]
+        np.testing.assert_allclose(together.numpy(), paddle.concat(each).numpy(), atol=1e-5)
 
     def test_lora_targets_match_language_model_layers(self, model, model_dir: Path) -> None:
         targets = adapter_for(model_dir).lora_targets

@@ -113,6 +113,11 @@ class VisionAttention(nn.Layer):
         super().__init__()
         self.num_heads = config.num_heads
         self.head_dim = config.embed_dim // config.num_heads
+        if self.head_dim * self.num_heads != config.embed_dim or self.head_dim % 4:
+            raise ValueError(
+                f"vision_config: embed_dim {config.embed_dim} must be num_heads ({config.num_heads}) times a head "
+                "size divisible by 4 (half of each head rotates by rows, half by columns)"
+            )
         self.qkv = nn.Linear(config.embed_dim, 3 * config.embed_dim)
         self.proj = nn.Linear(config.embed_dim, config.embed_dim)
 
