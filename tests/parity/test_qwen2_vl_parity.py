@@ -36,3 +36,19 @@ class TestQwen2VLReleaseParity(HFParity):
     def model_dir(self, tmp_path_factory) -> Path:
         folder = tmp_path_factory.mktemp("tiny_qwen2_vl_release")
         return build_tiny_qwen2_vl(folder, config_layout="release", tie_word_embeddings=True)
+
+
+class TestQwen2VLRealHeadSizesParity(HFParity):
+    """Qwen2-VL's real head sizes, where the rotary layouts depend on them: text heads of 128 with mRoPE sections
+    [16, 24, 24] and grouped KV heads, vision heads of 80 (20 rotary frequencies per axis), on few heads and one
+    layer each so the check stays fast."""
+
+    pixel_atol = 1e-6
+
+    @pytest.fixture(scope="class")
+    def model_dir(self, tmp_path_factory) -> Path:
+        folder = tmp_path_factory.mktemp("qwen2_vl_real_heads")
+        return build_tiny_qwen2_vl(
+            folder, hidden_size=512, num_layers=1, num_heads=4, num_kv_heads=2, intermediate_size=256,
+            vision_hidden=160, vision_depth=1, vision_heads=2,
+        )  # fmt: skip
