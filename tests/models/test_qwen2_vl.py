@@ -4,20 +4,24 @@ checkpoint names, frame-numbered video positions)."""
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
+import ml_dtypes
 import numpy as np
 import paddle
 import pytest
 from family_checks import FamilyChecks, rope_oracle
 from PIL import Image
+from safetensors.numpy import save_file
 
+from paddlemix.auto import AutoModelMIX
 from paddlemix.models import adapter_for
 from paddlemix.models.qwen2_vl.modeling import Qwen2VLModel
 from paddlemix.models.qwen2_vl.vision import patch_positions
 from paddlemix.testing.tiny_qwen2_vl import build_tiny_qwen2_vl
-from paddlemix.utils.io import load_safetensors
+from paddlemix.utils.io import load_safetensors, to_numpy, write_json
 
 
 class TestQwen2VL(FamilyChecks):
@@ -99,3 +103,26 @@ def test_patch_positions_follow_the_processors_patch_order(grid: list[int]) -> N
     expected = [(r0 + dr, c0 + dc) for _ in range(t) for r0 in range(0, h, 2) for c0 in range(0, w, 2)
                 for dr in range(2) for dc in range(2)]  # fmt: skip
     np.testing.assert_array_equal(patch_positions(np.array([grid]), 2), np.array(expected))
+
+
+def test_sharded_bf16_checkpoint_loads(tiny_qwen2_vl_dir: Path, tmp_path: Path) -> None:
+    """The released Qwen2-VL weights are bf16 safetensors in shards with an index; they load as float32 with
+    exactly the bf16 values."""
+    folder = tmp_path / "bf16"
+    shutil.copytree(tiny_qwen2_vl_dir, folder, ignore=shutil.ignore_patterns("*.safetensors"))
+    weights = load_safetensors(tiny_qwen2_vl_dir / "model.safetensors")
+    names = sorted(weights)
+    index: dict[str, str] = {}
+    for i, part in enumerate((names[::2], names[1::2])):
+        file = f"model-0000{i + 1}-of-00002.safetensors"
+        save_file({k: weights[k].astype(ml_dtypes.bfloat16) for k in part}, str(folder / file), {"format": "pt"})
+        index.update(dict.fromkeys(part, file))
+    write_json({"metadata": {}, "weight_map": index}, folder / "model.safetensors.index.json")
+
+    model = AutoModelMIX.from_pretrained(folder)
+    state = {k: to_numpy(v) for k, v in model.state_dict().items()}
+    rounded = {k: v.astype(ml_dtypes.bfloat16).astype(np.float32) for k, v in weights.items()}
+    expected = adapter_for(folder).import_state_dict(rounded, model.config, set(state))
+    assert not np.array_equal(rounded["visual.merger.mlp.0.weight"], weights["visual.merger.mlp.0.weight"])
+    for name, value in expected.items():
+        np.testing.assert_array_equal(state[name], value, err_msg=name)
