@@ -69,6 +69,7 @@ class Qwen2VLVisionConfig(PretrainedConfig):
 
 
 def rotate_half(x: paddle.Tensor) -> paddle.Tensor:
+    """[a, b] -> [-b, a] on the last axis (the rotation partner of each rotary component)."""
     first, second = x.chunk(2, axis=-1)
     return paddle.concat([-second, first], axis=-1)
 
@@ -107,7 +108,8 @@ class PatchEmbed(nn.Layer):
 
 
 class VisionAttention(nn.Layer):
-    """Multi-head attention with 2-D rotary positions; each frame attends only to itself (`cu_seqlens`)."""
+    """Multi-head attention with 2-D rotary positions; each frame attends only to itself (`lengths`: patches per
+    frame, in order, as the original's `cu_seqlens`)."""
 
     def __init__(self, config: Qwen2VLVisionConfig):
         super().__init__()
