@@ -10,9 +10,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import paddle
 import pytest
-from hf_parity import HFParity
+from hf_parity import QUESTION, HFParity, reference, requires_reference
+from PIL import Image
 
+from paddlemix.auto import AutoModelMIX, AutoProcessorMIX
 from paddlemix.testing.tiny_qwen2_vl import build_tiny_qwen2_vl
 
 
@@ -52,3 +56,27 @@ class TestQwen2VLRealHeadSizesParity(HFParity):
             folder, hidden_size=512, num_layers=1, num_heads=4, num_kv_heads=2, intermediate_size=256,
             vision_hidden=160, vision_depth=1, vision_heads=2,
         )  # fmt: skip
+
+
+@requires_reference
+def test_greedy_generation_matches_hf(tiny_qwen2_vl_dir: Path, tmp_path: Path) -> None:
+    """`generate` (paddleformers' loop on this model, as infer.py and the eval callback use it) gives transformers'
+    greedy tokens for an image question."""
+    rng = np.random.default_rng(1)
+    image = Image.fromarray(rng.integers(0, 255, (56, 84, 3), dtype=np.uint8))
+    processor = AutoProcessorMIX.from_pretrained(tiny_qwen2_vl_dir)
+    prompt = processor.tokenizer.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+    inputs = {k: np.asarray(v) for k, v in processor(text=[prompt], images=[image], return_tensors="np").items()}
+    np.savez(tmp_path / "inputs.npz", **inputs)
+    hf = reference(tiny_qwen2_vl_dir, tmp_path, inputs=str(tmp_path / "inputs.npz"), max_new_tokens=12)
+    model = AutoModelMIX.from_pretrained(tiny_qwen2_vl_dir)
+    model.eval()
+    with paddle.no_grad():
+        ours = model.generate(**{k: paddle.to_tensor(v) for k, v in inputs.items()}, max_new_tokens=12)[0].numpy()
+    expected = hf["generated"][0]
+    assert len(expected) == 12, "a continuation that stops at once checks nothing"
+    np.testing.assert_array_equal(ours[0, : len(expected)], expected)
