@@ -126,12 +126,12 @@ class VisionAttention(nn.Layer):
     def forward(self, x: paddle.Tensor, lengths: list[int], cos: paddle.Tensor, sin: paddle.Tensor) -> paddle.Tensor:
         q, k, v = self.qkv(x).reshape([x.shape[0], 3, self.num_heads, self.head_dim]).unbind(1)  # [N, heads, dim]
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        outputs = []
-        for qi, ki, vi in zip(*(paddle.split(t, lengths, axis=0) for t in (q, k, v))):
-            qi, ki, vi = (t.transpose([1, 0, 2]) for t in (qi, ki, vi))  # [heads, n, dim]
-            scores = paddle.matmul(qi, ki, transpose_y=True) * self.head_dim**-0.5
-            weights = F.softmax(scores.astype("float32"), axis=-1).astype(qi.dtype)
-            outputs.append(paddle.matmul(weights, vi).transpose([1, 0, 2]))  # [n, heads, dim]
+        # Paddle's fused attention (flash attention on GPUs, so a frame of thousands of patches never holds its
+        # n x n score matrix; plain math elsewhere), one frame at a time.
+        outputs = [
+            F.scaled_dot_product_attention(qi[None], ki[None], vi[None], training=self.training)[0]  # [n, heads, dim]
+            for qi, ki, vi in zip(*(paddle.split(t, lengths, axis=0) for t in (q, k, v)))
+        ]
         return self.proj(paddle.concat(outputs, axis=0).reshape([x.shape[0], -1]))
 
 
