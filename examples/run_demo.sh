@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install (into the active virtual environment, or a new ./.venv) and run the coloured-shapes demo fine-tune.
-# Usage: bash examples/run_demo.sh [FAMILY] [shapes_demo.py options]   FAMILY: qwen2_5_vl (default), qwen3_vl or llava
+# Usage: bash examples/run_demo.sh [FAMILY] [shapes_demo.py options]   FAMILY: qwen2_5_vl (default), qwen2_vl, qwen3_vl or llava
 set -euo pipefail
 FAMILY=qwen2_5_vl
 if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then

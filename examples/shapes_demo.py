@@ -1,15 +1,16 @@
-"""End-to-end demo: build a tiny Qwen2.5-VL (or Qwen3-VL, or LLaVA) and a coloured-shapes VQA set, fine-tune it,
-report held-out accuracy.
+"""End-to-end demo: build a tiny Qwen2.5-VL (or Qwen2-VL, Qwen3-VL, or LLaVA) and a coloured-shapes VQA set,
+fine-tune it, report held-out accuracy.
 
 Everything is made by code (no downloads). Steps, each with the real entry point:
   1. build  demo_run/tiny_<family> (random weights, locally trained tokenizer) and demo_run/shapes (images + jsonl)
   2. train  python paddlemix/tools/supervised_finetune.py paddlemix/config/demo/<family's file> [overrides]
-            (qwen2_5_vl: shapes_sft_argument.json, qwen3_vl: qwen3_vl_shapes_sft_argument.json,
-             llava: llava_shapes_sft_argument.json; LLaVA is built from a tiny CLIP tower and a tiny Qwen2 LM by the
-             same code as tools/build_llava.py, and trained with "train_type": "freeze_vision")
+            (qwen2_5_vl: shapes_sft_argument.json, qwen2_vl: qwen2_vl_shapes_sft_argument.json,
+             qwen3_vl: qwen3_vl_shapes_sft_argument.json, llava: llava_shapes_sft_argument.json; LLaVA is built
+             from a tiny CLIP tower and a tiny Qwen2 LM by the same code as tools/build_llava.py, and trained with
+             "train_type": "freeze_vision")
   3. eval   python paddlemix/tools/infer.py --data_file demo_run/shapes/eval.jsonl  (greedy, exact match)
-Usage: python examples/shapes_demo.py [--family qwen2_5_vl|qwen3_vl|llava] [--workdir DIR] [--n_train N] [--n_eval N]
-       [--key value ...]
+Usage: python examples/shapes_demo.py [--family qwen2_5_vl|qwen2_vl|qwen3_vl|llava] [--workdir DIR] [--n_train N]
+       [--n_eval N] [--key value ...]
 Extra --key value pairs are passed to the fine-tuning tool (e.g. --num_train_epochs 2).
 """
 
@@ -26,6 +27,7 @@ from pathlib import Path
 from paddlemix.testing.shapes import make_shapes_dataset
 from paddlemix.testing.tiny_llava import build_tiny_llava
 from paddlemix.testing.tiny_model import DEMO_SIZE, build_tiny_qwen2_5_vl
+from paddlemix.testing.tiny_qwen2_vl import build_tiny_qwen2_vl
 from paddlemix.testing.tiny_qwen3_vl import build_tiny_qwen3_vl
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,6 +35,7 @@ CONFIGS = REPO / "paddlemix" / "config" / "demo"
 # model family -> (tiny model builder, demo argument file); the file names the model folder and the output folder.
 FAMILIES = {
     "qwen2_5_vl": (build_tiny_qwen2_5_vl, CONFIGS / "shapes_sft_argument.json"),
+    "qwen2_vl": (build_tiny_qwen2_vl, CONFIGS / "qwen2_vl_shapes_sft_argument.json"),
     "qwen3_vl": (build_tiny_qwen3_vl, CONFIGS / "qwen3_vl_shapes_sft_argument.json"),
     "llava": (build_tiny_llava, CONFIGS / "llava_shapes_sft_argument.json"),
 }

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from paddlemix.models import llava, qwen2_5_vl, qwen3_vl
+from paddlemix.models import llava, qwen2_5_vl, qwen2_vl, qwen3_vl
 from paddlemix.models.adapter import ModelAdapter
 from paddlemix.utils.errors import UserError
 
 ADAPTERS: dict[str, ModelAdapter] = {
     "llava": llava.ADAPTER,
+    "qwen2_vl": qwen2_vl.ADAPTER,
     "qwen2_5_vl": qwen2_5_vl.ADAPTER,
     "qwen3_vl": qwen3_vl.ADAPTER,
 }

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "shapes_demo.py"
 
 
-@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl", "llava"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava"])
 def test_shortened_demo_learns_colours(tmp_path: Path, monkeypatch, run_tool, family: str) -> None:
     monkeypatch.setattr(sys, "argv", [str(DEMO)])
     demo = runpy.run_path(str(DEMO))

@@ -24,8 +24,8 @@ def train_logs(out: Path) -> dict[int, dict]:
 
 @pytest.mark.parametrize(
     "tiny_family, packing",
-    [("qwen2_5_vl", True), ("qwen2_5_vl", False), ("qwen3_vl", True), ("llava", True)],
-    ids=["mixtoken", "padded", "qwen3_vl-mixtoken", "llava-mixtoken"],
+    [("qwen2_5_vl", True), ("qwen2_5_vl", False), ("qwen2_vl", True), ("qwen3_vl", True), ("llava", True)],
+    ids=["mixtoken", "padded", "qwen2_vl-mixtoken", "qwen3_vl-mixtoken", "llava-mixtoken"],
     indirect=["tiny_family"],
 )
 def test_killed_run_resumes_to_the_same_weights(

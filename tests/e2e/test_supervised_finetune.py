@@ -27,9 +27,9 @@ MODEL_FILES = {
     "chat_template.json",
     "preprocessor_config.json",
 }
-FAMILIES = ["qwen2_5_vl", "qwen3_vl", "llava"]
+FAMILIES = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava"]
 # A vision-tower tensor per family, to check that "freeze_vision" kept it.
-VISION_TENSOR = {"qwen2_5_vl": "patch_embed.proj.weight", "qwen3_vl": "patch_embed.proj.weight",
+VISION_TENSOR = {"qwen2_vl": "patch_embed.proj.weight", "qwen2_5_vl": "patch_embed.proj.weight", "qwen3_vl": "patch_embed.proj.weight",
                  "llava": "embeddings.patch_embedding.weight"}  # fmt: skip
 RUN_FILES = {"run_args.json", "all_results.json", "train_log.jsonl", "train_summary.json", "loss_curve.png"}
 

@@ -5,8 +5,9 @@ The model class comes from the folder's config.json `model_type` (HF_CLASSES).
 Runs in the reference environment, not the Paddle one:
   python hf_reference.py MODEL_DIR REQUEST.json OUT.npz
 REQUEST.json: {"messages": [HF chat messages], "images": [paths]} to run the processor and the model, or
-{"inputs": "inputs.npz"} to run the model on given input_ids / attention_mask / pixel_values / image_grid_thw.
-Writes the model inputs, the rendered text and the float32 logits.
+{"inputs": "inputs.npz"} to run the model on given input_ids / attention_mask / pixel_values / image_grid_thw;
+either may add "max_new_tokens": N for a greedy continuation as well.
+Writes the model inputs, the rendered text, the float32 logits and, if asked, the generated ids ("generated").
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from transformers.video_processing_utils import BaseVideoProcessor
 # config.json model_type -> the transformers class that loads such a folder.
 HF_CLASSES = {
     "llava": "LlavaForConditionalGeneration",
+    "qwen2_vl": "Qwen2VLForConditionalGeneration",
     "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
     "qwen3_vl": "Qwen3VLForConditionalGeneration",
 }
@@ -64,9 +66,13 @@ def main() -> None:
         text = processor.apply_chat_template(request["messages"], tokenize=False, add_generation_prompt=False)
         images = [Image.open(p).convert("RGB") for p in request["images"]] or None
         inputs = processor(text=[text], images=images, return_tensors="pt")
+    extra = {}
     with torch.no_grad():
         logits = model(**inputs).logits.float().numpy()
-    np.savez(out_path, text=np.array(text), logits=logits, **{k: v.numpy() for k, v in inputs.items()})
+        if request.get("max_new_tokens"):
+            ids = model.generate(**inputs, max_new_tokens=request["max_new_tokens"], do_sample=False)
+            extra["generated"] = ids[:, inputs["input_ids"].shape[1] :].numpy()
+    np.savez(out_path, text=np.array(text), logits=logits, **extra, **{k: v.numpy() for k, v in inputs.items()})
 
 
 if __name__ == "__main__":

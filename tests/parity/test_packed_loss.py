@@ -17,6 +17,11 @@ from paddlemix.processors.sample_processor import IGNORE_INDEX
 
 # model_type -> (tiny folder fixture, parameters whose gradients are compared: head, LLM, projector(s))
 FAMILIES = {
+    "qwen2_vl": (
+        "tiny_qwen2_vl_dir",
+        ("lm_head.weight", "model.language_model.layers.0.self_attn.qkv_proj.weight", "model.visual.merger.mlp.0.weight",
+         "model.visual.merger.ln_q.bias"),
+    ),
     "qwen2_5_vl": (
         "tiny_model_dir",
         ("lm_head.weight", "model.language_model.layers.0.self_attn.qkv_proj.weight", "model.visual.merger.mlp.0.weight"),
