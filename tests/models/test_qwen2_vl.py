@@ -3,7 +3,6 @@ checkpoint names, frame-numbered video positions)."""
 
 from __future__ import annotations
 
-import re
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -55,9 +54,11 @@ class TestQwen2VL(FamilyChecks):
         np.testing.assert_allclose(together.numpy(), paddle.concat(each).numpy(), atol=1e-5)
 
     def test_lora_targets_match_language_model_layers(self, model, model_dir: Path) -> None:
-        targets = adapter_for(model_dir).lora_targets
-        hits = [n for n, _ in model.named_sublayers() if any(re.fullmatch(t, n) for t in targets)]
-        assert len(hits) == 4 * model.config.text_config.num_hidden_layers
+        from paddlemix.peft.lora import lora_modules
+
+        modules = lora_modules(model_dir, adapter_for(model_dir), None)
+        assert len(modules) == 7 * model.config.text_config.num_hidden_layers  # q, k, v, o, gate, up, down
+        assert all(m.startswith("model.language_model.layers.") for m in modules)
 
     def test_video_frames_take_consecutive_positions(self, model, processor) -> None:
         """Qwen2-VL numbers a video's temporal patches 0, 1, 2 (Qwen2.5-VL would scale them by its frame rate)."""

@@ -34,11 +34,11 @@ class TestQwen3VL(FamilyChecks):
         assert all(matches(n, groups["projector"]) for n in mergers)
 
     def test_lora_targets_match_language_model_layers(self, model, model_dir: Path) -> None:
-        import re
+        from paddlemix.peft.lora import lora_modules
 
-        targets = adapter_for(model_dir).lora_targets
-        hits = [n for n, _ in model.named_sublayers() if any(re.fullmatch(t, n) for t in targets)]
-        assert len(hits) == 4 * model.config.text_config.num_hidden_layers
+        modules = lora_modules(model_dir, adapter_for(model_dir), None)
+        assert len(modules) == 7 * model.config.text_config.num_hidden_layers  # q, k, v, o, gate, up, down
+        assert all(m.startswith("model.language_model.layers.") for m in modules)
 
     def test_chat_template_has_no_default_system_turn(self, processor) -> None:
         segments = template_for(processor).segments([Message("user", "hi"), Message("assistant", "hello")])

@@ -17,6 +17,7 @@ import numpy as np
 
 from paddlemix.models import qwen2_5_vl
 from paddlemix.models.adapter import ModelAdapter
+from paddlemix.models.hf_layout import LM_LORA_TARGETS
 from paddlemix.models.qwen_vl_common import SHARED_ADAPTER_FIELDS, mrope_positions
 
 _MODELING = "paddlemix.models.qwen2_vl.modeling"
@@ -34,10 +35,7 @@ ADAPTER = ModelAdapter(
     config_class=f"{_MODELING}:Qwen2VLConfig",
     model_class=f"{_MODELING}:Qwen2VLForConditionalGeneration",
     processor_class="paddleformers.transformers.qwen2_vl:Qwen2VLProcessor",
-    lora_targets=(
-        r"model\.language_model\.layers\.\d+\.self_attn\.(qkv_proj|o_proj)",
-        r"model\.language_model\.layers\.\d+\.mlp\.(up_gate_proj|down_proj)",
-    ),
+    lora_targets=LM_LORA_TARGETS,
     module_groups={
         "vision": ("model.visual.patch_embed.*", "model.visual.blocks.*"),
         "projector": ("model.visual.merger.*",),
