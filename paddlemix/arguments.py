@@ -63,7 +63,9 @@ class ModelArgs:
 
 @dataclass(frozen=True)
 class DataArgs:
-    """The training and evaluation mixes and the sequence budget."""
+    """The training and evaluation mixes, the sequence budget and how images are read: records with an image of
+    more than `max_image_pixels` (default Pillow's `Image.MAX_IMAGE_PIXELS`) are skipped; images given as URLs are
+    cached in `image_cache_dir` (default ~/.cache/paddlemix/images)."""
 
     train: list[DatasetSource] = field(default_factory=list)
     eval: list[DatasetSource] = field(default_factory=list)
@@ -71,6 +73,8 @@ class DataArgs:
     packing: bool = False
     pack_window: int = 1000
     max_skip_ratio: float = 0.05
+    max_image_pixels: int = 89_478_485
+    image_cache_dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -370,6 +374,10 @@ def validate(args: RunArgs, training: dict[str, Any], where: str) -> None:
         )
     if args.data.pack_window < 1:
         raise UserError(f'{where}: "pack_window" must be at least 1, got {args.data.pack_window}.')
+    if args.data.max_image_pixels < 28 * 28:
+        raise UserError(
+            f'{where}: "max_image_pixels" must be at least 784 (28 x 28), got {args.data.max_image_pixels}.'
+        )
     if not 0 <= args.data.max_skip_ratio <= 1:
         raise UserError(f'{where}: "max_skip_ratio" must be between 0 and 1, got {args.data.max_skip_ratio}.')
     reporters = training.get("report_to") or []

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from paddlemix.arguments import DatasetSource
-from paddlemix.datasets.conversation import SampleError, TooLongError
+from paddlemix.datasets.conversation import SampleError, TooLongError, as_skip
 from paddlemix.datasets.encoded import source_names
 from paddlemix.datasets.packing import BestFitPacker, fill_ratio
 from paddlemix.datasets.sources import SourceDataset
@@ -45,7 +45,8 @@ def check_source(
     for i in range(len(data)):
         try:
             lengths.append(encoder.length(data[i], template))
-        except SampleError as err:
+        except Exception as exc:  # the same verdict as training, which skips on any exception (EncodedDataset)
+            err = as_skip(exc)
             kind = reason_kind(err)
             reasons[kind] += 1
             file, index = data.locate(i)
