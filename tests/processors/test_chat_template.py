@@ -90,3 +90,12 @@ def test_load_json_kinds(tmp_path: Path) -> None:
     assert load_chat_template(jinja, None, {}).prompt(TWO_TURNS[:1]).endswith("assistant\n")
     with pytest.raises(UserError, match="no chat template"):
         load_chat_template(None, None, {})
+
+
+def test_answers_with_loss_false_are_context_in_both_template_kinds() -> None:
+    turns = (TWO_TURNS[0], Message("assistant", "a1", loss=False), *TWO_TURNS[2:])
+    spec = {"system": "", "conversation": ["Q:{{user}}A:", "{{bot}}\n"]}
+    for template in (JinjaChatTemplate(CHATML), PaddleMixChatTemplate(spec)):
+        segments = template.segments(turns)
+        assert [text.rstrip("\n") for text, label in segments if label] in (["a2<|im_end|>"], ["a2"])
+        assert any("a1" in text and not label for text, label in segments)
