@@ -40,7 +40,7 @@ def check_source(
 ) -> tuple[dict[str, Any], list[int]]:
     """Per-source report and the lengths of its usable records."""
     data = SourceDataset(source)
-    lengths, reasons, examples = [], Counter(), {}
+    lengths, reasons, examples, skipped = [], Counter(), {}, []
     too_long = []
     for i in range(len(data)):
         try:
@@ -51,6 +51,7 @@ def check_source(
             reasons[kind] += 1
             file, index = data.locate(i)
             examples.setdefault(kind, f"{file.path} #{index}: {err}")
+            skipped.append({"file": str(file.path), "index": index, "reason": str(err)})
             if isinstance(err, TooLongError):
                 too_long.append(err.length)
         if progress is not None:
@@ -63,6 +64,7 @@ def check_source(
         "examples": examples,
         "longer_than_max_length": len(too_long),
         "tokens": length_stats(lengths + too_long),
+        "skipped_records": skipped,
     }
     return report, lengths
 

@@ -77,7 +77,8 @@ def worker_failure(err: BaseException) -> UserError | None:
     """The UserError for a trainer exception caused by a data-loader worker that stopped the run (its own message
     was printed by the worker), else None."""
     text = str(err)
-    if isinstance(err, SystemError) and "DataLoader" in text and ("exited unexpectedly" in text or "killed" in text):
+    # paddle's two reports of a worker that exited: the SIGCHLD check, or the reader thread's killed queue.
+    if isinstance(err, SystemError) and ("Blocking queue is killed" in text or "exited unexpectedly" in text):
         return UserError(
             "a data-loader worker stopped the run; its error is printed above. "
             f"(paddle reported: {text.splitlines()[0][:200]})"

@@ -293,8 +293,8 @@ def run_sft(args: RunArgs) -> dict[str, Any]:
             metrics.update(trainer.evaluate())
     except SystemError as err:
         raise worker_failure(err) or err from None
-    metrics["skipped_samples"] = sum(skips.skipped.values())
-    metrics["skipped_by_source"] = skips.summary()
+    metrics["skipped_by_source"] = skips.summary()  # includes the skips of data-loader workers
+    metrics["skipped_samples"] = sum(s["skipped"] for s in metrics["skipped_by_source"].values())
     if training.process_index == 0:
         write_json(metrics, out / "all_results.json")
         records = read_log(out / TRAIN_LOG)
