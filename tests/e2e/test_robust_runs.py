@@ -132,3 +132,37 @@ def test_loader_failure_deep_in_a_file_exits_2_instead_of_hanging(
                     "--seed", "3", cwd=workspace, check=False, timeout=NO_HANG_SECONDS)  # fmt: skip
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "more than max_skip_ratio 5%" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_final_model_is_saved_even_when_the_last_evaluation_fails(
+    workspace, faulty_data, shapes_data, run_tool
+) -> None:
+    """Eval records whose headers pass but whose pixels are cut short: every evaluation fails inside the loader.
+    The run ends with exit code 2 (not a hang), and the model trained to the last step is on disk."""
+    good = sorted((shapes_data["train"].parent / "images").glob("train_*.png"))[:2]
+    lines = []
+    for i, image in enumerate(good):
+        cut = workspace / f"cut{i}.png"
+        cut.write_bytes(image.read_bytes()[: image.stat().st_size // 2])
+        lines.append(
+            json.dumps(
+                {
+                    "images": [str(cut)],
+                    "messages": [{"role": "user", "content": "<image>Q"}, {"role": "assistant", "content": "A"}],
+                }
+            )
+        )
+    (workspace / "cut_eval.jsonl").write_text("\n".join(lines) + "\n")
+    dataset = json.dumps(
+        {
+            "train": [{"name": "chatml_dataset", "data_files": str(shapes_data["train"])}],
+            "eval": [{"name": "chatml_dataset", "data_files": str(workspace / "cut_eval.jsonl")}],
+        }
+    )
+    proc = run_tool("supervised_finetune.py", str(CONFIG), "--dataset", dataset, "--max_steps", "2",
+                    "--eval_steps", "2", "--save_steps", "100", "--max_skip_ratio", "1.0", cwd=workspace,
+                    check=False, timeout=NO_HANG_SECONDS)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "no usable sample in the eval data" in proc.stderr
+    out = workspace / "checkpoints" / "tiny_sft"
+    assert (out / "model.safetensors").is_file() and (out / "run_args.json").is_file()
