@@ -171,7 +171,9 @@ class EncodedDataset:
         return self._lengths[i]
 
     def no_usable_sample(self) -> UserError:
-        reasons = "; ".join(f"{s}: {r}" for s, r in self.skip_log.first_reason.items())
+        """The error for a split whose records were all skipped, with the first reason of each of its sources."""
+        first = self.skip_log.first_reason
+        reasons = "; ".join(f"{name}: {first[name]}" for name in self.mix.names if name in first)
         return UserError(
             f"no usable sample in the {self.split} data: all {len(self)} were skipped (first reasons: {reasons}). "
             f"See {self.skip_log.path or 'skipped_samples.jsonl'} for every record and fix the data or its paths."
