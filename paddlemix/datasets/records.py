@@ -1,8 +1,8 @@
 """Random access to the records of one data file: a JSON array, a single JSON object, JSONL, or Parquet.
 
 JSON and JSONL may start with a UTF-8 byte-order mark. JSONL is indexed by byte offset and each line is parsed on
-access; Parquet is read lazily, one row group at a time (the last two row groups read stay cached), so a large
-file costs little memory. A whole-file problem (invalid JSON array, unreadable Parquet) is a UserError; a bad line
+access; Parquet is read lazily, one row group at a time, keeping the row groups read last up to
+`ROW_GROUP_CACHE_BYTES` per process, so a large file costs bounded memory. A whole-file problem (invalid JSON array, unreadable Parquet) is a UserError; a bad line
 or row is a `SampleError` for that record only.
 """
 
@@ -19,7 +19,8 @@ from paddlemix.utils.errors import UserError
 
 BOM = b"\xef\xbb\xbf"
 PARQUET_SUFFIXES = (".parquet", ".pq")
-CACHED_ROW_GROUPS = 2
+# Shuffled access meets a new row group at almost every record; caching recent ones (at least one) saves re-reads.
+ROW_GROUP_CACHE_BYTES = 256 * 2**20
 
 
 def _read_json(path: Path) -> Any:
@@ -112,8 +113,9 @@ class ParquetRecords:
             if self._file is None:  # opened on first use, so each data-loader worker has its own handle
                 self._file = pq.ParquetFile(self.path)
             self._groups[k] = self._file.read_row_group(k)
-            while len(self._groups) > CACHED_ROW_GROUPS:
+            while len(self._groups) > 1 and sum(t.nbytes for t in self._groups.values()) > ROW_GROUP_CACHE_BYTES:
                 self._groups.popitem(last=False)
+        self._groups.move_to_end(k)
         return self._groups[k]
 
     def __getitem__(self, i: int) -> Any:
