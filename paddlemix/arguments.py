@@ -151,7 +151,9 @@ class ModelArgs:
 
 @dataclass(frozen=True)
 class DataArgs:
-    """The training and evaluation mixes and the sequence budget."""
+    """The training and evaluation mixes, the sequence budget and how images are read: records with an image of
+    more than `max_image_pixels` (default Pillow's `Image.MAX_IMAGE_PIXELS`) are skipped; images given as URLs are
+    cached in `image_cache_dir` (default ~/.cache/paddlemix/images)."""
 
     train: list[DatasetSource] = field(default_factory=list)
     eval: list[DatasetSource] = field(default_factory=list)
@@ -159,6 +161,8 @@ class DataArgs:
     packing: bool = False
     pack_window: int = 1000
     max_skip_ratio: float = 0.05
+    max_image_pixels: int = 89_478_485
+    image_cache_dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -565,6 +569,10 @@ def validate(args: RunArgs, training: dict[str, Any], problems: Problems) -> Non
         add(f'"mm_projector_lr" must be positive, got {args.model.mm_projector_lr}.', "mm_projector_lr")
     if args.data.pack_window < 1:
         add(f'"pack_window" must be at least 1, got {args.data.pack_window}.', "pack_window")
+    if args.data.max_image_pixels < 28 * 28:
+        add(
+            f'"max_image_pixels" must be at least 784 (28 x 28), got {args.data.max_image_pixels}.', "max_image_pixels"
+        )
     if not 0 <= args.data.max_skip_ratio <= 1:
         add(f'"max_skip_ratio" must be between 0 and 1, got {args.data.max_skip_ratio}.', "max_skip_ratio")
     reporters = training.get("report_to") or []

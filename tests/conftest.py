@@ -106,13 +106,15 @@ def tiny_family(request: pytest.FixtureRequest, workspace: Path) -> str:
     return name
 
 
-def _run_tool(tool: str, *args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+def _run_tool(
+    tool: str, *args: str, cwd: Path, check: bool = True, timeout: float = 900
+) -> subprocess.CompletedProcess:
     proc = subprocess.run(
         [sys.executable, str(REPO / "paddlemix" / "tools" / tool), *args],
         cwd=cwd,
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=timeout,
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"{tool} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")

@@ -114,6 +114,7 @@ def test_train_type_sets_lora(tmp_path, model_dir, data_file) -> None:
         ({"train_type": "none", "lora": True}, '"train_type": "none" trains full weights but "lora" is true'),
         ({"lora": True, "freeze_llm": True}, '"freeze_llm": true leaves LoRA nothing to train'),
         ({"freeze_vision": "yes"}, 'key "freeze_vision" must be true or false'),
+        ({"max_image_pixels": 100}, '"max_image_pixels" must be at least 784'),
     ],
 )
 def test_mistakes_name_the_key_and_file(tmp_path, model_dir, data_file, extra, message) -> None:
@@ -189,3 +190,13 @@ def test_lora_runs_only_without_tensor_parallelism(tiny_model_dir) -> None:
     assert model.lora_spec.modules == tuple(modules)
     with pytest.raises(UserError, match='"tensor_parallel_degree" = 2'):
         apply_lora(AutoModelMIX.from_pretrained(tiny_model_dir), modules, 4, 8, tensor_parallel_degree=2)
+
+
+def test_image_reading_keys(tmp_path, model_dir, data_file) -> None:
+    from PIL import Image
+
+    default = arguments.load(write_args(tmp_path, model_dir, data_file)).data
+    assert default.max_image_pixels == Image.MAX_IMAGE_PIXELS and default.image_cache_dir is None
+    path = write_args(tmp_path, model_dir, data_file, max_image_pixels=10**9, image_cache_dir="cache")
+    data = arguments.load(path).data
+    assert (data.max_image_pixels, data.image_cache_dir) == (10**9, "cache")

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from paddlemix.arguments import DatasetSource
-from paddlemix.datasets.conversation import SampleError, TooLongError
+from paddlemix.datasets.conversation import SampleError, TooLongError, as_skip
 from paddlemix.datasets.encoded import source_names
 from paddlemix.datasets.packing import BestFitPacker, fill_ratio
 from paddlemix.datasets.sources import SourceDataset
@@ -40,16 +40,18 @@ def check_source(
 ) -> tuple[dict[str, Any], list[int]]:
     """Per-source report and the lengths of its usable records."""
     data = SourceDataset(source)
-    lengths, reasons, examples = [], Counter(), {}
+    lengths, reasons, examples, skipped = [], Counter(), {}, []
     too_long = []
     for i in range(len(data)):
         try:
             lengths.append(encoder.length(data[i], template))
-        except SampleError as err:
+        except Exception as exc:  # the same verdict as training, which skips on any exception (EncodedDataset)
+            err = as_skip(exc)
             kind = reason_kind(err)
             reasons[kind] += 1
             file, index = data.locate(i)
             examples.setdefault(kind, f"{file.path} #{index}: {err}")
+            skipped.append({"file": str(file.path), "index": index, "reason": str(err)})
             if isinstance(err, TooLongError):
                 too_long.append(err.length)
         if progress is not None:
@@ -62,6 +64,7 @@ def check_source(
         "examples": examples,
         "longer_than_max_length": len(too_long),
         "tokens": length_stats(lengths + too_long),
+        "skipped_records": skipped,
     }
     return report, lengths
 

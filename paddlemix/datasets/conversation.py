@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 IMAGE_PLACEHOLDER = "<image>"
@@ -11,18 +11,39 @@ Role = Literal["system", "user", "assistant"]
 
 @dataclass(frozen=True)
 class Message:
-    """One turn; images appear in `content` as `<image>` placeholders, in the order of `Sample.images`."""
+    """One turn; images appear in `content` as `<image>` placeholders, in the order of `Sample.images`.
+
+    `loss` says whether an assistant turn is trained (ms-swift's per-turn `"loss": false` turns it off); other
+    roles never carry loss.
+    """
 
     role: Role
     content: str
+    loss: bool = True
+
+
+@dataclass(frozen=True)
+class ImageBytes:
+    """An encoded image carried inside the record (Parquet bytes, base64 text, a data URI); `origin` names it in
+    skip reasons instead of the bytes."""
+
+    data: bytes = field(repr=False)
+    origin: str = "inline image"
+
+    def __str__(self) -> str:
+        return f"{self.origin} ({len(self.data)} bytes)"
+
+
+# An image of a sample: an absolute path, an http(s) URL, or inline bytes.
+ImageRef = str | ImageBytes
 
 
 @dataclass(frozen=True)
 class Sample:
-    """A conversation with its images (absolute paths), and where it came from for skip reports."""
+    """A conversation with its images, and where it came from for skip reports."""
 
     messages: tuple[Message, ...]
-    images: tuple[str, ...] = ()
+    images: tuple[ImageRef, ...] = ()
     source: str = ""
     index: int = -1
 
@@ -39,22 +60,26 @@ class TooLongError(SampleError):
         self.length = length
 
 
-def with_placeholders(messages: list[Message], n_images: int) -> list[Message]:
-    """Put images that have no placeholder at the start of the first user turn; reject count mismatches."""
-    found = sum(m.content.count(IMAGE_PLACEHOLDER) for m in messages)
-    if found == n_images:
-        return messages
-    if found == 0:
-        for i, message in enumerate(messages):
-            if message.role == "user":
-                prefix = IMAGE_PLACEHOLDER * n_images
-                return [*messages[:i], Message("user", prefix + message.content), *messages[i + 1 :]]
-    raise SampleError(f"{found} <image> placeholders but {n_images} images")
-
-
 def check_turns(messages: list[Message]) -> None:
-    """Require at least one user and one non-empty assistant turn, so every sample carries loss."""
+    """Require a conversation that starts with the user, has no image in an answer, and trains at least one
+    non-empty assistant turn, so every sample carries loss and no image token ever becomes a target."""
     if not any(m.role == "user" for m in messages):
         raise SampleError("no user turn")
-    if not any(m.role == "assistant" and m.content.strip() for m in messages):
+    first = next(m for m in messages if m.role != "system")
+    if first.role == "assistant":
+        raise SampleError("conversation starts with an assistant turn (no user turn before the first answer)")
+    if any(m.role == "assistant" and IMAGE_PLACEHOLDER in m.content for m in messages):
+        raise SampleError("<image> in an assistant turn (images can only be inputs, never trained targets)")
+    answers = [m for m in messages if m.role == "assistant" and m.content.strip()]
+    if not answers:
         raise SampleError("no assistant turn")
+    if not any(m.loss for m in answers):
+        raise SampleError('no assistant turn to train (every answer has "loss": false)')
+
+
+def as_skip(err: Exception) -> SampleError:
+    """The skip for any exception raised while reading, decoding or encoding one record: a `SampleError` as is,
+    anything else (a library failing on a strange file, a bug) with its type, so one record never stops a run."""
+    if isinstance(err, SampleError):
+        return err
+    return SampleError(f"unexpected {type(err).__name__} while reading the record: {err}")

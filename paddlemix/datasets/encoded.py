@@ -1,12 +1,14 @@
 """The dataset the trainer sees: a mix of sources, encoded on access, with bad samples skipped and accounted for.
 
-Each skip is written to `skipped_samples.jsonl` (source, file, record index, reason) and counted per source. A run
-stops with a clear message when the skipped share passes `max_skip_ratio`, or at once when a source's first
-records all fail (a mis-formatted file), instead of drowning the log in warnings.
+Any exception while reading, decoding or encoding one record is a skip: written to `skipped_samples.jsonl`
+(source, file, record index, reason) and counted per source. A run stops with a clear message when the skipped
+share passes `max_skip_ratio`, at once when a source's first records all fail (a mis-formatted file), or when no
+record is usable; inside the data loader that stop ends the process (see `loader_guard`) instead of stalling it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -17,17 +19,18 @@ from typing import Any
 
 import numpy as np
 
-from paddlemix.arguments import DatasetSource
-from paddlemix.datasets.conversation import SampleError
+from paddlemix.arguments import DataArgs, DatasetSource
+from paddlemix.datasets.conversation import SampleError, as_skip
+from paddlemix.datasets.loader_guard import in_loader, stop_run_on_failure
 from paddlemix.datasets.mixing import MixDataset
 from paddlemix.datasets.sources import SourceDataset
 from paddlemix.processors.chat_template import ChatTemplate, template_for
+from paddlemix.processors.images import ImageReader
 from paddlemix.processors.sample_processor import SampleProcessor
 from paddlemix.utils.errors import UserError
 
 logger = logging.getLogger(__name__)
 
-MAX_CONSECUTIVE_SKIPS = 64
 WARNINGS_PER_SOURCE = 5
 MIN_SEEN_FOR_BUDGET = 32
 MISFORMAT_PROBE = 20
@@ -92,8 +95,21 @@ class SkipLog:
         if self.error:
             raise UserError(self.error)
 
+    def skipped_in_file(self) -> Counter[str]:
+        """Distinct skipped records per source in the skip file, which data-loader workers append to as well."""
+        if self.path is None or not self.path.is_file():
+            return Counter()
+        keys = set()
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            with contextlib.suppress(ValueError, KeyError):
+                r = json.loads(line)
+                keys.add((r["source"], r.get("file"), r.get("index")))
+        return Counter(source for source, _, _ in keys)
+
     def summary(self) -> dict[str, dict[str, int]]:
-        return {s: {"seen": self.seen[s], "skipped": self.skipped[s]} for s in self.seen}
+        """Records seen and skipped per source, in this process and (skips) in its loader workers."""
+        skipped = self.skipped | self.skipped_in_file()
+        return {s: {"seen": max(self.seen[s], skipped[s]), "skipped": skipped[s]} for s in {**self.seen, **skipped}}
 
 
 class EncodedDataset:
@@ -105,12 +121,15 @@ class EncodedDataset:
         templates: Sequence[ChatTemplate],
         processor: SampleProcessor,
         skip_log: SkipLog | None = None,
+        split: str = "train",
     ):
         self.mix = mix
         self.templates = list(templates)
         self.processor = processor
         self.skip_log = skip_log or SkipLog()
+        self.split = split
         self._lengths: dict[int, int] = {}
+        self._bad: set[int] = set()
 
     def __len__(self) -> int:
         return len(self.mix)
@@ -128,9 +147,13 @@ class EncodedDataset:
         try:
             source, _ = self.mix.index[i]
             result = work(self.mix[i], self.templates[source])
-        except SampleError as err:
-            self.skip_log.add(name, record, str(err))
-            raise
+        except Exception as err:
+            skip = as_skip(err)
+            self._bad.add(i)
+            self.skip_log.add(name, record, str(skip))
+            if in_loader():  # a worker's skip log is its own copy: the budget must stop the run from here
+                self.skip_log.raise_if_exceeded()
+            raise skip from None
         if final:
             self.skip_log.ok(name)
         return result
@@ -147,16 +170,38 @@ class EncodedDataset:
             self._lengths[i] = self._attempt(i, self.processor.length, final=False)
         return self._lengths[i]
 
-    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
-        for attempt in range(MAX_CONSECUTIVE_SKIPS):
+    def no_usable_sample(self) -> UserError:
+        """The error for a split whose records were all skipped, with the first reason of each of its sources."""
+        first = self.skip_log.first_reason
+        reasons = "; ".join(f"{name}: {first[name]}" for name in self.mix.names if name in first)
+        return UserError(
+            f"no usable sample in the {self.split} data: all {len(self)} were skipped (first reasons: {reasons}). "
+            f"See {self.skip_log.path or 'skipped_samples.jsonl'} for every record and fix the data or its paths."
+        )
+
+    def first_usable(self) -> int:
+        """The first item that passes every check short of decoding pixels; UserError when there is none."""
+        for i in range(len(self)):
             try:
-                return self.encode((i + attempt) % len(self))
+                self.length(i)
+                return i
             except SampleError:
                 continue
-        raise UserError(
-            f"{MAX_CONSECUTIVE_SKIPS} consecutive samples were skipped near item {i}; the data is probably "
-            f"mis-formatted. See {self.skip_log.path or 'skipped_samples.jsonl'} for the reasons."
-        )
+        raise self.no_usable_sample()
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        """Item `i`, or the next usable one after it when it is skipped. Runs in the data loader: a spent skip
+        budget or data without any usable sample stops the run there (see `loader_guard`)."""
+        with stop_run_on_failure():
+            for attempt in range(len(self)):
+                k = (i + attempt) % len(self)
+                if k in self._bad:
+                    continue
+                try:
+                    return self.encode(k)
+                except SampleError:
+                    continue
+            raise self.no_usable_sample()
 
 
 def source_names(sources: Sequence[DatasetSource]) -> list[str]:
@@ -165,17 +210,25 @@ def source_names(sources: Sequence[DatasetSource]) -> list[str]:
     return [f"{n}#{i}" if names.count(n) > 1 else n for i, n in enumerate(names)]
 
 
+def build_encoder(adapter: Any, processor: Any, data: DataArgs) -> SampleProcessor:
+    """The model family's sample encoder, reading images with the run's pixel limit and URL cache."""
+    encoder = adapter.sample_processor(processor, data.max_length)
+    encoder.reader = ImageReader(data.max_image_pixels, data.image_cache_dir)
+    return encoder
+
+
 def build_dataset(
     sources: Sequence[DatasetSource],
     encoder: SampleProcessor,
     processor: Any,
     seed: int,
     skip_log: SkipLog | None = None,
+    split: str = "train",
 ) -> EncodedDataset:
     """Read, mix and wrap the sources of one split (`dataset.train` or `dataset.eval`); `processor` is the
     model's, whose chat template serves sources that name none."""
     datasets = [SourceDataset(s) for s in sources]
     mix = MixDataset(datasets, [s.sampling_rate for s in sources], seed, source_names(sources))
-    logger.info("data mix: %s", mix.describe())
+    logger.info("%s data mix: %s", split, mix.describe())
     templates = [template_for(processor, s.chat_template) for s in sources]
-    return EncodedDataset(mix, templates, encoder, skip_log)
+    return EncodedDataset(mix, templates, encoder, skip_log, split)

@@ -28,6 +28,7 @@ import numpy as np
 import paddle
 
 from paddlemix.datasets.conversation import SampleError
+from paddlemix.datasets.loader_guard import stop_run_on_failure
 from paddlemix.processors.sample_processor import IGNORE_INDEX
 from paddlemix.utils.errors import UserError
 
@@ -218,6 +219,10 @@ class PackedDataset(paddle.io.IterableDataset):
             epoch += 1
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        with stop_run_on_failure():  # in the data loader, a failure must end the run, not stall it
+            yield from self._packs()
+
+    def _packs(self) -> Iterator[dict[str, np.ndarray]]:
         for k, plan in enumerate(self.plans()):
             if k < self.skip_packs:
                 continue

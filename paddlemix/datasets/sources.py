@@ -1,14 +1,18 @@
 """Readers for chatml, caption and VQA files: each record becomes a `Sample` lazily, on access.
 
-Files are indexed once (JSONL by byte offset, JSON arrays by parsing); images are only path-resolved here and
-decoded later by the processor, so a large source costs little memory.
+Records come in the field's shapes (see the README): PaddleMIX pairs, LLaVA/ShareGPT turns and OpenAI-style
+messages whose content is a string or a list of typed parts; per-turn `"loss"` flags (ms-swift); images as paths,
+`{"bytes", "path"}` dicts, base64 data URIs or http(s) URLs, at record level or inside the turns. Images are only
+resolved here and read later by the processor, so a large source costs little memory.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import bisect
-import json
 import re
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,109 +20,207 @@ from typing import Any
 from paddlemix.arguments import DatasetSource
 from paddlemix.datasets.conversation import (
     IMAGE_PLACEHOLDER,
+    ImageBytes,
+    ImageRef,
     Message,
     Sample,
     SampleError,
     check_turns,
-    with_placeholders,
 )
+from paddlemix.datasets.records import RecordFile
 
-INLINE_IMAGE = re.compile(r"<img>(.*?)</img>")
-ROLE_ALIASES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+# `<image>` placeholders and PaddleMIX's inline `<img>path</img>`, in text order.
+IMAGE_MARK = re.compile(r"<image>|<img>(.*?)</img>")
+ROLE_ALIASES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "model": "assistant",
+                "system": "system"}  # fmt: skip
+IMAGE_PART_TYPES = ("image", "image_url", "input_image")
+# Base64 text of PNG, JPEG, GIF and WebP files starts with these (their magic numbers), as in ms-swift exports.
+BASE64_IMAGE_STARTS = ("iVBORw0KGgo", "/9j/", "R0lGOD", "UklGR")
 DEFAULT_CAPTION_PROMPT = "Describe the image briefly."
 
-
-class RecordFile:
-    """Random access to the records of one JSON array or JSONL file."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        with open(self.path, "rb") as f:
-            head = f.read(64).lstrip()
-        if head.startswith(b"["):
-            self._records: list[Any] | None = json.loads(self.path.read_text(encoding="utf-8"))
-            self._offsets: list[int] = []
-        else:
-            self._records = None
-            self._offsets = self._index_lines()
-
-    def _index_lines(self) -> list[int]:
-        offsets, pos = [], 0
-        with open(self.path, "rb") as f:
-            for line in f:
-                if line.strip():
-                    offsets.append(pos)
-                pos += len(line)
-        return offsets
-
-    def __len__(self) -> int:
-        return len(self._records) if self._records is not None else len(self._offsets)
-
-    def __getitem__(self, i: int) -> Any:
-        if self._records is not None:
-            return self._records[i]
-        with open(self.path, "rb") as f:
-            f.seek(self._offsets[i])
-            line = f.readline()
-        try:
-            return json.loads(line)
-        except json.JSONDecodeError as err:
-            raise SampleError(f"malformed JSON line: {err}") from None
+__all__ = ["RecordFile", "SourceDataset", "image_ref"]
 
 
-def _images(record: dict[str, Any], key: str = "image") -> list[str]:
-    value = record.get(key, record.get(key + "s"))
+def _b64(text: str, origin: str) -> ImageBytes:
+    try:
+        return ImageBytes(base64.b64decode("".join(text.split()), validate=True), origin)
+    except (binascii.Error, ValueError):
+        raise SampleError(f"{origin} is not valid base64") from None
+
+
+def image_ref(value: Any, root: Path) -> ImageRef:
+    """One image reference of a record as a path (relative ones resolved against `root`), URL or inline bytes.
+
+    Accepts a path, `file://` path, http(s) URL, `data:image/...;base64,` URI, bare base64 of a PNG/JPEG/GIF/WebP
+    file, raw bytes, or a dict with `bytes` (raw or base64) and/or `path`, `url`, `image_url`, `image`.
+    """
+    if isinstance(value, (bytes, bytearray)):
+        return ImageBytes(bytes(value), "record bytes")
+    if isinstance(value, dict):
+        data = value.get("bytes")
+        if data is not None:
+            origin = f"bytes of {value['path']}" if value.get("path") else "record bytes"
+            return ImageBytes(bytes(data), origin) if isinstance(data, (bytes, bytearray)) else _b64(data, origin)
+        for key in ("path", "url", "image_url", "image"):
+            if value.get(key) is not None:
+                return image_ref(value[key], root)
+        raise SampleError(f"image entry has neither bytes nor a path (keys: {', '.join(sorted(value))})")
+    if not isinstance(value, str) or not value.strip():
+        raise SampleError(f"bad image reference {value!r:.60}")
+    if value.startswith("data:"):
+        header, _, payload = value.partition(",")
+        if not header.endswith(";base64"):
+            raise SampleError(f"data URI is not base64-encoded: {header[:60]}")
+        return _b64(payload, "data URI")
+    if value.startswith(("http://", "https://")):
+        return value
+    if value.startswith(BASE64_IMAGE_STARTS) and len(value) > 64:
+        return _b64(value, "base64 image")
+    path = Path(value.removeprefix("file://"))
+    return str(path if path.is_absolute() else root / path)
+
+
+def record_images(record: dict[str, Any], key: str = "image") -> list[Any]:
+    """The record-level images under `images` or `image` (one value or a list), unresolved."""
+    for name in (key + "s", key):
+        value = record.get(name)
+        if value is not None:
+            return list(value) if isinstance(value, (list, tuple)) else [value]
+    return []
+
+
+def _loss_flag(turn: dict[str, Any]) -> bool:
+    value = turn.get("loss")
     if value is None:
-        return []
-    return [value] if isinstance(value, str) else list(value)
+        return True
+    if isinstance(value, (bool, int, float)):
+        return bool(value)
+    raise SampleError(f'"loss" must be true or false, got {value!r:.40}')
 
 
-def _resolve(paths: list[str], root: Path) -> tuple[str, ...]:
-    return tuple(str(p if Path(p).is_absolute() else root / p) for p in paths)
-
-
-def _inline_images(text: str, found: list[str]) -> str:
-    """Turn PaddleMIX's inline `<img>path</img>` into placeholders, collecting the paths."""
-    found.extend(INLINE_IMAGE.findall(text))
-    return INLINE_IMAGE.sub(IMAGE_PLACEHOLDER, text)
-
-
-def _chatml_messages(record: dict[str, Any]) -> tuple[list[Message], list[str]]:
-    images = _images(record)
-    if "messages" in record:
-        turns = [(m["role"], m["content"]) for m in record["messages"]]
-    elif "conversations" in record:
-        conv = record["conversations"]
-        if conv and isinstance(conv[0], (list, tuple)):
-            turns = [(role, text) for pair in conv for role, text in zip(("user", "assistant"), pair)]
-        else:
-            turns = [(turn["from"], turn["value"]) for turn in conv]
-    else:
+def _raw_turns(record: dict[str, Any]) -> list[tuple[Any, Any, bool]]:
+    """(role, content, loss) of every turn, whichever of the three chatml shapes the record has."""
+    if record.get("messages") is not None:
+        turns = record["messages"]
+        return [(t.get("role"), t.get("content"), _loss_flag(t)) if isinstance(t, dict) else (None, t, True)
+                for t in turns]  # fmt: skip
+    conv = record.get("conversations")
+    if conv is None:
         raise SampleError('record has neither "messages" nor "conversations"')
+    if conv and isinstance(conv[0], (list, tuple)):
+        return [(role, text, True) for pair in conv for role, text in zip(("user", "assistant"), pair)]
+    out = []
+    for t in conv:
+        if not isinstance(t, dict):
+            raise SampleError("bad turn (expected an object with from/value)")
+        role = t["from"] if t.get("from") is not None else t.get("role")
+        out.append((role, t["value"] if t.get("value") is not None else t.get("content"), _loss_flag(t)))
+    return out
+
+
+class _Images:
+    """Collects a record's images in placeholder order: inline ones where they appear, record-level ones by
+    consuming the record's list in order."""
+
+    def __init__(self, record_level: list[Any], root: Path):
+        self.pending, self.root = list(record_level), root
+        self.ordered: list[Any] = []
+        self.placeholders = 0
+        self.inline = 0
+
+    def take(self, inline: Any = None) -> str:
+        self.placeholders += 1
+        if inline is not None:
+            self.inline += 1
+            self.ordered.append(inline)
+        elif self.pending:
+            self.ordered.append(self.pending.pop(0))
+        return IMAGE_PLACEHOLDER
+
+    def text(self, text: str) -> str:
+        return IMAGE_MARK.sub(lambda m: self.take(m.group(1)), text)
+
+    def part(self, part: Any) -> str:
+        if isinstance(part, str):
+            return self.text(part)
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            return self.text(part.get("text") or "")
+        if kind in IMAGE_PART_TYPES:
+            inline = next((part[k] for k in ("image", "image_url", "url", "path") if part.get(k) is not None), None)
+            return self.take(inline)
+        raise SampleError(f"unsupported content part {kind or part!r:.40} (only text and image parts)")
+
+    def content(self, content: Any) -> str:
+        if isinstance(content, str):
+            return self.text(content)
+        if isinstance(content, (list, tuple)):
+            return "".join(self.part(p) for p in content)
+        raise SampleError(f"bad turn content {content!r:.40}")
+
+    def resolve(self, messages: list[Message]) -> tuple[list[Message], tuple[ImageRef, ...]]:
+        """Check counts; images of a record without any placeholder go in front of its first user turn."""
+        if self.placeholders == 0 and self.pending:
+            self.ordered, self.pending = self.pending, []
+            k = next((i for i, m in enumerate(messages) if m.role == "user"), None)
+            if k is not None:
+                m = messages[k]
+                messages[k] = Message("user", IMAGE_PLACEHOLDER * len(self.ordered) + m.content, m.loss)
+        if self.pending or len(self.ordered) < self.placeholders:
+            total = len(self.ordered) + len(self.pending)
+            raise SampleError(f"{self.placeholders} <image> placeholders but {total} images")
+        return messages, tuple(image_ref(v, self.root) for v in self.ordered)
+
+
+def chatml_sample(record: dict[str, Any], root: Path) -> tuple[list[Message], tuple[ImageRef, ...]]:
+    """Messages with `<image>` placeholders and the images in their order, from any chatml record shape."""
+    images = _Images(record_images(record), root)
     messages = []
-    for role, text in turns:
-        if role not in ROLE_ALIASES or not isinstance(text, str):
+    for role, content, loss in _raw_turns(record):
+        if role not in ROLE_ALIASES:
             raise SampleError(f"bad turn (role {role!r})")
-        messages.append(Message(ROLE_ALIASES[role], _inline_images(text, images)))
-    return messages, images
+        before = images.placeholders
+        text = images.content(content)
+        if ROLE_ALIASES[role] == "assistant" and images.placeholders > before:
+            raise SampleError("<image> in an assistant turn (images can only be inputs, never trained targets)")
+        messages.append(Message(ROLE_ALIASES[role], text, loss))
+    return images.resolve(messages)
 
 
-def _caption_messages(record: dict[str, Any], prompt: str) -> tuple[list[Message], list[str]]:
+def most_frequent(values: Any) -> str:
+    """The most frequent answer (ties: the first), as VQA annotations with several annotators are scored; a
+    single string is returned as is; dict answers use their "answer" field (VQAv2)."""
+    if isinstance(values, str):
+        return values
+    answers = [v.get("answer") if isinstance(v, dict) else v for v in values]
+    answers = [a for a in answers if isinstance(a, str)]
+    if not answers:
+        raise SampleError("no answer")
+    return Counter(answers).most_common(1)[0][0]
+
+
+def _single_image(record: dict[str, Any], root: Path, prompt: str, answer: str):
+    images = _Images(record_images(record), root)
+    messages = [Message("user", images.text(prompt)), Message("assistant", answer)]
+    return images.resolve(messages)
+
+
+def caption_sample(record: dict[str, Any], root: Path, prompt: str) -> tuple[list[Message], tuple[ImageRef, ...]]:
     caption = record["caption"]
-    caption = caption[0] if isinstance(caption, list) else caption
-    return [Message("user", IMAGE_PLACEHOLDER + prompt), Message("assistant", caption)], _images(record)
+    caption = caption[0] if isinstance(caption, (list, tuple)) and caption else caption
+    return _single_image(record, root, prompt, caption)
 
 
-def _vqa_messages(record: dict[str, Any], prompt: str) -> tuple[list[Message], list[str]]:
-    answer = record["answer"]
-    answer = answer[0] if isinstance(answer, list) else answer
-    return [Message("user", IMAGE_PLACEHOLDER + record["question"]), Message("assistant", answer)], _images(record)
+def vqa_sample(record: dict[str, Any], root: Path, prompt: str) -> tuple[list[Message], tuple[ImageRef, ...]]:
+    answer = record["answer"] if record.get("answer") is not None else record["answers"]
+    return _single_image(record, root, record["question"], most_frequent(answer))
 
 
-READERS: dict[str, Callable[[dict[str, Any], str], tuple[list[Message], list[str]]]] = {
-    "chatml_dataset": lambda record, prompt: _chatml_messages(record),
-    "coco_caption": _caption_messages,
-    "coco_vqa": _vqa_messages,
+Reader = Callable[[dict[str, Any], Path, str], tuple[list[Message], tuple[ImageRef, ...]]]
+READERS: dict[str, Reader] = {
+    "chatml_dataset": lambda record, root, prompt: chatml_sample(record, root),
+    "coco_caption": caption_sample,
+    "coco_vqa": vqa_sample,
 }
 
 
@@ -150,11 +252,10 @@ class SourceDataset:
         record = file[local]
         if not isinstance(record, dict):
             raise SampleError("record is not a JSON object")
+        root = Path(self.source.image_root) if self.source.image_root else file.path.parent
         try:
-            messages, images = self._read(record, self.prompt)
+            messages, images = self._read(record, root, self.prompt)
         except KeyError as err:
             raise SampleError(f"missing field {err}") from None
-        messages = with_placeholders(messages, len(images))
         check_turns(messages)
-        root = Path(self.source.image_root) if self.source.image_root else file.path.parent
-        return Sample(tuple(messages), _resolve(images, root), source=str(file.path), index=local)
+        return Sample(tuple(messages), images, source=str(file.path), index=local)

@@ -77,10 +77,11 @@ class ChatTemplate(Protocol):
         """The text a model continues to answer the last user turn (generation prompt included)."""
 
 
-def _split_answer(text: str) -> list[Segment]:
-    """Keep the answer and its end-of-turn token as label, the whitespace after it as context."""
+def _split_answer(text: str, trained: bool = True) -> list[Segment]:
+    """Keep the answer and its end-of-turn token as label (unless the turn is not `trained`, ms-swift's
+    `"loss": false`), the whitespace after it as context."""
     stripped = text.rstrip()
-    return [(stripped, True), (text[len(stripped) :], False)]
+    return [(stripped, trained), (text[len(stripped) :], False)]
 
 
 class JinjaChatTemplate:
@@ -160,7 +161,7 @@ class JinjaChatTemplate:
             if not (prompt.startswith(done) and full.startswith(prompt)):
                 raise SampleError("chat template does not render turns as growing prefixes; per-turn masking fails")
             out.append((prompt[len(done) :], False))
-            out.extend(_split_answer(full[len(prompt) :]))
+            out.extend(_split_answer(full[len(prompt) :], message.loss))
             done = full
         return [s for s in out if s[0]]
 
@@ -181,15 +182,15 @@ class PaddleMixChatTemplate:
         self.user, self.bot = (env.from_string(part) for part in conversation)
         self.query = env.from_string(spec.get("query", conversation[0]))
 
-    def _rounds(self, messages: Sequence[Message]) -> tuple[str, list[tuple[str, str | None]]]:
+    def _rounds(self, messages: Sequence[Message]) -> tuple[str, list[tuple[str, Message | None]]]:
         system = " ".join(m.content for m in messages if m.role == "system")
         turns = [m for m in messages if m.role != "system"]
-        rounds: list[tuple[str, str | None]] = []
+        rounds: list[tuple[str, Message | None]] = []
         for message in turns:
             if message.role == "user":
                 rounds.append((message.content, None))
             elif rounds and rounds[-1][1] is None:
-                rounds[-1] = (rounds[-1][0], message.content)
+                rounds[-1] = (rounds[-1][0], message)
             else:
                 raise SampleError("turns must alternate user, assistant")
         return system, rounds
@@ -201,7 +202,7 @@ class PaddleMixChatTemplate:
             if bot is None:
                 break
             out.append((self.user.render(user=user, index=index), False))
-            out.extend(_split_answer(self.bot.render(bot=bot, index=index)))
+            out.extend(_split_answer(self.bot.render(bot=bot.content, index=index), bot.loss))
         return [s for s in out if s[0]]
 
     def prompt(self, messages: Sequence[Message]) -> str:
@@ -210,7 +211,7 @@ class PaddleMixChatTemplate:
         for index, (user, bot) in enumerate(rounds):
             if bot is None:
                 return text + self.query.render(query=user, index=index)
-            text += self.user.render(user=user, index=index) + self.bot.render(bot=bot, index=index)
+            text += self.user.render(user=user, index=index) + self.bot.render(bot=bot.content, index=index)
         return text
 
 

@@ -11,14 +11,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
-from paddlemix.datasets.conversation import IMAGE_PLACEHOLDER, Message, Sample, SampleError, TooLongError
+from paddlemix.datasets.conversation import IMAGE_PLACEHOLDER, ImageRef, Message, Sample, SampleError, TooLongError
 from paddlemix.processors.chat_template import ChatTemplate
+from paddlemix.processors.images import ImageReader
 
 IGNORE_INDEX = -100
-MIN_IMAGE_SIDE = 28
-MAX_ASPECT_RATIO = 200
 
 
 @dataclass(frozen=True)
@@ -39,52 +37,26 @@ class VisionTokens:
         return t * h * w // (self.merge_size**2) + self.extra_tokens
 
 
-def check_size(path: str, width: int, height: int) -> None:
-    if min(width, height) < MIN_IMAGE_SIDE:
-        raise SampleError(f"image side under {MIN_IMAGE_SIDE} px: {path} is {width}x{height}")
-    if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
-        raise SampleError(f"image aspect ratio over {MAX_ASPECT_RATIO}: {path} is {width}x{height}")
-
-
-def image_size(path: str) -> tuple[int, int]:
-    """Width and height from the file header only, checked like a decoded image."""
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-    except FileNotFoundError:
-        raise SampleError(f"image not found: {path}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise SampleError(f"image cannot be decoded: {path} ({err})") from None
-    check_size(path, width, height)
-    return width, height
-
-
-def load_image(path: str) -> Image.Image:
-    """Decode an image as RGB, rejecting files a vision tower cannot use."""
-    try:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-    except FileNotFoundError:
-        raise SampleError(f"image not found: {path}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise SampleError(f"image cannot be decoded: {path} ({err})") from None
-    check_size(path, *image.size)
-    return image
-
-
 class SampleProcessor:
-    """Callable that encodes a `Sample`; raises `SampleError` with a reason for samples that must be skipped."""
+    """Callable that encodes a `Sample`; raises `SampleError` with a reason for samples that must be skipped.
 
-    def __init__(self, tokenizer: Any, image_processor: Any, vision: VisionTokens, max_length: int):
+    `reader` opens the sample's images (pixel limit, URL cache); the data settings of a run replace the default.
+    """
+
+    def __init__(
+        self, tokenizer: Any, image_processor: Any, vision: VisionTokens, max_length: int,
+        reader: ImageReader | None = None,
+    ):  # fmt: skip
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.vision = vision
         self.max_length = max_length
+        self.reader = reader or ImageReader()
 
-    def images(self, paths: Sequence[str]) -> dict[str, np.ndarray]:
-        if not paths:
+    def images(self, refs: Sequence[ImageRef]) -> dict[str, np.ndarray]:
+        if not refs:
             return {}
-        out = self.image_processor(images=[load_image(p) for p in paths], return_tensors="np")
+        out = self.image_processor(images=[self.reader.load(r) for r in refs], return_tensors="np")
         return {"pixel_values": np.asarray(out["pixel_values"]), "image_grid_thw": np.asarray(out["image_grid_thw"])}
 
     def with_vision_tokens(self, messages: Sequence[Message]) -> list[Message]:
@@ -130,7 +102,7 @@ class SampleProcessor:
 
     def length(self, sample: Sample, template: ChatTemplate) -> int:
         """The exact token count `__call__` would give, from image headers instead of decoded pixels."""
-        grids = [self.vision.grid_for_size(*image_size(p)) for p in sample.images]
+        grids = [self.vision.grid_for_size(*self.reader.size(r)) for r in sample.images]
         segments = template.segments(self.with_vision_tokens(sample.messages))
         input_ids, labels = self._encode(sample, segments, {"image_grid_thw": grids})
         if all(label == IGNORE_INDEX for label in labels[1:]):

@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     from tqdm import tqdm
 
     from paddlemix.datasets.checks import check_split, format_report
+    from paddlemix.datasets.encoded import build_encoder
     from paddlemix.datasets.sources import SourceDataset
     from paddlemix.models import adapter_for
     from paddlemix.processors.chat_template import template_for
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     adapter = adapter_for(args.model.model_name_or_path)
     processor = adapter.load_processor(args.model.model_name_or_path)
-    encoder = adapter.sample_processor(processor, args.data.max_length)
+    encoder = build_encoder(adapter, processor, args.data)
     splits = {"train": args.data.train, "eval": args.data.eval}
     total = sum(len(SourceDataset(s)) for sources in splits.values() for s in sources)
     report = {"max_length": args.data.max_length, "splits": {}}

@@ -13,9 +13,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from paddleformers.trainer import TrainerCallback
+
 from paddlemix.arguments import RunArgs
 from paddlemix.datasets.collator import Collator
-from paddlemix.datasets.encoded import SkipLog, build_dataset
+from paddlemix.datasets.encoded import SkipLog, build_dataset, build_encoder
+from paddlemix.datasets.loader_guard import GuardedCollator, worker_failure
 from paddlemix.datasets.packing import PackedDataset
 from paddlemix.models import adapter_for
 from paddlemix.models.adapter import ModelAdapter
@@ -184,11 +187,11 @@ def build_datasets(
     With MIXToken the train set is a stream of packs; on resume it skips the packs the first `resume_step`
     optimizer steps consumed (re-planned from lengths, nothing decoded).
     """
-    encoder = adapter.sample_processor(processor, args.data.max_length)
+    encoder = build_encoder(adapter, processor, args.data)
     seed = args.training.seed
     train = build_dataset(args.data.train, encoder, processor, seed, skips) if args.data.train else None
     evaluate = args.data.eval and args.training.do_eval
-    eval_set = build_dataset(args.data.eval, encoder, processor, seed, skips) if evaluate else None
+    eval_set = build_dataset(args.data.eval, encoder, processor, seed, skips, "eval") if evaluate else None
     if train is not None and args.data.packing:
         t = args.training
         consumed = resume_step * t.per_device_train_batch_size * t.gradient_accumulation_steps * t.dataset_world_size
@@ -212,18 +215,34 @@ def plan_packed_steps(training: Any, train_set: PackedDataset) -> int:
     return steps
 
 
-def preflight(train_set: Any, skips: SkipLog) -> None:
-    """Draw the first training sample (or pack plan) in the main process: an error raised later inside the
-    trainer's data-loader thread would hang the run instead of stopping it, so unusable data must surface here."""
+def preflight(train_set: Any, skips: SkipLog, eval_set: Any = None) -> None:
+    """Draw the first training sample (or pack plan) and find a usable eval record in the main process, so data
+    with no usable sample stops here with a UserError rather than later inside the data loader."""
     try:
         if isinstance(train_set, PackedDataset):
             next(train_set.plans())
-        else:
+        elif train_set is not None:
             train_set[0]
+        if eval_set is not None:
+            eval_set.first_usable()
     except UserError:
         skips.raise_if_exceeded()  # the more specific message (mis-formatted source, spent budget) first
         raise
     skips.raise_if_exceeded()
+
+
+class FinalSaveCallback(TrainerCallback):
+    """Save the final model right after the last optimizer step, before the evaluation the trainer may run at that
+    step: once training has finished its result is on disk, whatever a later evaluation does."""
+
+    def __init__(self, save: Any):
+        self.save = save
+        self.saved = False
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.max_steps > 0 and state.global_step >= state.max_steps and not self.saved:
+            self.save()
+            self.saved = True
 
 
 def save_final(model: Any, args: RunArgs, adapter: ModelAdapter, processor_dir: str) -> None:
@@ -322,8 +341,8 @@ def run_sft(args: RunArgs) -> dict[str, Any]:
     train_set, eval_set = build_datasets(args, processor, adapter, config, skips, resume_step)
     if isinstance(train_set, PackedDataset) and training.max_steps <= 0 and training.do_train:
         training.max_steps = plan_packed_steps(training, train_set)
-    if train_set is not None and training.do_train:
-        preflight(train_set, skips)
+    if training.do_train or eval_set is not None:
+        preflight(train_set if training.do_train else None, skips, eval_set)
     image_token_id = processor.tokenizer.convert_tokens_to_ids(adapter.image_token)
     templates = trained_templates(args.data.train, args.model.model_name_or_path, adapter.vision_placeholder)
     trainer = MIXTrainer(
@@ -331,7 +350,7 @@ def run_sft(args: RunArgs) -> dict[str, Any]:
         args=training,
         train_dataset=train_set,
         eval_dataset=eval_set,
-        data_collator=Collator(processor.tokenizer.pad_token_id),
+        data_collator=GuardedCollator(Collator(processor.tokenizer.pad_token_id)),
         image_token_id=image_token_id,
         head_owner=base_model(model),
         # Several processes: DataParallel's gradient reducer expects each parameter once per step, which the
@@ -343,19 +362,26 @@ def run_sft(args: RunArgs) -> dict[str, Any]:
     )
     # First in line, so the printer, the progress bar and the JSONL log all see the throughput fields.
     trainer.callback_handler.callbacks.insert(0, ThroughputCallback(trainer, skips))
+    final = FinalSaveCallback(lambda: save_final(model, args, adapter, args.model.model_name_or_path))
+    if training.process_index == 0:
+        trainer.add_callback(final)
     metrics: dict[str, Any] = {}
-    if training.do_train:
-        start = time.perf_counter()
-        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-        metrics.update(result.metrics)
-        if args.runtime.benchmark:
-            metrics.update(benchmark_report(metrics, trainer, time.perf_counter() - start))
-        if training.process_index == 0:
-            save_final(model, args, adapter, args.model.model_name_or_path)
-    if eval_set is not None:
-        metrics.update(trainer.evaluate())
-    metrics["skipped_samples"] = sum(skips.skipped.values())
-    metrics["skipped_by_source"] = skips.summary()
+    try:
+        if training.do_train:
+            start = time.perf_counter()
+            result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+            metrics.update(result.metrics)
+            if args.runtime.benchmark:
+                metrics.update(benchmark_report(metrics, trainer, time.perf_counter() - start))
+            if training.process_index == 0 and not final.saved:
+                final.save()
+                final.saved = True
+        if eval_set is not None:
+            metrics.update(trainer.evaluate())
+    except SystemError as err:
+        raise worker_failure(err) or err from None
+    metrics["skipped_by_source"] = skips.summary()  # includes the skips of data-loader workers
+    metrics["skipped_samples"] = sum(s["skipped"] for s in metrics["skipped_by_source"].values())
     if training.process_index == 0:
         write_json(metrics, out / "all_results.json")
         records = read_log(out / TRAIN_LOG)

@@ -82,3 +82,87 @@ def test_unusable_data_stops_before_training(workspace: Path, run_tool, packing:
                     "--max_steps", "3", cwd=workspace, check=False)  # fmt: skip
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "looks mis-formatted" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def deep_fault_data(folder: Path, faulty_data: Path, good: int, bad: int, huge_at: int | None = None) -> Path:
+    """`good` usable records, then `bad` records whose image is missing; optionally record `huge_at` is replaced by
+    one whose image header announces 20000x20000 pixels (the decompression-bomb case)."""
+    from paddlemix.testing.wild_images import huge_png_header
+
+    (folder / "huge.png").write_bytes(huge_png_header())
+    usable = faulty_data.read_text().splitlines()[len(PLANTED) + 1 :]  # the faulty file's good records
+    records = [usable[i % len(usable)] for i in range(good)]
+    records += [records[0].replace(json.loads(records[0])["images"][0], f"missing{i}.png") for i in range(bad)]
+    if huge_at is not None:
+        records[huge_at] = records[0].replace(json.loads(records[0])["images"][0], str(folder / "huge.png"))
+    path = folder / "deep.jsonl"
+    path.write_text("\n".join(records) + "\n")
+    return path
+
+
+LOADER_CASES = pytest.mark.parametrize(
+    "workers, packing", [("0", "false"), ("2", "false"), ("0", "true"), ("2", "true")],
+    ids=["thread-padded", "workers-padded", "thread-mixtoken", "workers-mixtoken"],
+)  # fmt: skip
+NO_HANG_SECONDS = 300  # a run that stalls fails here instead of blocking the suite
+
+
+@LOADER_CASES
+def test_oversized_image_deep_in_a_file_is_a_skip(workspace, faulty_data, run_tool, workers, packing) -> None:
+    # 40 records, 10 steps of 4: one whole epoch, so the padded run meets record 30 wherever the shuffle puts it.
+    data = deep_fault_data(workspace, faulty_data, good=40, bad=0, huge_at=30)
+    run_tool("supervised_finetune.py", str(CONFIG), *SHORT, "--dataset", FAULTY % data, "--mixtoken", packing,
+             "--dataloader_num_workers", workers, "--pack_window", "64", "--max_steps", "10", "--save_steps", "100",
+             cwd=workspace, timeout=NO_HANG_SECONDS)  # fmt: skip
+    out = workspace / "checkpoints" / "tiny_sft"
+    skipped = [json.loads(line) for line in (out / "skipped_samples.jsonl").read_text().splitlines()]
+    assert {r["index"] for r in skipped} == {30}
+    assert skipped[0]["reason"].startswith("image too large (20000x20000)")
+    assert (out / "model.safetensors").is_file()
+    assert json.loads((out / "all_results.json").read_text())["skipped_samples"] == 1
+
+
+@LOADER_CASES
+def test_loader_failure_deep_in_a_file_exits_2_instead_of_hanging(
+    workspace, faulty_data, run_tool, workers, packing
+) -> None:
+    data = deep_fault_data(workspace, faulty_data, good=40, bad=60)
+    proc = run_tool("supervised_finetune.py", str(CONFIG), *SHORT, "--dataset", FAULTY % data, "--mixtoken", packing,
+                    "--dataloader_num_workers", workers, "--pack_window", "8", "--max_steps", "40",
+                    "--seed", "3", cwd=workspace, check=False, timeout=NO_HANG_SECONDS)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "more than max_skip_ratio 5%" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_final_model_is_saved_even_when_the_last_evaluation_fails(
+    workspace, faulty_data, shapes_data, run_tool
+) -> None:
+    """Eval records whose headers pass but whose pixels are cut short: every evaluation fails inside the loader.
+    The run ends with exit code 2 (not a hang), and the model trained to the last step is on disk."""
+    good = sorted((shapes_data["train"].parent / "images").glob("train_*.png"))[:2]
+    lines = []
+    for i, image in enumerate(good):
+        cut = workspace / f"cut{i}.png"
+        cut.write_bytes(image.read_bytes()[: image.stat().st_size // 2])
+        lines.append(
+            json.dumps(
+                {
+                    "images": [str(cut)],
+                    "messages": [{"role": "user", "content": "<image>Q"}, {"role": "assistant", "content": "A"}],
+                }
+            )
+        )
+    (workspace / "cut_eval.jsonl").write_text("\n".join(lines) + "\n")
+    dataset = json.dumps(
+        {
+            "train": [{"name": "chatml_dataset", "data_files": str(shapes_data["train"])}],
+            "eval": [{"name": "chatml_dataset", "data_files": str(workspace / "cut_eval.jsonl")}],
+        }
+    )
+    proc = run_tool("supervised_finetune.py", str(CONFIG), "--dataset", dataset, "--max_steps", "2",
+                    "--eval_steps", "2", "--save_steps", "100", "--max_skip_ratio", "1.0", cwd=workspace,
+                    check=False, timeout=NO_HANG_SECONDS)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "no usable sample in the eval data" in proc.stderr
+    out = workspace / "checkpoints" / "tiny_sft"
+    assert (out / "model.safetensors").is_file() and (out / "run_args.json").is_file()

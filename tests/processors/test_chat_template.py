@@ -200,3 +200,12 @@ def test_template_that_shows_string_content_keeps_strings() -> None:
     assert template.render(TWO_TURNS[:2], False).endswith(
         "<|im_start|>user\nq1<|im_end|>\n<|im_start|>assistant\na1<|im_end|>\n"
     )
+
+
+def test_answers_with_loss_false_are_context_in_both_template_kinds() -> None:
+    turns = (TWO_TURNS[0], Message("assistant", "a1", loss=False), *TWO_TURNS[2:])
+    spec = {"system": "", "conversation": ["Q:{{user}}A:", "{{bot}}\n"]}
+    for template in (JinjaChatTemplate(CHATML), PaddleMixChatTemplate(spec)):
+        segments = template.segments(turns)
+        assert [text.rstrip("\n") for text, label in segments if label] in (["a2<|im_end|>"], ["a2"])
+        assert any("a1" in text and not label for text, label in segments)

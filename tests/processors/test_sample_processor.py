@@ -10,7 +10,8 @@ from paddlemix.auto import AutoProcessorMIX
 from paddlemix.datasets.conversation import Message, Sample, SampleError
 from paddlemix.models import adapter_for
 from paddlemix.processors.chat_template import template_for
-from paddlemix.processors.sample_processor import IGNORE_INDEX, SampleProcessor, load_image
+from paddlemix.processors.images import ImageReader
+from paddlemix.processors.sample_processor import IGNORE_INDEX, SampleProcessor
 
 
 @pytest.fixture(scope="module")
@@ -83,14 +84,14 @@ def test_too_long_and_bad_images_are_sample_errors(encoder, tmp_path: Path) -> N
     with pytest.raises(SampleError, match="exceed max_length"):
         proc(long_sample, template)
     with pytest.raises(SampleError, match="not found"):
-        load_image(str(tmp_path / "missing.png"))
+        ImageReader().load(str(tmp_path / "missing.png"))
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     with pytest.raises(SampleError, match="cannot be decoded"):
-        load_image(str(tmp_path / "broken.png"))
+        ImageReader().load(str(tmp_path / "broken.png"))
     with pytest.raises(SampleError, match="side under 28"):
-        load_image(image(tmp_path, (20, 100), "small.png"))
+        ImageReader().load(image(tmp_path, (20, 100), "small.png"))
     with pytest.raises(SampleError, match="aspect ratio"):
-        load_image(image(tmp_path, (30, 6100), "thin.png"))
+        ImageReader().load(image(tmp_path, (30, 6100), "thin.png"))
 
 
 def test_prompt_encoding_ends_with_generation_prompt(encoder, tmp_path: Path) -> None:
