@@ -14,6 +14,7 @@ a metadata cache into the folder, which is why it is not used).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,7 +24,7 @@ import numpy as np
 
 from paddlemix.utils.errors import UserError
 from paddlemix.utils.io import read_json
-from paddlemix.utils.safetensors_reader import PADDLE_DTYPES, TensorInfo, read_header, read_tensor
+from paddlemix.utils.safetensors_reader import PADDLE_DTYPES, STORAGE_DTYPES, TensorInfo, read_header, read_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -188,11 +189,67 @@ def to_paddle(value: np.ndarray, dtype: Any) -> Any:
     return paddle.to_tensor(value) if on_cpu else tensor
 
 
+class ArraySource:
+    """Checkpoint tensors as numpy arrays, handed to parameters by copy (`to_paddle`)."""
+
+    def __init__(self, read: Callable[[str], np.ndarray]) -> None:
+        self.read = read
+
+    def as_paddle(self, value: np.ndarray, dtype: Any) -> Any:
+        return to_paddle(value, dtype)
+
+    def release(self) -> None:
+        """Forget the tensors of the group just converted."""
+
+
+class SafetensorsSource(ArraySource):
+    """Safetensors tensors read straight into new CPU paddle tensors; `read` gives a numpy view of that memory.
+
+    A tensor the family's conversion passes through unchanged (embeddings, norms, anything not transposed or
+    fused) becomes the parameter itself, with no copy: loading the largest tensor (the embeddings) costs its size
+    once, not twice. Converted tensors are copied by `to_paddle`. Off-CPU devices read into numpy and copy.
+    """
+
+    def __init__(self, tensors: dict[str, TensorInfo]) -> None:
+        super().__init__(self._read)
+        self.tensors = tensors
+        self.owners: dict[int, tuple[Any, np.ndarray]] = {}  # id(view) -> (paddle tensor, the view itself)
+
+    def _read(self, name: str) -> np.ndarray:
+        import paddle
+
+        info = self.tensors[name]
+        if paddle.get_device() != "cpu" or info.nbytes == 0:
+            return read_tensor(info)
+        tensor = paddle.empty(list(info.shape), dtype=PADDLE_DTYPES[info.dtype])
+        memory = (ctypes.c_uint8 * info.nbytes).from_address(tensor.data_ptr())
+        view = np.frombuffer(memory, dtype=STORAGE_DTYPES[info.dtype]).reshape(info.shape)
+        with open(info.file, "rb", buffering=0) as f:
+            f.seek(info.begin)
+            target, done = memoryview(memory).cast("B"), 0
+            while done < info.nbytes:
+                count = f.readinto(target[done:])
+                if not count:
+                    raise UserError(f"{info.file} ended inside tensor {name}. Re-download or re-save it.")
+                done += count
+        self.owners[id(view)] = (tensor, view)
+        return view
+
+    def as_paddle(self, value: np.ndarray, dtype: Any) -> Any:
+        tensor, view = self.owners.get(id(value), (None, None))
+        if view is not value:
+            return to_paddle(value, dtype)
+        return tensor if tensor.dtype == dtype else tensor.astype(dtype)
+
+    def release(self) -> None:
+        self.owners.clear()
+
+
 def fill_parameters(
-    model: Any, groups: list[list[str]], read: Callable[[str], np.ndarray], import_state_dict: ImportFn, folder: Path
+    model: Any, groups: list[list[str]], source: ArraySource, import_state_dict: ImportFn, folder: Path
 ) -> None:
     """Fill every parameter and persistable buffer of `model` from the checkpoint, one group of checkpoint names at
-    a time (`read` gives one tensor by name; see `module_groups`).
+    a time (see `module_groups`).
 
     Raises:
         UserError: a checkpoint tensor has no parameter, a parameter has no checkpoint tensor, or shapes differ.
@@ -206,7 +263,7 @@ def fill_parameters(
     unexpected: list[str] = []
     with paddle.no_grad():
         for group in groups:
-            converted = import_state_dict({name: read(name) for name in group}, model.config, target)
+            converted = import_state_dict({name: source.read(name) for name in group}, model.config, target)
             for name in list(converted):
                 value = converted.pop(name)
                 param = state.get(name)
@@ -218,8 +275,9 @@ def fill_parameters(
                         f"{folder}: tensor {name} has shape {list(value.shape)} but the model built from config.json "
                         f"expects {list(param.shape)}. The weights and config.json come from different models."
                     )
-                to_paddle(value, param.dtype)._share_buffer_to(param)
+                source.as_paddle(value, param.dtype)._share_buffer_to(param)
                 filled.add(id(param))
+            source.release()
         if HEAD in state and id(state[HEAD]) not in filled and id(state.get(EMBEDDINGS)) in filled:
             head = state[HEAD]
             state[EMBEDDINGS].clone()._share_buffer_to(head)
@@ -259,10 +317,10 @@ def load_weights_into(
         )
     model = build_model(cls, config, dtype)
     if tensors:
-        fill_parameters(model, module_groups(tensors), lambda n: read_tensor(tensors[n]), import_state_dict, folder)
+        fill_parameters(model, module_groups(tensors), SafetensorsSource(tensors), import_state_dict, folder)
     else:  # pickle-only weights, allowed by the caller (`check_safe_weights`): one group, read whole
         arrays = pickled_tensors(folder)
-        fill_parameters(model, [list(arrays)], arrays.pop, import_state_dict, folder)
+        fill_parameters(model, [list(arrays)], ArraySource(arrays.pop), import_state_dict, folder)
     read_generation_config(model, folder)
     logger.info("loaded %d tensors from %s as %s", len(tensors), folder, dtype)
     return model

@@ -209,14 +209,16 @@ def test_read_only_model_folders_load(tiny_model_dir, tiny_qwen3_vl_dir, tiny_ll
 
 
 RSS_PROBE = """
-import resource, sys
+import sys
 from paddlemix.auto import AutoModelMIX
+from paddlemix.utils.memory import peak_resident_bytes, reset_peak, resident_bytes
 AutoModelMIX.from_pretrained(sys.argv[1])  # warm-up: imports, kernels, allocator
-baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+assert reset_peak()
+baseline = resident_bytes()
 model = AutoModelMIX.from_pretrained(sys.argv[2], dtype=sys.argv[3])
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-size = sum(int(p.numel()) * p.element_size() for p in model.state_dict().values())
-print(baseline * 1024, peak * 1024, size)
+peak = peak_resident_bytes()
+size = sum(int(p.numel()) * p.element_size() for p in model.parameters())
+print(baseline, peak, size)
 """
 
 
