@@ -257,3 +257,16 @@ def test_peak_memory_stays_within_a_quarter_over_the_model(
     baseline, peak, size = map(int, proc.stdout.split()[-3:])
     assert size > 60e6 if dtype == "bfloat16" else size > 120e6
     assert peak - baseline <= 1.25 * size, (peak - baseline) / size
+
+
+def test_bf16_bits_become_paddle_bfloat16_without_rounding() -> None:
+    """numpy has no bfloat16: uint16 bits go to a paddle bfloat16 tensor unchanged, and widen exactly."""
+    from paddlemix.models.loading import to_paddle
+
+    bits = np.asarray([0x3F80, 0xC020, 0x0001, 0x7F7F, 0x8000, 0x3C01], dtype=np.uint16)
+    kept = to_paddle(bits, paddle.bfloat16)
+    assert kept.dtype == paddle.bfloat16
+    np.testing.assert_array_equal(kept.numpy(), bits)
+    np.testing.assert_array_equal(to_paddle(bits, paddle.float32).numpy(), bf16_to_float32(bits))
+    values = np.asarray([1 + 2**-8, 1 + 3 * 2**-8, -3.0e-3], dtype=np.float32)
+    np.testing.assert_array_equal(to_paddle(values, paddle.bfloat16).numpy(), bf16_bits(values))
