@@ -54,7 +54,7 @@ QWEN3_VL_2B = {
         "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2,
     },
 }  # fmt: skip
-SHARD_BYTES = 2_000_000_000  # the released 2B checkpoint has shards of about this size
+SHARD_BYTES = 2_000_000_000  # about the released shards' size; always at least 2 shards
 TOKEN_KEYS = {"image_token_id": "<|image_pad|>", "video_token_id": "<|video_pad|>",
               "vision_start_token_id": "<|vision_start|>", "vision_end_token_id": "<|vision_end|>"}  # fmt: skip
 
@@ -119,7 +119,7 @@ def build_checkpoint(folder: Path, layers: int | None, tiktoken: Path | None, se
     specs = {name: ("BF16", shape) for name, shape in _weight_shapes(config).items()}
     rng = np.random.default_rng(seed)
     total = sum(nbytes(s) for s in specs.values())
-    write_sharded(folder, specs, lambda name: random_bf16(specs[name][1], name, rng), max(1, -(-total // SHARD_BYTES)))
+    write_sharded(folder, specs, lambda name: random_bf16(specs[name][1], name, rng), max(2, -(-total // SHARD_BYTES)))
     return config
 
 
@@ -275,8 +275,10 @@ def main() -> None:
             build_checkpoint(folder, args.layers, args.tiktoken)
             shards = sorted(p.name for p in folder.glob("*.safetensors"))
             size = sum((folder / s).stat().st_size for s in shards)
+            tokenizer = "Qwen's tokenizer" if args.tiktoken else "the tiny tokenizer"
+            seconds = time.perf_counter() - start
             print(
-                f"built {folder}: {len(shards)} bf16 shards, {size / 2**30:.2f} GiB in {time.perf_counter() - start:.0f} s"
+                f"built {folder}: {len(shards)} bf16 shards, {size / 2**30:.2f} GiB, {tokenizer}, in {seconds:.0f} s"
             )
         config = json.loads((folder / "config.json").read_text())
         print(f"Qwen3-VL-2B config, {config['text_config']['num_hidden_layers']} LM layers, "
