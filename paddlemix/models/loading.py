@@ -3,8 +3,9 @@
 The model is built under `paddle.LazyGuard()` (its parameters get shapes and dtypes but no memory and no initial
 values), then each parameter is filled from the checkpoint: one module's tensors are read at a time (so the q/k/v
 and gate/up tensors that paddleformers fuses arrive together), converted by the family's `import_state_dict`
-(rename, transpose, fuse), cast to the parameter's dtype and handed to the parameter without a further copy. The
-peak memory is the model plus the largest module's tensors, never two copies of the model.
+(rename, transpose, fuse), cast to the parameter's dtype and handed to the parameter; tensors the conversion
+leaves as they are (embeddings, norms) are read straight into the parameter's memory. The peak memory is the model
+plus about one module's tensors, never two copies of the model.
 
 The folder is only read: config.json, the safetensors index and shards, generation_config.json. Nothing is written
 there and nothing is unpickled (Paddle's own checkpoint loader unpickles any `*.metadata` file it finds and writes
