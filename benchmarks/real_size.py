@@ -212,7 +212,10 @@ def phase_generate(folder: Path, workdir: Path, new_tokens: int = 16) -> dict:
     from PIL import Image
 
     from paddlemix.generation import Generator
+    from paddlemix.models import adapter_for
+    from paddlemix.models.adapter import import_object
 
+    import_object(adapter_for(folder).model_class)
     image = workdir / "image.png"
     Image.new("RGB", (224, 224), (200, 40, 40)).save(image)
     baseline = start_measuring()
