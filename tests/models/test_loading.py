@@ -270,3 +270,12 @@ def test_bf16_bits_become_paddle_bfloat16_without_rounding() -> None:
     np.testing.assert_array_equal(to_paddle(bits, paddle.float32).numpy(), bf16_to_float32(bits))
     values = np.asarray([1 + 2**-8, 1 + 3 * 2**-8, -3.0e-3], dtype=np.float32)
     np.testing.assert_array_equal(to_paddle(values, paddle.bfloat16).numpy(), bf16_bits(values))
+
+
+def test_generation_config_is_read_from_the_folder(tiny_qwen3_vl_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_qwen3_vl_dir, folder)
+    expected = {"bos_token_id": 3, "pad_token_id": 4, "eos_token_id": [5, 6], "do_sample": False, "max_new_tokens": 7}
+    (folder / "generation_config.json").write_text(json.dumps(expected))
+    generation = AutoModelMIX.from_pretrained(folder).generation_config
+    assert generation.eos_token_id == [5, 6] and generation.pad_token_id == 4 and generation.max_new_tokens == 7
