@@ -228,11 +228,32 @@ def phase_generate(folder: Path, workdir: Path, new_tokens: int = 16) -> dict:
             "tokens_per_second": new_tokens / seconds, "seconds": seconds}  # fmt: skip
 
 
+def phase_lora_step(folder: Path, workdir: Path, tokens: int = 256) -> dict:
+    """One LoRA (rank 8, default targets) forward + backward on `tokens` random text tokens, float32, no
+    recompute; peak RSS growth over the loaded model / model bytes."""
+    import paddle
+
+    from paddlemix.auto import AutoModelMIX
+    from paddlemix.models import adapter_for
+    from paddlemix.peft.lora import apply_lora
+
+    model = AutoModelMIX.from_pretrained(folder, dtype="float32")
+    size = model_bytes(model)
+    lora = apply_lora(model, adapter_for(folder).lora_targets, 8, 16)
+    lora.mark_only_lora_as_trainable()
+    ids = paddle.to_tensor(np.random.default_rng(0).integers(0, 150_000, (1, tokens)))
+    baseline, start = start_measuring(), time.perf_counter()
+    lora(input_ids=ids, labels=ids).loss.backward()
+    seconds, peak = time.perf_counter() - start, peak_bytes()
+    return {"model_bytes": size, "baseline_bytes": baseline, "ratio": (peak - baseline) / size, "seconds": seconds}
+
+
 PHASES: dict[str, Callable[[Path, Path], dict]] = {
     "load": phase_load,
     "load_float32": phase_load_float32,
     "merge": phase_merge,
     "generate": phase_generate,
+    "lora_step": phase_lora_step,
 }
 
 
