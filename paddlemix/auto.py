@@ -17,10 +17,13 @@ class AutoConfigMIX:
 
 
 class AutoModelMIX:
-    """Load a model folder (Hugging Face layout, safetensors) with its family's paddleformers class."""
+    """Load a model folder (Hugging Face layout, safetensors) with its family's class; `dtype` None keeps the
+    checkpoint's dtype. The folder is only read (see paddlemix/models/loading.py)."""
 
     @staticmethod
-    def from_pretrained(path: str | Path, dtype: str = "float32", device: str = "cpu", allow_pickle: bool = False):
+    def from_pretrained(
+        path: str | Path, dtype: str | None = "float32", device: str = "cpu", allow_pickle: bool = False
+    ) -> Any:
         return adapter_for(path).load_model(path, dtype=dtype, device=device, allow_pickle=allow_pickle)
 
 

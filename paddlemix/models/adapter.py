@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,8 +85,8 @@ class ModelAdapter:
     import_state_dict: Callable[[dict[str, Any], Any, set[str]], dict[str, Any]]
     image_grid: Callable[[Any, int, int], tuple[int, int, int]]
     positions: Callable[[Any, Any, Any], Any]
-    # "import_state_dict": build the class from its config and fill it through `import_state_dict` (our own
-    # classes, which paddleformers' checkpoint converter does not know); "paddleformers": `cls.from_pretrained`.
+    # Ignored: every family loads through `paddlemix.models.loading` with `import_state_dict`. Kept so family files
+    # that still name it build; to be removed once none does.
     weights_loader: Literal["paddleformers", "import_state_dict"] = "paddleformers"
     # (merge size, extra tokens per image) of a loaded processor: visual tokens = t*h*w / merge^2 + extra.
     image_token_layout: Callable[[Any], tuple[int, int]] = merged_patch_tokens
@@ -98,49 +97,40 @@ class ModelAdapter:
     paddlemix_names: Callable[[str], tuple[str, ...]] = no_aliases
 
     def load_config(self, path: str | Path, device: str = "cpu") -> Any:
-        config = import_object(self.config_class).from_pretrained(str(path))
+        from paddlemix.models.loading import local_folder_logs
+
+        with local_folder_logs():
+            config = import_object(self.config_class).from_pretrained(str(path))
         self.prepare_config(config, device)
         return config
 
-    def load_model(self, path: str | Path, dtype: str = "float32", device: str = "cpu", allow_pickle: bool = False):
+    def load_model(
+        self, path: str | Path, dtype: str | None = "float32", device: str = "cpu", allow_pickle: bool = False
+    ) -> Any:
+        """The family's model with the folder's safetensors weights, streamed in (see `paddlemix.models.loading`).
+
+        Args:
+            dtype: dtype of the floating parameters; None keeps the checkpoint's (config.json `torch_dtype`/`dtype`).
+            allow_pickle: let a folder with only pickle-based weights pass `check_safe_weights`; such weights are
+                still not loaded by this loader, which reads safetensors only.
+
+        Raises:
+            UserError: no safetensors weights, or weights that do not fit config.json.
+        """
+        from paddlemix.models.loading import load_weights_into
+
         check_safe_weights(path, allow_pickle)
         config = self.load_config(path, device)
-        cls = import_object(self.model_class)
-        if self.weights_loader == "import_state_dict" or int(os.environ.get("PADDLE_TRAINERS_NUM", "1")) > 1:
-            model = self._load_replicated(cls, path, config, dtype)
-        else:
-            model = cls.from_pretrained(str(path), config=config, dtype=dtype)
-        logger.info("loaded %s from %s as %s", self.model_type, path, dtype)
+        model = load_weights_into(import_object(self.model_class), config, path, self.import_state_dict, dtype)
+        logger.info("loaded %s from %s", self.model_type, path)
         return model
 
-    def _load_replicated(self, cls: Any, path: str | Path, config: Any, dtype: str) -> Any:
-        """Every data-parallel process reads the full safetensors itself: paddleformers' loader reshards through
-        CUDA when several processes run, which fails on CPU and is not needed for replicated weights."""
-        import paddle
-
-        from paddlemix.utils.io import load_safetensors
-
-        model = cls(config)
-        hf: dict[str, Any] = {}
-        for file in sorted(Path(path).glob("*.safetensors")):
-            hf.update(load_safetensors(file))
-        state = model.state_dict()
-        weights = self.import_state_dict(hf, config, set(state))
-        missing, unexpected = sorted(set(state) - set(weights)), sorted(set(weights) - set(state))
-        if missing or unexpected:
-            raise UserError(
-                f"{path}: weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})"
-            )
-        for name, param in state.items():
-            param.set_value(paddle.to_tensor(weights[name]).astype(param.dtype))
-        if (Path(path) / "generation_config.json").is_file() and getattr(model, "generation_config", None) is not None:
-            from paddleformers.generation import GenerationConfig
-
-            model.generation_config = GenerationConfig.from_pretrained(str(path))
-        return model if dtype == "float32" else model.to(dtype=dtype)
-
     def load_processor(self, path: str | Path) -> Any:
-        return import_object(self.processor_class).from_pretrained(str(path), use_fast=False)
+        """The family's processor (tokenizer, image processor, chat template) from the folder; reads only."""
+        from paddlemix.models.loading import local_folder_logs
+
+        with local_folder_logs():
+            return import_object(self.processor_class).from_pretrained(str(path), use_fast=False)
 
     def vision_tokens(self, processor: Any) -> VisionTokens:
         image_processor = processor.image_processor

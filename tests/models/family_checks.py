@@ -74,7 +74,7 @@ class FamilyChecks:
             np.testing.assert_array_equal(exported[name], value, err_msg=name)
 
     def test_import_inverts_export_and_loads_the_same_model(self, model, model_dir: Path, monkeypatch) -> None:
-        """The replicated loader used by data-parallel processes gives the same parameters as paddleformers'."""
+        """Under data parallelism (PADDLE_TRAINERS_NUM > 1) every process loads the same parameters."""
         adapter = adapter_for(model_dir)
         state = {k: to_numpy(v) for k, v in model.state_dict().items()}
         imported = adapter.import_state_dict(load_safetensors(model_dir / "model.safetensors"), model.config,

