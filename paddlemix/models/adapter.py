@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from paddlemix.processors.sample_processor import SampleProcessor, VisionTokens
 from paddlemix.utils.errors import UserError
@@ -85,9 +85,6 @@ class ModelAdapter:
     import_state_dict: Callable[[dict[str, Any], Any, set[str]], dict[str, Any]]
     image_grid: Callable[[Any, int, int], tuple[int, int, int]]
     positions: Callable[[Any, Any, Any], Any]
-    # Ignored: every family loads through `paddlemix.models.loading` with `import_state_dict`. Kept so family files
-    # that still name it build; to be removed once none does.
-    weights_loader: Literal["paddleformers", "import_state_dict"] = "paddleformers"
     # (merge size, extra tokens per image) of a loaded processor: visual tokens = t*h*w / merge^2 + extra.
     image_token_layout: Callable[[Any], tuple[int, int]] = merged_patch_tokens
     # Checkpoint tensor name -> this model's parameter name, which is also transformers 4.57's in-memory name of the

@@ -106,7 +106,6 @@ ADAPTER = ModelAdapter(
     import_state_dict=import_state_dict,
     image_grid=image_grid,
     positions=positions,
-    weights_loader="import_state_dict",
     image_token_layout=image_token_layout,
     parameter_name=paddle_name,
     paddlemix_names=prefix_aliases(PADDLEMIX_PREFIXES),

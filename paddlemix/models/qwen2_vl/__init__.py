@@ -44,7 +44,5 @@ ADAPTER = ModelAdapter(
     # Same checkpoint names and layouts as Qwen2.5-VL's original release.
     export_state_dict=qwen2_5_vl.to_hf_state_dict,
     positions=positions,
-    # Our own classes: paddleformers' checkpoint converter does not know them.
-    weights_loader="import_state_dict",
     **SHARED_ADAPTER_FIELDS,
 )
