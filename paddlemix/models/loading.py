@@ -25,12 +25,16 @@ import numpy as np
 
 from paddlemix.utils.errors import UserError
 from paddlemix.utils.io import read_json
-from paddlemix.utils.safetensors_reader import PADDLE_DTYPES, STORAGE_DTYPES, TensorInfo, read_header, read_tensor
+from paddlemix.utils.safetensors_stream import (
+    DTYPE_NAMES,
+    NUMPY_DTYPES,
+    TensorEntry,
+    checkpoint_entries,
+    read_tensor,
+)
 
 logger = logging.getLogger(__name__)
 
-INDEX_FILE = "model.safetensors.index.json"
-SINGLE_FILE = "model.safetensors"
 # Paddle names of the output head and the input embeddings every family shares; a checkpoint without a head (tied
 # embeddings, as transformers saves them) gets a copy of the embeddings unless the model already shares them.
 HEAD = "lm_head.weight"
@@ -64,33 +68,23 @@ def local_folder_logs() -> Iterator[None]:
         paddleformers_logger.logger.removeFilter(hub_lines)
 
 
-def checkpoint_tensors(folder: str | Path) -> dict[str, TensorInfo]:
+def checkpoint_tensors(folder: str | Path) -> dict[str, TensorEntry]:
     """Every weight tensor of a model folder by checkpoint name, from the safetensors headers only.
 
     Uses `model.safetensors.index.json` when present (its shards), else `model.safetensors`, else every
     `*.safetensors` file in the folder.
 
     Raises:
-        UserError: a shard named by the index is missing, or two files hold the same tensor name.
+        UserError: a shard named by the index is missing, two files hold the same tensor name, or a tensor has a
+            dtype Paddle cannot hold.
     """
-    folder = Path(folder)
-    if (folder / INDEX_FILE).is_file():
-        weight_map = read_json(folder / INDEX_FILE).get("weight_map") or {}
-        files = [folder / name for name in dict.fromkeys(weight_map.values())]
-        absent = [f.name for f in files if not f.is_file()]
-        if absent:
-            raise UserError(f"{folder / INDEX_FILE} names shards that are not in the folder: {', '.join(absent[:3])}."
-                            " Copy the missing files or remove the stale index.")  # fmt: skip
-    elif (folder / SINGLE_FILE).is_file():
-        files = [folder / SINGLE_FILE]
-    else:
-        files = sorted(folder.glob("*.safetensors"))
-    tensors: dict[str, TensorInfo] = {}
-    for file in files:
-        for name, info in read_header(file).items():
-            if name in tensors:
-                raise UserError(f"{folder}: tensor {name} is in both {tensors[name].file.name} and {file.name}.")
-            tensors[name] = info
+    tensors: dict[str, TensorEntry] = {}
+    for entry in checkpoint_entries(folder, prefer_single_file=True):
+        if entry.dtype not in DTYPE_NAMES:
+            raise UserError(
+                f"{entry.file}: tensor {entry.name} has dtype {entry.dtype}, which this loader cannot read."
+            )
+        tensors[entry.name] = entry
     return tensors
 
 
@@ -126,7 +120,7 @@ def pickled_tensors(folder: Path) -> dict[str, np.ndarray]:
     return tensors
 
 
-def checkpoint_dtype(config: dict[str, Any], tensors: dict[str, TensorInfo]) -> str:
+def checkpoint_dtype(config: dict[str, Any], tensors: dict[str, TensorEntry]) -> str:
     """The dtype a checkpoint was saved in: config.json's `torch_dtype`/`dtype` (top level, then `text_config`),
     else the floating dtype holding most of the tensors' bytes, else float32."""
     for part in (config, config.get("text_config") or {}):
@@ -135,7 +129,7 @@ def checkpoint_dtype(config: dict[str, Any], tensors: dict[str, TensorInfo]) -> 
                 return part[key]
     sizes: dict[str, int] = {}
     for info in tensors.values():
-        name = PADDLE_DTYPES[info.dtype]
+        name = DTYPE_NAMES[info.dtype]
         if name in FLOAT_DTYPES:
             sizes[name] = sizes.get(name, 0) + info.nbytes
     return max(sizes, key=sizes.get) if sizes else "float32"
@@ -163,18 +157,18 @@ def build_model(cls: Any, config: Any, dtype: str) -> Any:
         return cls(config)
 
 
-def module_groups(tensors: dict[str, TensorInfo]) -> list[list[str]]:
+def module_groups(tensors: dict[str, TensorEntry]) -> list[list[str]]:
     """Checkpoint names grouped by the module two levels up (`...self_attn` for `...self_attn.q_proj.weight`), so
     tensors that are fused into one Paddle parameter are converted together; groups in file order."""
     groups: dict[str, list[str]] = {}
-    for name in sorted(tensors, key=lambda n: (str(tensors[n].file), tensors[n].begin)):
+    for name in sorted(tensors, key=lambda n: (str(tensors[n].file), tensors[n].start)):
         groups.setdefault(name.rsplit(".", 2)[0], []).append(name)
     return list(groups.values())
 
 
 def to_paddle(value: np.ndarray, dtype: Any) -> Any:
     """A numpy array as a paddle tensor of `dtype` that owns its memory; `uint16` arrays are bfloat16 bits (see
-    safetensors_reader; Paddle reads uint16 numpy data as bfloat16).
+    paddlemix.utils.safetensors_stream; Paddle reads uint16 numpy data as bfloat16).
 
     One copy is made: the cast reads a zero-copy view of the array, or, with no cast, `to_tensor` copies it. A
     zero-copy tensor itself cannot be handed to a parameter: its memory is freed with the numpy array.
@@ -211,7 +205,7 @@ class SafetensorsSource(ArraySource):
     once, not twice. Converted tensors are copied by `to_paddle`. Off-CPU devices read into numpy and copy.
     """
 
-    def __init__(self, tensors: dict[str, TensorInfo]) -> None:
+    def __init__(self, tensors: dict[str, TensorEntry]) -> None:
         super().__init__(self._read)
         self.tensors = tensors
         self.owners: dict[int, tuple[Any, np.ndarray]] = {}  # id(view) -> (paddle tensor, the view itself)
@@ -222,11 +216,11 @@ class SafetensorsSource(ArraySource):
         info = self.tensors[name]
         if paddle.get_device() != "cpu" or info.nbytes == 0:
             return read_tensor(info)
-        tensor = paddle.empty(list(info.shape), dtype=PADDLE_DTYPES[info.dtype])
+        tensor = paddle.empty(list(info.shape), dtype=DTYPE_NAMES[info.dtype])
         memory = (ctypes.c_uint8 * info.nbytes).from_address(tensor.data_ptr())
-        view = np.frombuffer(memory, dtype=STORAGE_DTYPES[info.dtype]).reshape(info.shape)
+        view = np.frombuffer(memory, dtype=NUMPY_DTYPES[info.dtype]).reshape(info.shape)
         with open(info.file, "rb", buffering=0) as f:
-            f.seek(info.begin)
+            f.seek(info.start)
             target, done = memoryview(memory).cast("B"), 0
             while done < info.nbytes:
                 count = f.readinto(target[done:])

@@ -108,7 +108,7 @@ def check_checkpoint_patterns(
     where: str,
 ) -> list[str]:
     """`check_patterns` against the tensor names in a model folder's safetensors headers, before it is loaded."""
-    from paddlemix.utils.io import safetensors_names
+    from paddlemix.utils.safetensors_stream import safetensors_names
 
     if not any(patterns.values()):
         return []

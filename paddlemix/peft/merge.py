@@ -15,7 +15,6 @@ module names; each family's `parameter_name` maps checkpoint names onto them to 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -29,25 +28,26 @@ import numpy as np
 from paddlemix.utils.errors import UserError
 from paddlemix.utils.io import atomic_dir, copy_side_files, read_json, write_json
 from paddlemix.utils.safetensors_stream import (
-    CONFIG_DTYPE_NAMES,
+    DTYPE_NAMES,
     FLOAT_CODES,
+    INDEX_FILE,
     TensorEntry,
+    checkpoint_entries,
     copy_bytes,
     from_float32,
     parse_size,
     plan_shards,
     read_array,
     read_header,
-    shard_names,
     to_float32,
-    write_header,
+    write_sharded,
 )
 
 logger = logging.getLogger(__name__)
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-INDEX = "model.safetensors.index.json"
+INDEX = INDEX_FILE
 PEFT_PREFIX = "base_model.model."
 DEFAULT_MAX_SHARD_SIZE = "5GB"  # transformers' `save_pretrained` default
 BLOCK_BYTES = 16 << 20  # float32 bytes of one row block of a merged weight
@@ -127,6 +127,8 @@ def read_adapter(folder: str | Path, parameter_name: Callable[[str], str] | None
                 adapter.replacements[canonical] = entry
                 adapter.source_names[canonical] = key
                 continue
+            if entry.dtype not in FLOAT_CODES:
+                raise UserError(f"{entry.file}: tensor {entry.name} has dtype {entry.dtype}, which cannot be merged.")
             module = parameter_name((match["module"] or match["emb"]) + ".weight").removesuffix(".weight")
             pairs.setdefault(module, {})[match["part"] or match["epart"]] = to_float32(
                 read_array(f, entry), entry.dtype
@@ -151,33 +153,12 @@ def read_adapter(folder: str | Path, parameter_name: Callable[[str], str] | None
 
 def base_tensors(folder: str | Path) -> list[TensorEntry]:
     """The tensors of a Hugging Face checkpoint folder in file order: the shards of `model.safetensors.index.json`,
-    else every `*.safetensors` file. Raises UserError for a missing shard, an index naming absent tensors, a tensor
-    stored twice, or a folder without safetensors."""
+    else every `*.safetensors` file but an adapter's. Raises UserError for a missing shard, an index naming absent
+    tensors, a tensor stored twice, or a folder without safetensors."""
     folder = Path(folder)
-    if (folder / INDEX).is_file():
-        weight_map: dict[str, str] = read_json(folder / INDEX).get("weight_map", {})
-        files = list(dict.fromkeys(weight_map.values()))
-        missing = [f for f in files if not (folder / f).is_file()]
-        if missing:
-            raise UserError(f"{folder / INDEX} lists shard {missing[0]}, which is not in {folder}; copy it there.")
-        paths = [folder / f for f in files]
-    else:
-        weight_map = {}
-        paths = sorted(p for p in folder.glob("*.safetensors") if p.name != ADAPTER_WEIGHTS)
-        if not paths:
-            raise UserError(f"{folder} has no *.safetensors weights to merge into (pickled weights are not read).")
-    entries: list[TensorEntry] = []
-    seen: set[str] = set()
-    for path in paths:
-        for entry in read_header(path)[0]:
-            if entry.name in seen:
-                raise UserError(f"{folder}: tensor {entry.name} is stored twice (again in {path.name}).")
-            seen.add(entry.name)
-            entries.append(entry)
-    absent = sorted(set(weight_map) - seen)
-    if absent:
-        raise UserError(f"{folder / INDEX} maps {absent[0]} to a shard that does not hold it; the index is stale.")
-    return entries
+    if not (folder / INDEX).is_file() and not any(p.name != ADAPTER_WEIGHTS for p in folder.glob("*.safetensors")):
+        raise UserError(f"{folder} has no *.safetensors weights to merge into (pickled weights are not read).")
+    return checkpoint_entries(folder, skip=(ADAPTER_WEIGHTS,))
 
 
 def pair(adapter: LoraAdapter, entries: list[TensorEntry], parameter_name: Callable[[str], str]) -> dict[str, str]:
@@ -259,7 +240,7 @@ def output_dtype(entries: list[TensorEntry]) -> str | None:
     for e in entries:
         if e.dtype in FLOAT_CODES:
             totals[e.dtype] = totals.get(e.dtype, 0) + e.nbytes
-    return CONFIG_DTYPE_NAMES[max(totals, key=totals.__getitem__)] if totals else None
+    return DTYPE_NAMES[max(totals, key=totals.__getitem__)] if totals else None
 
 
 def set_config_dtype(config: dict[str, Any], dtype: str) -> dict[str, Any]:
@@ -301,43 +282,34 @@ def write_shards(
     there are several). Returns the shard file names."""
     by_name = {e.name: e for e in entries}
     shards = plan_shards([(e.name, e.nbytes) for e in entries], max_shard_size)
-    files = list(shard_names(len(shards)))
     handles: dict[Path, Any] = {}
     done = 0
+
+    def write(name: str, dst: Any) -> None:
+        entry = by_name[name]
+        src = handles.get(entry.file) or handles.setdefault(entry.file, open(entry.file, "rb"))
+        kind, _, key = actions.get(name, "copy:").partition(":")
+        if kind == "delta":
+            _write_delta(src, entry, adapter.deltas[key], dst)
+        elif kind == "replace":
+            _write_replacement(adapter.replacements[key], entry, dst)
+        else:
+            copy_bytes(src, entry, dst)
+
+    def progress(number: int, file: str, tensors: Any) -> None:
+        nonlocal done
+        done += len(tensors)
+        size = sum(by_name[n].nbytes for n, _, _ in tensors)
+        log(
+            f"shard {number}/{len(shards)} {file}: {len(tensors)} tensors, {size / 2**20:.1f} MiB ({done}/{len(entries)} tensors)"
+        )
+
+    specs = [[(n, by_name[n].dtype, by_name[n].shape) for n in names] for names in shards]
     try:
-        for number, (file, names) in enumerate(zip(files, shards), 1):
-            with open(folder / file, "wb") as dst:
-                write_header(dst, [(n, by_name[n].dtype, by_name[n].shape, by_name[n].nbytes) for n in names],
-                             {"format": "pt"})  # fmt: skip
-                for name in names:
-                    entry = by_name[name]
-                    src = handles.get(entry.file) or handles.setdefault(entry.file, open(entry.file, "rb"))
-                    kind, _, key = actions.get(name, "copy:").partition(":")
-                    if kind == "delta":
-                        _write_delta(src, entry, adapter.deltas[key], dst)
-                    elif kind == "replace":
-                        _write_replacement(adapter.replacements[key], entry, dst)
-                    else:
-                        copy_bytes(src, entry, dst)
-            done += len(names)
-            size = sum(by_name[n].nbytes for n in names)
-            log(
-                f"shard {number}/{len(files)} {file}: {len(names)} tensors, {size / 2**20:.1f} MiB ({done}/{len(entries)} tensors)"
-            )
+        return write_sharded(folder, specs, write, {"format": "pt"}, progress)
     finally:
         for handle in handles.values():
             handle.close()
-    if len(files) > 1:
-        weight_map = {name: file for file, names in zip(files, shards) for name in names}
-        total = {
-            "total_parameters": sum(math.prod(e.shape) for e in entries),
-            "total_size": sum(e.nbytes for e in entries),
-        }
-        (folder / INDEX).write_text(
-            json.dumps({"metadata": total, "weight_map": weight_map}, indent=2, sort_keys=True) + "\n",
-            encoding="utf-8",
-        )
-    return files
 
 
 def merge_checkpoint(

@@ -23,13 +23,13 @@ exactly the q slice of a fused layer (see `paddlemix.peft.layers`).
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from paddlemix.models.hf_layout import FUSED_LAYERS, is_linear_weight
 from paddlemix.utils.errors import UserError
+from paddlemix.utils.safetensors_stream import checkpoint_entries, checkpoint_files
 
 ALL_LINEAR = ("all-linear", "all")
 OUTPUT_HEAD = "lm_head"
@@ -42,24 +42,12 @@ def checkpoint_shapes(model_dir: str | Path) -> dict[str, tuple[int, ...]]:
     """Every tensor name of a safetensors checkpoint folder with its shape, read from the file headers only.
 
     Raises:
-        UserError: the folder has no *.safetensors files.
+        UserError: the folder has no *.safetensors files, or one is missing or broken (`checkpoint_entries`).
     """
-    from safetensors import safe_open
-
     folder = Path(model_dir)
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
-    else:
-        files = sorted(p.name for p in folder.glob("*.safetensors"))
-    if not files:
+    if not checkpoint_files(folder):
         raise UserError(f"{folder} has no *.safetensors weight files to find LoRA target layers in.")
-    shapes: dict[str, tuple[int, ...]] = {}
-    for file in files:
-        with safe_open(str(folder / file), "np") as handle:
-            for name in handle.keys():  # noqa: SIM118 (safe_open has no __iter__)
-                shapes[name] = tuple(handle.get_slice(name).get_shape())
-    return shapes
+    return {entry.name: entry.shape for entry in checkpoint_entries(folder)}
 
 
 def linear_modules(shapes: Mapping[str, Sequence[int]], parameter_name: Callable[[str], str]) -> list[str]:

@@ -1,8 +1,5 @@
-"""Test inputs in the shapes peers bring: Hugging Face PEFT LoRA adapters with random non-zero A/B, and real-size
-style checkpoints (bfloat16, several shards with an index) made from a tiny float32 checkpoint.
-
-bfloat16 values are produced by `ml_dtypes` (a paddleformers dependency), independently of the merge's own code.
-"""
+"""Test inputs in the shapes peers bring: Hugging Face PEFT LoRA adapters with random non-zero A/B (written by the
+safetensors library), for the base checkpoint in a model folder."""
 
 from __future__ import annotations
 
@@ -11,25 +8,12 @@ import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import ml_dtypes
 import numpy as np
-from safetensors import safe_open
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
-from paddlemix.utils.io import MODEL_SIDE_FILES
+from paddlemix.utils.safetensors_stream import checkpoint_entries
 
 PEFT_PREFIX = "base_model.model."
-
-
-def checkpoint_shapes(model_dir: str | Path) -> dict[str, tuple[tuple[int, ...], str]]:
-    """Name -> (shape, safetensors dtype code) of every tensor in a folder's *.safetensors files."""
-    out = {}
-    for path in sorted(Path(model_dir).glob("*.safetensors")):
-        with safe_open(str(path), framework="numpy") as f:
-            for name in f.keys():
-                part = f.get_slice(name)
-                out[name] = (tuple(part.get_shape()), part.get_dtype())
-    return out
 
 
 def write_peft_adapter(
@@ -52,7 +36,7 @@ def write_peft_adapter(
     """
     rng = np.random.default_rng(seed)
     tensors: dict[str, np.ndarray] = {}
-    for name, (shape, _) in sorted(checkpoint_shapes(base_dir).items()):
+    for name, shape in sorted((e.name, e.shape) for e in checkpoint_entries(base_dir)):
         canonical = parameter_name(name)
         module = canonical.rsplit(".", 1)[0]
         if any(module == m or module.startswith(m + ".") for m in modules_to_save):
@@ -81,33 +65,3 @@ def scaling_of(folder: str | Path) -> float:
     """PEFT's scaling from an adapter_config.json: alpha / r, or alpha / sqrt(r) with rsLoRA."""
     config = json.loads((Path(folder) / "adapter_config.json").read_text())
     return config["lora_alpha"] / (math.sqrt(config["r"]) if config["use_rslora"] else config["r"])
-
-
-def write_sharded(src_dir: str | Path, dst_dir: str | Path, shards: int = 3, dtype: str = "bfloat16") -> Path:
-    """Copy a model folder with its floating weights cast to `dtype` and split into `shards` files plus
-    model.safetensors.index.json, as transformers saves large checkpoints; config.json names the new dtype."""
-    src, dst = Path(src_dir), Path(dst_dir)
-    dst.mkdir(parents=True, exist_ok=True)
-    weights: dict[str, np.ndarray] = {}
-    for path in sorted(src.glob("*.safetensors")):
-        weights.update(load_file(str(path)))
-    cast = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.dtype(dtype)
-    weights = {k: v.astype(cast) if v.dtype.kind == "f" else v for k, v in weights.items()}
-    names = list(weights)
-    groups = [names[i::shards] for i in range(shards)]
-    weight_map = {}
-    for i, group in enumerate(groups):
-        file = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
-        save_file({k: weights[k] for k in group}, str(dst / file), metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(group, file))
-    total = sum(v.nbytes for v in weights.values())
-    (dst / "model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
-    )
-    for name in MODEL_SIDE_FILES:
-        if (src / name).is_file() and name != "config.json":
-            (dst / name).write_bytes((src / name).read_bytes())
-    config = json.loads((src / "config.json").read_text())
-    config["torch_dtype"] = dtype
-    (dst / "config.json").write_text(json.dumps(config, indent=2))
-    return dst

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Literal
 
 from safetensors.numpy import save_file
-from tokenizers import Tokenizer
 
 from paddlemix.models.llava.processor import CLIP_MEAN, CLIP_STD
 from paddlemix.testing.tiny_model import (
@@ -21,9 +20,7 @@ from paddlemix.testing.tiny_model import (
     _lm_weight_shapes,
     _model_vocab_size,
     _random_weights,
-    _train_tokenizer,
-    _write_tokenizer,
-    default_corpus,
+    _tokenized_folder,
 )
 from paddlemix.utils.io import write_json
 
@@ -108,9 +105,9 @@ def build_tiny_clip_vision(
     return out
 
 
-def _write_llama_tokenizer(out: Path, tok: Tokenizer) -> dict[str, int]:
-    """A Llama 3-style tokenizer: tokenizer.json plus a config naming `PreTrainedTokenizerFast` and its tokens."""
-    ids = _write_tokenizer(out, tok, CHATML_TEMPLATE, LLAMA_TOKENS)
+def _write_llama_tokenizer(out: Path, ids: dict[str, int]) -> dict[str, int]:
+    """Turn the tokenizer files just written into a Llama 3-style tokenizer: tokenizer.json plus a config naming
+    `PreTrainedTokenizerFast` and its tokens."""
     decoder = json.loads((out / "tokenizer_config.json").read_text(encoding="utf-8"))["added_tokens_decoder"]
     write_json({"added_tokens_decoder": decoder, **LLAMA_TOKENIZER}, out / "tokenizer_config.json")
     flags = {"lstrip": False, "normalized": False, "rstrip": False, "single_word": False}
@@ -121,8 +118,7 @@ def _write_llama_tokenizer(out: Path, tok: Tokenizer) -> dict[str, int]:
     return {"bos": ids["<|begin_of_text|>"], "eos": ids["<|im_end|>"], "pad": ids["<|pad|>"]}
 
 
-def _write_qwen2_tokenizer(out: Path, tok: Tokenizer) -> dict[str, int]:
-    ids = _write_tokenizer(out, tok, CHATML_TEMPLATE)
+def _write_qwen2_tokenizer(out: Path, ids: dict[str, int]) -> dict[str, int]:
     return {"bos": ids["<|endoftext|>"], "eos": ids["<|im_end|>"], "pad": ids["<|endoftext|>"]}
 
 
@@ -145,10 +141,8 @@ def build_tiny_causal_lm(
         raise ValueError(f"family must be one of {sorted(FAMILIES)}, got {family!r}")
     if hidden_size % num_heads or num_heads % num_kv_heads or (hidden_size // num_heads) % 2:
         raise ValueError("heads must divide hidden_size, kv heads the heads, and head_dim must be even")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tok = _train_tokenizer([*default_corpus(), *(corpus or [])], 600, TOKENS[family])
-    ids = (_write_qwen2_tokenizer if family == "qwen2" else _write_llama_tokenizer)(out, tok)
+    out, tok, ids = _tokenized_folder(out_dir, corpus, 600, TOKENS[family], CHATML_TEMPLATE)
+    ids = (_write_qwen2_tokenizer if family == "qwen2" else _write_llama_tokenizer)(out, ids)
     (out / "chat_template.json").unlink()  # LM folders keep the template in tokenizer_config.json only
     # fmt: off
     config = {

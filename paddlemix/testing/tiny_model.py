@@ -131,6 +131,54 @@ def _write_tokenizer(
     return ids
 
 
+def _tokenized_folder(
+    out_dir: str | Path,
+    corpus: Iterable[str] | None,
+    vocab_size: int,
+    added: tuple[tuple[str, bool], ...] = ADDED_TOKENS,
+    chat_template: str = CHAT_TEMPLATE,
+) -> tuple[Path, Tokenizer, dict[str, int]]:
+    """Create `out_dir` and write into it a BPE tokenizer trained on `default_corpus()` plus `corpus` (every tiny
+    builder's first step): returns the folder, the tokenizer and the ids of the `added` tokens."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = _train_tokenizer([*default_corpus(), *(corpus or [])], vocab_size, added)
+    return out, tok, _write_tokenizer(out, tok, chat_template, added)
+
+
+def _check_vl_sizes(
+    hidden_size: int, num_heads: int, num_kv_heads: int, vision_hidden: int, vision_heads: int
+) -> None:
+    """Qwen2-VL / Qwen3-VL size rules: heads divide the widths, kv heads the heads, even head_dim, vision head_dim
+    a multiple of 4 (its 2-D rotary halves)."""
+    head_dim, vision_head_dim = hidden_size // num_heads, vision_hidden // max(vision_heads, 1)
+    if hidden_size % num_heads or num_heads % num_kv_heads or head_dim % 2 or vision_head_dim % 4:
+        raise ValueError(
+            "heads must divide the hidden sizes and kv heads the heads; head_dim must be even and the vision "
+            "head_dim a multiple of 4"
+        )
+
+
+def _linear(shapes: dict[str, tuple[int, ...]], name: str, out_dim: int, in_dim: int) -> None:
+    shapes.update({f"{name}.weight": (out_dim, in_dim), f"{name}.bias": (out_dim,)})
+
+
+def _layer_norm(shapes: dict[str, tuple[int, ...]], name: str, dim: int) -> None:
+    shapes.update({f"{name}.weight": (dim,), f"{name}.bias": (dim,)})
+
+
+def _vision_blocks(
+    shapes: dict[str, tuple[int, ...]], prefix: str, depth: int, dim: int, inter: int, fc: tuple[str, str]
+) -> None:
+    """ViT blocks with LayerNorms and biased Linears, as Qwen2-VL and Qwen3-VL store them: `{prefix}{i}.norm1`,
+    `norm2`, `attn.qkv`, `attn.proj`, `mlp.{fc[0]}`, `mlp.{fc[1]}` (in this order, which the random weights follow)."""
+    for i in range(depth):
+        p = f"{prefix}{i}."
+        _layer_norm(shapes, p + "norm1", dim), _layer_norm(shapes, p + "norm2", dim)
+        _linear(shapes, p + "attn.qkv", 3 * dim, dim), _linear(shapes, p + "attn.proj", dim, dim)
+        _linear(shapes, f"{p}mlp.{fc[0]}", inter, dim), _linear(shapes, f"{p}mlp.{fc[1]}", dim, inter)
+
+
 def _lm_weight_shapes(cfg: dict, qkv_bias: bool = True) -> dict[str, tuple[int, ...]]:
     """Names and shapes of a Qwen2/Llama decoder as HF stores them: ``model.*``, and ``lm_head`` unless tied."""
     v, h, inter = cfg["vocab_size"], cfg["hidden_size"], cfg["intermediate_size"]
@@ -245,10 +293,7 @@ def build_tiny_qwen2_5_vl(
     head_dim = hidden_size // num_heads
     if hidden_size % num_heads or num_heads % num_kv_heads or head_dim % 2 or vision_hidden % vision_heads:
         raise ValueError("heads must divide the hidden sizes, kv heads the heads, and head_dim must be even")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tok = _train_tokenizer([*default_corpus(), *(corpus or [])], vocab_size)
-    ids = _write_tokenizer(out, tok)
+    out, tok, ids = _tokenized_folder(out_dir, corpus, vocab_size)
     eot, im_end = ids["<|endoftext|>"], ids["<|im_end|>"]
     hw_section = 3 * (head_dim // 2) // 8  # Qwen's [16, 24, 24] split of head_dim / 2, scaled down
     # fmt: off

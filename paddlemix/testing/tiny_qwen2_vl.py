@@ -22,14 +22,16 @@ import numpy as np
 from paddlemix.models.llava.processor import CLIP_MEAN, CLIP_STD
 from paddlemix.testing.tiny_model import (
     MAX_LENGTH,
+    _check_vl_sizes,
     _image_processor_config,
+    _layer_norm,
+    _linear,
     _lm_weight_shapes,
     _model_vocab_size,
     _random_weights,
-    _train_tokenizer,
+    _tokenized_folder,
+    _vision_blocks,
     _write_model,
-    _write_tokenizer,
-    default_corpus,
 )
 
 
@@ -41,20 +43,11 @@ def _vision_weight_shapes(vc: dict) -> dict[str, tuple[int, ...]]:
         "visual.patch_embed.proj.weight": (e, vc.get("in_channels", 3), vc["temporal_patch_size"], ps, ps)
     }
 
-    def linear(name: str, out_dim: int, in_dim: int) -> None:
-        shapes.update({f"{name}.weight": (out_dim, in_dim), f"{name}.bias": (out_dim,)})
-
-    def layer_norm(name: str, dim: int) -> None:
-        shapes.update({f"{name}.weight": (dim,), f"{name}.bias": (dim,)})
-
-    for i in range(vc["depth"]):
-        p = f"visual.blocks.{i}."
-        layer_norm(p + "norm1", e), layer_norm(p + "norm2", e)
-        linear(p + "attn.qkv", 3 * e, e), linear(p + "attn.proj", e, e)
-        linear(p + "mlp.fc1", inter, e), linear(p + "mlp.fc2", e, inter)
+    _vision_blocks(shapes, "visual.blocks.", vc["depth"], e, inter, ("fc1", "fc2"))
     merged = e * vc["spatial_merge_size"] ** 2
-    layer_norm("visual.merger.ln_q", e)
-    linear("visual.merger.mlp.0", merged, merged), linear("visual.merger.mlp.2", vc["hidden_size"], merged)
+    _layer_norm(shapes, "visual.merger.ln_q", e)
+    _linear(shapes, "visual.merger.mlp.0", merged, merged)
+    _linear(shapes, "visual.merger.mlp.2", vc["hidden_size"], merged)
     return shapes
 
 
@@ -88,16 +81,9 @@ def build_tiny_qwen2_vl(
     Keyword arguments match `build_tiny_qwen2_5_vl` (so `DEMO_SIZE` fits both); `vision_hidden` is the tower's
     `embed_dim`. ``config_layout`` picks the config.json layout (see the module docstring).
     """
-    head_dim, vision_head_dim = hidden_size // num_heads, vision_hidden // max(vision_heads, 1)
-    if hidden_size % num_heads or num_heads % num_kv_heads or head_dim % 2 or vision_head_dim % 4:
-        raise ValueError(
-            "heads must divide the hidden sizes and kv heads the heads; head_dim must be even and the vision "
-            "head_dim a multiple of 4"
-        )
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tok = _train_tokenizer([*default_corpus(), *(corpus or [])], vocab_size)
-    ids = _write_tokenizer(out, tok)
+    _check_vl_sizes(hidden_size, num_heads, num_kv_heads, vision_hidden, vision_heads)
+    head_dim = hidden_size // num_heads
+    out, tok, ids = _tokenized_folder(out_dir, corpus, vocab_size)
     eot, im_end = ids["<|endoftext|>"], ids["<|im_end|>"]
     hw_section = 3 * (head_dim // 2) // 8  # Qwen2-VL's [16, 24, 24] split of head_dim / 2, scaled down
     section = [head_dim // 2 - 2 * hw_section, hw_section, hw_section]

@@ -14,13 +14,15 @@ from pathlib import Path
 from paddlemix.testing.tiny_model import (
     ADDED_TOKENS,
     MAX_LENGTH,
+    _check_vl_sizes,
     _image_processor_config,
+    _layer_norm,
+    _linear,
     _model_vocab_size,
     _random_weights,
-    _train_tokenizer,
+    _tokenized_folder,
+    _vision_blocks,
     _write_model,
-    _write_tokenizer,
-    default_corpus,
 )
 from paddlemix.utils.io import write_json
 
@@ -84,23 +86,14 @@ def _weight_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
     shapes["model.visual.patch_embed.proj.bias"] = (vh,)
     shapes["model.visual.pos_embed.weight"] = (vc["num_position_embeddings"], vh)
 
-    def linear(name: str, out_dim: int, in_dim: int) -> None:
-        shapes.update({f"{name}.weight": (out_dim, in_dim), f"{name}.bias": (out_dim,)})
-
-    def layer_norm(name: str, dim: int) -> None:
-        shapes.update({f"{name}.weight": (dim,), f"{name}.bias": (dim,)})
-
-    for i in range(vc["depth"]):
-        p = f"model.visual.blocks.{i}."
-        layer_norm(p + "norm1", vh), layer_norm(p + "norm2", vh)
-        linear(p + "attn.qkv", 3 * vh, vh), linear(p + "attn.proj", vh, vh)
-        linear(p + "mlp.linear_fc1", vi, vh), linear(p + "mlp.linear_fc2", vh, vi)
+    _vision_blocks(shapes, "model.visual.blocks.", vc["depth"], vh, vi, ("linear_fc1", "linear_fc2"))
     merged = vh * vc["spatial_merge_size"] ** 2
     mergers = ["model.visual.merger"]
     mergers += [f"model.visual.deepstack_merger_list.{k}" for k in range(len(vc["deepstack_visual_indexes"]))]
     for k, merger in enumerate(mergers):
-        layer_norm(merger + ".norm", vh if k == 0 else merged)  # the DeepStack mergers norm after merging
-        linear(merger + ".linear_fc1", merged, merged), linear(merger + ".linear_fc2", vc["out_hidden_size"], merged)
+        _layer_norm(shapes, merger + ".norm", vh if k == 0 else merged)  # the DeepStack mergers norm after merging
+        _linear(shapes, merger + ".linear_fc1", merged, merged)
+        _linear(shapes, merger + ".linear_fc2", vc["out_hidden_size"], merged)
     return shapes
 
 
@@ -126,17 +119,9 @@ def build_tiny_qwen3_vl(
     vision blocks before the last (at most 3, as in the released models) to the first language-model layers but
     never to the last one, where they would reach no answer token and so never be trained.
     """
+    _check_vl_sizes(hidden_size, num_heads, num_kv_heads, vision_hidden, vision_heads)
     head_dim = hidden_size // num_heads
-    vision_head_dim = vision_hidden // max(vision_heads, 1)
-    if hidden_size % num_heads or num_heads % num_kv_heads or head_dim % 2 or vision_head_dim % 4:
-        raise ValueError(
-            "heads must divide the hidden sizes and kv heads the heads; head_dim must be even and the vision "
-            "head_dim a multiple of 4"
-        )
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tok = _train_tokenizer([*default_corpus(), *(corpus or [])], vocab_size, ADDED_TOKENS_QWEN3)
-    ids = _write_tokenizer(out, tok, CHAT_TEMPLATE, ADDED_TOKENS_QWEN3)
+    out, tok, ids = _tokenized_folder(out_dir, corpus, vocab_size, ADDED_TOKENS_QWEN3, CHAT_TEMPLATE)
     eot, im_end = ids["<|endoftext|>"], ids["<|im_end|>"]
     hw_section = (head_dim // 2) * 20 // 64  # Qwen3-VL's [24, 20, 20] split of head_dim / 2, scaled down
     # fmt: off

@@ -94,19 +94,3 @@ def read_json(path: str | Path) -> Any:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise UserError(f"{path} is not valid JSON: {err}.") from None
-
-
-def safetensors_names(folder: str | Path) -> list[str]:
-    """Every tensor name of a model folder, read without loading any tensor: from the shard index's `weight_map`
-    when there is one, else from each `*.safetensors` header (8-byte little-endian length, then JSON)."""
-    folder = Path(folder)
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        return sorted(read_json(index).get("weight_map", {}))
-    names: list[str] = []
-    for file in sorted(folder.glob("*.safetensors")):
-        with open(file, "rb") as f:
-            size = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(size))
-        names += [k for k in header if k != "__metadata__"]
-    return sorted(names)

@@ -21,9 +21,10 @@ from paddlemix.auto import AutoConfigMIX, AutoModelMIX, AutoProcessorMIX
 from paddlemix.models import adapter_for
 from paddlemix.models.adapter import import_object
 from paddlemix.models.loading import EMBEDDINGS, build_model, checkpoint_dtype, checkpoint_tensors
-from paddlemix.testing.checkpoints import bf16_bits, bf16_to_float32, write_sharded
+from paddlemix.testing.checkpoints import write_sharded
 from paddlemix.utils.errors import UserError
 from paddlemix.utils.io import copy_side_files
+from paddlemix.utils.safetensors_stream import from_float32, to_float32
 
 FAMILIES = {"qwen2_5_vl": "tiny_model_dir", "qwen3_vl": "tiny_qwen3_vl_dir", "llava": "tiny_llava_dir"}
 REPO = Path(__file__).resolve().parents[2]
@@ -41,7 +42,7 @@ def resave(src: Path, dst: Path, code: str, num_shards: int = 3) -> Path:
     copy_side_files(src, dst)
     weights = load_file(str(src / "model.safetensors"))
     specs = {name: (code if v.dtype == np.float32 else "I64", v.shape) for name, v in weights.items()}
-    produce = (lambda n: bf16_bits(weights[n])) if code == "BF16" else weights.__getitem__
+    produce = (lambda n: from_float32(weights[n], "BF16")) if code == "BF16" else weights.__getitem__
     assert len(write_sharded(dst, specs, produce, num_shards)) == num_shards
     if code == "BF16":
         config = json.loads((dst / "config.json").read_text())
@@ -71,7 +72,7 @@ def test_sharded_float32_loads_exactly_like_the_single_file(family_dir: Path, tm
 
 def test_sharded_bf16_loads_as_the_rounded_float32_model(family_dir: Path, tmp_path: Path) -> None:
     """bf16 shards loaded as float32 widen exactly; kept as bf16 (dtype None, the checkpoint's) they hold the
-    same bits as the file. Expected values: the float32 model's parameters rounded by `bf16_bits`."""
+    same bits as the file. Expected values: the float32 model's parameters rounded by `from_float32`."""
     reference = params(AutoModelMIX.from_pretrained(family_dir))
     folder = resave(family_dir, tmp_path / "bf16", "BF16")
     widened = params(AutoModelMIX.from_pretrained(folder, dtype="float32"))
@@ -81,8 +82,8 @@ def test_sharded_bf16_loads_as_the_rounded_float32_model(family_dir: Path, tmp_p
     for name, value in reference.items():
         if value.dtype != np.float32:
             continue
-        rounded = bf16_bits(value)
-        np.testing.assert_array_equal(widened[name], bf16_to_float32(rounded), err_msg=name)
+        rounded = from_float32(value, "BF16")
+        np.testing.assert_array_equal(widened[name], to_float32(rounded, "BF16"), err_msg=name)
         np.testing.assert_array_equal(kept[name], rounded, err_msg=name)
     assert not np.array_equal(widened[EMBEDDINGS], reference[EMBEDDINGS])  # the bf16 copy really was rounded
 
@@ -91,7 +92,7 @@ def test_float32_checkpoint_cast_to_bf16_rounds_to_nearest_even(tiny_qwen3_vl_di
     reference = params(AutoModelMIX.from_pretrained(tiny_qwen3_vl_dir))
     cast = params(AutoModelMIX.from_pretrained(tiny_qwen3_vl_dir, dtype="bfloat16"))
     for name, value in reference.items():
-        np.testing.assert_array_equal(cast[name], bf16_bits(value), err_msg=name)
+        np.testing.assert_array_equal(cast[name], from_float32(value, "BF16"), err_msg=name)
 
 
 def test_checkpoint_dtype_from_config_else_tensors(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -267,9 +268,9 @@ def test_bf16_bits_become_paddle_bfloat16_without_rounding() -> None:
     kept = to_paddle(bits, paddle.bfloat16)
     assert kept.dtype == paddle.bfloat16
     np.testing.assert_array_equal(kept.numpy(), bits)
-    np.testing.assert_array_equal(to_paddle(bits, paddle.float32).numpy(), bf16_to_float32(bits))
+    np.testing.assert_array_equal(to_paddle(bits, paddle.float32).numpy(), to_float32(bits, "BF16"))
     values = np.asarray([1 + 2**-8, 1 + 3 * 2**-8, -3.0e-3], dtype=np.float32)
-    np.testing.assert_array_equal(to_paddle(values, paddle.bfloat16).numpy(), bf16_bits(values))
+    np.testing.assert_array_equal(to_paddle(values, paddle.bfloat16).numpy(), from_float32(values, "BF16"))
 
 
 def test_generation_config_is_read_from_the_folder(tiny_qwen3_vl_dir: Path, tmp_path: Path) -> None:

@@ -17,7 +17,8 @@ from hf_parity import REF_PYTHON, requires_reference
 from PIL import Image
 
 from paddlemix.models import ADAPTERS
-from paddlemix.testing.peft_adapter import write_peft_adapter, write_sharded
+from paddlemix.testing.checkpoints import copy_sharded
+from paddlemix.testing.peft_adapter import write_peft_adapter
 
 HERE = Path(__file__).parent
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "attn.qkv")
@@ -27,7 +28,7 @@ TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 def test_merged_folder_equals_peft_merge_and_unload(tiny_model_dir: Path, tmp_path: Path, run_tool) -> None:
     cases = []
     for dtype in ("float32", "bfloat16"):
-        base = tiny_model_dir if dtype == "float32" else write_sharded(tiny_model_dir, tmp_path / "base", shards=3)
+        base = tiny_model_dir if dtype == "float32" else copy_sharded(tiny_model_dir, tmp_path / "base", shards=3)
         write_peft_adapter(
             tmp_path / f"adapter_{dtype}", base, ADAPTERS["qwen2_5_vl"].parameter_name, TARGETS, rank=4, alpha=8,
             modules_to_save=("model.visual.merger",), seed=3,

@@ -113,7 +113,9 @@ def test_loaded_names_cover_fused_projections_and_checkpoint_layouts(tmp_path) -
 
     from paddlemix.models.qwen2_5_vl import ADAPTER
     from paddlemix.peft.freeze import check_checkpoint_patterns, loaded_names
-    from paddlemix.utils.io import safetensors_names, save_safetensors
+    from paddlemix.utils.errors import UserError
+    from paddlemix.utils.io import save_safetensors
+    from paddlemix.utils.safetensors_stream import safetensors_names
 
     tensors = {"model.layers.0.self_attn.k_proj.weight": np.zeros(2, "float32"),
                "visual.blocks.0.mlp.up_proj.weight": np.zeros(2, "float32")}  # fmt: skip
@@ -128,4 +130,8 @@ def test_loaded_names_cover_fused_projections_and_checkpoint_layouts(tmp_path) -
     patterns = {"freeze_include": ["*qkv_proj*"], "freeze_exclude": []}
     assert check_checkpoint_patterns(tmp_path, patterns, ADAPTER.parameter_name, None, "a.json") == []
     (tmp_path / "model.safetensors.index.json").write_text('{"weight_map": {"lm_head.weight": "x.safetensors"}}')
+    save_safetensors({"lm_head.weight": np.zeros(2, "float32")}, tmp_path / "x.safetensors")
     assert safetensors_names(tmp_path) == ["lm_head.weight"]
+    (tmp_path / "x.safetensors").unlink()
+    with pytest.raises(UserError, match="x.safetensors"):
+        safetensors_names(tmp_path)

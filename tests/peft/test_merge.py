@@ -17,7 +17,8 @@ from safetensors.numpy import load_file, save_file
 
 from paddlemix.models import ADAPTERS
 from paddlemix.peft.merge import INDEX, merge_checkpoint
-from paddlemix.testing.peft_adapter import PEFT_PREFIX, scaling_of, write_peft_adapter, write_sharded
+from paddlemix.testing.checkpoints import copy_sharded
+from paddlemix.testing.peft_adapter import PEFT_PREFIX, scaling_of, write_peft_adapter
 from paddlemix.utils.errors import UserError
 
 LM_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -64,7 +65,7 @@ def reference_merge(base: dict[str, np.ndarray], adapter: dict[str, np.ndarray],
 def sharded_bf16(request, tmp_path_factory) -> tuple[str, Path]:
     model_type = request.param
     source = request.getfixturevalue(FAMILIES[model_type][0])
-    return model_type, write_sharded(source, tmp_path_factory.mktemp(f"{model_type}_bf16") / "base", shards=3)
+    return model_type, copy_sharded(source, tmp_path_factory.mktemp(f"{model_type}_bf16") / "base", shards=3)
 
 
 def test_sharded_bf16_merge_equals_numpy_reference(sharded_bf16, tmp_path: Path) -> None:
