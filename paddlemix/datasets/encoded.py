@@ -61,7 +61,7 @@ class SkipLog:
             logger.warning("skipped %s record %s: %s", source, record.get("index"), reason)
             if self.skipped[source] == WARNINGS_PER_SOURCE:
                 logger.warning("further skips of %s go to skipped_samples.jsonl only", source)
-        if self.path is not None:
+        if self.path is not None and not in_loader_worker():
             self.path.parent.mkdir(parents=True, exist_ok=True)
             line = json.dumps({"source": source, **record, "reason": reason, "pid": os.getpid()})
             with open(self.path, "a", encoding="utf-8") as f:
@@ -87,6 +87,12 @@ class SkipLog:
                 f"{self.max_skip_ratio:.0%} ({per_source}). Fix the data or raise max_skip_ratio.{where}"
             )
 
+    def add_line(self, line: str) -> None:
+        """Record a skip carried by a batch (a `skip_line`); one already recorded here is not counted twice."""
+        entry = json.loads(line)
+        source, reason = entry.pop("source"), entry.pop("reason")
+        self.add(source, entry, reason)
+
     def raise_if_exceeded(self) -> None:
         """Stop the run (from the main thread) once `check` has found the data unusable."""
         if self.error:
@@ -96,8 +102,26 @@ class SkipLog:
         return {s: {"seen": self.seen[s], "skipped": self.skipped[s]} for s in self.seen}
 
 
+def in_loader_worker() -> bool:
+    """True inside a data-loader worker process, whose counters never reach the trainer: there skips travel with
+    the next sample (`skips`) and the training process records them."""
+    import paddle
+
+    return paddle.io.get_worker_info() is not None
+
+
+def skip_line(source: str, record: dict[str, Any], reason: str) -> str:
+    """One skip as the JSON line a batch carries to the trainer (read back by `SkipLog.add_line`)."""
+    return json.dumps({"source": source, **record, "reason": reason})
+
+
 class EncodedDataset:
-    """Map-style dataset of encoded samples; a bad sample is logged and replaced by the next good one."""
+    """Map-style dataset of encoded samples; a bad sample is logged and replaced by the next good one.
+
+    `count_loaded=False` leaves the per-source `seen` count to the trainer, which counts samples when it trains
+    them (prefetched samples that never reach a step are not counted); the skips met while producing a sample
+    travel with it as `skips`.
+    """
 
     def __init__(
         self,
@@ -110,7 +134,14 @@ class EncodedDataset:
         self.templates = list(templates)
         self.processor = processor
         self.skip_log = skip_log or SkipLog()
+        self.count_loaded = True
         self._lengths: dict[int, int] = {}
+        self._pending_skips: list[str] = []
+
+    def take_skips(self) -> list[str]:
+        """The skips met since the last call, as JSON lines (see `skip_line`)."""
+        out, self._pending_skips = self._pending_skips, []
+        return out
 
     def __len__(self) -> int:
         return len(self.mix)
@@ -130,8 +161,9 @@ class EncodedDataset:
             result = work(self.mix[i], self.templates[source])
         except SampleError as err:
             self.skip_log.add(name, record, str(err))
+            self._pending_skips.append(skip_line(name, record, str(err)))
             raise
-        if final:
+        if final and self.count_loaded:
             self.skip_log.ok(name)
         return result
 
@@ -150,7 +182,7 @@ class EncodedDataset:
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
         for attempt in range(MAX_CONSECUTIVE_SKIPS):
             try:
-                return self.encode((i + attempt) % len(self))
+                return {**self.encode((i + attempt) % len(self)), "skips": self.take_skips()}
             except SampleError:
                 continue
         raise UserError(

@@ -167,11 +167,30 @@ def pack_batch(packs: Sequence[dict[str, np.ndarray]], pad_token_id: int, length
     return batch
 
 
+def shuffle_buffer(items: Iterable[Any], size: int, rng: np.random.Generator) -> Iterator[Any]:
+    """Yield `items` in a seeded random order through a buffer of `size`: each new item takes the slot of a random
+    buffered one, which leaves. The packer emits each window's packs longest first; a buffer at least as large as
+    a window's packs removes any link between a pack's position and its length. Deterministic for a given rng."""
+    buffer: list[Any] = []
+    for item in items:
+        if len(buffer) < size:
+            buffer.append(item)
+            continue
+        j = int(rng.integers(size))
+        buffer[j], item = item, buffer[j]
+        yield item
+    for j in rng.permutation(len(buffer)):
+        yield buffer[j]
+
+
 class PackedDataset(paddle.io.IterableDataset):
     """An endless stream of packs over an `EncodedDataset`, reshuffled each epoch; no up-front preprocessing.
 
-    `skip_packs` fast-forwards by re-planning from lengths alone (no image decoding), so a resumed run continues
-    with the same pack the interrupted one would have trained on next.
+    Packs leave in a seeded random order (`shuffle_buffer` of `window` packs). `skip_packs` fast-forwards by
+    re-planning from lengths alone (no image decoding), so a resumed run continues with the same pack the
+    interrupted one would have trained on next. With several loader workers, worker w builds the packs of the
+    groups of `group_size` packs (the loader's batch size x data-parallel ranks) numbered w, w + workers, ...:
+    the order in which the loader asks its workers for batches, so the stream is the same with or without workers.
     """
 
     def __init__(
@@ -182,6 +201,7 @@ class PackedDataset(paddle.io.IterableDataset):
         seed: int,
         window: int = 1000,
         skip_packs: int = 0,
+        group_size: int = 1,
     ):
         super().__init__()
         self.encoded = encoded
@@ -190,6 +210,7 @@ class PackedDataset(paddle.io.IterableDataset):
         self.seed = seed
         self.window = window
         self.skip_packs = skip_packs
+        self.group_size = group_size
 
     def _lengths(self, order: Iterable[int]) -> Iterator[tuple[int, int]]:
         for i in order:
@@ -199,7 +220,7 @@ class PackedDataset(paddle.io.IterableDataset):
                 continue
 
     def plans(self) -> Iterator[list[int]]:
-        """Pack plans (lists of item ids), epoch after epoch."""
+        """Pack plans (lists of item ids) in packing order, epoch after epoch."""
         epoch = 0
         while True:
             order = np.random.default_rng([self.seed, epoch]).permutation(len(self.encoded))
@@ -212,9 +233,15 @@ class PackedDataset(paddle.io.IterableDataset):
                 raise UserError("no usable sample in the training data; see skipped_samples.jsonl for the reasons.")
             epoch += 1
 
-    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        for k, plan in enumerate(self.plans()):
-            if k < self.skip_packs:
+    def stream(self) -> Iterator[list[int]]:
+        """Pack plans in training order: `plans` through a seeded shuffle buffer of `window` packs."""
+        return shuffle_buffer(self.plans(), self.window, np.random.default_rng([self.seed, 1 << 20]))
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        worker = paddle.io.get_worker_info()
+        workers, worker_id = (worker.num_workers, worker.id) if worker is not None else (1, 0)
+        for k, plan in enumerate(self.stream()):
+            if k < self.skip_packs or ((k - self.skip_packs) // self.group_size) % workers != worker_id:
                 continue
             samples = []
             for i in plan:
@@ -223,4 +250,4 @@ class PackedDataset(paddle.io.IterableDataset):
                 except SampleError:
                     continue
             if samples:
-                yield build_pack(samples, self.positions)
+                yield {**build_pack(samples, self.positions), "skips": self.encoded.take_skips()}

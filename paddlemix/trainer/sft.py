@@ -49,9 +49,24 @@ def setup_runtime(args: RunArgs) -> None:
     paddle.set_device(args.training.device)
     # paddleformers' checkpoint loader needs an initialised fleet, also in a single process.
     fleet.init(is_collective=True)
+    seed_everything(args.training.seed)
     logger.info(
         "device %s, world size %d, seed %d", args.training.device, args.training.world_size, args.training.seed
     )
+
+
+def seed_everything(seed: int) -> None:
+    """Seed paddle's generators (all devices), numpy's and Python's global ones. Called before the model is built,
+    so new weights (LoRA, a fresh projector) and dropout draw from `seed` on every rank; data order and packing
+    use their own generators derived from the same `seed`."""
+    import random
+
+    import numpy as np
+    import paddle
+
+    paddle.seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
 
 
 # Keys that make two runs different runs; changing others (max_steps, save_steps, ...) continues the same run.
@@ -132,9 +147,12 @@ def build_datasets(
     eval_set = build_dataset(args.data.eval, encoder, processor, seed, skips) if evaluate else None
     if train is not None and args.data.packing:
         t = args.training
-        consumed = resume_step * t.per_device_train_batch_size * t.gradient_accumulation_steps * t.dataset_world_size
+        group = t.per_device_train_batch_size * t.dataset_world_size
+        consumed = resume_step * group * t.gradient_accumulation_steps
         positions = adapter.position_fn(config)
-        train = PackedDataset(train, args.data.max_length, positions, seed, args.data.pack_window, consumed)
+        train = PackedDataset(train, args.data.max_length, positions, seed, args.data.pack_window, consumed, group)
+    if train is not None:  # per-source `seen` counts what the trainer trains, not what the loader prefetches
+        getattr(train, "encoded", train).count_loaded = False
     return train, eval_set
 
 
@@ -252,6 +270,7 @@ def run_sft(args: RunArgs) -> dict[str, Any]:
         # recomputed head chunks break, so data-parallel runs keep the model's own loss.
         loss_chunk_size=args.runtime.loss_chunk_size if training.world_size == 1 else 0,
         generation_eval=generation_scorer(args, model, processor, adapter),
+        skip_log=skips,
         callbacks=[JsonlLogCallback(), SkipBudgetCallback(skips)],
     )
     # First in line, so the printer, the progress bar and the JSONL log all see the throughput fields.
