@@ -119,6 +119,27 @@ def fill_ratio(packs: Sequence[Sequence[int]], lengths: dict[int, int] | Sequenc
     return real / max(len(packs) * capacity, 1)
 
 
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks 0..n-1, ties sharing their mean rank."""
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(len(values))
+    ranks[order] = np.arange(len(values))
+    for v in np.unique(values):
+        tied = values == v
+        ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
+def order_length_correlation(packs: Sequence[Sequence[int]], lengths: dict[int, int] | Sequence[int]) -> float:
+    """Spearman rank correlation between a pack's position in the stream and its mean sample length: 0 when the
+    order carries no length information, -1 when packs come longest first (the packer's own emission order)."""
+    mean_length = np.asarray([np.mean([lengths[i] for i in pack]) for pack in packs], dtype="float64")
+    if len(mean_length) < 2 or np.all(mean_length == mean_length[0]):
+        return 0.0
+    position, length = _ranks(np.arange(len(mean_length), dtype="float64")), _ranks(mean_length)
+    return float(np.corrcoef(position, length)[0, 1])
+
+
 def build_pack(samples: Sequence[dict[str, np.ndarray]], positions: PositionFn) -> dict[str, np.ndarray]:
     """Concatenate encoded samples into one row; positions are computed per sample, so they restart."""
     out: dict[str, Any] = {

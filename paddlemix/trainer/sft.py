@@ -189,6 +189,19 @@ def save_final(model: Any, args: RunArgs, adapter: ModelAdapter, processor_dir: 
     logger.info("saved %s to %s", "LoRA adapter" if args.lora.lora else "model", out)
 
 
+def trained_counts(trainer: Any, steps: int, runtime: float) -> dict[str, float]:
+    """What this process's run trained (all ranks): steps, samples and rows, with samples and rows per second.
+    paddleformers counts batch rows x steps as samples, which undercounts packed rows and counts resumed steps."""
+    seconds = max(runtime, 1e-9)
+    return {
+        "train_steps": steps,
+        "train_samples": trainer.samples,
+        "train_rows": trainer.rows,
+        "train_samples_per_second": round(trainer.samples / seconds, 4),
+        "train_rows_per_second": round(trainer.rows / seconds, 4),
+    }
+
+
 def benchmark_report(metrics: dict[str, Any], trainer: Any, seconds: float) -> dict[str, float]:
     """Effective samples/s, tokens/s (text and image), peak memory and row fill (real tokens / slots) of the run."""
     tokens = trainer.text_tokens + trainer.image_tokens
@@ -280,6 +293,7 @@ def run_sft(args: RunArgs) -> dict[str, Any]:
         start = time.perf_counter()
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         metrics.update(result.metrics)
+        metrics.update(trained_counts(trainer, result.global_step, metrics.get("train_runtime", 0.0)))
         if args.runtime.benchmark:
             metrics.update(benchmark_report(metrics, trainer, time.perf_counter() - start))
         if training.process_index == 0:

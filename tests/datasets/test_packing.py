@@ -99,12 +99,16 @@ class CountingDataset:
         self.encoded.append(i)
         return sample(self.lengths[i])
 
+    def take_skips(self) -> list[str]:
+        return []
+
 
 @pytest.mark.parametrize("size", [1_000, 100_000])
-def test_first_pack_needs_only_one_window(size: int) -> None:
+def test_first_pack_needs_a_bounded_number_of_lengths(size: int) -> None:
+    """The first pack waits for the shuffle buffer (one window of packs), never for the whole data set."""
     data = CountingDataset(np.random.default_rng(0).integers(10, 60, size).tolist())
     first = next(iter(PackedDataset(data, 128, positions, seed=0, window=50)))
-    assert data.length_calls == 50
+    assert data.length_calls in (200, 250)  # whole windows of 50 samples, the same for both sizes
     assert sum(first["seq_lens"]) <= 128
 
 
@@ -120,7 +124,7 @@ def test_skip_continues_with_the_same_packs_without_encoding_skipped_ones() -> N
 
 
 def _plans(lengths: list[int]) -> list[list[int]]:
-    plans = PackedDataset(CountingDataset(lengths), 128, positions, seed=3, window=40).plans()
+    plans = PackedDataset(CountingDataset(lengths), 128, positions, seed=3, window=40).stream()
     return [next(plans) for _ in range(30)]
 
 
