@@ -63,8 +63,10 @@ def main() -> None:
     print(f"{'padding to longest of ' + str(args.batch):<34} {pad:>7.4f} {pad_rows:>8}")
     emitted = order_length_correlation(ours, lengths)
     trained = stream_correlation(lengths, args.max_length, args.window, len(ours))
-    print(f"Spearman rho, pack position vs mean sample length: training stream {trained:+.4f} "
-          f"(packer emission order {emitted:+.4f})")
+    print(
+        f"Spearman rho, pack position vs mean sample length: training stream {trained:+.4f} "
+        f"(packer emission order {emitted:+.4f})"
+    )
 
 
 if __name__ == "__main__":

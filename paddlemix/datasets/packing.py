@@ -130,10 +130,12 @@ def _ranks(values: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def order_length_correlation(packs: Sequence[Sequence[int]], lengths: dict[int, int] | Sequence[int]) -> float:
-    """Spearman rank correlation between a pack's position in the stream and its mean sample length: 0 when the
-    order carries no length information, -1 when packs come longest first (the packer's own emission order)."""
-    mean_length = np.asarray([np.mean([lengths[i] for i in pack]) for pack in packs], dtype="float64")
+def order_length_correlation(
+    packs: Sequence[Sequence[int]], lengths: dict[int, int] | Sequence[int], statistic: Callable = np.mean
+) -> float:
+    """Spearman rank correlation between a pack's position in the stream and its mean (or other `statistic`)
+    sample length: 0 when the order carries no length information, -1 when it falls steadily along the stream."""
+    mean_length = np.asarray([statistic([lengths[i] for i in pack]) for pack in packs], dtype="float64")
     if len(mean_length) < 2 or np.all(mean_length == mean_length[0]):
         return 0.0
     position, length = _ranks(np.arange(len(mean_length), dtype="float64")), _ranks(mean_length)

@@ -25,6 +25,7 @@ from paddlemix.trainer.callbacks import (
     ThroughputCallback,
     peak_memory_mb,
 )
+from paddlemix.trainer.recompute import apply_recompute, recompute_settings
 from paddlemix.trainer.report import LOSS_CURVE, SUMMARY, plot_loss_curve, read_log, summarize
 from paddlemix.utils import checkpoints
 from paddlemix.utils.device import device_env
@@ -260,9 +261,12 @@ def run_sft(args: RunArgs) -> dict[str, Any]:
         out.mkdir(parents=True, exist_ok=True)
         write_json(args.to_dict(), out / RUN_ARGS)
 
+    recompute = recompute_settings(args.runtime.recompute, training, args.source_file)
     adapter = adapter_for(args.model.model_name_or_path)
     processor = adapter.load_processor(args.model.model_name_or_path)
     model = build_model(args, adapter)
+    if recompute:
+        logger.info("recompute %s on %d model configs", recompute, apply_recompute(model, recompute))
     config = base_model(model).config
     resume_step = checkpoints.step_of(Path(resume)) if resume else 0
     skip_file = out / SKIPPED if training.process_index == 0 else None

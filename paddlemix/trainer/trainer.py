@@ -107,7 +107,9 @@ class MIXTrainer(Trainer):
         if self.step.micro_batches:
             factor = self.step.gradient_factor(max(args.gradient_accumulation_steps, 1))
             if factor != 1.0:
-                scale_gradients(model._layers.parameters() if hasattr(model, "_layers") else model.parameters(), factor)
+                scale_gradients(
+                    model._layers.parameters() if hasattr(model, "_layers") else model.parameters(), factor
+                )
             self.samples += int(self.step.total[2])
             self.rows += int(self.step.total[3])
         if args.logging_steps > 0 and (self.state.global_step + 1) % args.logging_steps == 0:
