@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from paddle.distributed.fleet.utils import recompute
+
 from paddlemix.utils.errors import UserError
 
 RECOMPUTE_FIELDS = ("recompute_granularity", "recompute_method", "recompute_num_layers")
@@ -39,9 +41,20 @@ def recompute_settings(recompute: bool, training: Any, where: str = "the argumen
     return settings
 
 
+def recompute_layer(layer: Any, hidden_states: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run `layer(hidden_states, *args, **kwargs)` keeping only its output for backward, which runs it again.
+
+    Replaces paddleformers' per-model `recompute_training_full` helpers, which re-pass the layer's arguments by
+    position in a fixed order: Qwen3-VL's vision one is called with a keyword it does not take
+    (`attn_mask_startend_row_indices`, a TypeError). Forwarding the call as made is what the plain branch does.
+    """
+    return recompute(layer, hidden_states, *args, use_reentrant=False, **kwargs)
+
+
 def apply_recompute(model: Any, settings: dict[str, Any] | None) -> int:
-    """Set `settings` on every config object reachable from `model`'s layers (and their text/vision sub-configs);
-    returns how many config objects were changed. `model` may be wrapped (LoRA); configs are shared by reference."""
+    """Set `settings` on every config object reachable from `model`'s layers (and their text/vision sub-configs)
+    and route the layers' recompute through `recompute_layer`; returns how many config objects were changed.
+    `model` may be wrapped (LoRA); configs are shared by reference."""
     if not settings:
         return 0
     configs: dict[int, Any] = {}
@@ -50,6 +63,9 @@ def apply_recompute(model: Any, settings: dict[str, Any] | None) -> int:
         for candidate in (config, getattr(config, "text_config", None), getattr(config, "vision_config", None)):
             if candidate is not None and not isinstance(candidate, dict) and hasattr(candidate, "__dict__"):
                 configs[id(candidate)] = candidate
+    for layer in [model, *model.sublayers()]:
+        if hasattr(layer, "recompute_training_full"):
+            layer.recompute_training_full = recompute_layer
     for config in configs.values():
         for key, value in settings.items():
             setattr(config, key, value)
