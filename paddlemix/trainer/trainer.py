@@ -9,7 +9,7 @@ from typing import Any
 
 import paddle
 import paddleformers.trainer.trainer as _pf_trainer
-from paddleformers.trainer import Trainer
+from paddleformers.trainer import Trainer, TrainerCallback
 
 from paddlemix.datasets.collator import BATCH_META, LABEL_TOKENS, REAL_TOKENS, SAMPLE_IDS, SKIPS
 from paddlemix.trainer.accumulation import StepLoss, scale_gradients
@@ -48,6 +48,22 @@ def source_of(sample_id: str) -> str:
     return sample_id.rsplit("#", 1)[0]
 
 
+class RestoreRngOnResume(TrainerCallback):
+    """Restore the random generators saved with the checkpoint a run resumes from, before its first step.
+
+    paddleformers restores them only after replaying the skipped batches, which it does not do when
+    `ignore_data_skip` is set (MIXToken: the pack stream fast-forwards itself), so a resumed run drew other
+    dropout masks than the uninterrupted one."""
+
+    def __init__(self, trainer: Trainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        checkpoint = getattr(self.trainer, "resume_checkpoint", None)
+        if checkpoint and args.ignore_data_skip:
+            self.trainer._load_rng_state(checkpoint)
+
+
 class MIXTrainer(Trainer):
     """Trainer whose optimizer step is the token mean over all its micro-batches and ranks (see `accumulation`),
     and that counts what it trains: text and image tokens, row slots (fill), samples, rows and per-source `seen`."""
@@ -71,6 +87,7 @@ class MIXTrainer(Trainer):
         self.image_tokens = 0
         self.slots = 0
         self.grad_norm: float | None = None
+        self.callback_handler.add_callback(RestoreRngOnResume(self))
 
     def training_step(self, model: Any, inputs: dict[str, Any], step_control: int = 0) -> Any:
         """Backpropagate this micro-batch's loss sum / n0 and return its share of the logged step loss: 0 until the
@@ -91,6 +108,10 @@ class MIXTrainer(Trainer):
         if (step_control + 1) % self.args.gradient_accumulation_steps:
             return paddle.zeros([], dtype="float32")
         return paddle.to_tensor(self.step.finish(), dtype="float32")
+
+    def train(self, resume_from_checkpoint: str | None = None, **kwargs: Any) -> Any:
+        self.resume_checkpoint = resume_from_checkpoint
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
     def count_trained(self, sample_ids: list[str], skips: list[str]) -> None:
         """Per-source `seen`: the samples of a batch when it is trained, and the skips met while reading it."""
@@ -119,8 +140,11 @@ class MIXTrainer(Trainer):
 
     @staticmethod
     def gradient_norm(model: Any) -> float:
-        """L2 norm of the gradients accumulated so far (before clipping), computed only for steps that log."""
-        squares = [(p.grad.astype("float32") ** 2).sum() for p in model.parameters() if p.grad is not None]
+        """L2 norm of the step's gradients as the optimizer gets them (before clipping; `main_grad` under
+        master-grad AMP), computed only for steps that log."""
+        grads = [getattr(p, "main_grad", None) if getattr(p, "main_grad", None) is not None else p.grad
+                 for p in model.parameters()]  # fmt: skip
+        squares = [(g.astype("float32") ** 2).sum() for g in grads if g is not None]
         return float(paddle.add_n(squares).sqrt()) if squares else 0.0
 
     def stop_on_non_finite(self, model: Any, loss: float, sample_ids: list[str]) -> None:

@@ -13,26 +13,10 @@ from paddlemix.utils.io import load_safetensors
 
 pytestmark = pytest.mark.slow
 CONFIG = Path(__file__).resolve().parents[2] / "paddlemix" / "config" / "tiny"
-LONG_ANSWER = (
-    "The shape in the picture is drawn in one flat colour on a plain background, and after looking at it closely "
-    "I would say that its colour is {} without any doubt at all."
-)
 # AdamW's first update is about sign(gradient); a large epsilon makes it proportional to the gradient, so the
 # weights after the step show any difference in the gradients, not only in their signs.
 LINEAR_ADAM = ["--adam_epsilon", "10", "--learning_rate", "1.0", "--warmup_ratio", "0", "--weight_decay", "0"]
 QUIET = ["--do_eval", "false", "--evaluation_strategy", "no", "--save_steps", "100", "--logging_steps", "1"]
-
-
-def uneven_answers(workspace: Path, shapes: Path, n: int = 8) -> Path:
-    """Records whose answers alternate between one word and a long sentence (about 4 vs 45 labelled tokens)."""
-    records = [json.loads(line) for line in shapes.read_text().splitlines()[:n]]
-    for i, r in enumerate(records):
-        r["images"] = [str(shapes.parent / p) for p in r["images"]]
-        if i % 2:
-            r["messages"][1]["content"] = LONG_ANSWER.format(r["messages"][1]["content"])
-    path = workspace / "uneven.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return path
 
 
 def train_log(out: Path) -> dict[int, dict]:
@@ -49,8 +33,8 @@ def dataset_arg(path: Path) -> str:
     [[], ["--mixtoken", "true", "--pack_window", "8", "--max_length", "160", "--loss_chunk_size", "0"]],
     ids=["padded-chunked-loss", "mixtoken-full-logits"],
 )
-def test_accumulation_equals_the_big_batch(workspace: Path, shapes_data, run_tool, extra: list[str]) -> None:
-    data = uneven_answers(workspace, shapes_data["train"])
+def test_accumulation_equals_the_big_batch(workspace: Path, uneven_answers: Path, run_tool, extra: list[str]) -> None:
+    data = uneven_answers
     common = [str(CONFIG / "sft_argument.json"), "--dataset", dataset_arg(data), "--dataloader_shuffle", "false",
               "--max_steps", "2", *QUIET, *LINEAR_ADAM, *extra]  # fmt: skip
     run_tool("supervised_finetune.py", *common, "--per_device_train_batch_size", "2",
