@@ -47,6 +47,7 @@ class SkipLog:
 
     def ok(self, source: str) -> None:
         self.seen[source] += 1
+        self.check(source)  # the budget applies once MIN_SEEN_FOR_BUDGET samples were seen, good ones included
 
     def add(self, source: str, record: dict[str, Any], reason: str) -> None:
         """Count and log a skipped record once, however many epochs meet it again."""
