@@ -50,8 +50,8 @@ def pad_batch(features: Sequence[dict[str, np.ndarray]], pad_token_id: int, pad_
 
 
 def sample_ids_of(feature: dict[str, Any]) -> list[str]:
-    """The ids of the samples in one encoded sample or pack ("source#index", packs join theirs with commas)."""
-    return [part for part in str(feature.get("sample_id", "?")).split(",") if part]
+    """The ids ("source#index") of the samples in one encoded sample or pack (a pack lists its own)."""
+    return list(feature.get("sample_ids") or [str(feature.get("sample_id", "?"))])
 
 
 class Collator:

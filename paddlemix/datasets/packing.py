@@ -152,6 +152,7 @@ def build_pack(samples: Sequence[dict[str, np.ndarray]], positions: PositionFn) 
         ),  # [3, L] for mRoPE
         "seq_lens": np.asarray([len(s["input_ids"]) for s in samples], dtype="int64"),
         "sample_id": ",".join(str(s.get("sample_id", "?")) for s in samples),
+        "sample_ids": [str(s.get("sample_id", "?")) for s in samples],
     }
     images = [s for s in samples if "pixel_values" in s]
     if images:
