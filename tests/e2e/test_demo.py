@@ -47,4 +47,4 @@ def test_shortened_demo_learns_colours_with_mixtoken(tmp_path: Path, monkeypatch
     log = [json.loads(line) for line in (tmp_path / config["output_dir"] / "train_log.jsonl").read_text().splitlines()]
     assert all(0.5 < r["fill"] <= 1.0 for r in log if "fill" in r)
     during = [r["eval_accuracy"] for r in log if "eval_accuracy" in r]
-    assert len(during) == 3 and during[-1] >= 0.9, during
+    assert len(during) >= 3 and during[-1] >= 0.9 and during[-1] > during[0], during
