@@ -187,3 +187,16 @@ def test_lora_gets_the_tensor_parallel_degree(tiny_model_dir) -> None:
     model = apply_lora(AutoModelMIX.from_pretrained(tiny_model_dir), adapter_for(tiny_model_dir).lora_targets, 4, 8,
                        tensor_parallel_degree=1)  # fmt: skip
     assert model.lora_config.tensor_model_parallel_size == 1
+
+
+def test_recompute_keys_are_accepted_and_reach_the_settings(tmp_path: Path, model_dir: Path, data_file: Path) -> None:
+    """PaddleMIX's `recompute` and paddleformers' `recompute_granularity` both turn layer recompute on."""
+    from paddlemix.trainer.recompute import SUPPORTED, recompute_settings
+
+    ours = arguments.load(write_args(tmp_path, model_dir, data_file, recompute=True))
+    assert ours.runtime.recompute is True and ours.to_dict()["recompute"] is True
+    assert recompute_settings(ours.runtime.recompute, ours.training) == SUPPORTED
+    theirs = arguments.load(write_args(tmp_path, model_dir, data_file, recompute_granularity="full"))
+    assert recompute_settings(theirs.runtime.recompute, theirs.training) == SUPPORTED
+    off = arguments.load(write_args(tmp_path, model_dir, data_file))
+    assert recompute_settings(off.runtime.recompute, off.training) is None
