@@ -188,6 +188,8 @@ class RuntimeArgs:
     loss_chunk_size: int = 256
     eval_generation: bool = False
     eval_generation_samples: int = 64
+    # PaddleMIX's switch for activation recompute of the language and vision layers (paddlemix.trainer.recompute).
+    recompute: bool = False
 
 
 OWN_GROUPS = {"model": ModelArgs, "data": DataArgs, "lora": LoraArgs, "runtime": RuntimeArgs}

@@ -87,6 +87,27 @@ def workspace(tmp_path: Path, tiny_model_dir: Path, shapes_data: dict[str, Path]
     return tmp_path
 
 
+LONG_ANSWER = (
+    "The shape in the picture is drawn in one flat colour on a plain background, and after looking at it closely "
+    "I would say that its colour is {} without any doubt at all."
+)
+
+
+@pytest.fixture()
+def uneven_answers(workspace: Path, shapes_data: dict[str, Path]) -> Path:
+    """8 shapes records (absolute image paths) whose answers alternate between one word and a long sentence
+    (about 4 vs 45 labelled tokens): per-micro-batch loss means weigh them differently from the batch's token mean."""
+    shapes = shapes_data["train"]
+    records = [json.loads(line) for line in shapes.read_text().splitlines()[:8]]
+    for i, r in enumerate(records):
+        r["images"] = [str(shapes.parent / p) for p in r["images"]]
+        if i % 2:
+            r["messages"][1]["content"] = LONG_ANSWER.format(r["messages"][1]["content"])
+    path = workspace / "uneven.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
 # model_type -> session fixture
 TINY_DIRS = {
     "qwen2_vl": "tiny_qwen2_vl_dir",

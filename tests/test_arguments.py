@@ -200,3 +200,16 @@ def test_image_reading_keys(tmp_path, model_dir, data_file) -> None:
     path = write_args(tmp_path, model_dir, data_file, max_image_pixels=10**9, image_cache_dir="cache")
     data = arguments.load(path).data
     assert (data.max_image_pixels, data.image_cache_dir) == (10**9, "cache")
+
+
+def test_recompute_keys_are_accepted_and_reach_the_settings(tmp_path: Path, model_dir: Path, data_file: Path) -> None:
+    """PaddleMIX's `recompute` and paddleformers' `recompute_granularity` both turn layer recompute on."""
+    from paddlemix.trainer.recompute import SUPPORTED, recompute_settings
+
+    ours = arguments.load(write_args(tmp_path, model_dir, data_file, recompute=True))
+    assert ours.runtime.recompute is True and ours.to_dict()["recompute"] is True
+    assert recompute_settings(ours.runtime.recompute, ours.training) == SUPPORTED
+    theirs = arguments.load(write_args(tmp_path, model_dir, data_file, recompute_granularity="full"))
+    assert recompute_settings(theirs.runtime.recompute, theirs.training) == SUPPORTED
+    off = arguments.load(write_args(tmp_path, model_dir, data_file))
+    assert recompute_settings(off.runtime.recompute, off.training) is None

@@ -21,7 +21,7 @@ import numpy as np
 
 from paddlemix.arguments import DataArgs, DatasetSource
 from paddlemix.datasets.conversation import SampleError, as_skip
-from paddlemix.datasets.loader_guard import in_loader, stop_run_on_failure
+from paddlemix.datasets.loader_guard import stop_run_on_failure
 from paddlemix.datasets.mixing import MixDataset
 from paddlemix.datasets.sources import SourceDataset
 from paddlemix.processors.chat_template import ChatTemplate, template_for
@@ -50,6 +50,7 @@ class SkipLog:
 
     def ok(self, source: str) -> None:
         self.seen[source] += 1
+        self.check(source)  # the budget applies once MIN_SEEN_FOR_BUDGET samples were seen, good ones included
 
     def add(self, source: str, record: dict[str, Any], reason: str) -> None:
         """Count and log a skipped record once, however many epochs meet it again."""
@@ -64,7 +65,7 @@ class SkipLog:
             logger.warning("skipped %s record %s: %s", source, record.get("index"), reason)
             if self.skipped[source] == WARNINGS_PER_SOURCE:
                 logger.warning("further skips of %s go to skipped_samples.jsonl only", source)
-        if self.path is not None:
+        if self.path is not None and not in_loader_worker():
             self.path.parent.mkdir(parents=True, exist_ok=True)
             line = json.dumps({"source": source, **record, "reason": reason, "pid": os.getpid()})
             with open(self.path, "a", encoding="utf-8") as f:
@@ -90,6 +91,12 @@ class SkipLog:
                 f"{self.max_skip_ratio:.0%} ({per_source}). Fix the data or raise max_skip_ratio.{where}"
             )
 
+    def add_line(self, line: str) -> None:
+        """Record a skip carried by a batch (a `skip_line`); one already recorded here is not counted twice."""
+        entry = json.loads(line)
+        source, reason = entry.pop("source"), entry.pop("reason")
+        self.add(source, entry, reason)
+
     def raise_if_exceeded(self) -> None:
         """Stop the run (from the main thread) once `check` has found the data unusable."""
         if self.error:
@@ -112,8 +119,26 @@ class SkipLog:
         return {s: {"seen": max(self.seen[s], skipped[s]), "skipped": skipped[s]} for s in {**self.seen, **skipped}}
 
 
+def in_loader_worker() -> bool:
+    """True inside a data-loader worker process, whose counters never reach the trainer: there skips travel with
+    the next sample (`skips`) and the training process records them."""
+    import paddle
+
+    return paddle.io.get_worker_info() is not None
+
+
+def skip_line(source: str, record: dict[str, Any], reason: str) -> str:
+    """One skip as the JSON line a batch carries to the trainer (read back by `SkipLog.add_line`)."""
+    return json.dumps({"source": source, **record, "reason": reason})
+
+
 class EncodedDataset:
-    """Map-style dataset of encoded samples; a bad sample is logged and replaced by the next good one."""
+    """Map-style dataset of encoded samples; a bad sample is logged and replaced by the next good one.
+
+    `count_loaded=False` leaves the per-source `seen` count to the trainer, which counts samples when it trains
+    them (prefetched samples that never reach a step are not counted); the skips met while producing a sample
+    travel with it as `skips`.
+    """
 
     def __init__(
         self,
@@ -128,8 +153,15 @@ class EncodedDataset:
         self.processor = processor
         self.skip_log = skip_log or SkipLog()
         self.split = split
+        self.count_loaded = True
         self._lengths: dict[int, int] = {}
         self._bad: set[int] = set()
+        self._pending_skips: list[str] = []
+
+    def take_skips(self) -> list[str]:
+        """The skips met since the last call, as JSON lines (see `skip_line`)."""
+        out, self._pending_skips = self._pending_skips, []
+        return out
 
     def __len__(self) -> int:
         return len(self.mix)
@@ -151,10 +183,11 @@ class EncodedDataset:
             skip = as_skip(err)
             self._bad.add(i)
             self.skip_log.add(name, record, str(skip))
-            if in_loader():  # a worker's skip log is its own copy: the budget must stop the run from here
-                self.skip_log.raise_if_exceeded()
+            # In a loader worker the skip log is a copy: the skip travels with the next sample to the trainer,
+            # which records it and enforces the skip budget against the samples really trained.
+            self._pending_skips.append(skip_line(name, record, str(skip)))
             raise skip from None
-        if final:
+        if final and self.count_loaded:
             self.skip_log.ok(name)
         return result
 
@@ -198,7 +231,7 @@ class EncodedDataset:
                 if k in self._bad:
                     continue
                 try:
-                    return self.encode(k)
+                    return {**self.encode(k), "skips": self.take_skips()}
                 except SampleError:
                     continue
             raise self.no_usable_sample()

@@ -120,6 +120,29 @@ def fill_ratio(packs: Sequence[Sequence[int]], lengths: dict[int, int] | Sequenc
     return real / max(len(packs) * capacity, 1)
 
 
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks 0..n-1, ties sharing their mean rank."""
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(len(values))
+    ranks[order] = np.arange(len(values))
+    for v in np.unique(values):
+        tied = values == v
+        ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
+def order_length_correlation(
+    packs: Sequence[Sequence[int]], lengths: dict[int, int] | Sequence[int], statistic: Callable = np.mean
+) -> float:
+    """Spearman rank correlation between a pack's position in the stream and its mean (or other `statistic`)
+    sample length: 0 when the order carries no length information, -1 when it falls steadily along the stream."""
+    mean_length = np.asarray([statistic([lengths[i] for i in pack]) for pack in packs], dtype="float64")
+    if len(mean_length) < 2 or np.all(mean_length == mean_length[0]):
+        return 0.0
+    position, length = _ranks(np.arange(len(mean_length), dtype="float64")), _ranks(mean_length)
+    return float(np.corrcoef(position, length)[0, 1])
+
+
 def build_pack(samples: Sequence[dict[str, np.ndarray]], positions: PositionFn) -> dict[str, np.ndarray]:
     """Concatenate encoded samples into one row; positions are computed per sample, so they restart."""
     out: dict[str, Any] = {
@@ -130,6 +153,7 @@ def build_pack(samples: Sequence[dict[str, np.ndarray]], positions: PositionFn) 
         ),  # [3, L] for mRoPE
         "seq_lens": np.asarray([len(s["input_ids"]) for s in samples], dtype="int64"),
         "sample_id": ",".join(str(s.get("sample_id", "?")) for s in samples),
+        "sample_ids": [str(s.get("sample_id", "?")) for s in samples],
     }
     images = [s for s in samples if "pixel_values" in s]
     if images:
@@ -168,11 +192,30 @@ def pack_batch(packs: Sequence[dict[str, np.ndarray]], pad_token_id: int, length
     return batch
 
 
+def shuffle_buffer(items: Iterable[Any], size: int, rng: np.random.Generator) -> Iterator[Any]:
+    """Yield `items` in a seeded random order through a buffer of `size`: each new item takes the slot of a random
+    buffered one, which leaves. The packer emits each window's packs longest first; a buffer at least as large as
+    a window's packs removes any link between a pack's position and its length. Deterministic for a given rng."""
+    buffer: list[Any] = []
+    for item in items:
+        if len(buffer) < size:
+            buffer.append(item)
+            continue
+        j = int(rng.integers(size))
+        buffer[j], item = item, buffer[j]
+        yield item
+    for j in rng.permutation(len(buffer)):
+        yield buffer[j]
+
+
 class PackedDataset(paddle.io.IterableDataset):
     """An endless stream of packs over an `EncodedDataset`, reshuffled each epoch; no up-front preprocessing.
 
-    `skip_packs` fast-forwards by re-planning from lengths alone (no image decoding), so a resumed run continues
-    with the same pack the interrupted one would have trained on next.
+    Packs leave in a seeded random order (`shuffle_buffer` of `window` packs). `skip_packs` fast-forwards by
+    re-planning from lengths alone (no image decoding), so a resumed run continues with the same pack the
+    interrupted one would have trained on next. With several loader workers, worker w builds the packs of the
+    groups of `group_size` packs (the loader's batch size x data-parallel ranks) numbered w, w + workers, ...:
+    the order in which the loader asks its workers for batches, so the stream is the same with or without workers.
     """
 
     def __init__(
@@ -183,6 +226,7 @@ class PackedDataset(paddle.io.IterableDataset):
         seed: int,
         window: int = 1000,
         skip_packs: int = 0,
+        group_size: int = 1,
     ):
         super().__init__()
         self.encoded = encoded
@@ -191,6 +235,7 @@ class PackedDataset(paddle.io.IterableDataset):
         self.seed = seed
         self.window = window
         self.skip_packs = skip_packs
+        self.group_size = group_size
 
     def _lengths(self, order: Iterable[int]) -> Iterator[tuple[int, int]]:
         for i in order:
@@ -205,7 +250,7 @@ class PackedDataset(paddle.io.IterableDataset):
         return sum(1 for _ in BestFitPacker(self.max_length, self.window).pack(self._lengths(order)))
 
     def plans(self) -> Iterator[list[int]]:
-        """Pack plans (lists of item ids), epoch after epoch."""
+        """Pack plans (lists of item ids) in packing order, epoch after epoch."""
         epoch = 0
         while True:
             order = np.random.default_rng([self.seed, epoch]).permutation(len(self.encoded))
@@ -218,13 +263,19 @@ class PackedDataset(paddle.io.IterableDataset):
                 raise UserError("no usable sample in the training data; see skipped_samples.jsonl for the reasons.")
             epoch += 1
 
-    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    def stream(self) -> Iterator[list[int]]:
+        """Pack plans in training order: `plans` through a seeded shuffle buffer of `window` packs."""
+        return shuffle_buffer(self.plans(), self.window, np.random.default_rng([self.seed, 1 << 20]))
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
         with stop_run_on_failure():  # in the data loader, a failure must end the run, not stall it
             yield from self._packs()
 
-    def _packs(self) -> Iterator[dict[str, np.ndarray]]:
-        for k, plan in enumerate(self.plans()):
-            if k < self.skip_packs:
+    def _packs(self) -> Iterator[dict[str, Any]]:
+        worker = paddle.io.get_worker_info()
+        workers, worker_id = (worker.num_workers, worker.id) if worker is not None else (1, 0)
+        for k, plan in enumerate(self.stream()):
+            if k < self.skip_packs or ((k - self.skip_packs) // self.group_size) % workers != worker_id:
                 continue
             samples = []
             for i in plan:
@@ -233,4 +284,4 @@ class PackedDataset(paddle.io.IterableDataset):
                 except SampleError:
                     continue
             if samples:
-                yield build_pack(samples, self.positions)
+                yield {**build_pack(samples, self.positions), "skips": self.encoded.take_skips()}

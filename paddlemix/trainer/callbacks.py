@@ -34,13 +34,14 @@ def peak_memory_mb() -> float:
 
 
 class ThroughputCallback(TrainerCallback):
-    """Add text and image tokens per second and the fill (real tokens / row slots) since the previous log, the
-    samples skipped so far and the peak memory."""
+    """Add text and image tokens, samples and rows per second and the fill (real tokens / row slots) since the
+    previous log, the samples skipped so far and the peak memory."""
 
     def __init__(self, counter: Any, skip_log: Any = None):
         self.counter = counter
         self.skip_log = skip_log
         self.last = (time.perf_counter(), 0, 0, 0)
+        self.last_counts = (0, 0)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
         if logs is None or "loss" not in logs:
@@ -52,6 +53,11 @@ class ThroughputCallback(TrainerCallback):
         logs["image_tokens_per_sec"] = round((image - self.last[2]) / seconds, 1)
         logs["fill"] = round((text + image - self.last[1] - self.last[2]) / max(slots - self.last[3], 1), 4)
         self.last = (now, text, image, slots)
+        # paddleformers' interval_samples_per_second counts batch rows; these count samples (also inside packs).
+        samples, rows = getattr(c, "samples", 0), getattr(c, "rows", 0)
+        logs["interval_samples_per_second"] = round((samples - self.last_counts[0]) / seconds, 4)
+        logs["interval_rows_per_second"] = round((rows - self.last_counts[1]) / seconds, 4)
+        self.last_counts = (samples, rows)
         logs["peak_memory_mb"] = round(peak_memory_mb(), 1)
         if getattr(c, "grad_norm", None) is not None:
             logs["grad_norm"] = round(c.grad_norm, 4)

@@ -22,8 +22,11 @@ def _chunk_loss_sum(head: Callable[[Any], Any], hidden: Any, labels: Any) -> Any
     return F.cross_entropy(logits, labels, reduction="sum")
 
 
-def chunked_lm_loss(head: Callable[[Any], Any], hidden: Any, labels: Any, chunk_size: int = 1024) -> Any:
-    """Mean cross-entropy of `head(hidden)` against `labels` over the positions whose label is not ignored.
+def chunked_lm_loss(
+    head: Callable[[Any], Any], hidden: Any, labels: Any, chunk_size: int = 1024, reduction: str = "mean"
+) -> Any:
+    """Cross-entropy of `head(hidden)` against `labels` over the positions whose label is not ignored: their mean,
+    or with `reduction="sum"` their sum (float32 scalar; the trainer divides by the whole step's label count).
 
     hidden: [..., H] states whose label is the token at the same position (labels already shifted);
     labels: [...] int64 with IGNORE_INDEX where no loss is taken.
@@ -38,7 +41,17 @@ def chunked_lm_loss(head: Callable[[Any], Any], hidden: Any, labels: Any, chunk_
     for start in range(0, hidden.shape[0], chunk_size):
         h, y = hidden[start : start + chunk_size], labels[start : start + chunk_size]
         total = total + recompute(_chunk_loss_sum, head, h, y, use_reentrant=False)
-    return total / float(keep.shape[0])
+    return total if reduction == "sum" else total / float(keep.shape[0])
+
+
+def token_loss_sum(logits: Any, labels: Any) -> Any:
+    """Sum of the cross-entropy over labelled positions of full logits [..., vocab] (labels already shifted,
+    IGNORE_INDEX elsewhere); float32 scalar, 0 when nothing is labelled."""
+    logits = logits.reshape([-1, logits.shape[-1]]).astype("float32")  # [tokens, vocab]
+    labels = labels.reshape([-1])
+    mask = (labels != IGNORE_INDEX).astype("float32")
+    ce = F.cross_entropy(logits, labels.clip(min=0), reduction="none").reshape([-1])
+    return (ce * mask).sum()
 
 
 class _Identity(paddle.nn.Layer):
@@ -46,7 +59,9 @@ class _Identity(paddle.nn.Layer):
         return x
 
 
-def lm_loss_without_full_logits(model: Any, inputs: dict[str, Any], head_owner: Any, chunk_size: int) -> Any:
+def lm_loss_without_full_logits(
+    model: Any, inputs: dict[str, Any], head_owner: Any, chunk_size: int, reduction: str = "mean"
+) -> Any:
     """Run `model` (possibly wrapped by LoRA or DataParallel) with its LM head swapped for identity, so its
     forward returns hidden states, then take the chunked loss with the real head. Going through the wrapper's own
     forward keeps data-parallel gradient sync intact."""
@@ -56,4 +71,4 @@ def lm_loss_without_full_logits(model: Any, inputs: dict[str, Any], head_owner: 
         hidden = model(**{k: v for k, v in inputs.items() if k != "labels"}).logits  # [B, L, H]
     finally:
         head_owner.lm_head = head
-    return chunked_lm_loss(head, hidden, inputs["labels"], chunk_size)
+    return chunked_lm_loss(head, hidden, inputs["labels"], chunk_size, reduction)

@@ -42,10 +42,12 @@ def summarize(records: list[dict[str, Any]], metrics: dict[str, Any]) -> dict[st
     """Runtime, throughput, final losses and skip counts in one dictionary."""
     train = [r for r in records if "loss" in r]
     evals = [r for r in records if "eval_loss" in r]
-    keys = ("train_runtime", "train_samples_per_second", "tokens_per_second", "text_tokens_per_second",
-            "image_tokens_per_second", "peak_memory_mb", "fill", "skipped_samples", "skipped_by_source")  # fmt: skip
+    keys = ("train_runtime", "train_samples", "train_rows", "train_samples_per_second", "train_rows_per_second",
+            "tokens_per_second", "text_tokens_per_second", "image_tokens_per_second", "peak_memory_mb", "fill",
+            "skipped_samples", "skipped_by_source")  # fmt: skip
     return {
-        "steps": train[-1]["step"] if train else 0,
+        # The run's own step count: the last logged step lags it whenever max_steps is not a multiple of logging_steps.
+        "steps": metrics.get("train_steps", train[-1]["step"] if train else 0),
         "final_train_loss": train[-1]["loss"] if train else None,
         "final_eval_loss": evals[-1]["eval_loss"] if evals else metrics.get("eval_loss"),
         **{k: metrics[k] for k in keys if k in metrics},

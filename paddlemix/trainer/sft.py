@@ -52,6 +52,7 @@ from paddlemix.trainer.callbacks import (
     ThroughputCallback,
     peak_memory_mb,
 )
+from paddlemix.trainer.recompute import apply_recompute, recompute_settings
 from paddlemix.trainer.report import LOSS_CURVE, SUMMARY, plot_loss_curve, read_log, summarize
 from paddlemix.utils import checkpoints
 from paddlemix.utils.device import device_env
@@ -79,11 +80,26 @@ def setup_runtime(args: RunArgs) -> None:
     # "Modified FLAGS detected" banner straight to stderr (flags paddleformers set, not the user); errors still raise.
     with contextlib.redirect_stderr(io.StringIO()):
         fleet.init(is_collective=True)
+    seed_everything(args.training.seed)
     logger.info(
         "device %s, world size %d, seed %d", args.training.device, args.training.world_size, args.training.seed
     )
     for note in args.notes:
         logger.info("%s", note)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed paddle's generators (all devices), numpy's and Python's global ones. Called before the model is built,
+    so new weights (LoRA, a fresh projector) and dropout draw from `seed` on every rank; data order and packing
+    use their own generators derived from the same `seed`."""
+    import random
+
+    import numpy as np
+    import paddle
+
+    paddle.seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
 
 
 # Keys that make two runs different runs; changing others (max_steps, save_steps, ...) continues the same run.
@@ -194,9 +210,12 @@ def build_datasets(
     eval_set = build_dataset(args.data.eval, encoder, processor, seed, skips, "eval") if evaluate else None
     if train is not None and args.data.packing:
         t = args.training
-        consumed = resume_step * t.per_device_train_batch_size * t.gradient_accumulation_steps * t.dataset_world_size
+        group = t.per_device_train_batch_size * t.dataset_world_size
+        consumed = resume_step * group * t.gradient_accumulation_steps
         positions = adapter.position_fn(config)
-        train = PackedDataset(train, args.data.max_length, positions, seed, args.data.pack_window, consumed)
+        train = PackedDataset(train, args.data.max_length, positions, seed, args.data.pack_window, consumed, group)
+    if train is not None:  # per-source `seen` counts what the trainer trains, not what the loader prefetches
+        getattr(train, "encoded", train).count_loaded = False
     return train, eval_set
 
 
@@ -268,6 +287,19 @@ def save_final(model: Any, args: RunArgs, adapter: ModelAdapter, processor_dir: 
     logger.info("saved %s to %s", "LoRA adapter" if args.lora.lora else "model", out)
 
 
+def trained_counts(trainer: Any, steps: int, runtime: float) -> dict[str, float]:
+    """What this process's run trained (all ranks): steps, samples and rows, with samples and rows per second.
+    paddleformers counts batch rows x steps as samples, which undercounts packed rows and counts resumed steps."""
+    seconds = max(runtime, 1e-9)
+    return {
+        "train_steps": steps,
+        "train_samples": trainer.samples,
+        "train_rows": trainer.rows,
+        "train_samples_per_second": round(trainer.samples / seconds, 4),
+        "train_rows_per_second": round(trainer.rows / seconds, 4),
+    }
+
+
 def benchmark_report(metrics: dict[str, Any], trainer: Any, seconds: float) -> dict[str, float]:
     """Effective samples/s, tokens/s (text and image), peak memory and row fill (real tokens / slots) of the run."""
     tokens = trainer.text_tokens + trainer.image_tokens
@@ -331,9 +363,12 @@ def run_sft(args: RunArgs) -> dict[str, Any]:
         out.mkdir(parents=True, exist_ok=True)
         write_json(args.to_dict(), out / RUN_ARGS)
 
+    recompute = recompute_settings(args.runtime.recompute, training, args.source_file)
     adapter = adapter_for(args.model.model_name_or_path)
     processor = adapter.load_processor(args.model.model_name_or_path)
     model = build_model(args, adapter)
+    if recompute:
+        logger.info("recompute %s on %d model configs", recompute, apply_recompute(model, recompute))
     config = base_model(model).config
     resume_step = checkpoints.step_of(Path(resume)) if resume else 0
     skip_file = out / SKIPPED if training.process_index == 0 else None
@@ -358,6 +393,7 @@ def run_sft(args: RunArgs) -> dict[str, Any]:
         loss_chunk_size=args.runtime.loss_chunk_size if training.world_size == 1 else 0,
         generation_eval=generation_scorer(args, model, processor, adapter),
         chat_template=chosen_template(templates, warn=training.process_index == 0),
+        skip_log=skips,
         callbacks=[JsonlLogCallback(), SkipBudgetCallback(skips)],
     )
     # First in line, so the printer, the progress bar and the JSONL log all see the throughput fields.
@@ -371,6 +407,7 @@ def run_sft(args: RunArgs) -> dict[str, Any]:
             start = time.perf_counter()
             result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
             metrics.update(result.metrics)
+            metrics.update(trained_counts(trainer, result.global_step, metrics.get("train_runtime", 0.0)))
             if args.runtime.benchmark:
                 metrics.update(benchmark_report(metrics, trainer, time.perf_counter() - start))
             if training.process_index == 0 and not final.saved:

@@ -28,10 +28,21 @@ def test_images_concatenated_in_sample_order() -> None:
     assert batch["image_grid_thw"].shape == (2, 3)
 
 
-def test_collator_returns_paddle_tensors() -> None:
-    import paddle
+def test_collator_returns_numpy_and_bookkeeping() -> None:
+    """Numpy only: paddle tensors created in a forked loader worker crash it (dataloader_num_workers >= 1)."""
+    features = [{**feature(3, True), "sample_id": "src#7", "skips": ['{"source": "src"}']}, feature(5, False)]
+    features[1]["labels"][:2] = IGNORE_INDEX
+    batch = Collator(pad_token_id=0)(features)
+    assert batch.pop("sample_ids") == ["src#7", "?"] and batch.pop("skips") == ['{"source": "src"}']
+    assert all(isinstance(v, np.ndarray) for v in batch.values())
+    assert int(batch["real_tokens"]) == 8 and int(batch["label_tokens"]) == 3 + 3
 
-    batch = Collator(pad_token_id=0)([{**feature(3, True), "sample_id": "src#7"}])
-    assert batch.pop("sample_ids") == ["src#7"]
-    assert all(isinstance(v, paddle.Tensor) for v in batch.values())
-    assert int(batch["real_tokens"]) == 3
+
+def test_packed_rows_list_every_sample() -> None:
+    from paddlemix.datasets.packing import build_pack
+
+    positions = lambda ids, grid: np.arange(len(ids))[None]  # noqa: E731
+    a = build_pack([{**feature(2, False), "sample_id": "s#1"}, {**feature(3, False), "sample_id": "s#2"}], positions)
+    b = build_pack([{**feature(4, False), "sample_id": "t#9"}], positions)
+    batch = Collator(pad_token_id=0)([a, b])
+    assert batch["sample_ids"] == ["s#1", "s#2", "t#9"] and batch["input_ids"].shape[0] == 2

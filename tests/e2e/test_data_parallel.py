@@ -59,3 +59,31 @@ def test_two_process_data_parallel_matches_single_process(workspace: Path, shape
     assert np.abs(single[name] - base[name]).max() > 1e-3
     for key in single:
         np.testing.assert_allclose(dp[key], single[key], atol=2e-5, err_msg=key)
+
+
+def test_two_processes_of_batch_one_equal_one_process_of_batch_two(workspace: Path, uneven_answers: Path,
+                                                                     run_tool) -> None:  # fmt: skip
+    """Answers of 4 and 45 tokens: the step's loss is the token mean over both ranks, not the mean of the ranks'
+    means, so the weights after two steps match the single process (rank 0 logs the same loss and grad_norm)."""
+    common = ["--dataset", json.dumps({"train": [{"name": "chatml_dataset", "data_files": str(uneven_answers)}]}),
+              "--do_eval", "false", "--evaluation_strategy", "no", "--max_steps", "2", "--dataloader_shuffle",
+              "false", "--save_steps", "100", "--learning_rate", "1.0", "--adam_epsilon", "10", "--warmup_ratio",
+              "0", "--weight_decay", "0"]  # fmt: skip
+    run_tool("supervised_finetune.py", str(CONFIG), *common, "--per_device_train_batch_size", "2",
+             "--output_dir", "single", cwd=workspace)  # fmt: skip
+    env = {**os.environ, "NPROC": "2", "PYTHON": str(Path(os.sys.executable))}
+    proc = subprocess.run(["sh", str(REPO / "paddlemix" / "tools" / "train.sh"), str(CONFIG), *common,
+                           "--per_device_train_batch_size", "1", "--output_dir", "dp"],
+                          cwd=workspace, env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    logs = {}
+    for run in ("single", "dp"):
+        records = [json.loads(line) for line in (workspace / run / "train_log.jsonl").read_text().splitlines()]
+        logs[run] = {r["step"]: r for r in records if "loss" in r}
+    for step in (1, 2):
+        assert logs["dp"][step]["loss"] == pytest.approx(logs["single"][step]["loss"], rel=1e-5)
+        assert logs["dp"][step]["grad_norm"] == pytest.approx(logs["single"][step]["grad_norm"], rel=1e-4)
+    single = load_safetensors(workspace / "single" / "model.safetensors")
+    dp = load_safetensors(workspace / "dp" / "model.safetensors")
+    for key in single:
+        np.testing.assert_allclose(dp[key], single[key], atol=2e-6, err_msg=key)

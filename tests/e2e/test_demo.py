@@ -50,3 +50,19 @@ def test_demo_ends_with_the_model_and_a_next_command_that_runs(tmp_path: Path, m
     proc = subprocess.run([sys.executable, *shlex.split(infer)[1:]], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip()  # the model's answer
+
+
+def test_shortened_demo_learns_colours_with_mixtoken(tmp_path: Path, monkeypatch) -> None:
+    """The same demo with packed rows, in a seeded random pack order: 3 samples per pack on average, so batch 3
+    sees about the 8 samples per step of the padded run, and 180 steps about its 3 epochs (520 samples each)."""
+    monkeypatch.setattr(sys, "argv", [str(DEMO)])
+    demo = runpy.run_path(str(DEMO))
+    args = ["--family", "qwen2_5_vl", "--workdir", str(tmp_path), "--n_train", "320", "--n_eval", "40"]
+    packed = ["--mixtoken", "true", "--per_device_train_batch_size", "3", "--max_steps", "180",
+              "--evaluation_strategy", "steps", "--eval_steps", "60", "--save_strategy", "steps", "--save_steps", "60"]  # fmt: skip
+    assert demo["main"]([*args, *packed]) >= 0.9
+    config = json.loads(demo["FAMILIES"]["qwen2_5_vl"][1].read_text())
+    log = [json.loads(line) for line in (tmp_path / config["output_dir"] / "train_log.jsonl").read_text().splitlines()]
+    assert all(0.5 < r["fill"] <= 1.0 for r in log if "fill" in r)
+    during = [r["eval_accuracy"] for r in log if "eval_accuracy" in r]
+    assert len(during) >= 3 and during[-1] >= 0.9 and during[-1] > during[0], during

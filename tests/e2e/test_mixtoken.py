@@ -53,3 +53,23 @@ def test_killed_run_resumes_to_the_same_weights(
     b = load_safetensors(workspace / "resumed" / "model.safetensors")
     for name in a:
         np.testing.assert_allclose(a[name], b[name], atol=1e-6, err_msg=name)
+
+
+def test_killed_lora_mixtoken_run_resumes_bit_identical(workspace: Path, run_tool, kill_when) -> None:
+    """LoRA with dropout on packed rows: one seed fixes initialisation, pack order and dropout masks, and the
+    resumed run restores the pack stream and the random generators, so every saved tensor is bit-identical."""
+    args = [str(CONFIG.parent / "lora_sft_argument.json"), *PACKING, "--lora_dropout", "0.1"]
+    run_tool("supervised_finetune.py", *args, "--output_dir", "straight", cwd=workspace)
+    resumed = [*args, "--output_dir", "resumed"]
+    code = kill_when("supervised_finetune.py", *resumed, cwd=workspace,
+                     marker=workspace / "resumed" / "checkpoint-2" / ".complete")  # fmt: skip
+    assert code == -9, "the run ended before it could be killed"
+    assert "resuming from" in run_tool("supervised_finetune.py", *resumed, cwd=workspace).stderr
+    assert train_logs(workspace / "resumed")[8]["loss"] == train_logs(workspace / "straight")[8]["loss"]
+    files = sorted(p.name for p in (workspace / "straight").glob("*.safetensors"))
+    assert files == sorted(p.name for p in (workspace / "resumed").glob("*.safetensors")) and files
+    for name in files:
+        a, b = load_safetensors(workspace / "straight" / name), load_safetensors(workspace / "resumed" / name)
+        assert sorted(a) == sorted(b)
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)

@@ -16,7 +16,7 @@ from family_checks import FamilyChecks
 from PIL import Image
 
 from paddlemix.auto import AutoConfigMIX, AutoModelMIX, AutoProcessorMIX
-from paddlemix.datasets.collator import REAL_TOKENS, SAMPLE_IDS, Collator
+from paddlemix.datasets.collator import BATCH_META, Collator, to_tensors
 from paddlemix.datasets.conversation import Message, Sample
 from paddlemix.datasets.packing import startend_row_indices
 from paddlemix.decoding import GenerationSettings, PromptBatch, decode, settings_for
@@ -242,8 +242,9 @@ def test_sample_runs_through_processor_collator_model_and_generator(model, model
     encoded = encoder(sample, template)
     assert int((encoded["input_ids"] == model.config.image_token_index).sum()) == TOKENS_PER_IMAGE
     assert encoder.length(sample, template) == len(encoded["input_ids"])
-    batch = Collator(processor.tokenizer.pad_token_id)([encoded, encoded])
-    batch.pop(REAL_TOKENS), batch.pop(SAMPLE_IDS)
+    batch = to_tensors(Collator(processor.tokenizer.pad_token_id)([encoded, encoded]))
+    for key in BATCH_META:
+        batch.pop(key)
     assert np.isfinite(float(model(**batch).loss))
     answer = Generator.from_parts(model, processor, adapter).answer("What color?", [str(tmp_path / "red.png")],
                                                                     max_new_tokens=3)  # fmt: skip

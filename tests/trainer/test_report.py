@@ -23,3 +23,9 @@ def test_summary_takes_final_losses_and_metrics() -> None:
     summary = summarize(RECORDS, {"train_runtime": 9.5, "tokens_per_second": 100.0, "other": 1})
     assert summary == {"steps": 4, "final_train_loss": 1.0, "final_eval_loss": 1.2, "train_runtime": 9.5,
                        "tokens_per_second": 100.0}  # fmt: skip
+
+
+def test_summary_steps_are_the_runs_not_the_last_logged() -> None:
+    """logging_steps 10 and 492 steps: the last log is at step 490, the run has 492."""
+    records = [{"step": s, "loss": 1.0} for s in range(10, 491, 10)]
+    assert summarize(records, {"train_steps": 492})["steps"] == 492

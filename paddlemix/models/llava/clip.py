@@ -13,6 +13,7 @@ from typing import Any
 import paddle
 import paddle.nn.functional as F
 from paddle import nn
+from paddle.distributed.fleet.utils import recompute
 from paddleformers.transformers.configuration_utils import PretrainedConfig
 
 
@@ -195,7 +196,15 @@ class CLIPVisionModel(nn.Layer):
         wanted = [layer % (total + 1) for layer in layers]
         x = self.vision_model.pre_layrnorm(self.vision_model.embeddings(pixel_values))
         states = [x]
+        # The rule paddleformers' layer stacks follow, so one setting (paddlemix.trainer.recompute) reaches both.
+        c = self.config
+        recompute_layers = self.training and (
+            getattr(c, "recompute_granularity", None) == "full"
+            and getattr(c, "recompute_method", None) == "uniform"
+            and getattr(c, "recompute_num_layers", None) == 1
+        )
         for layer in list(self.vision_model.encoder.layers)[: max(wanted)]:
-            x = layer(x)
+            # With recompute on (paddlemix.trainer.recompute), only the layer's output is kept for backward.
+            x = recompute(layer, x, use_reentrant=False) if recompute_layers and not x.stop_gradient else layer(x)
             states.append(x)
         return [states[i] for i in wanted]
