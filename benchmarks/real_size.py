@@ -175,43 +175,44 @@ def phase_load_float32(folder: Path, workdir: Path) -> dict:
 
 
 def make_adapter(folder: Path, workdir: Path) -> Path:
-    """A rank-8 LoRA adapter on the family's default targets with non-zero B, saved under `workdir`."""
+    """A rank-8 LoRA adapter (PEFT format) on the family's default targets with non-zero B, saved under `workdir`."""
     import paddle
 
     from paddlemix.auto import AutoModelMIX
     from paddlemix.models import adapter_for
-    from paddlemix.peft.lora import apply_lora, save_adapter
+    from paddlemix.peft.lora import apply_lora, lora_modules, save_adapter
     from paddlemix.testing.lora import perturb_lora
 
     out = workdir / "adapter"
     if not (out / "adapter_model.safetensors").is_file():
+        modules = lora_modules(folder, adapter_for(folder), None)
         with paddle.no_grad():
-            lora = apply_lora(
-                AutoModelMIX.from_pretrained(folder, dtype=None), adapter_for(folder).lora_targets, 8, 16
-            )
+            lora = apply_lora(AutoModelMIX.from_pretrained(folder, dtype=None), modules, 8, 16)
             perturb_lora(lora)
-        save_adapter(lora, out)
+        save_adapter(lora, out, base_model_name_or_path=str(folder))
     return out
 
 
 def phase_merge(folder: Path, workdir: Path) -> dict:
-    """paddlemix.peft.lora.merge_adapter_folder of a rank-8 adapter; peak RSS growth / base checkpoint bytes."""
-    from paddlemix.peft.lora import merge_adapter_folder
+    """The streaming merge (`paddlemix.peft.merge.merge_adapter`) of a rank-8 adapter into the bf16 shards; peak RSS
+    growth / base checkpoint bytes."""
+    from paddlemix.peft.merge import merge_adapter
 
     adapter = make_adapter(folder, workdir)
     size = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
     baseline, start = start_measuring(), time.perf_counter()
-    merge_adapter_folder(folder, adapter, workdir / "merged")
+    merge_adapter(folder, adapter, workdir / "merged", log=lambda line: None)
     seconds, peak = time.perf_counter() - start, peak_bytes()
     shutil.rmtree(workdir / "merged", ignore_errors=True)
     return {"model_bytes": size, "baseline_bytes": baseline, "ratio": (peak - baseline) / size, "seconds": seconds}
 
 
 def phase_generate(folder: Path, workdir: Path, new_tokens: int = 16) -> dict:
-    """paddlemix.generation.Generator: greedy answer to one image question; tokens/s and peak / model bytes."""
+    """Greedy answer to one image question (CPU: float32): tokens/s with the KV cache and with the prompt re-run for
+    every token (`use_cache=False`, which is what generation did before), peak / model bytes."""
     from PIL import Image
 
-    from paddlemix.generation import Generator
+    from paddlemix.generation import Generator, question_message
     from paddlemix.models import adapter_for
     from paddlemix.models.adapter import import_object
 
@@ -221,31 +222,45 @@ def phase_generate(folder: Path, workdir: Path, new_tokens: int = 16) -> dict:
     baseline = start_measuring()
     generator = Generator.from_pretrained(folder)
     size = model_bytes(generator.model)
-    start = time.perf_counter()
-    generator.answer("What color is it?", [str(image)], max_new_tokens=new_tokens)
-    seconds, peak = time.perf_counter() - start, peak_bytes()
+    prompt = generator.encode([question_message("What color is it?", [str(image)])], [str(image)])
+    settings = generator.settings.with_overrides(max_new_tokens=new_tokens, do_sample=False, eos_token_ids=())
+    cached = generator.generate_encoded([prompt], settings, use_cache=True).generated
+    rerun = generator.generate_encoded([prompt], settings, use_cache=False).generated
+    peak = peak_bytes()
     return {"model_bytes": size, "baseline_bytes": baseline, "ratio": (peak - baseline) / size,
-            "tokens_per_second": new_tokens / seconds, "seconds": seconds}  # fmt: skip
+            "seconds": cached.seconds, "tokens_per_second": cached.new_tokens / cached.seconds,
+            "rerun_tokens_per_second": rerun.new_tokens / rerun.seconds, "same_tokens": cached.tokens == rerun.tokens}  # fmt: skip
 
 
-def phase_lora_step(folder: Path, workdir: Path, tokens: int = 256) -> dict:
-    """One LoRA (rank 8, default targets) forward + backward on `tokens` random text tokens, float32, no
-    recompute; peak RSS growth over the loaded model / model bytes."""
+def lora_step(folder: Path, recompute: bool, tokens: int = 1024) -> dict:
+    """One LoRA (rank 8, default targets) forward + backward on `tokens` random text tokens, float32, with or
+    without layer recompute; peak RSS growth over the loaded model / model bytes."""
     import paddle
 
     from paddlemix.auto import AutoModelMIX
     from paddlemix.models import adapter_for
-    from paddlemix.peft.lora import apply_lora
+    from paddlemix.peft.lora import apply_lora, lora_modules
+    from paddlemix.trainer.recompute import SUPPORTED, apply_recompute
 
+    family = adapter_for(folder)
     model = AutoModelMIX.from_pretrained(folder, dtype="float32")
     size = model_bytes(model)
-    lora = apply_lora(model, adapter_for(folder).lora_targets, 8, 16)
-    lora.mark_only_lora_as_trainable()
+    model = apply_lora(model, lora_modules(folder, family, None), 8, 16)
+    apply_recompute(model, SUPPORTED if recompute else None)
+    model.train()
     ids = paddle.to_tensor(np.random.default_rng(0).integers(0, 150_000, (1, tokens)))
     baseline, start = start_measuring(), time.perf_counter()
-    lora(input_ids=ids, labels=ids).loss.backward()
+    model(input_ids=ids, labels=ids).loss.backward()
     seconds, peak = time.perf_counter() - start, peak_bytes()
     return {"model_bytes": size, "baseline_bytes": baseline, "ratio": (peak - baseline) / size, "seconds": seconds}
+
+
+def phase_lora_step(folder: Path, workdir: Path) -> dict:
+    return lora_step(folder, recompute=False)
+
+
+def phase_lora_step_recompute(folder: Path, workdir: Path) -> dict:
+    return lora_step(folder, recompute=True)
 
 
 PHASES: dict[str, Callable[[Path, Path], dict]] = {
@@ -254,6 +269,7 @@ PHASES: dict[str, Callable[[Path, Path], dict]] = {
     "merge": phase_merge,
     "generate": phase_generate,
     "lora_step": phase_lora_step,
+    "lora_step_recompute": phase_lora_step_recompute,
 }
 
 
@@ -269,7 +285,11 @@ def run_phase(name: str, folder: Path, workdir: Path) -> dict:
 def report(name: str, figures: dict) -> str:
     if "error" in figures:
         return f"{name:>13}: failed: {figures['error']}"
-    extra = f"  {figures['tokens_per_second']:.2f} tokens/s" if "tokens_per_second" in figures else ""
+    extra = f"  {figures['tokens_per_second']:.3g} tokens/s" if "tokens_per_second" in figures else ""
+    if "rerun_tokens_per_second" in figures:
+        speedup = figures["tokens_per_second"] / figures["rerun_tokens_per_second"]
+        extra += (f" with the KV cache, {figures['rerun_tokens_per_second']:.3g} re-running the prompt per token "
+                  f"({speedup:.1f}x; same tokens: {figures['same_tokens']})")  # fmt: skip
     return (f"{name:>13}: peak +{figures['ratio']:.2f}x model ({figures['model_bytes'] / 2**30:.2f} GiB, baseline "
             f"{figures['baseline_bytes'] / 2**30:.2f} GiB)  {figures['seconds']:.1f} s{extra}")  # fmt: skip
 

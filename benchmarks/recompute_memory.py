@@ -34,14 +34,14 @@ def _child(model_dir: str, recompute: bool, seq_len: int) -> dict[str, Any]:
     from paddle.distributed import fleet
 
     from paddlemix.models import adapter_for
-    from paddlemix.peft.lora import apply_lora
+    from paddlemix.peft.lora import apply_lora, lora_modules
     from paddlemix.trainer.recompute import SUPPORTED, apply_recompute
 
     paddle.set_device("cpu")
     fleet.init(is_collective=True)
     paddle.seed(0)
     adapter = adapter_for(model_dir)
-    model = apply_lora(adapter.load_model(model_dir), adapter.lora_targets, rank=8, alpha=16)
+    model = apply_lora(adapter.load_model(model_dir), lora_modules(model_dir, adapter, None), rank=8, alpha=16)
     configs = apply_recompute(model, SUPPORTED if recompute else None)
     vocab = int(getattr(model.config, "vocab_size", None) or model.config.text_config.vocab_size)
     ids = paddle.to_tensor(np.random.default_rng(0).integers(0, vocab, (1, seq_len)))
