@@ -83,7 +83,7 @@ def loss_and_gradients(model, batch) -> tuple[float, dict[str, np.ndarray]]:
     return float(loss), grads
 
 
-@pytest.mark.parametrize("tiny_family", ["qwen2_5_vl", "qwen3_vl", "llava"], indirect=True)
+@pytest.mark.parametrize("tiny_family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava"], indirect=True)
 def test_recompute_keeps_loss_and_gradients_and_covers_both_towers(
     workspace: Path, tiny_family: str, tmp_path: Path, monkeypatch
 ) -> None:

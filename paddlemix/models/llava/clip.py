@@ -16,6 +16,8 @@ from paddle import nn
 from paddle.distributed.fleet.utils import recompute
 from paddleformers.transformers.configuration_utils import PretrainedConfig
 
+from paddlemix.models.recompute import layer_recompute
+
 
 def quick_gelu(x: paddle.Tensor) -> paddle.Tensor:
     """CLIP's sigmoid approximation of GELU."""
@@ -196,13 +198,7 @@ class CLIPVisionModel(nn.Layer):
         wanted = [layer % (total + 1) for layer in layers]
         x = self.vision_model.pre_layrnorm(self.vision_model.embeddings(pixel_values))
         states = [x]
-        # The rule paddleformers' layer stacks follow, so one setting (paddlemix.trainer.recompute) reaches both.
-        c = self.config
-        recompute_layers = self.training and (
-            getattr(c, "recompute_granularity", None) == "full"
-            and getattr(c, "recompute_method", None) == "uniform"
-            and getattr(c, "recompute_num_layers", None) == 1
-        )
+        recompute_layers = layer_recompute(self.config, self.training)
         for layer in list(self.vision_model.encoder.layers)[: max(wanted)]:
             # With recompute on (paddlemix.trainer.recompute), only the layer's output is kept for backward.
             x = recompute(layer, x, use_reentrant=False) if recompute_layers and not x.stop_gradient else layer(x)

@@ -16,9 +16,11 @@ import numpy as np
 import paddle
 import paddle.nn.functional as F
 from paddle import nn
+from paddle.distributed.fleet.utils import recompute
 from paddleformers.transformers.configuration_utils import PretrainedConfig
 
 from paddlemix.models.llava.clip import activation
+from paddlemix.models.recompute import layer_recompute
 
 # Qwen2-VL's fixed LayerNorm epsilon (its configs do not carry one).
 NORM_EPS = 1e-6
@@ -210,6 +212,11 @@ class Qwen2VisionTransformer(nn.Layer):
             raise ValueError(f"{x.shape[0]} patches do not fit image_grid_thw {grid.tolist()}")
         cos, sin = self.rotary_angles(grid)
         lengths = [int(h * w) for t, h, w in grid for _ in range(t)]  # one attention span per frame
+        recompute_blocks = layer_recompute(self.config, self.training)
         for block in self.blocks:
-            x = block(x, lengths, cos, sin)
+            # With recompute on (paddlemix.trainer.recompute), only the block's output is kept for backward.
+            if recompute_blocks and not x.stop_gradient:
+                x = recompute(block, x, lengths, cos, sin, use_reentrant=False)
+            else:
+                x = block(x, lengths, cos, sin)
         return self.merger(x)
