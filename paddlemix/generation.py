@@ -28,6 +28,7 @@ from paddlemix.decoding import (
 )
 from paddlemix.models import adapter_for
 from paddlemix.peft.lora import base_model, load_adapter
+from paddlemix.peft.merge import check_adapter_base
 from paddlemix.processors.chat_template import ChatTemplate, template_for
 from paddlemix.processors.sample_processor import SampleProcessor
 
@@ -97,6 +98,8 @@ class Generator:
         import paddle
 
         paddle.set_device(device)
+        if lora_path:
+            check_adapter_base(lora_path, model_dir, logger.warning)
         adapter = adapter_for(model_dir)
         processor = adapter.load_processor(model_dir)
         model = adapter.load_model(model_dir, dtype=load_dtype(model_dir, device), device=device)

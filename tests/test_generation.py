@@ -165,3 +165,15 @@ def test_prompts_past_the_model_positions_are_too_long(tiny_model_dir: Path, ima
     generator = Generator.from_parts(model, adapter.load_processor(tiny_model_dir), adapter, max_length=1000)
     with pytest.raises(TooLongError, match="exceed max_length 24"):
         generator.encode(*conversations(images)[1])
+
+
+def test_adapter_of_another_model_type_stops_before_loading(
+    tiny_model_dir: Path, tiny_llava_dir: Path, tmp_path: Path
+) -> None:
+    from paddlemix.models import ADAPTERS
+    from paddlemix.testing.peft_adapter import write_peft_adapter
+    from paddlemix.utils.errors import UserError
+
+    write_peft_adapter(tmp_path / "run", tiny_model_dir, ADAPTERS["qwen2_5_vl"].parameter_name, ("q_proj",))
+    with pytest.raises(UserError, match="model_type 'qwen2_5_vl' vs 'llava'"):
+        Generator.from_pretrained(str(tiny_llava_dir), str(tmp_path / "run"), None, "cpu")

@@ -97,6 +97,49 @@ def _check_config(config: dict[str, Any], where: Path) -> None:
         )
 
 
+# config.json sizes that must agree between the model an adapter was trained on and the one it is applied to.
+ARCHITECTURE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
+
+
+def _architecture(config: dict[str, Any]) -> dict[str, Any]:
+    """model_type and the ARCHITECTURE_KEYS of a config.json, top level and text_config."""
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
+    sizes = {f"text_config.{k}": text[k] for k in ARCHITECTURE_KEYS if k in text}
+    return {
+        "model_type": config.get("model_type"),
+        **{k: config[k] for k in ARCHITECTURE_KEYS if k in config},
+        **sizes,
+    }
+
+
+def check_adapter_base(adapter_dir: str | Path, base_dir: str | Path, warn: Callable[[str], None]) -> None:
+    """Stop when the adapter's `base_model_name_or_path` is a model of another type or size than `base_dir`.
+
+    Same shapes do not prove the same model: a LoRA of one family merges silently into another. The check runs
+    only when the named base folder exists here; a different folder of the same model_type and sizes is a warning.
+    """
+    config_file = Path(adapter_dir) / ADAPTER_CONFIG
+    if not config_file.is_file():
+        return
+    named = read_json(config_file).get("base_model_name_or_path")
+    if not named or not (Path(named) / "config.json").is_file() or not (Path(base_dir) / "config.json").is_file():
+        return
+    if Path(named).resolve() == Path(base_dir).resolve():
+        return
+    trained, given = (
+        _architecture(read_json(Path(named) / "config.json")),
+        _architecture(read_json(Path(base_dir) / "config.json")),
+    )
+    differ = [k for k in trained.keys() & given.keys() if trained[k] != given[k]]
+    if differ:
+        shown = ", ".join(f"{k} {trained[k]!r} vs {given[k]!r}" for k in sorted(differ, key=list(trained).index))
+        raise UserError(
+            f'{config_file}: the adapter was trained on "base_model_name_or_path" = {named!r}, another model than '
+            f"{str(base_dir)!r} ({shown}); pass the base model it was trained on."
+        )
+    warn(f"adapter {adapter_dir} was trained on {named}, applied to {base_dir} (same model_type and sizes)")
+
+
 def read_adapter(folder: str | Path, parameter_name: Callable[[str], str] | None = None) -> LoraAdapter:
     """Read `adapter_config.json` and `adapter_model.safetensors` of a PEFT LoRA folder (any float dtype).
 

@@ -68,6 +68,19 @@ def warn_on_other_template(model_dir: str, lora_path: str | None, chat_template:
         print(f"warning: {warning}", file=sys.stderr, flush=True)
 
 
+def check_images(images: list[str]) -> None:
+    """Fail before the model loads when an --image file is missing or its header cannot be read."""
+    from paddlemix.datasets.conversation import SampleError
+    from paddlemix.processors.images import ImageReader
+
+    reader = ImageReader()
+    for image in images:
+        try:
+            reader.size(image)
+        except SampleError as err:
+            raise UserError(f"command line: --image {image!r}: {err}. Pass a readable image file.") from None
+
+
 def overrides(args: argparse.Namespace) -> dict:
     """Decoding settings given on the command line (None = keep the model's generation_config.json value)."""
     keys = ("max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "repetition_penalty")
@@ -77,8 +90,9 @@ def overrides(args: argparse.Namespace) -> dict:
 def speed_line(new_tokens: int, seconds: float, prompt_seconds: float) -> str:
     """'N tokens in S s: R tokens/s (prompt P s)' for generated tokens over generation wall time."""
     rate = new_tokens / max(seconds, 1e-9)
+    tokens = "token" if new_tokens == 1 else "tokens"
     return (
-        f"generated {new_tokens} tokens in {seconds:.2f} s: {rate:.1f} tokens/s (prompt pass {prompt_seconds:.2f} s)"
+        f"generated {new_tokens} {tokens} in {seconds:.2f} s: {rate:.1f} tokens/s (prompt pass {prompt_seconds:.2f} s)"
     )
 
 
@@ -97,12 +111,14 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError("give either --question (with --image) or --data_file.")
     if args.batch_size < 1:
         raise UserError(f"--batch_size must be at least 1, got {args.batch_size}.")
+    from paddlemix.datasets.conversation import SampleError
     from paddlemix.generation import EMPTY_ANSWER_HINT, Generator, evaluate_exact_match, question_message
     from paddlemix.utils.device import resolve_device
 
     chat_template = args.chat_template or trained_template_file(args.lora_path)
     if args.chat_template:
         warn_on_other_template(args.model_name_or_path, args.lora_path, args.chat_template)
+    check_images(args.image)
     print("chat template:", chat_template or "the model folder's own", file=sys.stderr, flush=True)
 
     generator = Generator.from_pretrained(
@@ -110,8 +126,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     settings = generator.settings.with_requests(**overrides(args))
     if args.question:
-        prompt = generator.encode([question_message(args.question, args.image)], args.image)
-        answers = generator.generate_encoded([prompt], settings, seed=args.seed)
+        try:
+            prompt = generator.encode([question_message(args.question, args.image)], args.image)
+            answers = generator.generate_encoded([prompt], settings, seed=args.seed)
+        except SampleError as err:
+            images = ", ".join(args.image) or "none"
+            raise UserError(
+                f"command line: cannot answer with --image {images}: {err}. Pass an image that opens."
+            ) from None
         g = answers.generated
         print(speed_line(g.new_tokens, g.seconds, g.prefill_seconds))
         print(shown_answer(answers.texts[0]))

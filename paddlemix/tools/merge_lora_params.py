@@ -31,6 +31,21 @@ def base_model_of(lora_path: Path) -> str:
     raise UserError(f"cannot tell the base model of {lora_path}{found}; pass --model_name_or_path BASE_MODEL_FOLDER.")
 
 
+def check_lora_path(lora_path: Path) -> None:
+    """Say what is wrong with a --lora_path that is not an adapter folder: missing, or what it holds instead."""
+    if not lora_path.is_dir():
+        raise UserError(f"command line: --lora_path {lora_path} does not exist; pass the output folder of a LoRA run.")
+    if (lora_path / "adapter_config.json").is_file():
+        return
+    names = sorted(p.name for p in lora_path.iterdir())
+    looks = " This looks like a model folder (config.json)." if "config.json" in names else ""
+    held = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "") if names else "nothing"
+    raise UserError(
+        f"command line: --lora_path {lora_path} holds no PEFT adapter (adapter_config.json is missing; it holds "
+        f"{held}).{looks} Pass the output folder of a LoRA run, or a checkpoint folder inside it."
+    )
+
+
 def _print(line: str) -> None:
     print(line, flush=True)
 
@@ -46,12 +61,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     quiet_console()
     lora_path = Path(args.lora_path)
+    check_lora_path(lora_path)
     base = Path(args.model_name_or_path or base_model_of(lora_path))
     out = Path(args.merge_model_path or f"{str(lora_path).rstrip('/')}-merged")
     max_shard_size = int(args.max_shard_size) if args.max_shard_size.isdigit() else args.max_shard_size
 
-    from paddlemix.peft.merge import merge_adapter
+    from paddlemix.peft.merge import check_adapter_base, merge_adapter
 
+    check_adapter_base(lora_path, base, lambda line: print(f"warning: {line}", file=sys.stderr, flush=True))
     merge_adapter(base, lora_path, out, max_shard_size, log=_print)
     print(f"merged model written to {out}", flush=True)
 

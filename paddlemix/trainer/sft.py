@@ -39,6 +39,7 @@ from paddlemix.peft.lora import (
     lora_modules,
     save_adapter,
 )
+from paddlemix.peft.merge import ADAPTER_CONFIG, check_adapter_base
 from paddlemix.processors.template_files import (
     chosen_template,
     read_folder_template,
@@ -57,7 +58,7 @@ from paddlemix.trainer.report import LOSS_CURVE, SUMMARY, plot_loss_curve, read_
 from paddlemix.utils import checkpoints
 from paddlemix.utils.device import device_env
 from paddlemix.utils.errors import UserError
-from paddlemix.utils.io import copy_side_files, save_safetensors, to_numpy, write_json
+from paddlemix.utils.io import copy_side_files, read_json, save_safetensors, to_numpy, write_json
 from paddlemix.utils.logging import quiet_console
 
 logger = logging.getLogger(__name__)
@@ -137,6 +138,22 @@ def load_dtype(training: Any) -> str:
     return "float32"
 
 
+def note_adapter_overrides(lora: Any, source_file: str) -> None:
+    """Log that the adapter's r / lora_alpha are used when the argument file's lora_rank / lora_alpha differ."""
+    config = (
+        read_json(Path(lora.lora_path) / ADAPTER_CONFIG) if (Path(lora.lora_path) / ADAPTER_CONFIG).is_file() else {}
+    )
+    pairs = (("lora_rank", "r", lora.lora_rank), ("lora_alpha", "lora_alpha", lora.lora_alpha))
+    differ = [
+        f"{ours} {mine} -> {config[theirs]}"
+        for ours, theirs, mine in pairs
+        if theirs in config and config[theirs] != mine
+    ]
+    if differ:
+        logger.info("%s: the adapter of lora_path %s sets %s (its adapter_config.json wins)", source_file,
+                    lora.lora_path, ", ".join(differ))  # fmt: skip
+
+
 def build_model(args: RunArgs, adapter: ModelAdapter) -> Any:
     """Load the base model, wrap it with LoRA if asked, apply freezing, and log the trainable table.
 
@@ -153,6 +170,9 @@ def build_model(args: RunArgs, adapter: ModelAdapter) -> Any:
     switches = {"vision": m.freeze_vision, "projector": m.freeze_projector, "llm": m.freeze_llm}
     plan = freeze_plan(adapter.module_groups, m.train_type, switches, lora.lora, m.freeze_include, m.freeze_exclude)
     modules = None
+    if lora.lora_path:
+        check_adapter_base(lora.lora_path, path, logger.warning)
+        note_adapter_overrides(lora, args.source_file)
     if lora.lora and not lora.lora_path:
         modules = lora_modules(path, adapter, lora.lora_target_modules, f"{args.source_file}: ")
         check_tensor_parallel(max(args.training.tensor_model_parallel_size, 1))

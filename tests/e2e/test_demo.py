@@ -66,3 +66,12 @@ def test_shortened_demo_learns_colours_with_mixtoken(tmp_path: Path, monkeypatch
     assert all(0.5 < r["fill"] <= 1.0 for r in log if "fill" in r)
     during = [r["eval_accuracy"] for r in log if "eval_accuracy" in r]
     assert len(during) >= 3 and during[-1] >= 0.9 and during[-1] > during[0], during
+
+
+def test_demo_below_target_says_why(monkeypatch, capsys) -> None:
+    monkeypatch.setattr(sys, "argv", [str(DEMO)])
+    demo = runpy.run_path(str(DEMO))
+    assert demo["exit_code"](0.95) == 0 and capsys.readouterr().err == ""
+    assert demo["exit_code"](0.625) == 1
+    err = capsys.readouterr().err
+    assert "62.5% is below the demo's target of 90%" in err and "--num_train_epochs" in err

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 pytestmark = pytest.mark.slow
-SPEED = re.compile(r"^generated (\d+) tokens in [\d.]+ s: [\d.]+ tokens/s \(prompt pass [\d.]+ s\)$")
+SPEED = re.compile(r"^generated (\d+) tokens? in [\d.]+ s: [\d.]+ tokens/s \(prompt pass [\d.]+ s\)$")
 
 
 def generated_tokens(stdout: str) -> int:
@@ -64,3 +64,16 @@ def test_data_file_in_batches_skips_bad_records(run_tool, tiny_model_dir: Path, 
     assert generated_tokens("\n".join(lines)) <= 15 and "skipped record #2: image not found" in lines[-3]
     results = [json.loads(line) for line in answers.read_text().splitlines()]
     assert [r["index"] for r in results] == [0, 1, 3, 4, 5]
+
+
+def test_missing_or_broken_image_is_one_paragraph(run_tool, tiny_model_dir: Path, shapes_data, tmp_path: Path) -> None:
+    base = ["--model_name_or_path", str(tiny_model_dir), "--question", "What color is it?", "--image"]
+    missing = run_tool("infer.py", *base, "nonexistent.png", cwd=tmp_path, check=False)
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert "--image 'nonexistent.png'" in missing.stderr and "image not found" in missing.stderr
+    assert "chat template:" not in missing.stderr  # checked before anything loads
+    png = next((shapes_data["train"].parent / "images").glob("*.png")).read_bytes()
+    (tmp_path / "cut.png").write_bytes(png[:60])  # the header reads, the pixels do not decode
+    broken = run_tool("infer.py", *base, "cut.png", cwd=tmp_path, check=False)
+    assert broken.returncode == 2 and "Traceback" not in broken.stderr
+    assert "image cannot be decoded: cut.png" in broken.stderr and "--image" in broken.stderr

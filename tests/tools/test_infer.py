@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from paddlemix.decoding import GenerationSettings
-from paddlemix.tools.infer import overrides, parse, shown_answer
+from paddlemix.tools.infer import overrides, parse, shown_answer, speed_line
 
 BASE = ["--model_name_or_path", "m", "--question", "q"]
 
@@ -30,3 +30,8 @@ def test_only_given_flags_override(flags: list[str], expected: dict) -> None:
 def test_empty_answer_is_never_a_blank_line() -> None:
     assert shown_answer("red") == "red"
     assert shown_answer("").startswith('answer: ""  (') and "more training" in shown_answer("")
+
+
+def test_speed_line_says_token_for_one() -> None:
+    assert speed_line(1, 1.0, 0.1).startswith("generated 1 token in ")
+    assert speed_line(2, 1.0, 0.1).startswith("generated 2 tokens in ")

@@ -96,3 +96,31 @@ def test_peak_memory_is_bounded_by_one_shard_plus_the_adapter(tmp_path: Path) ->
     # Streaming: the merge itself adds less than one input shard, so loading the model (or a shard as float32) fails.
     assert peak - baseline <= largest_shard + adapter_size
     assert len(json.loads((tmp_path / "merged" / INDEX).read_text())["weight_map"]) == 32
+
+
+def test_lora_path_that_is_missing_or_a_model_folder_says_so(tiny_model_dir: Path, tmp_path: Path, run_tool) -> None:
+    missing = run_tool("merge_lora_params.py", "--lora_path", "runs/nonexist", cwd=tmp_path, check=False)
+    assert missing.returncode == 2 and "--lora_path runs/nonexist does not exist" in missing.stderr
+    model = run_tool("merge_lora_params.py", "--lora_path", str(tiny_model_dir), cwd=tmp_path, check=False)
+    assert model.returncode == 2 and "holds no PEFT adapter (adapter_config.json is missing" in model.stderr
+    assert "config.json" in model.stderr and "looks like a model folder" in model.stderr
+
+
+def test_adapter_of_another_model_type_stops_and_same_type_warns(
+    tiny_model_dir: Path, tiny_llava_dir: Path, tmp_path: Path, run_tool
+) -> None:
+    write_peft_adapter(tmp_path / "run", tiny_model_dir, CANONICAL, ("q_proj", "v_proj"))
+    args = ["--lora_path", "run", "--merge_model_path", "m"]
+    other = run_tool(
+        "merge_lora_params.py", *args, "--model_name_or_path", str(tiny_llava_dir), cwd=tmp_path, check=False
+    )
+    assert other.returncode == 2 and "Traceback" not in other.stderr
+    assert str(tiny_model_dir) in other.stderr and str(tiny_llava_dir) in other.stderr
+    assert "model_type 'qwen2_5_vl' vs 'llava'" in other.stderr and not (tmp_path / "m").exists()
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for file in tiny_model_dir.iterdir():
+        (copy / file.name).symlink_to(file)
+    same = run_tool("merge_lora_params.py", *args, "--model_name_or_path", "copy", cwd=tmp_path)
+    warnings = [line for line in same.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and str(tiny_model_dir) in warnings[0] and "copy" in warnings[0]

@@ -57,3 +57,18 @@ def trainable_groups(model_dir: Path, tmp_path: Path, data: Path, **keys) -> dic
 )  # fmt: skip
 def test_presets_map_onto_module_groups(tiny_model_dir, shapes_data, tmp_path, keys, expected) -> None:
     assert trainable_groups(tiny_model_dir, tmp_path, shapes_data["train"], **keys) == expected
+
+
+def test_adapter_rank_and_alpha_over_the_argument_file_are_logged(tmp_path: Path, caplog) -> None:
+    import json
+    import logging
+
+    from paddlemix.arguments import LoraArgs
+    from paddlemix.trainer.sft import note_adapter_overrides
+
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 4, "lora_alpha": 16}))
+    with caplog.at_level(logging.INFO, logger="paddlemix.trainer.sft"):
+        note_adapter_overrides(LoraArgs(lora=True, lora_path=str(tmp_path), lora_rank=8, lora_alpha=16), "a.json")
+        note_adapter_overrides(LoraArgs(lora=True, lora_path=str(tmp_path), lora_rank=4, lora_alpha=16), "a.json")
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "lora_rank 8 -> 4" in line and "lora_alpha" not in line.split("sets", 1)[1] and "a.json" in line
