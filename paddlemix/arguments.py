@@ -460,6 +460,8 @@ def parse(raw: dict[str, Any], where: str, cli_keys: set[str] | None = None) -> 
             problems.add(f'"{key}" and "{translated[name]}" both set {name}; keep one of them.', key)
             continue
         translated[name] = key
+        if name == "lora_target_modules" and isinstance(value, str):  # PaddleMIX's Qwen2-VL tool: "a,b,c"
+            value = [part.strip() for part in value.split(",") if part.strip()]
         try:
             if name == "dataset":
                 groups["data"].update(_parse_dataset(value, problems))

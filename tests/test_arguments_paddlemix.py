@@ -263,3 +263,10 @@ def test_meta_path_becomes_the_training_sources(tmp_path, model_dir, data) -> No
     ]
     with pytest.raises(UserError, match='"meta_path" = .* and "dataset" both name the training data'):
         arguments.load(recipe(tmp_path, model_dir, data, {"meta_path": str(meta)}))
+
+
+def test_comma_separated_lora_targets_are_split(tmp_path, model_dir, data) -> None:
+    # PaddleMIX's Qwen2-VL LoRA recipe passes one string and splits it at commas.
+    keys = {"lora": True, "lora_target_modules": "model.layers.*q_proj.*, model.layers.*v_proj.*"}
+    args = arguments.load(recipe(tmp_path, model_dir, data, keys))
+    assert args.lora.lora_target_modules == ["model.layers.*q_proj.*", "model.layers.*v_proj.*"]
