@@ -520,8 +520,9 @@ def parse(raw: dict[str, Any], where: str, cli_keys: set[str] | None = None) -> 
 
 def _meta_path_sources(value: Any, origin: str, problems: Problems, notes: list[str]) -> dict[str, Any]:
     """PaddleMIX's data meta file ({name: {"root", "annotation", "repeat_time", ...}}) as `dataset.train`: one
-    chatml_dataset source per entry, images under `root`, `repeat_time` as sampling_rate (both mean: that many
-    passes over the records, a fraction taking that share of them)."""
+    chatml_dataset source per entry, image paths relative to the working directory as PaddleMIX's Qwen2-VL tool
+    reads them (it does not use `root`), `repeat_time` as sampling_rate (both mean: that many passes over the
+    records, a fraction taking that share of them)."""
     if not isinstance(value, str) or not Path(value).is_file():
         problems.add(
             f'"meta_path" = {json.dumps(value)}: no such meta file; give the path of a JSON file.', "meta_path"
@@ -537,15 +538,17 @@ def _meta_path_sources(value: Any, origin: str, problems: Problems, notes: list[
         if not isinstance(entry, dict) or "annotation" not in entry:
             problems.add(f'"meta_path" file {value}: entry "{name}" needs "annotation" (its JSON file).', "meta_path")
             continue
-        source = {"name": "chatml_dataset", "data_files": entry["annotation"]}
-        if entry.get("root"):
-            source["image_root"] = entry["root"]
+        # The Qwen2-VL tool opens each record's image path as written (its join with "root" is commented out).
+        source = {"name": "chatml_dataset", "data_files": entry["annotation"], "image_root": str(Path.cwd())}
         source["sampling_rate"] = entry.get("repeat_time", 1)
         entries.append(source)
     if not entries:
         problems.add(f'"meta_path" file {value} names no datasets; expected {{"name": {{"annotation": ...}}}}.')
         return {}
-    notes.append(f"meta_path {value}: {len(entries)} sources read into dataset.train as chatml_dataset")
+    notes.append(
+        f"meta_path {value}: {len(entries)} sources read into dataset.train as chatml_dataset, image paths relative "
+        "to the working directory (PaddleMIX's Qwen2-VL tool does not read root)"
+    )
     return _parse_dataset({"train": entries}, problems)
 
 
