@@ -115,6 +115,61 @@ PADDLEMIX_KEYS: dict[str, ForeignKey] = {
     "aistudio_repo_private": ForeignKey(why="nothing is uploaded"),
     "aistudio_repo_license": ForeignKey(why="nothing is uploaded"),
     "aistudio_token": ForeignKey(why="nothing is uploaded"),
+    # PaddleMIX's Qwen2-VL tool (examples/qwen2_vl/qwen2vl_finetune.py) and its shell recipes.
+    "freeze_vit": ForeignKey(to="freeze_vision"),
+    "max_seq_length": ForeignKey(to="max_length"),  # PaddleMIX cuts longer samples; here they are skipped (counted)
+    "meta_path": ForeignKey(to="meta_path"),  # read into dataset.train by _meta_path_sources
+    "sep_parallel_degree": ForeignKey(
+        why="no sequence parallelism; 1 (or -1, unset) changes nothing",
+        inert=lambda value: value in (None, -1, 1),
+        refuse="sequence (sep) parallelism is not available here; set it to 1 and use sharding or data parallelism",
+    ),
+    "max_image_size": ForeignKey(why="PaddleMIX's Qwen2-VL tool overwrites it with image_resolution"),
+    "video_resolution": ForeignKey(why="no video inputs here"),
+    "video_fps": ForeignKey(why="no video inputs here"),
+    "video_maxlen": ForeignKey(why="no video inputs here"),
+    "cache_dir": ForeignKey(why="models load from local folders; nothing is downloaded"),
+    "use_cache": ForeignKey(why="the KV cache is used by generation only, not by training"),
+    "conv_style": ForeignKey(why="the conversation format is the model's chat template or a source's chat_template"),
+    "normalize_type": ForeignKey(
+        why="pixels are normalised by the model's image processor (PaddleMIX's Qwen2-VL tool does not read it either)"
+    ),
+    "pad2square": ForeignKey(
+        why="off",
+        inert=_off,
+        refuse="padding images to a square is not available here; set it to false",
+    ),
+    "drop_path_rate": ForeignKey(
+        why="0, no stochastic depth",
+        inert=_off,
+        refuse="stochastic depth (drop path) in the vision tower is not available here; set it to 0",
+    ),
+    "resize_vocab": ForeignKey(
+        why="off", inert=_off, refuse="resizing the vocabulary is not available here; set it to false"
+    ),
+    "split_special_tokens": ForeignKey(
+        why="off",
+        inert=_off,
+        refuse="special tokens are always kept whole by the model's tokenizer here; set it to false",
+    ),
+    "new_special_tokens": ForeignKey(
+        why="none",
+        inert=_off,
+        refuse="adding special tokens is not available here; remove the key",
+    ),
+    "use_data_resampling": ForeignKey(
+        why="off",
+        inert=_off,
+        refuse="square-root resampling of sources is not available here; set it to false and give each source a "
+        '"sampling_rate" in "dataset"',
+    ),
+    "group_by_length": ForeignKey(
+        why="off",
+        inert=_off,
+        refuse="grouping batches by length is not available here; set it to false (to avoid padding waste, set "
+        '"mixtoken": true instead)',
+    ),
+    "save_safetensors": ForeignKey(why="checkpoints are saved as safetensors here"),
 }
 # Keys of one dataset source that PaddleMIX accepts and we do not.
 PADDLEMIX_SOURCE_KEYS = {"splits": PADDLEMIX_KEYS["splits"]}
@@ -163,6 +218,8 @@ class DataArgs:
     max_skip_ratio: float = 0.05
     max_image_pixels: int = 89_478_485
     image_cache_dir: str | None = None
+    # PaddleMIX's Qwen2-VL key: the longer image side is scaled down to at most this (None = as stored).
+    image_resolution: int | None = None
 
 
 @dataclass(frozen=True)
@@ -386,6 +443,7 @@ def parse(raw: dict[str, Any], where: str, cli_keys: set[str] | None = None) -> 
     groups: dict[str, dict[str, Any]] = {name: {} for name in OWN_GROUPS}
     training: dict[str, Any] = {}
     notes: list[str] = []
+    translated: dict[str, str] = {}  # our name -> the key that set it (a PaddleMIX key and ours must not clash)
     for key, value in raw.items():
         origin = problems.origin(key)
         name = key
@@ -398,9 +456,24 @@ def parse(raw: dict[str, Any], where: str, cli_keys: set[str] | None = None) -> 
                     problems.add(f'"{key}" = {json.dumps(value)}: {foreign.refuse}.', key)
                 continue
             name = foreign.to
+        if name in translated:
+            problems.add(f'"{key}" and "{translated[name]}" both set {name}; keep one of them.', key)
+            continue
+        translated[name] = key
+        if name == "lora_target_modules" and isinstance(value, str):  # PaddleMIX's Qwen2-VL tool: "a,b,c"
+            value = [part.strip() for part in value.split(",") if part.strip()]
         try:
             if name == "dataset":
                 groups["data"].update(_parse_dataset(value, problems))
+            elif name == "meta_path":
+                if "dataset" in raw:
+                    problems.add(
+                        f'"meta_path" = {json.dumps(value)} and "dataset" both name the training data; keep one of '
+                        "them.",
+                        key,
+                    )
+                else:
+                    groups["data"].update(_meta_path_sources(value, origin, problems, notes))
             elif name == "chat_template":
                 continue  # applied to the sources below
             elif name in owner:
@@ -443,6 +516,40 @@ def parse(raw: dict[str, Any], where: str, cli_keys: set[str] | None = None) -> 
     args.training_keys = tuple(dict.fromkeys((*training, *TRAINING_DEFAULTS)))
     args.notes = tuple(notes + adjusted)
     return args
+
+
+def _meta_path_sources(value: Any, origin: str, problems: Problems, notes: list[str]) -> dict[str, Any]:
+    """PaddleMIX's data meta file ({name: {"root", "annotation", "repeat_time", ...}}) as `dataset.train`: one
+    chatml_dataset source per entry, image paths relative to the working directory as PaddleMIX's Qwen2-VL tool
+    reads them (it does not use `root`), `repeat_time` as sampling_rate (both mean: that many passes over the
+    records, a fraction taking that share of them)."""
+    if not isinstance(value, str) or not Path(value).is_file():
+        problems.add(
+            f'"meta_path" = {json.dumps(value)}: no such meta file; give the path of a JSON file.', "meta_path"
+        )
+        return {}
+    try:
+        meta = read_json(value)
+    except (OSError, ValueError) as err:
+        problems.add(f'"meta_path" = {json.dumps(value)}: cannot be read as JSON ({err}).', "meta_path")
+        return {}
+    entries = []
+    for name, entry in meta.items() if isinstance(meta, dict) else []:
+        if not isinstance(entry, dict) or "annotation" not in entry:
+            problems.add(f'"meta_path" file {value}: entry "{name}" needs "annotation" (its JSON file).', "meta_path")
+            continue
+        # The Qwen2-VL tool opens each record's image path as written (its join with "root" is commented out).
+        source = {"name": "chatml_dataset", "data_files": entry["annotation"], "image_root": str(Path.cwd())}
+        source["sampling_rate"] = entry.get("repeat_time", 1)
+        entries.append(source)
+    if not entries:
+        problems.add(f'"meta_path" file {value} names no datasets; expected {{"name": {{"annotation": ...}}}}.')
+        return {}
+    notes.append(
+        f"meta_path {value}: {len(entries)} sources read into dataset.train as chatml_dataset, image paths relative "
+        "to the working directory (PaddleMIX's Qwen2-VL tool does not read root)"
+    )
+    return _parse_dataset({"train": entries}, problems)
 
 
 def _apply_chat_template(value: Any, data: dict[str, Any], problems: Problems, notes: list[str]) -> None:
@@ -537,6 +644,12 @@ def validate(args: RunArgs, training: dict[str, Any], problems: Problems) -> Non
             f'"model_name_or_path" = "{model_dir}" is not a local model folder with a config.json. '
             "Point it at a Hugging Face-layout folder (config.json, *.safetensors, tokenizer and processor files).",
             "model_name_or_path",
+        )
+    if args.data.image_resolution is not None and args.data.image_resolution < 28:
+        add(
+            f'"image_resolution" must be at least 28 (the smallest image side the vision towers take), got '
+            f"{args.data.image_resolution}; leave it unset to keep images as stored.",
+            "image_resolution",
         )
     if training.get("fp16") and training.get("bf16"):
         add('"fp16" and "bf16" are both true; choose one.', "fp16")

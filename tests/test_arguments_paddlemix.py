@@ -195,3 +195,78 @@ resume_from_checkpoint skip_memory_metrics flatten_param_grads lazy_data_process
 
 def test_every_paddlenlp_training_key_is_known() -> None:
     assert sorted(set(PADDLENLP_TRAINING_KEYS) - arguments.known_keys()) == []
+
+
+# The keys of PaddleMIX's Qwen2-VL tool (examples/qwen2_vl/qwen2vl_finetune.py) at that tool's defaults, where they
+# change nothing here; its recipe passes the others (below) on the command line.
+QWEN2_VL_DEFAULTS = {
+    "video_resolution": 128, "video_fps": 2.0, "video_maxlen": 64, "cache_dir": None, "resize_vocab": False,
+    "split_special_tokens": False, "new_special_tokens": None, "use_cache": True, "drop_path_rate": 0.0,
+    "max_image_size": 512, "pad2square": False, "conv_style": "qwen2_vl", "use_data_resampling": False,
+    "normalize_type": "imagenet", "group_by_length": False, "save_safetensors": True, "sep_parallel_degree": 1,
+}  # fmt: skip
+QWEN2_VL_RECIPE = {"freeze_vit": True, "max_seq_length": 8192, "image_resolution": 512, "recompute": False,
+                   "sharding": "stage2", "amp_master_grad": True, "bf16": True, "fp16_opt_level": "O2"}  # fmt: skip
+
+
+def qwen2_vl_recipe(tmp_path: Path, model_dir: Path, data: Path, keys: dict) -> Path:
+    path = recipe(tmp_path, model_dir, data, keys)
+    raw = json.loads(path.read_text())
+    del raw["max_length"]  # the recipe names it max_seq_length
+    path.write_text(json.dumps(raw))
+    return path
+
+
+def test_qwen2_vl_recipe_keys_are_translated_or_ignored(tmp_path, model_dir, data) -> None:
+    args = arguments.load(qwen2_vl_recipe(tmp_path, model_dir, data, {**QWEN2_VL_RECIPE, **QWEN2_VL_DEFAULTS}))
+    assert args.model.freeze_vision is True and args.data.max_length == 8192 and args.data.image_resolution == 512
+    assert {"sharding", "amp_master_grad"} <= set(args.training_keys)  # paddleformers' own keys
+    ignored = {n.split(":")[1].strip() for n in args.notes if n.startswith("ignored: ")}
+    assert ignored == set(QWEN2_VL_DEFAULTS)
+
+
+@pytest.mark.parametrize(
+    "keys, message",
+    [
+        ({"sep_parallel_degree": 2}, r'"sep_parallel_degree" = 2: sequence \(sep\) parallelism is not available'),
+        ({"use_data_resampling": True}, '"use_data_resampling" = true: square-root resampling'),
+        ({"drop_path_rate": 0.1}, '"drop_path_rate" = 0.1: stochastic depth'),
+        ({"freeze_vit": True, "freeze_vision": False}, '"freeze_vision" and "freeze_vit" both set freeze_vision'),
+        ({"image_resolution": 20}, '"image_resolution" must be at least 28'),
+    ],
+)
+def test_qwen2_vl_settings_that_cannot_work_are_refused(tmp_path, model_dir, data, keys, message) -> None:
+    with pytest.raises(UserError, match=message):
+        arguments.load(qwen2_vl_recipe(tmp_path, model_dir, data, keys))
+
+
+def test_meta_path_becomes_the_training_sources(tmp_path, model_dir, data) -> None:
+    meta = tmp_path / "meta.json"
+    meta.write_text(json.dumps({
+        "a": {"root": str(tmp_path / "imgs_a"), "annotation": str(data), "data_augment": False, "repeat_time": 2,
+              "length": 1},
+        "b": {"root": str(tmp_path / "imgs_b"), "annotation": str(data), "data_augment": False, "repeat_time": 0.5,
+              "length": 1},
+    }))  # fmt: skip
+    path = recipe(tmp_path, model_dir, data, {"meta_path": str(meta)})
+    raw = json.loads(path.read_text())
+    del raw["dataset"]
+    path.write_text(json.dumps(raw))
+    args = arguments.load(path)
+    assert [(s.name, s.data_files, s.image_root, s.sampling_rate) for s in args.data.train] == [
+        ("chatml_dataset", [str(data)], str(Path.cwd()), 2.0),
+        ("chatml_dataset", [str(data)], str(Path.cwd()), 0.5),
+    ]  # PaddleMIX's Qwen2-VL tool opens image paths as written, without "root"
+    assert [n for n in args.notes if n.startswith("meta_path ")] == [
+        f"meta_path {meta}: 2 sources read into dataset.train as chatml_dataset, image paths relative to the "
+        "working directory (PaddleMIX's Qwen2-VL tool does not read root)"
+    ]
+    with pytest.raises(UserError, match='"meta_path" = .* and "dataset" both name the training data'):
+        arguments.load(recipe(tmp_path, model_dir, data, {"meta_path": str(meta)}))
+
+
+def test_comma_separated_lora_targets_are_split(tmp_path, model_dir, data) -> None:
+    # PaddleMIX's Qwen2-VL LoRA recipe passes one string and splits it at commas.
+    keys = {"lora": True, "lora_target_modules": "model.layers.*q_proj.*, model.layers.*v_proj.*"}
+    args = arguments.load(recipe(tmp_path, model_dir, data, keys))
+    assert args.lora.lora_target_modules == ["model.layers.*q_proj.*", "model.layers.*v_proj.*"]

@@ -246,7 +246,7 @@ def source_names(sources: Sequence[DatasetSource]) -> list[str]:
 def build_encoder(adapter: Any, processor: Any, data: DataArgs) -> SampleProcessor:
     """The model family's sample encoder, reading images with the run's pixel limit and URL cache."""
     encoder = adapter.sample_processor(processor, data.max_length)
-    encoder.reader = ImageReader(data.max_image_pixels, data.image_cache_dir)
+    encoder.reader = ImageReader(data.max_image_pixels, data.image_cache_dir, image_resolution=data.image_resolution)
     return encoder
 
 

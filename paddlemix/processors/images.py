@@ -1,8 +1,8 @@
 """Open the images of a sample as transformers' `load_image` sees them: from a path, inline bytes or an http(s) URL,
 EXIF orientation applied, first frame of an animation, every mode brought to 8-bit RGB.
 
-Sizes for planning come from file headers (after EXIF orientation), so lengths are known without decoding pixels;
-the decoded image of the same file always has that size. Every problem with one image raises `SampleError` with a
+Sizes for planning come from file headers (after EXIF orientation and the `image_resolution` bound), so lengths
+are known without decoding pixels; the decoded image of the same file always has that size. Every problem with one image raises `SampleError` with a
 reason (the record is skipped, never the run).
 """
 
@@ -48,6 +48,15 @@ def check_size(ref: ImageRef, width: int, height: int, max_pixels: int | None = 
         raise SampleError(f"image side under {MIN_IMAGE_SIDE} px: {ref} is {width}x{height}")
     if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
         raise SampleError(f"image aspect ratio over {MAX_ASPECT_RATIO}: {ref} is {width}x{height}")
+
+
+def bounded_size(width: int, height: int, image_resolution: int | None) -> tuple[int, int]:
+    """The size after PaddleMIX's Qwen2-VL `image_resolution` rule: when the longer side exceeds it, both sides are
+    scaled by `image_resolution / longer side` and truncated to integers (800x400 at 512 -> 512x256)."""
+    if image_resolution is None or max(width, height) <= image_resolution:
+        return width, height
+    factor = image_resolution / max(width, height)
+    return int(width * factor), int(height * factor)
 
 
 def exif_orientation(image: Image.Image) -> int:
@@ -97,7 +106,9 @@ class ImageReader:
     """Reads `ImageRef`s (paths, inline bytes, http(s) URLs) for sizes and pixels with one pixel limit.
 
     URLs are fetched once with `requests` (timeout `timeout` seconds) into `cache_dir`, named by the SHA-256 of the
-    URL; a failed fetch is a skip reason, and a later read tries again.
+    URL; a failed fetch is a skip reason, and a later read tries again. `image_resolution` (None = as stored) bounds
+    the longer side as PaddleMIX's Qwen2-VL tool does (`bounded_size`, nearest-neighbour resampling), in `size` and
+    `load` alike.
     """
 
     def __init__(
@@ -105,8 +116,10 @@ class ImageReader:
         max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
         cache_dir: str | Path | None = None,
         timeout: float = FETCH_TIMEOUT_SECONDS,
+        image_resolution: int | None = None,
     ):
         self.max_pixels = max_pixels
+        self.image_resolution = image_resolution
         self.cache_dir = Path(cache_dir) if cache_dir else DEFAULT_CACHE_DIR
         self.timeout = timeout
 
@@ -159,12 +172,20 @@ class ImageReader:
     def size(self, ref: ImageRef) -> tuple[int, int]:
         """Width and height of the upright image, from the header; raises SampleError like `load`."""
         with self.open(ref) as image:
-            return upright_size(image)
+            return self._bounded(ref, *upright_size(image))
+
+    def _bounded(self, ref: ImageRef, width: int, height: int) -> tuple[int, int]:
+        size = bounded_size(width, height, self.image_resolution)
+        if size != (width, height):
+            check_size(ref, *size, None)
+        return size
 
     def load(self, ref: ImageRef) -> Image.Image:
         """The upright first frame as 8-bit RGB; raises SampleError for missing, broken or unusable images."""
         with self.open(ref) as image:
             try:
-                return to_rgb(ImageOps.exif_transpose(image))
+                rgb = to_rgb(ImageOps.exif_transpose(image))
             except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
                 raise SampleError(f"image cannot be decoded: {ref} ({err})") from None
+            size = self._bounded(ref, *rgb.size)
+            return rgb if size == rgb.size else rgb.resize(size, resample=Image.NEAREST)

@@ -344,6 +344,11 @@ def generation_scorer(args: RunArgs, model: Any, processor: Any, adapter: ModelA
         return None
     from paddlemix.datasets.encoded import source_names
     from paddlemix.generation import Generator, evaluate_generation
+    from paddlemix.processors.images import ImageReader
+
+    reader = ImageReader(
+        args.data.max_image_pixels, args.data.image_cache_dir, image_resolution=args.data.image_resolution
+    )
 
     def score() -> dict[str, float]:
         was_training = model.training
@@ -353,6 +358,7 @@ def generation_scorer(args: RunArgs, model: Any, processor: Any, adapter: ModelA
         for name, source in zip(source_names(args.data.eval), args.data.eval):
             generator = Generator.from_parts(model, processor, adapter, source.chat_template,
                                              args.model.model_name_or_path, args.data.max_length)  # fmt: skip
+            generator.encoder.reader = reader  # images read as in training (image_resolution, pixel limit, cache)
             result = evaluate_generation(generator, source, args.runtime.eval_generation_samples,
                                          batch_size=args.training.per_device_eval_batch_size)  # fmt: skip
             prefix = "eval" if single else f"eval_{Path(name.split(':')[-1]).stem}"

@@ -141,3 +141,13 @@ def test_failed_fetches_are_skips(server: str, tmp_path: Path) -> None:
         reader.load(f"{server}/slow.png")
     assert time.monotonic() - start < 3
     assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]  # nothing cached from failed fetches
+
+
+def test_image_resolution_bounds_the_longer_side_in_size_and_pixels(tmp_path: Path) -> None:
+    # PaddleMIX's Qwen2-VL rule: scale by 512 / longer side, truncate, nearest-neighbour.
+    Image.new("RGB", (800, 400), (200, 10, 10)).save(tmp_path / "wide.png")
+    Image.new("RGB", (300, 200), (200, 10, 10)).save(tmp_path / "small.png")
+    reader = ImageReader(image_resolution=512)
+    assert reader.size(str(tmp_path / "wide.png")) == (512, 256) == reader.load(str(tmp_path / "wide.png")).size
+    assert reader.size(str(tmp_path / "small.png")) == (300, 200) == reader.load(str(tmp_path / "small.png")).size
+    assert ImageReader().size(str(tmp_path / "wide.png")) == (800, 400)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -127,3 +128,19 @@ def test_typed_content_template_with_generation_spans_encodes(encoder, tmp_path:
     assert int((out["input_ids"] == image_pad).sum()) == t * h * w // 4
     text = tokenizer.decode([int(i) for i in out["input_ids"] if i != image_pad])
     assert text.startswith("<|im_start|>user\n<|vision_start|><|vision_end|>What color is the circle?<|im_end|>\n")
+
+
+def test_image_resolution_gives_the_grid_of_the_smaller_image(encoder, tmp_path: Path) -> None:
+    enc, template, _ = encoder
+    wide, small = image(tmp_path, (800, 400), "wide.png"), image(tmp_path, (512, 256), "small.png")
+    enc = copy.copy(enc)
+    enc.max_length, enc.reader = 4096, ImageReader(image_resolution=512)
+    encoded = {}
+    for ref in (wide, small):
+        sample = Sample((Message("user", "<image>what?"), Message("assistant", "red")), (ref,))
+        out = enc(sample, template)
+        assert enc.length(sample, template) == len(out["input_ids"])  # planning and decoding agree
+        encoded[ref] = out
+    assert encoded[wide]["image_grid_thw"].tolist() == encoded[small]["image_grid_thw"].tolist()
+    assert encoded[wide]["pixel_values"].shape == encoded[small]["pixel_values"].shape
+    assert len(encoded[wide]["input_ids"]) == len(encoded[small]["input_ids"])

@@ -33,3 +33,23 @@ def test_scores_and_skip_counts_per_source(tiny_model_dir: Path, shapes_data, tm
     assert scores["eval_eval_skipped"] == 0 and scores["eval_faulty_skipped"] == 2
     assert scores["eval_faulty_accuracy"] == 0.0 and 0.0 <= scores["eval_eval_accuracy"] <= 1.0
     assert model.training  # back in training mode afterwards
+
+
+def test_images_are_read_as_in_training(tiny_model_dir: Path, shapes_data, tmp_path: Path, monkeypatch) -> None:
+    import paddlemix.generation
+
+    readers = []
+
+    def fake_evaluate(generator, source, samples, batch_size):
+        readers.append(generator.encoder.reader)
+        return {"metric": "accuracy", "score": 0.0, "skipped": 0}
+
+    monkeypatch.setattr(paddlemix.generation, "evaluate_generation", fake_evaluate)
+    source = {"name": "chatml_dataset", "data_files": str(shapes_data["eval"])}
+    raw = {"model_name_or_path": str(tiny_model_dir), "output_dir": str(tmp_path / "out"),
+           "dataset": {"train": [source], "eval": [source]}, "eval_generation": True, "image_resolution": 64,
+           "max_image_pixels": 10_000, "device": "cpu"}  # fmt: skip
+    args = arguments.parse(raw, "test.json")
+    adapter = adapter_for(tiny_model_dir)
+    generation_scorer(args, adapter.load_model(tiny_model_dir), adapter.load_processor(tiny_model_dir), adapter)()
+    assert [(r.image_resolution, r.max_pixels) for r in readers] == [(64, 10_000)]
