@@ -231,7 +231,37 @@ def plan_packed_steps(training: Any, train_set: PackedDataset) -> int:
         "MIXToken: %d packs per epoch, %d per optimizer step: num_train_epochs %g = max_steps %d",
         packs, per_step, training.num_train_epochs, steps,
     )  # fmt: skip
+    epoch_strategies_to_steps(training, max(math.ceil(packs / per_step), 1))
     return steps
+
+
+def epoch_strategies_to_steps(training: Any, steps_per_epoch: int) -> None:
+    """A pack stream has no epochs the trainer can see (it would evaluate and save "epoch" once, at the end), so
+    `"epoch"` evaluation and saving become `"steps"` every planned epoch's optimizer steps."""
+    from paddleformers.trainer.trainer_utils import IntervalStrategy
+
+    changed = []
+    for strategy, steps in (("evaluation_strategy", "eval_steps"), ("save_strategy", "save_steps")):
+        if getattr(training, strategy) == IntervalStrategy.EPOCH:
+            setattr(training, strategy, IntervalStrategy.STEPS)
+            setattr(training, steps, steps_per_epoch)
+            changed.append(f'{strategy} "epoch" = "steps" with {steps} {steps_per_epoch}')
+    if changed:
+        logger.info("MIXToken: %s (one planned epoch)", ", ".join(changed))
+
+
+class LastEvalCallback(TrainerCallback):
+    """The metrics of the latest evaluation and its step: when the schedule evaluated at the last step, the run's
+    final evaluation reuses them rather than evaluating the same weights twice."""
+
+    def __init__(self) -> None:
+        self.step, self.metrics = -1, {}
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: Any = None, **kwargs: Any) -> None:
+        self.step, self.metrics = state.global_step, dict(metrics or {})
+
+    def at(self, step: int) -> dict[str, Any]:
+        return self.metrics if self.step == step else {}
 
 
 def preflight(train_set: Any, skips: SkipLog, eval_set: Any = None) -> None:
@@ -401,6 +431,8 @@ def run_sft(args: RunArgs) -> dict[str, Any]:
     final = FinalSaveCallback(lambda: save_final(model, args, adapter, args.model.model_name_or_path))
     if training.process_index == 0:
         trainer.add_callback(final)
+    last_eval = LastEvalCallback()
+    trainer.add_callback(last_eval)
     metrics: dict[str, Any] = {}
     try:
         if training.do_train:
@@ -414,7 +446,7 @@ def run_sft(args: RunArgs) -> dict[str, Any]:
                 final.save()
                 final.saved = True
         if eval_set is not None:
-            metrics.update(trainer.evaluate())
+            metrics.update(last_eval.at(trainer.state.global_step) or trainer.evaluate())
     except SystemError as err:
         raise worker_failure(err) or err from None
     metrics["skipped_by_source"] = skips.summary()  # includes the skips of data-loader workers
