@@ -146,15 +146,18 @@ def build_model(args: RunArgs, adapter: ModelAdapter) -> Any:
     """
     path = args.model.model_name_or_path
     patterns = {"freeze_include": args.model.freeze_include, "freeze_exclude": args.model.freeze_exclude}
-    for note in check_checkpoint_patterns(path, patterns, adapter.parameter_name, adapter.paddlemix_names,
-                                          args.source_file):  # fmt: skip
-        logger.info("%s", note)
+    by_origin: dict[str, dict[str, list[str]]] = {}  # so a pattern's error names the file or the command line
+    for key, globs in patterns.items():
+        by_origin.setdefault(args.origin(key), {})[key] = globs
+    for where, group in by_origin.items():
+        for note in check_checkpoint_patterns(path, group, adapter.parameter_name, adapter.paddlemix_names, where):
+            logger.info("%s", note)
     lora, m = args.lora, args.model
     switches = {"vision": m.freeze_vision, "projector": m.freeze_projector, "llm": m.freeze_llm}
     plan = freeze_plan(adapter.module_groups, m.train_type, switches, lora.lora, m.freeze_include, m.freeze_exclude)
     modules = None
     if lora.lora and not lora.lora_path:
-        modules = lora_modules(path, adapter, lora.lora_target_modules, f"{args.source_file}: ")
+        modules = lora_modules(path, adapter, lora.lora_target_modules, f"{args.origin('lora_target_modules')}: ")
         check_tensor_parallel(max(args.training.tensor_model_parallel_size, 1))
         check_not_fully_trained(modules, plan.modules_to_save)
     model = adapter.load_model(
@@ -172,8 +175,10 @@ def build_model(args: RunArgs, adapter: ModelAdapter) -> Any:
             seed=args.training.seed, use_rslora=lora.rslora, base_model_name_or_path=str(Path(path).resolve()),
         )  # fmt: skip
     base = base_model(model)
-    if any(patterns.values()):
-        check_patterns(patterns, [n for n, _ in base.named_parameters()], adapter.paddlemix_names, args.source_file)
+    names = [n for n, _ in base.named_parameters()]
+    for where, group in by_origin.items():
+        if any(group.values()):
+            check_patterns(group, names, adapter.paddlemix_names, where)
     if plan.include:
         frozen = apply_freeze(base, plan.include, plan.exclude, adapter.paddlemix_names)
         logger.info("froze %d parameter tensors matching %s", len(frozen), plan.include)
