@@ -262,8 +262,13 @@ class LastEvalCallback(TrainerCallback):
     def __init__(self) -> None:
         self.step, self.metrics = -1, {}
 
-    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: Any = None, **kwargs: Any) -> None:
-        self.step, self.metrics = state.global_step, dict(metrics or {})
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+        # from the logs, not on_evaluate: the generated-answer scores are logged after the loss evaluation
+        found = {k: v for k, v in (logs or {}).items() if k.startswith("eval_")}
+        if found:
+            if state.global_step != self.step:
+                self.step, self.metrics = state.global_step, {}
+            self.metrics.update(found)
 
     def at(self, step: int) -> dict[str, Any]:
         return self.metrics if self.step == step else {}
