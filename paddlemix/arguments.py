@@ -270,6 +270,12 @@ class RunArgs:
     training_keys: tuple[str, ...] = ()
     # One line each about what the tool adjusted or ignored (PaddleMIX keys, CPU precision); logged by the run.
     notes: tuple[str, ...] = ()
+    # Keys given as `--key value` overrides, so later checks name the command line rather than the file.
+    cli_keys: frozenset[str] = frozenset()
+
+    def origin(self, key: str) -> str:
+        """Where `key` was given: "command line" for an override, else the argument file."""
+        return "command line" if key in self.cli_keys else self.source_file
 
     def to_dict(self) -> dict[str, Any]:
         """The fully resolved arguments in the JSON key space, as saved to run_args.json."""
@@ -460,8 +466,6 @@ def parse(raw: dict[str, Any], where: str, cli_keys: set[str] | None = None) -> 
             problems.add(f'"{key}" and "{translated[name]}" both set {name}; keep one of them.', key)
             continue
         translated[name] = key
-        if name == "lora_target_modules" and isinstance(value, str):  # PaddleMIX's Qwen2-VL tool: "a,b,c"
-            value = [part.strip() for part in value.split(",") if part.strip()]
         try:
             if name == "dataset":
                 groups["data"].update(_parse_dataset(value, problems))
@@ -508,6 +512,9 @@ def parse(raw: dict[str, Any], where: str, cli_keys: set[str] | None = None) -> 
         runtime=RuntimeArgs(**groups["runtime"]),
         training=None,
         source_file=where,
+        cli_keys=frozenset(
+            k for key in cli_keys or () for k in (key, getattr(PADDLEMIX_KEYS.get(key), "to", None)) if k
+        ),
     )
     validate(args, training, problems)
     problems.raise_if_any()

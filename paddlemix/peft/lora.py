@@ -72,7 +72,8 @@ def lora_modules(model_dir: str | Path, family: Any, targets: Sequence[str] | No
         UserError: see `paddlemix.peft.targets.resolve_targets`.
     """
     modules = linear_modules(checkpoint_shapes(model_dir), family.parameter_name)
-    return resolve_targets(list(targets or family.lora_targets), modules, family.module_groups, where)
+    targets = family.lora_targets if targets is None else targets  # [] is an error, not the default
+    return resolve_targets(list(targets), modules, family.module_groups, where)
 
 
 def _all_linear(model: Any) -> list[str]:

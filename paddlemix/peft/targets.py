@@ -8,6 +8,7 @@ What users bring, and what each means here (PEFT's rules where PEFT has one):
   `llama.layer.*q_proj.*`): matched in full (PEFT's rule for a string) against the module path in transformers 4.57's
   in-memory model (`model.language_model.layers.0.self_attn.q_proj`) and against the older spellings of the same
   language-model layer (`model.layers.0...`, `llama.layers.0...`, `language_model.model.layers.0...`);
+- a comma-separated string (`"q_proj,v_proj"`, LLaMA-Factory's form): the names it lists;
 - paddleformers' fused names (`qkv_proj`, `up_gate_proj`, as this toolkit's earlier argument files used them):
   all the Hugging Face layers they hold.
 
@@ -36,6 +37,9 @@ OUTPUT_HEAD = "lm_head"
 # Older names of the language model's layers that PaddleMIX argument files use in their regexes.
 LM_ALIASES = ("model.", "llama.", "language_model.model.", "")
 _REGEX_CHARS = re.compile(r"[\\*+?^$()\[\]{}|]")
+# Leaf names of vision-tower and projector Linear layers across the field (Qwen2/2.5/3-VL, CLIP, LLaVA): a target
+# that is one of them but matches nothing here gets this family's own vision layer names as examples too.
+VISION_NAMES = {"qkv", "proj", "fc1", "fc2", "linear_fc1", "linear_fc2", "out_proj", "linear_1", "linear_2"}
 
 
 def checkpoint_shapes(model_dir: str | Path) -> dict[str, tuple[int, ...]]:
@@ -101,8 +105,13 @@ def resolve_targets(
     lm_prefix = language_model_prefix(module_groups)
     words = other_part_words(module_groups)
     lm = [m for m in modules if m.startswith(lm_prefix)]
+    if not targets:
+        raise UserError(
+            f'{where}"lora_target_modules": [] selects no layer, so LoRA would train nothing. Leave the key out for '
+            f'this family\'s default, or name layers such as {", ".join(example_names(lm))} or "all-linear".'
+        )
     chosen: set[str] = set()
-    for target in targets:
+    for target in split_commas(targets):
         if target.lower() in ALL_LINEAR:
             chosen.update(lm)
             continue
@@ -123,12 +132,48 @@ def resolve_targets(
             hits = [m for m in modules if _matches(target, m, lm_prefix)]
         if not hits:
             raise UserError(
-                f'{where}"lora_target_modules": {target!r} matches no Linear layer of this model. Use module names '
-                f'such as {", ".join(example_names(lm))}, "all-linear", or a regex matched in full against paths '
-                f"such as {', '.join(lm[:2])}."
+                f'{where}"lora_target_modules": {target!r} matches no Linear layer of this model.'
+                f"{_unmatched_hint(target, modules, lm, lm_prefix)} Use module names such as "
+                f'{", ".join(example_names(lm))}, "all-linear", or a regex matched in full against paths such as '
+                f"{', '.join(lm[:2])}."
             )
         chosen.update(hits)
     return sorted(chosen)
+
+
+def split_commas(targets: Sequence[str]) -> list[str]:
+    """`["q_proj,v_proj"]` (LLaMA-Factory's comma-separated string) -> `["q_proj", "v_proj"]`, regexes too (PaddleMIX's
+    Qwen2-VL recipe passes `"model.layers.*q_proj.*,model.layers.*v_proj.*"`), except commas inside a regex's
+    `{m,n}` repetition, which belong to it."""
+    out = []
+    for target in targets:
+        out.extend(p.strip() for p in re.split(r",(?![^{]*\})", target) if p.strip())
+    return out
+
+
+def _unmatched_hint(target: str, modules: Sequence[str], lm: Sequence[str], lm_prefix: str) -> str:
+    """For a target that matches nothing: the right spelling if only its case is wrong, and this family's vision
+    layer names if it is another family's vision layer name (`qkv` on LLaVA, `fc1` on Qwen3-VL)."""
+    if (
+        not is_regex(target)
+        and target != target.lower()
+        and any(_matches(target.lower(), m, lm_prefix) for m in modules)
+    ):
+        return f" Names are case-sensitive: did you mean {target.lower()!r}?"
+    if target.rsplit(".", 1)[-1] not in VISION_NAMES:
+        return ""
+    other = [m for m in modules if m not in lm and not m.startswith(OUTPUT_HEAD)]
+    names = dict.fromkeys(
+        ".".join(m.split(".")[-2:]) if m.rsplit(".", 1)[-1].isdigit() else m.rsplit(".", 1)[-1] for m in other
+    )
+    if not names:
+        return ""
+    shared = [m for m in other if m.rsplit(".", 1)[-1] in set(example_names(lm))]
+    note = ""
+    if shared:
+        part, leaf = ".".join(shared[0].split(".")[:2]), shared[0].rsplit(".", 1)[-1]
+        note = f' (a name the language model shares reaches these only with their part named: "{part}.*{leaf}")'
+    return f" This model's vision and projector layers are named {', '.join(names)}{note}."
 
 
 def example_names(modules: Iterable[str]) -> list[str]:

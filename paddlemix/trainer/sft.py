@@ -163,9 +163,12 @@ def build_model(args: RunArgs, adapter: ModelAdapter) -> Any:
     """
     path = args.model.model_name_or_path
     patterns = {"freeze_include": args.model.freeze_include, "freeze_exclude": args.model.freeze_exclude}
-    for note in check_checkpoint_patterns(path, patterns, adapter.parameter_name, adapter.paddlemix_names,
-                                          args.source_file):  # fmt: skip
-        logger.info("%s", note)
+    by_origin: dict[str, dict[str, list[str]]] = {}  # so a pattern's error names the file or the command line
+    for key, globs in patterns.items():
+        by_origin.setdefault(args.origin(key), {})[key] = globs
+    for where, group in by_origin.items():
+        for note in check_checkpoint_patterns(path, group, adapter.parameter_name, adapter.paddlemix_names, where):
+            logger.info("%s", note)
     lora, m = args.lora, args.model
     switches = {"vision": m.freeze_vision, "projector": m.freeze_projector, "llm": m.freeze_llm}
     plan = freeze_plan(adapter.module_groups, m.train_type, switches, lora.lora, m.freeze_include, m.freeze_exclude)
@@ -174,7 +177,7 @@ def build_model(args: RunArgs, adapter: ModelAdapter) -> Any:
         check_adapter_base(lora.lora_path, path, logger.warning)
         note_adapter_overrides(lora, args.source_file)
     if lora.lora and not lora.lora_path:
-        modules = lora_modules(path, adapter, lora.lora_target_modules, f"{args.source_file}: ")
+        modules = lora_modules(path, adapter, lora.lora_target_modules, f"{args.origin('lora_target_modules')}: ")
         check_tensor_parallel(max(args.training.tensor_model_parallel_size, 1))
         check_not_fully_trained(modules, plan.modules_to_save)
     model = adapter.load_model(
@@ -192,8 +195,10 @@ def build_model(args: RunArgs, adapter: ModelAdapter) -> Any:
             seed=args.training.seed, use_rslora=lora.rslora, base_model_name_or_path=str(Path(path).resolve()),
         )  # fmt: skip
     base = base_model(model)
-    if any(patterns.values()):
-        check_patterns(patterns, [n for n, _ in base.named_parameters()], adapter.paddlemix_names, args.source_file)
+    names = [n for n, _ in base.named_parameters()]
+    for where, group in by_origin.items():
+        if any(group.values()):
+            check_patterns(group, names, adapter.paddlemix_names, where)
     if plan.include:
         frozen = apply_freeze(base, plan.include, plan.exclude, adapter.paddlemix_names)
         logger.info("froze %d parameter tensors matching %s", len(frozen), plan.include)
@@ -251,7 +256,42 @@ def plan_packed_steps(training: Any, train_set: PackedDataset) -> int:
         "MIXToken: %d packs per epoch, %d per optimizer step: num_train_epochs %g = max_steps %d",
         packs, per_step, training.num_train_epochs, steps,
     )  # fmt: skip
+    epoch_strategies_to_steps(training, max(math.ceil(packs / per_step), 1))
     return steps
+
+
+def epoch_strategies_to_steps(training: Any, steps_per_epoch: int) -> None:
+    """A pack stream has no epochs the trainer can see (it would evaluate and save "epoch" once, at the end), so
+    `"epoch"` evaluation and saving become `"steps"` every planned epoch's optimizer steps."""
+    from paddleformers.trainer.trainer_utils import IntervalStrategy
+
+    changed = []
+    for strategy, steps in (("evaluation_strategy", "eval_steps"), ("save_strategy", "save_steps")):
+        if getattr(training, strategy) == IntervalStrategy.EPOCH:
+            setattr(training, strategy, IntervalStrategy.STEPS)
+            setattr(training, steps, steps_per_epoch)
+            changed.append(f'{strategy} "epoch" = "steps" with {steps} {steps_per_epoch}')
+    if changed:
+        logger.info("MIXToken: %s (one planned epoch)", ", ".join(changed))
+
+
+class LastEvalCallback(TrainerCallback):
+    """The metrics of the latest evaluation and its step: when the schedule evaluated at the last step, the run's
+    final evaluation reuses them rather than evaluating the same weights twice."""
+
+    def __init__(self) -> None:
+        self.step, self.metrics = -1, {}
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+        # from the logs, not on_evaluate: the generated-answer scores are logged after the loss evaluation
+        found = {k: v for k, v in (logs or {}).items() if k.startswith("eval_")}
+        if found:
+            if state.global_step != self.step:
+                self.step, self.metrics = state.global_step, {}
+            self.metrics.update(found)
+
+    def at(self, step: int) -> dict[str, Any]:
+        return self.metrics if self.step == step else {}
 
 
 def preflight(train_set: Any, skips: SkipLog, eval_set: Any = None) -> None:
@@ -427,6 +467,8 @@ def run_sft(args: RunArgs) -> dict[str, Any]:
     final = FinalSaveCallback(lambda: save_final(model, args, adapter, args.model.model_name_or_path))
     if training.process_index == 0:
         trainer.add_callback(final)
+    last_eval = LastEvalCallback()
+    trainer.add_callback(last_eval)
     metrics: dict[str, Any] = {}
     try:
         if training.do_train:
@@ -440,7 +482,7 @@ def run_sft(args: RunArgs) -> dict[str, Any]:
                 final.save()
                 final.saved = True
         if eval_set is not None:
-            metrics.update(trainer.evaluate())
+            metrics.update(last_eval.at(trainer.state.global_step) or trainer.evaluate())
     except SystemError as err:
         raise worker_failure(err) or err from None
     metrics["skipped_by_source"] = skips.summary()  # includes the skips of data-loader workers

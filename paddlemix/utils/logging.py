@@ -40,6 +40,8 @@ PADDLEFORMERS_NOISE = (
     r"^  (Num examples|Total prediction steps|Pre device batch size|Total Batch size) = ",
     r"The global seed is set to",
     r"max_steps is given, it will override",
+    # sys.maxsize for a pack stream, which has no length; the MIXToken line before it gives the planned epochs
+    r"^  Num Epochs = 9223372036854775807",
 )
 # Messages shown once, however often they are logged (generation logs this for every generated batch).
 PADDLEFORMERS_ONCE = (r"Setting `pad_token_id` to `eos_token_id`",)

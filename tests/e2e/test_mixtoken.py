@@ -73,3 +73,27 @@ def test_killed_lora_mixtoken_run_resumes_bit_identical(workspace: Path, run_too
         assert sorted(a) == sorted(b)
         for key in a:
             np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+@pytest.mark.parametrize("save", ["epoch", "no"])
+def test_epoch_strategies_act_at_each_planned_epoch(workspace: Path, run_tool, save: str) -> None:
+    """MIXToken turns num_train_epochs into max_steps; "epoch" evaluation and saving still happen once per epoch."""
+    dataset = {"train": [{"name": "chatml_dataset", "data_files": "shapes/train.jsonl"}],
+               "eval": [{"name": "chatml_dataset", "data_files": "shapes/eval.jsonl"}]}  # fmt: skip
+    proc = run_tool("supervised_finetune.py", str(CONFIG), "--dataset", json.dumps(dataset), "--mixtoken", "true",
+                    "--max_length", "160", "--max_steps", "-1", "--num_train_epochs", "2",
+                    "--evaluation_strategy", "epoch", "--save_strategy", save, "--save_total_limit", "5",
+                    "--eval_generation", "true", "--eval_generation_samples", "2", "--output_dir", "out",
+                    cwd=workspace)  # fmt: skip
+    assert "9223372036854775807" not in proc.stderr
+    assert 'evaluation_strategy "epoch" = "steps"' in proc.stderr
+    max_steps = int(proc.stderr.split("max_steps ")[1].split()[0])
+    per_epoch = int(proc.stderr.split("with eval_steps ")[1].split()[0].rstrip(","))
+    assert max_steps == 2 * per_epoch > 2
+    records = [json.loads(line) for line in (workspace / "out" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "eval_loss" in r] == [per_epoch, max_steps]
+    last = {k: v for r in records if r["step"] == max_steps for k, v in r.items() if k.startswith("eval_")}
+    results = json.loads((workspace / "out" / "all_results.json").read_text())
+    assert len(last) > 4 and {k: results[k] for k in last} == last  # the final evaluation's loss and scores
+    saved = sorted(int(p.name.split("-")[1]) for p in (workspace / "out").glob("checkpoint-*"))
+    assert saved == ([per_epoch, max_steps] if save == "epoch" else [])

@@ -76,7 +76,7 @@ def test_field_names_map_onto_layers(targets: list[str], expected: list[str]) ->
     assert resolve(*targets) == expected
 
 
-@pytest.mark.parametrize("target", ["fc1", r"model\.vision_tower\..*", "nothing_here"])
+@pytest.mark.parametrize("target", [r"model\.vision_tower\..*", "nothing_here"])
 def test_target_that_matches_nothing_lists_language_model_names(target: str) -> None:
     with pytest.raises(UserError, match="matches no Linear layer") as err:
         resolve(target)
@@ -181,3 +181,44 @@ def test_tensor_parallel_lora_is_refused_while_parsing(tiny_model_dir, shapes_da
     }
     with pytest.raises(UserError, match='"tensor_parallel_degree" = 2 with "lora": true'):
         arguments.parse(raw, "args.json")
+
+
+@pytest.mark.parametrize("target", ["q_proj,v_proj", "q_proj, v_proj", "q_proj,v_proj,"])
+def test_comma_separated_string_lists_names(target: str) -> None:
+    assert resolve(target) == lm("q_proj", "v_proj")
+
+
+def test_comma_separated_string_on_the_command_line(tiny_model_dir, shapes_data, tmp_path) -> None:
+    file = tmp_path / "run.json"
+    file.write_text(json.dumps({"model_name_or_path": str(tiny_model_dir), "output_dir": str(tmp_path / "out"),
+                                "dataset": {"train": [{"name": "chatml_dataset", "data_files": str(shapes_data["train"])}]},
+                                "lora": True}))  # fmt: skip
+    args = arguments.load(file, ["--lora_target_modules", "q_proj,v_proj"])
+    modules = lora_modules(tiny_model_dir, adapter_for(tiny_model_dir), args.lora.lora_target_modules)
+    assert sorted({m.rsplit(".", 1)[-1] for m in modules}) == ["q_proj", "v_proj"] and len(modules) == 2 * 2
+
+
+def test_empty_target_list_is_an_error_not_the_default(tiny_model_dir) -> None:
+    with pytest.raises(UserError, match=r'"lora_target_modules": \[\] selects no layer'):
+        resolve()
+    with pytest.raises(UserError, match="selects no layer"):
+        lora_modules(tiny_model_dir, adapter_for(tiny_model_dir), [])
+
+
+@pytest.mark.parametrize("target, right", [("Q_PROJ", "q_proj"), ("Self_Attn.V_Proj", "self_attn.v_proj")])
+def test_wrong_case_gets_the_right_spelling(target: str, right: str) -> None:
+    with pytest.raises(UserError, match=f"case-sensitive: did you mean {right!r}"):
+        resolve(target)
+
+
+@pytest.mark.parametrize(
+    "fixture, target, names",
+    [("tiny_llava_dir", "qkv", ["q_proj", "out_proj", "fc1", "linear_1"]),
+     ("tiny_qwen3_vl_dir", "fc1", ["qkv", "linear_fc1"])],
+)  # fmt: skip
+def test_other_familys_vision_name_lists_this_familys_vision_layers(request, fixture, target, names) -> None:
+    model_dir = request.getfixturevalue(fixture)
+    with pytest.raises(UserError, match=f"{target!r} matches no Linear layer") as err:
+        lora_modules(model_dir, adapter_for(model_dir), [target])
+    listed = str(err.value).split("vision and projector layers are named ")[1].split(". Use")[0]
+    assert all(n in listed.split(", ") for n in names), listed

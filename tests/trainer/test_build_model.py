@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from paddlemix.models import adapter_for
 from paddlemix.peft.freeze import matches
 from paddlemix.peft.lora import base_model
 from paddlemix.trainer.sft import build_model
+from paddlemix.utils.errors import UserError
 
 
 def trainable_groups(model_dir: Path, tmp_path: Path, data: Path, **keys) -> dict[str, str]:
@@ -72,3 +74,26 @@ def test_adapter_rank_and_alpha_over_the_argument_file_are_logged(tmp_path: Path
         note_adapter_overrides(LoraArgs(lora=True, lora_path=str(tmp_path), lora_rank=4, lora_alpha=16), "a.json")
     (line,) = [r.getMessage() for r in caplog.records]
     assert "lora_rank 8 -> 4" in line and "lora_alpha" not in line.split("sets", 1)[1] and "a.json" in line
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [(["--lora", "true", "--lora_target_modules", "nothing_proj"], '"lora_target_modules": \'nothing_proj\''),
+     (["--freeze_include", '["*nothing_here*"]'], 'freeze pattern "*nothing_here*"')],
+    ids=["lora_target_modules", "freeze_include"],
+)  # fmt: skip
+def test_errors_about_command_line_keys_name_the_command_line(
+    tiny_model_dir, shapes_data, tmp_path, override, message
+) -> None:
+    raw = {"model_name_or_path": str(tiny_model_dir), "output_dir": str(tmp_path / "out"), "device": "cpu",
+           "dataset": {"train": [{"name": "chatml_dataset", "data_files": str(shapes_data["train"])}]}}  # fmt: skip
+    file = tmp_path / "run.json"
+    file.write_text(json.dumps(raw))
+    args = arguments.load(file, override)
+    with pytest.raises(UserError, match="^command line: ") as err:
+        build_model(args, adapter_for(tiny_model_dir))
+    assert message in str(err.value) and str(file) not in str(err.value)
+    file.write_text(json.dumps({**raw, "freeze_exclude": ["*nothing_in_file*"]}))
+    args = arguments.load(file)  # a pattern from the file is still blamed on the file
+    with pytest.raises(UserError, match=f'^{file}: freeze pattern "\\*nothing_in_file\\*"'):
+        build_model(args, adapter_for(tiny_model_dir))
