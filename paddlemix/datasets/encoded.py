@@ -44,12 +44,14 @@ class SkipLog:
         self.max_skip_ratio = max_skip_ratio
         self.seen: Counter[str] = Counter()
         self.skipped: Counter[str] = Counter()
+        self.usable: Counter[str] = Counter()  # records that passed a check (for the mis-formatted-source probe)
         self.first_reason: dict[str, str] = {}
         self._recorded: set[tuple[Any, ...]] = set()
         self.error = ""
 
     def ok(self, source: str) -> None:
         self.seen[source] += 1
+        self.usable[source] += 1
         self.check(source)  # the budget applies once MIN_SEEN_FOR_BUDGET samples were seen, good ones included
 
     def add(self, source: str, record: dict[str, Any], reason: str) -> None:
@@ -78,7 +80,7 @@ class SkipLog:
         if self.error:
             return
         where = f" See {self.path} for every skipped record." if self.path else ""
-        if self.seen[source] == MISFORMAT_PROBE and self.skipped[source] == MISFORMAT_PROBE:
+        if self.skipped[source] == MISFORMAT_PROBE and not self.usable[source]:
             self.error = (
                 f'data source "{source}" looks mis-formatted: its first {MISFORMAT_PROBE} records all failed, '
                 f"e.g. {self.first_reason[source]}. Check the file against the formats in the README.{where}"
@@ -189,6 +191,8 @@ class EncodedDataset:
             raise skip from None
         if final and self.count_loaded:
             self.skip_log.ok(name)
+        else:  # measured (planning) or counted later by the trainer: still proves the source is readable
+            self.skip_log.usable[name] += 1
         return result
 
     def encode(self, i: int) -> dict[str, Any]:

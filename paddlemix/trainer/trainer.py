@@ -138,10 +138,10 @@ class MIXTrainer(Trainer):
         """Per-source `seen`: the samples of a batch when it is trained, and the skips met while reading it."""
         if self.skip_log is None:
             return
+        for sample_id in sample_ids:  # first, so a batch that carries many skips is not taken for a bad source
+            self.skip_log.ok(source_of(sample_id))
         for line in skips:
             self.skip_log.add_line(line)
-        for sample_id in sample_ids:
-            self.skip_log.ok(source_of(sample_id))
 
     def optimizer_step(self, args: Any, model: Any, parameters_list: Any = None) -> None:
         """Rescale the accumulated gradients to the step's token mean (`StepLoss.gradient_factor`), note the
