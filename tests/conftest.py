@@ -184,13 +184,15 @@ PLANTED = {  # record index in faulty.jsonl -> the skip reason it must produce
 
 
 def png_header(width: int, height: int) -> bytes:
-    """The signature and IHDR chunk of a width x height RGB PNG without pixel data: what a decompression bomb
-    shows before it is decoded."""
+    """A width x height RGB PNG whose pixel data is missing: what a decompression bomb shows before it is decoded."""
     import struct
     import zlib
 
-    ihdr = b"IHDR" + struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + ihdr + struct.pack(">I", zlib.crc32(ihdr))
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+    return b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
 
 
 @pytest.fixture(scope="session")
