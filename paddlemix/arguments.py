@@ -147,11 +147,6 @@ PADDLEMIX_KEYS: dict[str, ForeignKey] = {
     "resize_vocab": ForeignKey(
         why="off", inert=_off, refuse="resizing the vocabulary is not available here; set it to false"
     ),
-    "split_special_tokens": ForeignKey(
-        why="off",
-        inert=_off,
-        refuse="special tokens are always kept whole by the model's tokenizer here; set it to false",
-    ),
     "new_special_tokens": ForeignKey(
         why="none",
         inert=_off,
@@ -177,7 +172,11 @@ PADDLEMIX_SOURCE_KEYS = {"splits": PADDLEMIX_KEYS["splits"]}
 
 @dataclass(frozen=True)
 class DatasetSource:
-    """One entry of `dataset.train` / `dataset.eval`: a reader, its files and how much of it to use."""
+    """One entry of `dataset.train` / `dataset.eval`: a reader, its files and how much of it to use.
+
+    `image_placeholder`: the text that marks an image in string content of records that have images (default
+    `<image>`; elsewhere it is plain text). `inline_images`: whether `<img>path</img>` in string content is an image
+    (unset = only in PaddleMIX's pair-list conversations; elsewhere it is plain text, as in HTML)."""
 
     name: SourceName
     data_files: list[str]
@@ -185,6 +184,8 @@ class DatasetSource:
     sampling_rate: float = 1.0
     image_root: str | None = None
     prompt: str | None = None
+    image_placeholder: str = "<image>"
+    inline_images: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -220,6 +221,9 @@ class DataArgs:
     image_cache_dir: str | None = None
     # PaddleMIX's Qwen2-VL key: the longer image side is scaled down to at most this (None = as stored).
     image_resolution: int | None = None
+    # Special-token strings typed in record text are plain text (transformers' `split_special_tokens`); false makes
+    # them control tokens.
+    split_special_tokens: bool = True
 
 
 @dataclass(frozen=True)
@@ -658,6 +662,11 @@ def validate(args: RunArgs, training: dict[str, Any], problems: Problems) -> Non
             f"{args.data.image_resolution}; leave it unset to keep images as stored.",
             "image_resolution",
         )
+    for split in DATA_SPLITS:
+        for k, source in enumerate(getattr(args.data, split)):
+            if not source.image_placeholder.strip():
+                add(f'"dataset.{split}[{k}].image_placeholder" is empty; give the text that marks an image in the '
+                    'records (default "<image>").', "dataset")  # fmt: skip
     if training.get("fp16") and training.get("bf16"):
         add('"fp16" and "bf16" are both true; choose one.', "fp16")
     if training.get("fp16_opt_level") == "O2" and not (training.get("fp16") or training.get("bf16")):

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from paddlemix.arguments import DatasetSource
-from paddlemix.datasets.conversation import IMAGE_PLACEHOLDER, Message, Sample, SampleError
+from paddlemix.datasets.conversation import IMAGE_PLACEHOLDER, Message, Sample, SampleError, guard_text, plain_text
 from paddlemix.datasets.sources import SourceDataset
 from paddlemix.decoding import (
     Generated,
@@ -147,8 +147,11 @@ class Generator:
 
 
 def question_message(question: str, images: Sequence[str] = ()) -> Message:
-    """A user turn asking `question`, with `<image>` placeholders in front when the question has none."""
-    if images and IMAGE_PLACEHOLDER not in question:
+    """A user turn asking `question`, with `<image>` placeholders in front when the question has none; without
+    images, an `<image>` in the question is text."""
+    if not images:
+        return Message("user", guard_text(question, (IMAGE_PLACEHOLDER,)))
+    if IMAGE_PLACEHOLDER not in question:
         question = IMAGE_PLACEHOLDER * len(images) + question
     return Message("user", question)
 
@@ -195,7 +198,8 @@ def _prompts(
         try:
             sample = data[i]
             last = max(k for k, m in enumerate(sample.messages) if m.role == "assistant")
-            yield _Prompt(i, generator.encode(sample.messages[:last], sample.images), sample.messages[last].content)
+            reference = plain_text(sample.messages[last].content)
+            yield _Prompt(i, generator.encode(sample.messages[:last], sample.images), reference)
         except Exception as err:  # noqa: BLE001 - any failure of one record is a skip, never the end of a run
             skipped.append({"index": i, "reason": str(err) if isinstance(err, SampleError) else repr(err)})
 

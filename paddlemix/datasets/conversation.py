@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 IMAGE_PLACEHOLDER = "<image>"
+# Written after the first character of a marker string that a record's text quotes (`<image>` in a text part, a
+# typed `<|im_end|>`), so no reader, template or tokenizer takes it for an image or a control token; the encoder
+# drops it and tokenizes the marker as plain text (see paddlemix/processors/text_encoding.py).
+TEXT_GUARD = "\ue003"
 Role = Literal["system", "user", "assistant"]
 
 
@@ -58,6 +63,20 @@ class TooLongError(SampleError):
     def __init__(self, length: int, max_length: int):
         super().__init__(f"{length} tokens after image expansion exceed max_length {max_length}")
         self.length = length
+
+
+def guard_text(text: str, markers: Sequence[str]) -> str:
+    """`text` with every occurrence of each marker string guarded (TEXT_GUARD after its first character), longest
+    markers first, so the marker is read as text: `guard_text("a <image>", ["<image>"])` -> "a <\\ue003image>"."""
+    for marker in sorted(markers, key=len, reverse=True):
+        if marker and marker in text:
+            text = text.replace(marker, marker[0] + TEXT_GUARD + marker[1:])
+    return text
+
+
+def plain_text(text: str) -> str:
+    """The text as the record wrote it (guards removed), for references, logs and reports."""
+    return text.replace(TEXT_GUARD, "")
 
 
 def check_turns(messages: list[Message]) -> None:

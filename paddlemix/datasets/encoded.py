@@ -248,9 +248,11 @@ def source_names(sources: Sequence[DatasetSource]) -> list[str]:
 
 
 def build_encoder(adapter: Any, processor: Any, data: DataArgs) -> SampleProcessor:
-    """The model family's sample encoder, reading images with the run's pixel limit and URL cache."""
+    """The model family's sample encoder, reading images with the run's pixel limit and URL cache, and record text
+    as `split_special_tokens` says."""
     encoder = adapter.sample_processor(processor, data.max_length)
     encoder.reader = ImageReader(data.max_image_pixels, data.image_cache_dir, image_resolution=data.image_resolution)
+    encoder.split_special_tokens = data.split_special_tokens
     return encoder
 
 

@@ -1,11 +1,13 @@
 """Turn one `Sample` into model inputs: token ids, per-turn labels, pixel values and image grids.
 
 Images are decoded here (in dataloader workers), each `<image>` placeholder becomes the model's vision tokens
-repeated once per visual token, and only assistant answers carry labels.
+repeated once per visual token, and only assistant answers carry labels. Special-token strings a record types
+stay text unless `split_special_tokens` is off (paddlemix/processors/text_encoding.py).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +17,7 @@ import numpy as np
 from paddlemix.datasets.conversation import IMAGE_PLACEHOLDER, ImageRef, Message, Sample, SampleError, TooLongError
 from paddlemix.processors.chat_template import ChatTemplate
 from paddlemix.processors.images import ImageReader
+from paddlemix.processors.text_encoding import TextEncoder, guard_special_text, special_token_strings
 
 IGNORE_INDEX = -100
 
@@ -41,17 +44,21 @@ class SampleProcessor:
     """Callable that encodes a `Sample`; raises `SampleError` with a reason for samples that must be skipped.
 
     `reader` opens the sample's images (pixel limit, URL cache); the data settings of a run replace the default.
+    `split_special_tokens` (default on) encodes special-token strings in message text as plain text.
     """
 
     def __init__(
         self, tokenizer: Any, image_processor: Any, vision: VisionTokens, max_length: int,
-        reader: ImageReader | None = None,
+        reader: ImageReader | None = None, split_special_tokens: bool = True,
     ):  # fmt: skip
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.vision = vision
         self.max_length = max_length
         self.reader = reader or ImageReader()
+        self.split_special_tokens = split_special_tokens
+        self.special_tokens = special_token_strings(tokenizer)
+        self.text_encoder = TextEncoder(tokenizer)
 
     def images(self, refs: Sequence[ImageRef]) -> dict[str, np.ndarray]:
         if not refs:
@@ -59,9 +66,17 @@ class SampleProcessor:
         out = self.image_processor(images=[self.reader.load(r) for r in refs], return_tensors="np")
         return {"pixel_values": np.asarray(out["pixel_values"]), "image_grid_thw": np.asarray(out["image_grid_thw"])}
 
+    def message_text(self, content: str) -> str:
+        """A message's text for rendering: special-token strings it types guarded (unless `split_special_tokens` is
+        off), then each `<image>` replaced with the model's placeholder text (one image token, expanded after
+        rendering)."""
+        pieces = content.split(IMAGE_PLACEHOLDER)
+        if self.split_special_tokens:
+            pieces = [guard_special_text(piece, self.special_tokens) for piece in pieces]
+        return self.vision.placeholder.join(pieces)
+
     def with_vision_tokens(self, messages: Sequence[Message]) -> list[Message]:
-        """Replace `<image>` with the model's placeholder text (one image token, expanded after rendering)."""
-        return [Message(m.role, m.content.replace(IMAGE_PLACEHOLDER, self.vision.placeholder)) for m in messages]
+        return [dataclasses.replace(m, content=self.message_text(m.content)) for m in messages]
 
     def expand(self, text: str, counts: list[int]) -> str:
         """Repeat the image token of each placeholder by that image's visual-token count, in order."""
@@ -74,7 +89,7 @@ class SampleProcessor:
         return "".join(out)
 
     def encode_text(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return self.text_encoder.encode(text)
 
     def _encode(self, sample: Sample, segments: list[tuple[str, bool]], vision: dict) -> tuple[list[int], list[int]]:
         counts = [self.vision.count(g) for g in vision.get("image_grid_thw", [])]
