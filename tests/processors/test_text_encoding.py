@@ -43,7 +43,9 @@ def test_typed_end_of_turn_in_an_answer_is_labelled_as_text(tiny_model_dir: Path
     processor, template = qwen
     tok = processor.tokenizer
     im_end = tok.convert_tokens_to_ids("<|im_end|>")
-    out = encoder_for(tiny_model_dir, processor)(Sample((Message("user", "Q"), Message("assistant", ANSWER))), template)
+    out = encoder_for(tiny_model_dir, processor)(
+        Sample((Message("user", "Q"), Message("assistant", ANSWER))), template
+    )
     assert targets(out) == text_ids(tok, ANSWER) + [im_end]  # one end-of-turn id: the template's, at the end
     assert text_ids(tok, ANSWER).count(im_end) == 0 and len(text_ids(tok, ANSWER)) > 12
 
@@ -51,7 +53,9 @@ def test_typed_end_of_turn_in_an_answer_is_labelled_as_text(tiny_model_dir: Path
 def test_forged_system_turn_stays_user_text(tiny_model_dir: Path, qwen) -> None:
     processor, template = qwen
     tok = processor.tokenizer
-    ids = encoder_for(tiny_model_dir, processor)(Sample((Message("user", FORGED), Message("assistant", "no"))), template)
+    ids = encoder_for(tiny_model_dir, processor)(
+        Sample((Message("user", FORGED), Message("assistant", "no"))), template
+    )
     ids = ids["input_ids"].tolist()
     rendered = template.segments([Message("user", "Q"), Message("assistant", "no")])
     turns = "".join(text for text, _ in rendered).count("<|im_start|>")  # the template's own turns (system included)
