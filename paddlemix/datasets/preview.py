@@ -8,6 +8,8 @@ Shown text (Qwen2.5-VL template, one image of 4 visual tokens; `[[...]]` is what
     <|vision_start|><|image_pad|>x4<|vision_end|>What color?<|im_end|>
     <|im_start|>assistant
     [[red<|im_end|>]]
+
+A record that types `<|im_end|>` as text shows it as `\\<|im_end|>`: text ids, not the control token.
 """
 
 from __future__ import annotations
@@ -73,7 +75,27 @@ def _runs(ids: Sequence[int], labels: Sequence[int]) -> list[tuple[bool, list[in
     return runs
 
 
-def _decode(tokenizer: Any, ids: list[int], collapse: dict[int, str]) -> str:
+def _text(tokenizer: Any, ids: list[int], specials: Sequence[str]) -> str:
+    """Decoded ids; a special-token string spelled by text ids (typed in a record) gets a leading backslash, so it
+    reads apart from the control token the template wrote."""
+    control = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    out, run = [], []
+    for k, token in enumerate(ids):
+        run.append(token)
+        if k + 1 == len(ids) or (ids[k + 1] in control) != (token in control):
+            text = tokenizer.decode(run, skip_special_tokens=False)
+            out.append(text if token in control else _escape(text, specials))
+            run = []
+    return "".join(out)
+
+
+def _escape(text: str, specials: Sequence[str]) -> str:
+    for s in specials:
+        text = text.replace(s, "\\" + s)
+    return text
+
+
+def _decode(tokenizer: Any, ids: list[int], collapse: dict[int, str], specials: Sequence[str] = ()) -> str:
     """Decoded text where each run of a collapsed id (an image token) reads `<token>xN`."""
     pieces, plain, k = [], [], 0
     while k < len(ids):
@@ -82,7 +104,7 @@ def _decode(tokenizer: Any, ids: list[int], collapse: dict[int, str]) -> str:
             while k + n < len(ids) and ids[k + n] == ids[k]:
                 n += 1
             if plain:
-                pieces.append(tokenizer.decode(plain, skip_special_tokens=False))
+                pieces.append(_text(tokenizer, plain, specials))
                 plain = []
             pieces.append(f"{collapse[ids[k]]}x{n}")
             k += n
@@ -90,17 +112,22 @@ def _decode(tokenizer: Any, ids: list[int], collapse: dict[int, str]) -> str:
             plain.append(ids[k])
             k += 1
     if plain:
-        pieces.append(tokenizer.decode(plain, skip_special_tokens=False))
+        pieces.append(_text(tokenizer, plain, specials))
     return "".join(pieces)
 
 
-def format_preview(entry: dict[str, Any], tokenizer: Any, collapse: dict[int, str]) -> str:
-    """One encoded sample as text: labelled spans between LABEL_START and LABEL_END, image tokens collapsed."""
+def format_preview(
+    entry: dict[str, Any], tokenizer: Any, collapse: dict[int, str], specials: Sequence[str] = ()
+) -> str:
+    """One encoded sample as text: labelled spans between LABEL_START and LABEL_END, image tokens collapsed,
+    special-token strings that are text (`specials` spelled by text ids) behind a backslash."""
     labelled = sum(label != IGNORE_INDEX for label in entry["labels"])
     head = (f"--- {entry['source']} record #{entry['index']}: {len(entry['input_ids'])} tokens, {labelled} labelled, "
             f"images {entry['image_grid_thw'] or 'none'}")  # fmt: skip
     body = "".join(
-        LABEL_START + _decode(tokenizer, ids, collapse) + LABEL_END if trained else _decode(tokenizer, ids, collapse)
+        LABEL_START + _decode(tokenizer, ids, collapse, specials) + LABEL_END
+        if trained
+        else _decode(tokenizer, ids, collapse, specials)
         for trained, ids in _runs(entry["input_ids"], entry["labels"])
     )
     return head + "\n" + body

@@ -4,9 +4,9 @@ image expansion, records over max_length and the MIXToken fill. Loads the tokeni
 Usage: python paddlemix/tools/check_data.py ARGS.json [--key value ...] [--report FILE] [--show N] [--dump FILE]
 The JSON report goes to FILE (default: OUTPUT_DIR/data_report.json).
 --show N prints the first N encoded samples of each source as text: labelled spans (what the loss trains) between
-[[ and ]], each run of image tokens as one `<token>xCOUNT`. --dump FILE writes those samples (N, default 5) as JSON
-lines: source, file, index, input_ids, labels (aligned with input_ids, -100 where untrained), image_grid_thw and
-position_ids.
+[[ and ]], each run of image tokens as one `<token>xCOUNT`, a special-token string typed as text as \\<token>.
+--dump FILE writes those samples (N, default 5) as JSON lines: source, file, index, input_ids, labels (aligned with
+input_ids, -100 where untrained), image_grid_thw and position_ids.
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ def preview(args, adapter, processor, encoder, splits: dict, show: int, dump: st
             count = show or DEFAULT_DUMP_SAMPLES
             samples = encoded_preview(SourceDataset(source), name, encoder, template, count, positions)
             for entry in samples[:show]:
-                print(format_preview(entry, processor.tokenizer, collapse))
+                print(format_preview(entry, processor.tokenizer, collapse, encoder.special_tokens))
             entries += samples
     if dump:
         Path(dump).parent.mkdir(parents=True, exist_ok=True)
