@@ -399,6 +399,7 @@ def generation_scorer(args: RunArgs, model: Any, processor: Any, adapter: ModelA
             generator = Generator.from_parts(model, processor, adapter, source.chat_template,
                                              args.model.model_name_or_path, args.data.max_length)  # fmt: skip
             generator.encoder.reader = reader  # images read as in training (image_resolution, pixel limit, cache)
+            generator.encoder.split_special_tokens = args.data.split_special_tokens  # record text as in training
             result = evaluate_generation(generator, source, args.runtime.eval_generation_samples,
                                          batch_size=args.training.per_device_eval_batch_size)  # fmt: skip
             prefix = "eval" if single else f"eval_{Path(name.split(':')[-1]).stem}"
