@@ -3,6 +3,7 @@ unless `split_special_tokens` is off; `<image>` quoted as text never becomes an 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -103,3 +104,26 @@ def test_text_encoder_without_guards_is_the_tokenizer(qwen) -> None:
     specials = special_token_strings(tok)
     assert "<|im_end|>" in specials and "<|image_pad|>" in specials
     assert np.all([len(a) >= len(b) for a, b in zip(specials, specials[1:])])
+
+
+def test_llava_image_token_quoted_in_text_is_not_an_image(tiny_llava_dir: Path, tmp_path: Path) -> None:
+    """LLaVA's image token is `<image>` itself: quoted in a typed text part next to a real image, it stays text and
+    the sample has exactly one image's tokens."""
+    from PIL import Image
+
+    from paddlemix.arguments import DatasetSource
+    from paddlemix.datasets.sources import SourceDataset
+
+    Image.new("RGB", (40, 30), (0, 200, 0)).save(tmp_path / "a.png")
+    record = {"images": ["a.png"], "messages": [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Is <image> a tag?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "Yes, <image> is LLaVA's image tag."}]}]}  # fmt: skip
+    (tmp_path / "d.jsonl").write_text(json.dumps(record) + "\n")
+    sample = SourceDataset(DatasetSource(name="chatml_dataset", data_files=[str(tmp_path / "d.jsonl")]))[0]
+    processor = adapter_for(tiny_llava_dir).load_processor(tiny_llava_dir)
+    encoder = encoder_for(tiny_llava_dir, processor)
+    out = encoder(sample, template_for(processor))
+    image_id = processor.tokenizer.convert_tokens_to_ids(encoder.vision.image_token)
+    assert encoder.vision.image_token == "<image>"
+    assert out["input_ids"].tolist().count(image_id) == encoder.vision.count(out["image_grid_thw"][0])
+    assert image_id not in targets(out)
