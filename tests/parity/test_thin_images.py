@@ -33,7 +33,7 @@ def hf_counts(model_dir: Path, images: list[Path], typed: bool, tmp_path: Path) 
 
 
 @requires_reference
-@pytest.mark.parametrize("family", ["tiny_model_dir", "tiny_llava_dir"])
+@pytest.mark.parametrize("family", ["tiny_model_dir", "tiny_qwen3_vl_dir", "tiny_llava_dir"])
 def test_thin_image_tokens_equal_hf(family: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     model_dir = request.getfixturevalue(family)
     ours, theirs = [], []
