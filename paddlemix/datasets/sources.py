@@ -126,9 +126,8 @@ class _Images:
     Where images come from (README "Text is text"): typed content takes images only from its image parts, and its
     text parts are plain text; string content of a record with record-level images takes the source's
     `placeholder` as an image mark; `<img>path</img>` is an image only when `inline` (PaddleMIX's pair-list records,
-    or the source's `inline_images`). Everything else that looks like a mark is guarded as text (`guard_text`),
-    and `kept_as_text` counts the placeholders so kept. A mark's file is never looked up here: a missing image is
-    reported missing when it is read.
+    or the source's `inline_images`). Everything else that looks like a mark is guarded as text (`guard_text`).
+    A mark's file is never looked up here: a missing image is reported missing when it is read.
     """
 
     def __init__(
@@ -140,7 +139,6 @@ class _Images:
         self.ordered: list[Any] = []
         self.placeholders = 0
         self.inline = 0
-        self.kept_as_text = 0
 
     def take(self, inline: Any = None) -> str:
         self.placeholders += 1
@@ -153,7 +151,6 @@ class _Images:
 
     def plain(self, text: str) -> str:
         """Text whose marks are all text (a typed text part; string content without images)."""
-        self.kept_as_text += text.count(self.placeholder)
         return guard_text(text, (self.placeholder, IMAGE_PLACEHOLDER))
 
     def text(self, text: str) -> str:
