@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from paddlemix.datasets.conversation import IMAGE_PLACEHOLDER, as_skip, plain_text
+from paddlemix.datasets.conversation import IMAGE_PLACEHOLDER, plain_text
 from paddlemix.datasets.sources import SourceDataset
 from paddlemix.processors.chat_template import ChatTemplate
 from paddlemix.processors.sample_processor import IGNORE_INDEX, SampleProcessor
@@ -49,8 +49,7 @@ def encoded_preview(
             break
         try:
             encoded = encoder(data[i], template)
-        except Exception as err:  # a skipped record is not shown; check_data reports it with its reason
-            as_skip(err)
+        except Exception:  # a skipped record is not shown; check_data reports it with its reason
             continue
         file, index = data.locate(i)
         grid = encoded.get("image_grid_thw")

@@ -15,6 +15,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from paddlemix import arguments
 from paddlemix.utils.errors import UserError, exit_on_user_error
@@ -94,7 +95,7 @@ def preview_options(argv: list[str]) -> tuple[int, str | None]:
     return int(show or 0), dump
 
 
-def add_special_text_counts(report: dict, splits: dict, encoder) -> None:
+def add_special_text_counts(report: dict, splits: dict, encoder: Any) -> None:
     """Per source, the records whose text types special-token strings (`special_token_text` in the report)."""
     from paddlemix.datasets.encoded import source_names
     from paddlemix.datasets.preview import special_text_records
@@ -121,7 +122,7 @@ def format_special_text(report: dict, split_special_tokens: bool) -> str:
     return "\n".join(lines) or "no record types special-token text"
 
 
-def preview(args, adapter, processor, encoder, splits: dict, show: int, dump: str | None) -> None:
+def preview(args: Any, adapter: Any, processor: Any, encoder: Any, splits: dict, show: int, dump: str | None) -> None:
     """Print (--show) and/or write (--dump) the first encoded samples of every source."""
     from paddlemix.datasets.encoded import source_names
     from paddlemix.datasets.preview import DEFAULT_DUMP_SAMPLES, collapsed_tokens, encoded_preview, format_preview

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from paddlemix.datasets.conversation import IMAGE_PLACEHOLDER, plain_text
+from paddlemix.generation import question_message
 from paddlemix.tools.infer import parse, training_data_settings
 
 
@@ -30,3 +32,9 @@ def test_infer_answers_thin_images(tiny_model_dir: Path, tmp_path: Path, run_too
     proc = run_tool("infer.py", "--model_name_or_path", str(tiny_model_dir), *images, "--question", "Text?",
                     "--image_resolution", "512", "--max_new_tokens", "2", cwd=tmp_path, timeout=300)  # fmt: skip
     assert proc.stdout.startswith("generated ")
+
+
+def test_question_without_images_keeps_image_text() -> None:
+    asked = question_message("What does <image> do?")
+    assert IMAGE_PLACEHOLDER not in asked.content and plain_text(asked.content) == "What does <image> do?"
+    assert question_message("Color?", ["a.png"]).content == "<image>Color?"
