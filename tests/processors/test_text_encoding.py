@@ -127,3 +127,14 @@ def test_llava_image_token_quoted_in_text_is_not_an_image(tiny_llava_dir: Path, 
     assert encoder.vision.image_token == "<image>"
     assert out["input_ids"].tolist().count(image_id) == encoder.vision.count(out["image_grid_thw"][0])
     assert image_id not in targets(out)
+
+
+def test_untrained_answer_stays_untrained_through_the_encoder(tiny_model_dir: Path, qwen) -> None:
+    """Preparing message text keeps each turn's `loss` flag (ms-swift's `"loss": false` answer is context only)."""
+    processor, template = qwen
+    tok = processor.tokenizer
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    turns = (Message("user", "Q1"), Message("assistant", "first", loss=False), Message("user", "Q2"),
+             Message("assistant", "second"))  # fmt: skip
+    out = encoder_for(tiny_model_dir, processor)(Sample(turns), template)
+    assert targets(out) == text_ids(tok, "second") + [im_end]
