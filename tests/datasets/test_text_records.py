@@ -106,3 +106,14 @@ def test_string_content_with_images_still_maps_placeholders(tmp_path: Path) -> N
     with pytest.raises(SampleError, match="<image> in an assistant turn"):
         data[1]
     assert data[2].images == () and plain_text(data[2].messages[1].content) == "A <image>"
+
+
+def test_model_marks_as_placeholder(tmp_path: Path) -> None:
+    """Data written with Qwen-VL's own image marks names them as the placeholder; without the key they are text."""
+    marks = "<|vision_start|><|image_pad|><|vision_end|>"
+    record = {"images": [red(tmp_path / "a.png")], "messages": [{"role": "user", "content": marks + "Color?"},
+                                                                {"role": "assistant", "content": "red"}]}  # fmt: skip
+    path = write(tmp_path / "d.jsonl", [record])
+    assert source(path, image_placeholder=marks)[0].messages[0].content == "<image>Color?"
+    default = source(path)[0]  # images go in front; the typed marks stay text
+    assert default.messages[0].content == "<image>" + marks + "Color?"
