@@ -81,10 +81,7 @@ class SkipLog:
             return
         where = f" See {self.path} for every skipped record." if self.path else ""
         if self.skipped[source] == MISFORMAT_PROBE and not self.usable[source]:
-            self.error = (
-                f'data source "{source}" looks mis-formatted: its first {MISFORMAT_PROBE} records all failed, '
-                f"e.g. {self.first_reason[source]}. Check the file against the formats in the README.{where}"
-            )
+            self.error = unusable_source_message(source, self.first_reason[source]) + where
         seen, skipped = sum(self.seen.values()), sum(self.skipped.values())
         if not self.error and seen >= MIN_SEEN_FOR_BUDGET and skipped / seen > self.max_skip_ratio:
             per_source = ", ".join(f"{s}: {n}/{self.seen[s]}" for s, n in self.skipped.items())
@@ -119,6 +116,21 @@ class SkipLog:
         """Records seen and skipped per source, in this process and (skips) in its loader workers."""
         skipped = self.skipped | self.skipped_in_file()
         return {s: {"seen": max(self.seen[s], skipped[s]), "skipped": skipped[s]} for s in {**self.seen, **skipped}}
+
+
+def unusable_source_message(source: str, first_reason: str) -> str:
+    """Why a source whose first MISFORMAT_PROBE records all failed stops the run: missing images (almost always
+    image paths relative to another folder than the one they resolve against) or a mis-formatted file."""
+    if first_reason.startswith("image not found"):
+        return (
+            f'data source "{source}": the images of its first {MISFORMAT_PROBE} records are all missing, e.g. '
+            f"{first_reason}. Relative image paths resolve against the source's \"image_root\", else the data "
+            "file's folder (README, Data)."
+        )
+    return (
+        f'data source "{source}" looks mis-formatted: its first {MISFORMAT_PROBE} records all failed, e.g. '
+        f"{first_reason}. Check the file against the formats in the README."
+    )
 
 
 def in_loader_worker() -> bool:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from paddlemix.datasets.conversation import ImageBytes, ImageRef, SampleError
+from paddlemix.datasets.conversation import ImageBytes, ImageRef, RelativeImagePath, SampleError
 
 MIN_IMAGE_SIDE = 28
 MAX_ASPECT_RATIO = 200
@@ -162,7 +162,8 @@ class ImageReader:
                 finally:
                     Image.MAX_IMAGE_PIXELS = saved
         except FileNotFoundError:
-            raise SampleError(f"image not found: {ref}") from None
+            hint = f" ({ref.not_found_hint()})" if isinstance(ref, RelativeImagePath) else ""
+            raise SampleError(f"image not found: {ref}{hint}") from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
             raise SampleError(f"image cannot be decoded: {ref} ({err})") from None
         with image:
