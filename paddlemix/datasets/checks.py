@@ -115,9 +115,11 @@ def verdict(report: dict[str, Any], max_skip_ratio: float, do_train: bool, do_ev
     for split, r in splits.items():
         for name, s in r["sources"].items():
             if s["usable"] == 0 and s["skipped"] >= MISFORMAT_PROBE:
-                problems.append(f'{split} source "{name}": all its records fail, e.g. {next(iter(s["examples"].values()))}')
+                problems.append(
+                    f'{split} source "{name}": all its records fail, e.g. {next(iter(s["examples"].values()))}'
+                )
             elif s["skipped"]:
-                warnings.append(f"{split} source \"{name}\": {s['skipped']} of {s['records']} records would be skipped")
+                warnings.append(f'{split} source "{name}": {s["skipped"]} of {s["records"]} records would be skipped')
     return {"verdict": "fail" if problems else "warn" if warnings else "pass", "problems": problems,
             "warnings": warnings}  # fmt: skip
 

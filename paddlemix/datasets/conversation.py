@@ -55,15 +55,15 @@ class RelativeImagePath(str):
     def not_found_hint(self) -> str:
         """Where the relative path was looked for and the fix: `image_root`, naming the working directory when
         the image is there (a common LLaVA habit: paths relative to where the training is started)."""
-        where = f'the record\'s relative path "{self.written}" was looked up in {self.root}, {self.root_from}'
+        where = f'relative path "{self.written}" looked up in {self.root}, {self.root_from}'
         cwd = Path.cwd()
         if Path(self.root).resolve() != cwd and (cwd / self.written).exists():
-            return f'{where}; it exists relative to the working directory: set "image_root": "{cwd}" on this source'
+            return f'{where}; it exists under the working directory: set "image_root": "{cwd}" on this source'
         if self.root_from == '"image_root"':
-            return f'{where}; check "image_root" of this source'
+            return f'{where}; check this source\'s "image_root"'
         return (
-            f"{where} (without \"image_root\" relative paths resolve there, never in the working directory); set "
-            '"image_root" on this source to the folder the paths are relative to'
+            f'{where}; relative paths never resolve against the working directory: set "image_root" on this '
+            "source to the folder they are relative to"
         )
 
 

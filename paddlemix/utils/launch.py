@@ -32,19 +32,18 @@ from pathlib import Path
 from typing import BinaryIO
 
 from paddlemix.utils.errors import UserError
+from paddlemix.utils.logging import GLOG_LINE, LAUNCH_NOISE, quiet_console
 
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "supervised_finetune.py"
 LAUNCHER_LOG = "launcher.log"
+NOISE = re.compile(b"|".join(LAUNCH_NOISE))
+GLOG = re.compile(GLOG_LINE)
 FOLLOWED_LOG = "workerlog.0"
 TAIL_LINES = 20
 POLL_SECONDS = 0.2
 # Paddle's launcher names the failed process in its log as
 # "Container rank R status failed cmd [...] code C log LOG_DIR/workerlog.N" (paddle/distributed/launch/job/container.py).
 FAILED_CONTAINER = re.compile(r"Container rank (\d+) status \w+ cmd .* code (-?\d+) log (\S+)")
-# Lines of a worker's log that the single-process tool never prints: glog lines of Paddle's C++ core (gloo and
-# NCCL set-up, "I1207 06:10:11.123 ...") and the compiler-cache notice Paddle's import prints outside the logging
-# filters. They stay in the worker's log file.
-WORKER_NOISE = re.compile(rb"^[IW]\d{4} \d\d:\d\d:\d\d\.\d+ |No ccache found|ccache")
 
 
 @dataclass(frozen=True)
@@ -83,7 +82,7 @@ def require_paddle() -> None:
         raise UserError(
             f"Paddle is not installed in {sys.executable}, the interpreter train.sh runs (PYTHON, default "
             '"python"). Activate the environment the package was installed into (. .venv/bin/activate), or set '
-            "PYTHON=/path/to/that/env/bin/python, or install Paddle there (pip install \"paddlepaddle==3.3.*\")."
+            'PYTHON=/path/to/that/env/bin/python, or install Paddle there (pip install "paddlepaddle==3.3.*").'
         )
 
 
@@ -117,6 +116,11 @@ def plan_launch(argv: list[str], environ: Mapping[str, str]) -> LaunchPlan:
     if not argv or argv[0] in ("-h", "--help"):
         raise UserError("usage: sh paddlemix/tools/train.sh ARGS.json [--key value ...]; see --help.")
     require_paddle()
+    from paddlemix.utils.io import read_json
+
+    if not Path(argv[0]).is_file():  # the tool's own first checks, before Paddle is imported to count devices
+        raise UserError(f"argument file {argv[0]} does not exist.")
+    read_json(argv[0])
     device = environ.get("DEVICE", "").strip() or None
     if device not in (None, "gpu", "npu", "cpu"):
         raise UserError(f"environment: DEVICE={device!r}: use gpu (default when GPUs are visible), npu or cpu.")
@@ -146,25 +150,15 @@ def plan_launch(argv: list[str], environ: Mapping[str, str]) -> LaunchPlan:
 
 
 def validate_run(args_file: str, overrides: list[str], world_size: int):  # noqa: ANN201 (RunArgs, imported late)
-    """The tool's own checks (`arguments.load`), run as if inside a launch of `world_size` processes."""
+    """The tool's own checks (`arguments.load`), with parallel degrees checked against the launch's `world_size`."""
     from paddlemix import arguments
-    from paddlemix.utils.logging import quiet_console
 
-    quiet_console()
-    saved = os.environ.get("PADDLE_TRAINERS_NUM")
-    os.environ["PADDLE_TRAINERS_NUM"] = str(world_size)
-    try:
-        return arguments.load(args_file, overrides)
-    finally:
-        if saved is None:
-            os.environ.pop("PADDLE_TRAINERS_NUM", None)
-        else:
-            os.environ["PADDLE_TRAINERS_NUM"] = saved
+    return arguments.load(args_file, overrides, world_size=world_size)
 
 
 class LogFollower:
-    """Copy what a growing log file gains to `out`: whole lines, except the glog and compiler-cache lines of
-    WORKER_NOISE, and a line still being written when it holds a carriage return (a progress bar redrawn in
+    """Copy what a growing log file gains to `out`: whole lines, except those of LAUNCH_NOISE and Paddle's C++
+    (glog) lines, and a line still being written when it holds a carriage return (a progress bar redrawn in
     place), so the bar moves on the console as it does in a terminal."""
 
     def __init__(self, path: Path, out: BinaryIO):
@@ -172,7 +166,6 @@ class LogFollower:
         self.file: BinaryIO | None = None
         self.pending = b""
         self.emitted = 0  # bytes of `pending` already written (a partly drawn progress bar)
-        self.lines: list[bytes] = []  # every line shown, for the failure report
 
     def poll(self) -> None:
         if self.file is None:
@@ -185,20 +178,28 @@ class LogFollower:
         self.pending += chunk
         while b"\n" in self.pending:
             line, self.pending = self.pending.split(b"\n", 1)
-            if self.emitted or not WORKER_NOISE.search(line):
-                self.out.write(line[self.emitted :] + b"\n")
-                self.lines.append(line)
-            self.emitted = 0
-        if b"\r" in self.pending:
+            self._complete(line)
+        if b"\r" in self.pending[self.emitted :]:
             self.out.write(self.pending[self.emitted :])
             self.emitted = len(self.pending)
         self.out.flush()
 
+    def _complete(self, line: bytes) -> None:
+        rest = line[self.emitted :]
+        glog = GLOG.search(rest)
+        if glog is not None:  # drop it and its line end: a bar drawn before it goes on on this console line
+            self.out.write(rest[: glog.start()])
+        elif self.emitted or not NOISE.search(line):
+            self.out.write(rest + b"\n")
+        self.emitted = 0
+
     def close(self) -> None:
         self.poll()
         if self.pending[self.emitted :]:
-            self.out.write(self.pending[self.emitted :] + b"\n")
-            self.out.flush()
+            self.out.write(self.pending[self.emitted :])
+        if self.emitted or self.pending:
+            self.out.write(b"\n")
+        self.out.flush()
         if self.file is not None:
             self.file.close()
 
@@ -269,5 +270,12 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0
+    quiet_console()  # before Paddle is imported: its import-time notices would reach the console
     plan = plan_launch(argv, os.environ if environ is None else environ)
     return run(plan, sys.stdout.buffer)
+
+
+if __name__ == "__main__":
+    from paddlemix.utils.errors import exit_on_user_error
+
+    sys.exit(exit_on_user_error(main)())
