@@ -128,8 +128,10 @@ def format_report(report: dict[str, Any]) -> str:
     """A readable summary of `check_split` reports keyed by split."""
     lines = []
     for split, r in report["splits"].items():
-        fill = f"; MIXToken fill {r['mixtoken_fill']:.3f} in {r['mixtoken_rows']} rows of {report['max_length']}"
-        lines.append(f"{split}: {r['usable']} usable, {r['skipped']} skipped{fill if 'mixtoken_fill' in r else ''}")
+        fill = ""
+        if "mixtoken_fill" in r:  # only when packing is on
+            fill = f"; MIXToken fill {r['mixtoken_fill']:.3f} in {r['mixtoken_rows']} rows of {report['max_length']}"
+        lines.append(f"{split}: {r['usable']} usable, {r['skipped']} skipped{fill}")
         for name, s in r["sources"].items():
             t = s["tokens"]
             tokens = (

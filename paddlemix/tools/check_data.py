@@ -77,8 +77,8 @@ def print_verdict(report: dict) -> int:
         reasons = "\n".join(f"  - {p}" for p in report["problems"])
         print(f"\nverdict: fail, training would stop:\n{reasons}", file=sys.stderr)
         return 1
-    print(f"verdict: {report['verdict']}" + (f" ({len(report['warnings'])} warnings, see the report)"
-                                             if report["warnings"] else ""))  # fmt: skip
+    warnings = "".join(f"\n  - {w}" for w in report["warnings"])
+    print(f"verdict: {report['verdict']}" + (f", training goes on:{warnings}" if warnings else ""))
     return 0
 
 

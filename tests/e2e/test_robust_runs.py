@@ -36,8 +36,10 @@ def test_skip_budget_exits_2_with_a_summary(workspace: Path, faulty_data: Path, 
 
 def test_check_data_reports_every_reason(workspace: Path, faulty_data: Path, run_tool) -> None:
     proc = run_tool("check_data.py", str(CONFIG), *SHORT, "--dataset", FAULTY % faulty_data, "--max_length", "128",
-                    "--report", "report.json", cwd=workspace)  # fmt: skip
+                    "--mixtoken", "true", "--report", "report.json", cwd=workspace, check=False)  # fmt: skip
+    assert proc.returncode == 1, "9 of 37 records skipped is over max_skip_ratio 0.05: training would stop"
     report = json.loads((workspace / "report.json").read_text())
+    assert report["verdict"] == "fail" and "Traceback" not in proc.stderr
     source = report["splits"]["train"]["sources"]["chatml_dataset:faulty.jsonl"]
     # Headers only: a file truncated after its header is caught when the trainer decodes it, not here.
     assert source["skipped"] == len(PLANTED) - 1 and source["longer_than_max_length"] == 1
