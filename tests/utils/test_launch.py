@@ -26,11 +26,12 @@ def train_sh(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
                           timeout=300)  # fmt: skip
 
 
-def assert_one_paragraph(proc: subprocess.CompletedProcess, *expected: str) -> None:
+def assert_one_paragraph(proc: subprocess.CompletedProcess, *expected: str, lines: int = 3) -> None:
+    """Exit code 2, nothing on stdout, and on stderr only the error (one paragraph, or the list of problems)."""
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and proc.stdout == ""
     paragraph = proc.stderr.strip()
-    assert paragraph.startswith("error: ") and len(paragraph.splitlines()) <= 3, proc.stderr
+    assert paragraph.startswith("error: ") and len(paragraph.splitlines()) <= lines, proc.stderr
     for text in expected:
         assert text in paragraph, paragraph
 
@@ -62,7 +63,7 @@ def test_degrees_are_checked_against_the_processes_to_launch(workspace: Path) ->
     """The tool's own validation runs with the world size of the launch: 2 processes cannot hold TP 4, and the
     file's other mistakes are listed with it."""
     proc = train_sh(str(CONFIG), "--tensor_parallel_degree", "4", "--lora_rnak", "4", cwd=workspace, NPROC="2")
-    assert_one_paragraph(proc)
+    assert_one_paragraph(proc, "3 problems, all listed here", lines=4)
     assert "do not divide the 2 launched process(es)" in proc.stderr and 'Did you mean "--lora_rank"' in proc.stderr
     assert not (workspace / "checkpoints").exists()
 
