@@ -23,6 +23,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -163,6 +164,8 @@ class LogFollower:
 
     def __init__(self, path: Path, out: BinaryIO):
         self.path, self.out = path, out
+        # Paddle's launcher appends to the logs of earlier launches into the same folder: follow what this one adds.
+        self.start = path.stat().st_size if path.is_file() else 0
         self.file: BinaryIO | None = None
         self.pending = b""
         self.emitted = 0  # bytes of `pending` already written (a partly drawn progress bar)
@@ -172,6 +175,8 @@ class LogFollower:
             if not self.path.is_file():
                 return
             self.file = open(self.path, "rb")  # noqa: SIM115 (kept open while the log grows)
+            if self.path.stat().st_size >= self.start:  # else rewritten from the start (PADDLE_LOG_OVERWRITE)
+                self.file.seek(self.start)
         chunk = self.file.read()
         if not chunk:
             return
@@ -237,8 +242,6 @@ def failure_report(plan: LaunchPlan, returncode: int) -> str:
 def run(plan: LaunchPlan, out: BinaryIO) -> int:
     """Launch, follow rank 0's log until the launcher exits, report a failure; return the exit code."""
     plan.log_dir.mkdir(parents=True, exist_ok=True)
-    for name in (FOLLOWED_LOG, LAUNCHER_LOG):  # a previous launch's logs would be shown as this one's
-        (plan.log_dir / name).unlink(missing_ok=True)
     command = plan.command()
     print("+ " + " ".join(command), flush=True)
     print(f"launcher log: {plan.log_dir / LAUNCHER_LOG}; rank 0's output follows (every rank: "
@@ -247,8 +250,10 @@ def run(plan: LaunchPlan, out: BinaryIO) -> int:
         for key, value in plan.env.items():
             log.write(f"set {key}={value}\n".encode())
         log.flush()
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **plan.env})
         follower = LogFollower(plan.log_dir / FOLLOWED_LOG, out)
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **plan.env})
+        # A scheduler's SIGTERM goes to this process only: pass it on, so no training process is left behind.
+        signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signal.SIGTERM))
         try:
             while proc.poll() is None:
                 follower.poll()

@@ -82,8 +82,9 @@ def test_plan_reads_the_environment(workspace: Path, monkeypatch: pytest.MonkeyP
 
 def test_follower_keeps_the_bar_in_place_and_drops_launch_noise(tmp_path: Path) -> None:
     log, out = tmp_path / "workerlog.0", io.BytesIO()
+    log.write_bytes(b"an earlier launch into the same folder\n")
     follower = LogFollower(log, out)
-    follower.poll()  # the log does not exist yet
+    follower.poll()  # nothing new yet
     writes = [
         b"======================= Modified FLAGS detected =======================\n",
         b"FLAGS(name='FLAGS_enable_pir_in_executor', current_value=True, default_value=False)\n",
