@@ -4,8 +4,10 @@ with the console of the single-process tool.
 Before anything is launched the argument file goes through the same `arguments.load` the tool runs (with the world
 size the launch will have, so parallel degrees are checked against it), and the launch settings are checked; every
 mistake is one paragraph and exit code 2, as with `paddlemix-sft`. Paddle's launcher then runs with its own output
-in `LOG_DIR/launcher.log`; the console follows rank 0's log (`LOG_DIR/workerlog.0`) byte for byte, so the progress
-bar updates in place, and when a process fails the last lines of its log are shown with the log's path.
+in `LOG_DIR/launcher.log`; the console follows rank 0's log (`LOG_DIR/workerlog.0`) as it is written, carriage
+returns kept so the progress bar updates in place, without the lines the single-process tool never prints (Paddle's
+C++ log lines and distributed start-up notices, see `logging.LAUNCH_NOISE`); when a process fails, its rank, exit
+code, last lines and log path are shown.
 
 Usage: sh paddlemix/tools/train.sh ARGS.json [--key value ...]
 
@@ -13,6 +15,7 @@ Environment (all optional):
   GPUS=0,1,2,3     devices of this node (default: every visible GPU, or every NPU with DEVICE=npu)
   NPROC=2          processes on a machine without GPU/NPU (CPU data parallel over gloo; default 1)
   DEVICE=npu       use Ascend NPUs (paddle-custom-npu); exports PaddleMIX's NPU flags unless already set
+  DEVICE=cpu       CPU processes (NPROC of them) even where GPUs are visible
   NNODES=2 NODE_RANK=0 MASTER_ADDR=10.0.0.1 MASTER_PORT=8090   several nodes (the same command on each)
   PYTHON=python3   the interpreter (default: python, the active environment's)
   LOG_DIR=DIR      where the launcher and every process log (default: OUTPUT_DIR/launch_logs)
