@@ -173,6 +173,7 @@ class EncodedDataset:
         self.split = split
         self.count_loaded = True
         self._lengths: dict[int, int] = {}
+        self._counted: set[int] = set()  # eval items counted as seen: every evaluation reads them again
         self._bad: set[int] = set()
         self._pending_skips: list[str] = []
 
@@ -206,8 +207,10 @@ class EncodedDataset:
             # which records it and enforces the skip budget against the samples really trained.
             self._pending_skips.append(skip_line(name, record, str(skip), replaced))
             raise skip from None
-        if final and self.count_loaded:
+        if final and self.count_loaded and i not in self._counted:
             self.skip_log.ok(name)
+            if self.split != "train":  # an eval record is seen once, however many evaluations read it
+                self._counted.add(i)
         else:  # measured (planning) or counted later by the trainer: still proves the source is readable
             self.skip_log.usable[name] += 1
         return result

@@ -183,3 +183,11 @@ def test_paths_relative_to_the_working_directory_name_image_root(
     encoder = adapter_for(tiny_model_dir).sample_processor(processor, 128)
     encode_all(build_dataset([source], encoder, processor, seed=0, skip_log=fixed))
     assert fixed.summary() == {"chatml_dataset:llava.jsonl": {"seen": MISFORMAT_PROBE + 5, "skipped": 0}}
+
+
+def test_an_eval_record_is_seen_once_however_many_evaluations(tiny_model_dir: Path, faulty_data: Path) -> None:
+    log = SkipLog(max_skip_ratio=1.0)
+    data = dataset(tiny_model_dir, [faulty_data], log, split="eval")
+    for _ in range(3):  # three evaluations
+        encode_all(data)
+    assert log.summary() == {"chatml_dataset:faulty.jsonl": {"seen": len(data), "skipped": len(PLANTED)}}
