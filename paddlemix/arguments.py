@@ -416,9 +416,10 @@ def _split_overrides(overrides: list[str]) -> dict[str, Any]:
     return out
 
 
-def load(path: str | Path, overrides: list[str] | None = None) -> RunArgs:
+def load(path: str | Path, overrides: list[str] | None = None, world_size: int | None = None) -> RunArgs:
     """Read the argument file and `--key value` overrides into RunArgs; raise one UserError listing every mistake
-    (those of an override name the command line, not the file)."""
+    (those of an override name the command line, not the file). `world_size`: the processes a launcher is about to
+    start (train.sh checks the file before launching), else those of this launch (PADDLE_TRAINERS_NUM)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"argument file {path} does not exist.")
@@ -427,7 +428,7 @@ def load(path: str | Path, overrides: list[str] | None = None) -> RunArgs:
         raise UserError(f"{path} must hold one JSON object of arguments.")
     cli = _split_overrides(overrides or [])
     raw.update(cli)
-    return parse(raw, str(path), set(cli))
+    return parse(raw, str(path), set(cli), world_size)
 
 
 def known_keys() -> set[str]:
@@ -442,7 +443,7 @@ def _suggest(key: str, training_types: dict[str, Any]) -> str:
     return closest(key, own) or closest(key, training_types)
 
 
-def parse(raw: dict[str, Any], where: str, cli_keys: set[str] | None = None) -> RunArgs:
+def parse(raw: dict[str, Any], where: str, cli_keys: set[str] | None = None, world_size: int | None = None) -> RunArgs:
     """Route each flat key to its dataclass, translate PaddleMIX's keys, check types, then check combinations (see
     `validate`); every problem found is reported in one UserError."""
     problems = Problems(where, cli_keys)
@@ -520,7 +521,7 @@ def parse(raw: dict[str, Any], where: str, cli_keys: set[str] | None = None) -> 
             k for key in cli_keys or () for k in (key, getattr(PADDLEMIX_KEYS.get(key), "to", None)) if k
         ),
     )
-    validate(args, training, problems)
+    validate(args, training, problems, world_size)
     problems.raise_if_any()
     kwargs, adjusted = training_kwargs_with_notes(training, args.runtime, args.data.packing)
     args.training = _build_training_arguments(training_cls, kwargs, where)
@@ -645,7 +646,7 @@ def _build_training_arguments(cls: type, kwargs: dict[str, Any], where: str) -> 
         raise UserError(f"{where}: the training arguments do not fit together: {err}") from None
 
 
-def validate(args: RunArgs, training: dict[str, Any], problems: Problems) -> None:
+def validate(args: RunArgs, training: dict[str, Any], problems: Problems, world_size: int | None = None) -> None:
     """Check paths and cross-field combinations that would otherwise fail after the model is loaded; every
     problem is added to `problems`."""
     add = problems.add
@@ -721,7 +722,7 @@ def validate(args: RunArgs, training: dict[str, Any], problems: Problems) -> Non
         for i, source in enumerate(getattr(args.data, split)):
             _validate_source(source, f"dataset.{split}[{i}]", problems)
     if (model_dir / "config.json").is_file():
-        _validate_parallel(training, model_dir, problems)
+        _validate_parallel(training, model_dir, problems, world_size)
 
 
 def _validate_source(source: DatasetSource, key: str, problems: Problems) -> None:
@@ -742,11 +743,13 @@ def _validate_source(source: DatasetSource, key: str, problems: Problems) -> Non
         add(f'"{key}.image_root" = "{source.image_root}" is not a folder.')
 
 
-def _validate_parallel(training: dict[str, Any], model_dir: Path, problems: Problems) -> None:
+def _validate_parallel(
+    training: dict[str, Any], model_dir: Path, problems: Problems, world_size: int | None = None
+) -> None:
     tp = max(training.get("tensor_model_parallel_size", 1), 1)
     pp = max(training.get("pipeline_model_parallel_size", 1), 1)
     sharding = max(training.get("sharding_parallel_size", 1), 1)
-    world = int(os.environ.get("PADDLE_TRAINERS_NUM", "1"))
+    world = world_size or int(os.environ.get("PADDLE_TRAINERS_NUM", "1"))
     if world % (tp * pp * sharding):
         problems.add(
             f"tensor x pipeline x sharding parallel degrees = {tp} x {pp} x {sharding} do not divide the "

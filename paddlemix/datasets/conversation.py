@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 IMAGE_PLACEHOLDER = "<image>"
@@ -39,7 +40,40 @@ class ImageBytes:
         return f"{self.origin} ({len(self.data)} bytes)"
 
 
-# An image of a sample: an absolute path, an http(s) URL, or inline bytes.
+class RelativeImagePath(str):
+    """The path of an image a record gives relative to a folder, joined to that folder (`root`): a str like any
+    other path, which also remembers what the record wrote and why that folder, so a missing image can say where
+    it was looked for and how to point elsewhere (`not_found_hint`)."""
+
+    written: str
+    root: str
+    root_from: str  # '"image_root"', or "the data file's folder"
+
+    def __new__(cls, written: str, root: str, root_from: str) -> RelativeImagePath:
+        self = super().__new__(cls, str(Path(root) / written))
+        self.written, self.root, self.root_from = written, root, root_from
+        return self
+
+    def __getnewargs__(self) -> tuple[str, str, str]:  # data-loader workers receive samples pickled
+        return self.written, self.root, self.root_from
+
+    def not_found_hint(self) -> str:
+        """Where the relative path was looked for and the fix: `image_root`, naming the working directory when
+        the image is there (a common LLaVA habit: paths relative to where the training is started)."""
+        where = f'relative path "{self.written}" looked up in {self.root}, {self.root_from}'
+        cwd = Path.cwd()
+        if Path(self.root).resolve() != cwd and (cwd / self.written).exists():
+            return f'{where}; it exists under the working directory: set "image_root": "{cwd}" on this source'
+        if self.root_from == '"image_root"':
+            return f'{where}; check this source\'s "image_root"'
+        return (
+            f'{where}; relative paths never resolve against the working directory: set "image_root" on this '
+            "source to the folder they are relative to"
+        )
+
+
+# An image of a sample: an absolute path (a RelativeImagePath when the record's was relative), an http(s) URL, or
+# inline bytes.
 ImageRef = str | ImageBytes
 
 

@@ -25,6 +25,7 @@ from paddlemix.datasets.conversation import (
     ImageBytes,
     ImageRef,
     Message,
+    RelativeImagePath,
     Sample,
     SampleError,
     check_turns,
@@ -38,6 +39,7 @@ IMAGE_PART_TYPES = ("image", "image_url", "input_image")
 # Base64 text of PNG, JPEG, GIF and WebP files starts with these (their magic numbers), as in ms-swift exports.
 BASE64_IMAGE_STARTS = ("iVBORw0KGgo", "/9j/", "R0lGOD", "UklGR")
 DEFAULT_CAPTION_PROMPT = "Describe the image briefly."
+DATA_FILE_FOLDER = "the data file's folder"
 
 __all__ = ["RecordFile", "SourceDataset", "image_ref"]
 logger = logging.getLogger(__name__)
@@ -50,8 +52,9 @@ def _b64(text: str, origin: str) -> ImageBytes:
         raise SampleError(f"{origin} is not valid base64") from None
 
 
-def image_ref(value: Any, root: Path) -> ImageRef:
-    """One image reference of a record as a path (relative ones resolved against `root`), URL or inline bytes.
+def image_ref(value: Any, root: Path, root_from: str = DATA_FILE_FOLDER) -> ImageRef:
+    """One image reference of a record as a path (relative ones resolved against `root`: `root_from` says which
+    folder that is, for the message when the image is missing), URL or inline bytes.
 
     Accepts a path, `file://` path, http(s) URL, `data:image/...;base64,` URI, bare base64 of a PNG/JPEG/GIF/WebP
     file, raw bytes, or a dict with `bytes` (raw or base64) and/or `path`, `url`, `image_url`, `image`.
@@ -65,7 +68,7 @@ def image_ref(value: Any, root: Path) -> ImageRef:
             return ImageBytes(bytes(data), origin) if isinstance(data, (bytes, bytearray)) else _b64(data, origin)
         for key in ("path", "url", "image_url", "image"):
             if value.get(key) is not None:
-                return image_ref(value[key], root)
+                return image_ref(value[key], root, root_from)
         raise SampleError(f"image entry has neither bytes nor a path (keys: {', '.join(sorted(value))})")
     if not isinstance(value, str) or not value.strip():
         raise SampleError(f"bad image reference {value!r:.60}")
@@ -79,7 +82,7 @@ def image_ref(value: Any, root: Path) -> ImageRef:
     if value.startswith(BASE64_IMAGE_STARTS) and len(value) > 64:
         return _b64(value, "base64 image")
     path = Path(value.removeprefix("file://"))
-    return str(path if path.is_absolute() else root / path)
+    return str(path) if path.is_absolute() else RelativeImagePath(str(path), str(root), root_from)
 
 
 def record_images(record: dict[str, Any], key: str = "image") -> list[Any]:
@@ -300,6 +303,9 @@ class SourceDataset:
             messages, images = self._read(record, root, self.source)
         except KeyError as err:
             raise SampleError(f"missing field {err}") from None
+        if self.source.image_root:
+            images = tuple(RelativeImagePath(i.written, i.root, '"image_root"') if isinstance(i, RelativeImagePath)
+                           else i for i in images)  # fmt: skip
         check_turns(messages)
         if not images and not self._said_marks_are_text and any(TEXT_GUARD in m.content for m in messages):
             self._said_marks_are_text = True

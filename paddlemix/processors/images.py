@@ -25,7 +25,7 @@ from pathlib import Path
 
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from paddlemix.datasets.conversation import ImageBytes, ImageRef, SampleError
+from paddlemix.datasets.conversation import ImageBytes, ImageRef, RelativeImagePath, SampleError
 
 MAX_ASPECT_RATIO = 200
 # Pillow's decompression-bomb threshold (Image.MAX_IMAGE_PIXELS, 89,478,485 px); the `max_image_pixels` default.
@@ -167,7 +167,8 @@ class ImageReader:
                 finally:
                     Image.MAX_IMAGE_PIXELS = saved
         except FileNotFoundError:
-            raise SampleError(f"image not found: {ref}") from None
+            hint = f" ({ref.not_found_hint()})" if isinstance(ref, RelativeImagePath) else ""
+            raise SampleError(f"image not found: {ref}{hint}") from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
             raise SampleError(f"image cannot be decoded: {ref} ({err})") from None
         with image:

@@ -1,8 +1,12 @@
 """Check all training and eval data of an argument file before training: skips and reasons, token lengths after
-image expansion, records over max_length and the MIXToken fill. Loads the tokenizer and processor, not the model.
+image expansion, records over max_length and (with mixtoken) the MIXToken fill. Loads the tokenizer and processor,
+not the model.
 
 Usage: python paddlemix/tools/check_data.py ARGS.json [--key value ...] [--report FILE] [--show N] [--dump FILE]
-The JSON report goes to FILE (default: OUTPUT_DIR/data_report.json).
+The JSON report goes to FILE (default: OUTPUT_DIR/data_report.json); its "verdict" is "pass", "warn" (records
+would be skipped, training goes on) or "fail" (training would stop: no usable training record, skips over
+max_skip_ratio, a source whose records all fail, no usable eval record while eval is on), with the reasons.
+Exit code: 0 pass or warn, 1 fail, 2 a mistake in the arguments.
 --show N prints the first N encoded samples of each source as text: labelled spans (what the loss trains) between
 [[ and ]], each run of image tokens as one `<token>xCOUNT`, a special-token string typed as text as \\<token>.
 --dump FILE writes those samples (N, default 5) as JSON lines: source, file, index, input_ids, labels (aligned with
@@ -43,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from tqdm import tqdm
 
-    from paddlemix.datasets.checks import check_split, format_report
+    from paddlemix.datasets.checks import check_split, format_report, verdict
     from paddlemix.datasets.encoded import build_encoder
     from paddlemix.datasets.sources import SourceDataset
     from paddlemix.models import adapter_for
@@ -61,10 +65,11 @@ def main(argv: list[str] | None = None) -> None:
             if sources:
                 templates = [template_for(processor, s.chat_template) for s in sources]
                 report["splits"][split] = check_split(sources, encoder, templates, args.data.max_length,
-                                                      args.data.pack_window, progress)  # fmt: skip
+                                                      args.data.pack_window, progress, args.data.packing)  # fmt: skip
     add_special_text_counts(report, splits, encoder)
     report["seconds"] = round(time.perf_counter() - start, 2)
     report["records"] = total
+    report.update(verdict(report, args.data.max_skip_ratio, args.training.do_train, args.training.do_eval))
     out = Path(report_path or Path(args.training.output_dir) / "data_report.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -73,6 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{total} records checked in {report['seconds']} s; report: {out}")
     if show or dump:
         preview(args, adapter, processor, encoder, splits, show, dump)
+    sys.exit(print_verdict(report))
 
 
 def _take_option(argv: list[str], name: str) -> str | None:
@@ -145,6 +151,17 @@ def preview(args: Any, adapter: Any, processor: Any, encoder: Any, splits: dict,
         with open(dump, "w", encoding="utf-8") as f:
             f.writelines(json.dumps(entry) + "\n" for entry in entries)
         print(f"{len(entries)} encoded samples written to {dump}")
+
+
+def print_verdict(report: dict) -> int:
+    """The verdict line (and each reason) on the console; the exit code: 1 when training would stop, else 0."""
+    if report["verdict"] == "fail":
+        reasons = "\n".join(f"  - {p}" for p in report["problems"])
+        print(f"\nverdict: fail, training would stop:\n{reasons}", file=sys.stderr)
+        return 1
+    warnings = "".join(f"\n  - {w}" for w in report["warnings"])
+    print(f"verdict: {report['verdict']}" + (f", training goes on:{warnings}" if warnings else ""))
+    return 0
 
 
 if __name__ == "__main__":

@@ -231,6 +231,10 @@ class MIXTrainer(Trainer):
         return metrics
 
     def prediction_step(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        skips = inputs.get(SKIPS, [])
         for key in BATCH_META:
             inputs.pop(key, None)
+        if self.skip_log is not None:  # eval skips met in loader workers are logged here, like training's
+            for line in skips:
+                self.skip_log.add_line(line)
         return super().prediction_step(model, inputs, *args, **kwargs)
