@@ -628,6 +628,9 @@ def training_kwargs(training: dict[str, Any], runtime: RuntimeArgs, packing: boo
 
     kwargs = {**TRAINING_DEFAULTS, **training, "device": resolve_device(runtime.device)}
     kwargs.setdefault("amp_master_grad", bool(kwargs.get("fp16") or kwargs.get("bf16")))
+    if max(kwargs.get("pipeline_model_parallel_size", 1) or 1, 1) > 1:
+        # Micro-batches keep their own lengths (padding to the longest in the batch); the stages exchange shapes.
+        kwargs.setdefault("variable_seq_lengths", True)
     if packing:
         # The pack stream fast-forwards itself on resume; the trainer must not replay (and decode) skipped batches.
         kwargs["ignore_data_skip"] = True
@@ -713,6 +716,7 @@ def validate(args: RunArgs, training: dict[str, Any], problems: Problems) -> Non
             _validate_source(source, f"dataset.{split}[{i}]", problems)
     if (model_dir / "config.json").is_file():
         _validate_parallel(training, model_dir, problems)
+        _validate_pipeline(args, training, model_dir, problems)
 
 
 def _validate_source(source: DatasetSource, key: str, problems: Problems) -> None:
@@ -756,3 +760,50 @@ def _validate_parallel(training: dict[str, Any], model_dir: Path, problems: Prob
                 f'"{key}_parallel_degree" = {degree} does not divide the model\'s {name} = {size}.',
                 f"{key}_parallel_degree",
             )
+
+
+PIPELINE_ALTERNATIVES = (
+    'use data parallelism (launch more processes), "sharding" or "tensor_parallel_degree" instead, and set '
+    '"pipeline_parallel_degree": 1'
+)
+
+
+def _validate_pipeline(args: RunArgs, training: dict[str, Any], model_dir: Path, problems: Problems) -> None:
+    """Refuse pipeline parallelism where it cannot run, before the model loads: a family without a pipeline
+    description, tied input/output embeddings (they would live on different stages), LoRA and evaluation."""
+    pp = max(training.get("pipeline_model_parallel_size", 1) or 1, 1)
+    if pp <= 1:
+        return
+    from paddlemix.models import ADAPTERS
+
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    model_type = config.get("model_type")
+    adapter = ADAPTERS.get(model_type)
+    key = "pipeline_parallel_degree"
+    if adapter is not None and adapter.pipeline is None:
+        with_pp = ", ".join(sorted(t for t, a in ADAPTERS.items() if a.pipeline is not None))
+        problems.add(
+            f'"{key}" = {pp}: {model_dir} is a {model_type} model, which has no pipeline description (families '
+            f"with one: {with_pp}); {PIPELINE_ALTERNATIVES}.",
+            key,
+        )
+        return
+    text = config.get("text_config") or {}
+    if config.get("tie_word_embeddings", text.get("tie_word_embeddings", False)):
+        problems.add(
+            f'"{key}" = {pp}: {model_dir} ties its output head to its input embeddings (tie_word_embeddings), '
+            f"which pipeline parallelism would place on different stages; {PIPELINE_ALTERNATIVES}.",
+            key,
+        )
+    if args.lora.lora:
+        problems.add(
+            f'"{key}" = {pp} with "lora": true is not supported (adapters are not placed on pipeline stages); '
+            f"{PIPELINE_ALTERNATIVES}, or train without LoRA.",
+            key,
+        )
+    if training.get("do_eval"):
+        problems.add(
+            f'"{key}" = {pp} with "do_eval": true is not supported (evaluation does not run through the pipeline '
+            'stages); set "do_eval": false and evaluate the saved model in a one-process run.',
+            key,
+        )

@@ -122,13 +122,34 @@ class MIXTrainer(Trainer):
         self.count_trained(sample_ids, skips)
         self.loss_divisor = self.step.begin_micro_batch(labelled, len(sample_ids), int(inputs["input_ids"].shape[0]))
         self.last_loss_sum = float("nan")
+        pipeline_loss = self.pipeline_loss(model)
+        if pipeline_loss is not None:
+            pipeline_loss.divisor = self.loss_divisor
         backpropagated = float(super().training_step(model, inputs))
+        if pipeline_loss is not None:
+            self.last_loss_sum = self.pipeline_loss_sum(pipeline_loss)
         if not (math.isfinite(backpropagated) and math.isfinite(self.last_loss_sum)):
             self.stop_on_non_finite(model, backpropagated, sample_ids)
         self.step.add_loss_sum(self.last_loss_sum)
         if (step_control + 1) % self.args.gradient_accumulation_steps:
             return paddle.zeros([], dtype="float32")
         return paddle.to_tensor(self.step.finish(), dtype="float32")
+
+    def pipeline_loss(self, model: Any) -> Any:
+        """The last stage's `TokenLoss` of a pipeline-parallel model (on every stage), else None."""
+        if self.args.pipeline_model_parallel_size <= 1:
+            return None
+        layers = getattr(model, "_layers", model)
+        return getattr(layers, "token_loss", None)
+
+    def pipeline_loss_sum(self, pipeline_loss: Any) -> float:
+        """This rank's share of the step's loss sum under pipeline parallelism: the pipeline runs all micro-batches
+        of a step at its last one, and only the last stage computes losses. `StepLoss` sums over all ranks and
+        divides by the ranks that hold the same batch, so the last stage counts its sums once per stage."""
+        sums = pipeline_loss.take_sums()
+        if not sums:  # a buffered micro-batch, or a stage without the loss
+            return 0.0
+        return sum(sums) * self.args.pipeline_model_parallel_size
 
     def train(self, resume_from_checkpoint: str | None = None, **kwargs: Any) -> Any:
         self.resume_checkpoint = resume_from_checkpoint
@@ -159,14 +180,18 @@ class MIXTrainer(Trainer):
         self.step.reset()
         super().optimizer_step(args, model=model, parameters_list=parameters_list)
 
-    @staticmethod
-    def gradient_norm(model: Any) -> float:
+    def gradient_norm(self, model: Any) -> float:
         """L2 norm of the step's gradients as the optimizer gets them (before clipping; `main_grad` under
-        master-grad AMP), computed only for steps that log."""
+        master-grad AMP), computed only for steps that log; under pipeline parallelism over all stages."""
         grads = [getattr(p, "main_grad", None) if getattr(p, "main_grad", None) is not None else p.grad
                  for p in model.parameters()]  # fmt: skip
         squares = [(g.astype("float32") ** 2).sum() for g in grads if g is not None]
-        return float(paddle.add_n(squares).sqrt()) if squares else 0.0
+        total = paddle.add_n(squares) if squares else paddle.zeros([], dtype="float32")
+        if self.args.pipeline_model_parallel_size > 1:
+            from paddle.distributed import fleet
+
+            paddle.distributed.all_reduce(total, group=fleet.get_hybrid_communicate_group().get_pipe_parallel_group())
+        return float(total.sqrt())
 
     def stop_on_non_finite(self, model: Any, loss: float, sample_ids: list[str]) -> None:
         """Save the weights of the last completed step (the optimizer has not applied this batch) and stop."""
