@@ -346,7 +346,8 @@ def _patch_group_sharded() -> None:
     - group_sharded.py asserts the device is GPU/XPU/custom: there `cpu` counts as a custom device type, so the
       assert passes and "cpu" is handed on to the stages;
     - the stages, their storage and their gradient clipping parse a device id from `paddle.get_device()` ("gpu:0");
-      there "cpu" reads "cpu:0", which also keeps stage 3's clipping off its `.cuda()` branch;
+      there "cpu" reads "cpu:0" (and setting "cpu:0" sets "cpu"), which also keeps stage 3's gradient clipping
+      off its `.cuda()` branch;
     - the stage-2 optimizer and stage 3 assert `core.is_compiled_with_cuda()` (or XPU) in their constructors and
       nowhere else use it: there it answers True.
     """
@@ -369,9 +370,27 @@ def _patch_group_sharded() -> None:
     group_sharded.paddle = _View(
         paddle, device=_View(paddle.device, get_all_custom_device_type=lambda: [*custom(), "cpu"])
     )
-    with_id = _View(paddle, get_device=device_with_id, device=_View(paddle.device, get_device=device_with_id))
+    def set_device(device: str) -> Any:
+        return paddle.set_device("cpu" if device == "cpu:0" else device)
+
+    with_id = _View(
+        paddle,
+        get_device=device_with_id,
+        set_device=set_device,
+        device=_View(paddle.device, get_device=device_with_id, set_device=set_device),
+    )
     for module in (group_sharded_optimizer_stage2, group_sharded_stage2, group_sharded_stage3, group_sharded_storage,
                    group_sharded_utils):  # fmt: skip
         module.paddle = with_id
     for module in (group_sharded_optimizer_stage2, group_sharded_stage3):
         module.core = _View(core, is_compiled_with_cuda=lambda: True)
+
+    # Reason: ParamStorage.add_rank_params copies each parameter to CPU (`param.cpu()`), clears the parameter, then
+    # moves the flat buffer to the GPU. On CPU `.cpu()` returns the parameter itself, so clearing it empties the copy
+    # too ("Tensor not initialized"). Its `convert_gpu=False` path (copy in place, no device move) is the CPU one.
+    add_rank_params = group_sharded_storage.ParamStorage.add_rank_params
+
+    def add_rank_params_on_cpu(self: Any, trainable_params: Any, param2align: Any, convert_gpu: bool = True) -> Any:
+        return add_rank_params(self, trainable_params, param2align, convert_gpu and self._device != "cpu")
+
+    group_sharded_storage.ParamStorage.add_rank_params = add_rank_params_on_cpu
