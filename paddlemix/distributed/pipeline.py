@@ -246,6 +246,10 @@ class QwenVLPipeline(PipelineLayer):
         )
         self._prepare_pipeline_inputs_func = _prepare_inputs
 
+    def get_hardware_flops(self) -> float:
+        """paddleformers' Trainer asks every model with a `config` for its FLOPs per token; not estimated here."""
+        raise NotImplementedError
+
     @property
     def token_loss(self) -> TokenLoss:
         return self._loss_fn[0]

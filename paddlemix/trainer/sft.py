@@ -83,8 +83,13 @@ def setup_runtime(args: RunArgs) -> None:
         install_pipeline_stand_ins()
     # paddleformers' checkpoint loader needs an initialised fleet, also in a single process. Its init writes a
     # "Modified FLAGS detected" banner straight to stderr (flags paddleformers set, not the user); errors still raise.
-    with contextlib.redirect_stderr(io.StringIO()):
-        fleet.init(is_collective=True)
+    # For hybrid parallelism (TP/PP/sharding) paddleformers' arguments have already initialised it with their
+    # strategy (pipeline micro-batches, degrees); a second init would replace that strategy with the default one.
+    from paddle.distributed.fleet.base import topology
+
+    if topology._HYBRID_PARALLEL_GROUP is None:
+        with contextlib.redirect_stderr(io.StringIO()):
+            fleet.init(is_collective=True)
     seed_everything(args.training.seed)
     logger.info(
         "device %s, world size %d, seed %d", args.training.device, args.training.world_size, args.training.seed

@@ -135,6 +135,17 @@ class MIXTrainer(Trainer):
             return paddle.zeros([], dtype="float32")
         return paddle.to_tensor(self.step.finish(), dtype="float32")
 
+    def _wrap_distributed_optimizer(self, optimizer: Any) -> Any:
+        """paddleformers 1.2 wraps the optimizer for hybrid parallelism, then (whenever max_grad_norm > 0) writes to
+        `self.optimizer._inner_opt._grad_clip`, meaning the wrapper's `_inner_opt`, which is `optimizer` itself;
+        the plain optimizer has no `_inner_opt`, so every TP/PP/sharding run stopped there. For the call,
+        `optimizer._inner_opt` is `optimizer`, which is what the line means."""
+        optimizer._inner_opt = optimizer
+        try:
+            return super()._wrap_distributed_optimizer(optimizer)
+        finally:
+            del optimizer._inner_opt
+
     def pipeline_loss(self, model: Any) -> Any:
         """The last stage's `TokenLoss` of a pipeline-parallel model (on every stage), else None."""
         if self.args.pipeline_model_parallel_size <= 1:
