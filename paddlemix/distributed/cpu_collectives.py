@@ -394,3 +394,49 @@ def _patch_group_sharded() -> None:
         return add_rank_params(self, trainable_params, param2align, convert_gpu and self._device != "cpu")
 
     group_sharded_storage.ParamStorage.add_rank_params = add_rank_params_on_cpu
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# pipeline parallel: stage-to-stage send/recv
+# ---------------------------------------------------------------------------------------------------------------
+
+_pipeline_installed = False
+
+
+def _send_async(tensor: Any, group: Any, dst: int, nranks: int = 1, rank_id: int = 0) -> Any:
+    return group.process_group.send(tensor, group.get_group_rank(dst), False)
+
+
+def _recv_async(tensor: Any, group: Any, src: int, nranks: int = 1, rank_id: int = 0) -> Any:
+    return group.process_group.recv(tensor, group.get_group_rank(src), False)
+
+
+def _batch_send_recv(ops: list[Any]) -> None:
+    """Start every send and recv of one batch, then wait for all of them."""
+    tasks = [op.op(op.tensor, op.group, op.peer, op.nranks, op.rank_id) for op in ops]
+    for task in tasks:
+        task.wait()
+
+
+def install_pipeline(device: str, pipeline_degree: int) -> bool:
+    """`install` plus the pipeline schedule's stage-to-stage transfers, for `pipeline_parallel_degree` > 1 on CPU.
+
+    Reason: Paddle's 1F1B schedule sends activations and gradients between neighbouring stages as batches of
+    send/recv "on the calculation stream", run one after the other; two neighbours that send to each other in the
+    same batch (forward to the next stage while the next sends a gradient back) would each block in a blocking
+    gloo send. Here every send and recv of a batch is started asynchronously on gloo, then all are waited for.
+
+    Returns:
+        True when the stand-ins are in place.
+    """
+    global _pipeline_installed
+    if not install(device, {"pipeline": pipeline_degree}):
+        return False
+    if not _pipeline_installed:
+        from paddle.distributed.fleet.meta_parallel.pp_utils import p2p_communication as p2p
+
+        p2p._send_on_calc_stream = _send_async
+        p2p._recv_on_calc_stream = _recv_async
+        p2p.batch_send_recv_on_calc_stream = _batch_send_recv
+        _pipeline_installed = True
+    return True

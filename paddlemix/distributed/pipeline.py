@@ -210,15 +210,16 @@ def stage_descs(config: Any, parts: PipelineParts) -> list[LayerDesc]:
 
 
 def stage_bounds(num_layers: int, stages: int) -> list[tuple[int, int]]:
-    """Decoder layers [start, end) of each stage: an even split, earlier stages taking the remainder (Paddle's
-    `layer:` segmentation). The first stage also holds the vision tower and embeddings, the last the norm and head."""
-    base, extra = divmod(num_layers, stages)
-    bounds, start = [], 0
-    for stage in range(stages):
-        end = start + base + (1 if stage < extra else 0)
-        bounds.append((start, end))
-        start = end
-    return bounds
+    """Decoder layers [start, end) of each stage: an even split, as Paddle's `layer:DecoderStage` segmentation
+    makes it. The first stage also holds the vision tower and embeddings, the last the norm and head.
+
+    Raises:
+        ValueError: `stages` does not divide `num_layers` (the argument check refuses such a degree earlier).
+    """
+    if num_layers % stages:
+        raise ValueError(f"{stages} pipeline stages do not divide {num_layers} decoder layers")
+    size = num_layers // stages
+    return [(stage * size, (stage + 1) * size) for stage in range(stages)]
 
 
 def _prepare_inputs(inputs: Any) -> list[Any]:

@@ -77,10 +77,10 @@ def setup_runtime(args: RunArgs) -> None:
         if key.startswith("FLAGS_"):
             paddle.set_flags({key: value})
     paddle.set_device(args.training.device)
-    if args.training.device == "cpu" and args.training.pipeline_model_parallel_size > 1:
-        from paddlemix.distributed.cpu_pipeline import install_pipeline_stand_ins
+    if is_pipeline_run(args):
+        from paddlemix.distributed.cpu_collectives import install_pipeline
 
-        install_pipeline_stand_ins()
+        install_pipeline(args.training.device, args.training.pipeline_model_parallel_size)
     # paddleformers' checkpoint loader needs an initialised fleet, also in a single process. Its init writes a
     # "Modified FLAGS detected" banner straight to stderr (flags paddleformers set, not the user); errors still raise.
     # For hybrid parallelism (TP/PP/sharding) paddleformers' arguments have already initialised it with their
