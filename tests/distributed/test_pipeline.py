@@ -67,7 +67,9 @@ def test_prepare_inputs_keeps_one_entry_per_micro_batch() -> None:
     b = {"input_ids": 6, "labels": 7, "attention_mask": 8}
     first, labels = _prepare_inputs([a, b])
     assert labels == [2, 7]
-    assert first["input_ids"] == [1, 6] and first["pixel_values"] == [4, None] and first["position_ids"] == [None, None]
+    assert (
+        first["input_ids"] == [1, 6] and first["pixel_values"] == [4, None] and first["position_ids"] == [None, None]
+    )
 
 
 def test_token_loss_is_sum_over_divisor() -> None:
