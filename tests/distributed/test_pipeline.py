@@ -209,3 +209,49 @@ def test_pipeline_arguments_pass_with_a_described_family(tmp_path: Path, tiny_mo
     monkeypatch.setenv("PADDLE_TRAINERS_NUM", "2")
     args = arguments.load(write_args(tmp_path, tiny_model_dir, shapes_data["train"]))
     assert args.training.variable_seq_lengths is True
+
+
+# Qwen2.5-VL-7B-Instruct's released config.json (the fields that size the model), built without memory.
+QWEN2_5_VL_7B = {
+    "architectures": ["Qwen2_5_VLForConditionalGeneration"], "model_type": "qwen2_5_vl", "hidden_size": 3584,
+    "intermediate_size": 18944, "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4,
+    "vocab_size": 152064, "max_position_embeddings": 128000, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0,
+    "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]}, "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16", "use_sliding_window": False, "sliding_window": 32768, "max_window_layers": 28,
+    "hidden_act": "silu", "attention_dropout": 0.0, "bos_token_id": 151643, "eos_token_id": 151645,
+    "vision_start_token_id": 151652, "vision_end_token_id": 151653, "vision_token_id": 151654,
+    "image_token_id": 151655, "video_token_id": 151656,
+    "vision_config": {"depth": 32, "hidden_act": "silu", "hidden_size": 1280, "intermediate_size": 3420,
+                      "num_heads": 16, "in_chans": 3, "out_hidden_size": 3584, "patch_size": 14,
+                      "spatial_merge_size": 2, "spatial_patch_size": 14, "window_size": 112,
+                      "fullatt_block_indexes": [7, 15, 23, 31], "tokens_per_second": 2, "temporal_patch_size": 2},
+}  # fmt: skip
+
+
+def test_stages_of_a_real_config_hold_exactly_the_one_process_parameters(tmp_path: Path) -> None:
+    """Qwen2.5-VL-7B (28 layers, untied head) split in 4: the stages together hold every parameter of the
+    one-process model under its name and shape, each once; built lazily (no memory, no initialisation)."""
+    from paddlemix.models.adapter import import_object
+    from paddlemix.models.loading import build_model
+
+    (tmp_path / "config.json").write_text(json.dumps(QWEN2_5_VL_7B))
+    adapter = ADAPTERS["qwen2_5_vl"]
+    whole = build_model(import_object(adapter.model_class), adapter.load_config(tmp_path), "bfloat16")
+    expected = {name: tuple(p.shape) for name, p in whole.state_dict().items()}
+    config, parts = adapter.load_config(tmp_path), adapter.pipeline()
+    layers = config.text_config.num_hidden_layers
+    got: dict[str, tuple[int, ...]] = {}
+    for stage, (start, end) in enumerate(stage_bounds(layers, 4)):
+
+        def build(config, stage=stage, start=start, end=end):
+            held = [DecoderStage(config, parts, i) for i in range(start, end)]
+            held = ([FirstStage(config, parts)] if stage == 0 else []) + held
+            return held + ([NormStage(config, parts), HeadStage(config)] if stage == 3 else [])
+
+        held = build_model(build, config, "bfloat16")
+        for layer in held:
+            for name, param in layer.state_dict().items():
+                ours = next(o + name[len(local) :] for local, o in layer.PREFIXES if name.startswith(local))
+                assert ours not in got, ours
+                got[ours] = tuple(param.shape)
+    assert got == expected

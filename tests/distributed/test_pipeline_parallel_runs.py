@@ -24,17 +24,22 @@ def step_logs(folder: Path) -> dict[int, dict]:
     return {r["step"]: r for r in records if "loss" in r}
 
 
-def test_two_stage_pipeline_matches_one_process(workspace: Path, run_tool) -> None:
-    """Full SFT, 3 steps of 2 micro-batches of 2 rows (images and text, padded to different lengths): stage 0 holds
-    the vision tower, embeddings and decoder layer 0, stage 1 layer 1, the norm, head and loss."""
-    common = ["--do_eval", "false", "--evaluation_strategy", "no", "--max_steps", "3", "--dataloader_shuffle",
-              "false", "--save_steps", "100", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps",
-              "2", "--warmup_ratio", "0"]  # fmt: skip
-    run_tool("supervised_finetune.py", str(CONFIG), *common, "--output_dir", "single", cwd=workspace)
+def run_pipeline(workspace: Path, common: list[str]) -> subprocess.CompletedProcess:
     env = {**os.environ, "NPROC": "2", "PYTHON": sys.executable}
-    proc = subprocess.run(["sh", str(REPO / "paddlemix" / "tools" / "train.sh"), str(CONFIG), *common,
+    return subprocess.run(["sh", str(REPO / "paddlemix" / "tools" / "train.sh"), str(CONFIG), *common,
                            "--pipeline_parallel_degree", "2", "--output_dir", "pp"],
                           cwd=workspace, env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
+
+
+def test_two_stage_pipeline_matches_one_process(workspace: Path, run_tool) -> None:
+    """Full SFT, 3 steps of 2 micro-batches of 2 rows (images and text, padded to different lengths): stage 0 holds
+    the vision tower, embeddings and decoder layer 0, stage 1 layer 1, the norm, head and loss. The per-stage
+    checkpoint of step 2 then resumes to the same final model."""
+    common = ["--do_eval", "false", "--evaluation_strategy", "no", "--max_steps", "3", "--dataloader_shuffle",
+              "false", "--save_steps", "2", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps",
+              "2", "--warmup_ratio", "0"]  # fmt: skip
+    run_tool("supervised_finetune.py", str(CONFIG), *common, "--output_dir", "single", cwd=workspace)
+    proc = run_pipeline(workspace, common)
     logs = workspace / "pp" / "launch_logs"
     worker_logs = {p.name: p.read_text() for p in sorted(logs.glob("workerlog.*"))} if logs.is_dir() else {}
     detail = "\n".join(text[-3000:] for text in worker_logs.values())
@@ -61,3 +66,12 @@ def test_two_stage_pipeline_matches_one_process(workspace: Path, run_tool) -> No
         assert np.abs(saved_single[name] - base[name]).max() > 1e-4, f"{name} did not train"
     for name in saved_single:
         np.testing.assert_allclose(saved_pp[name], saved_single[name], atol=1e-4, rtol=0, err_msg=name)
+
+    # Resume: without the final model, the same command continues from checkpoint-2 and ends where the run ended.
+    (workspace / "pp" / "model.safetensors").rename(workspace / "pp" / "uninterrupted.safetensors")
+    proc = run_pipeline(workspace, common)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "resuming from pp/checkpoint-2" in (workspace / "pp" / "launch_logs" / "workerlog.0").read_text()
+    resumed = load_safetensors(workspace / "pp" / "model.safetensors")
+    for name in saved_pp:
+        np.testing.assert_allclose(resumed[name], saved_pp[name], atol=1e-6, rtol=0, err_msg=name)
