@@ -20,6 +20,7 @@ checkpoint and the final model is saved in the one-process layout.
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,7 @@ import paddle.nn as nn
 from paddle.distributed.fleet.meta_parallel import LayerDesc, PipelineLayer
 
 from paddlemix.trainer.chunked_loss import token_loss_sum
+from paddlemix.trainer.recompute import recompute_layer
 
 # Inputs of the first stage, in the collator's names; labels go to the last stage.
 FIRST_STAGE_KEYS = (
@@ -142,7 +144,14 @@ class DecoderStage(nn.Layer):
     def forward(self, args: tuple[Any, Any, Any]) -> tuple[Any, Any, Any]:
         hidden, positions, mask = args
         full_mask, indices = self.causal_mask(hidden, mask)
-        hidden = self.layer(
+        run = self.layer
+        if (
+            self.training
+            and not hidden.stop_gradient
+            and getattr(self.text_config, "recompute_granularity", None) == "full"
+        ):
+            run = functools.partial(recompute_layer, self.layer)  # `"recompute": true`, as the text model does
+        hidden = run(
             hidden,
             attention_mask=full_mask,
             position_embeddings=self.rotary(hidden, positions),

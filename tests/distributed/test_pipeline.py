@@ -255,3 +255,31 @@ def test_stages_of_a_real_config_hold_exactly_the_one_process_parameters(tmp_pat
                 assert ours not in got, ours
                 got[ours] = tuple(param.shape)
     assert got == expected
+
+
+def test_recompute_on_decoder_stages_keeps_gradients(family) -> None:
+    """`"recompute": true` reaches the decoder stages (they call their layer themselves, not the text model's loop):
+    the same gradients, with the layer run again in backward."""
+    model, stages, encoded, pad_id, _ = family
+    batch = pad_batch(encoded, pad_id, 8)
+    inputs = {k: paddle.to_tensor(v) for k, v in batch.items() if k != "labels"}
+    stage, config = stages[1], stages[1].text_config
+    calls = []
+    stage.layer.register_forward_post_hook(lambda *a: calls.append(1))
+    grads = []
+    try:
+        for setting in (None, "full"):
+            config.recompute_granularity = setting
+            stage.train()
+            with paddle.no_grad():
+                hidden, pos, mask = stages[0](inputs)
+            hidden.stop_gradient = False
+            out = stage((hidden, pos, mask))[0]
+            (out**2).mean().backward()
+            grads.append(stage.layer.mlp.down_proj.weight.grad.numpy().copy())
+            stage.clear_gradients()
+    finally:
+        config.recompute_granularity = None
+        stage.eval()
+    np.testing.assert_allclose(grads[1], grads[0], rtol=1e-5, atol=1e-7)
+    assert len(calls) == 3  # once without recompute, twice (forward, backward) with it
