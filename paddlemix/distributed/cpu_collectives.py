@@ -265,6 +265,18 @@ def _kernels() -> dict[str, Any]:
             grad = (softmax - onehot) * (grad_loss.astype("float32") * kept)
             return grad.astype(grad_loss.dtype), None
 
+    class Split(PyLayer):
+        """c_split: this rank's slice of the last axis; the gradient is every rank's slice gathered along it."""
+
+        @staticmethod
+        def forward(ctx: Any, tensor: Any, group: Any, rank: int, nranks: int) -> Any:
+            ctx.group = group
+            return paddle.split(tensor, nranks, axis=-1)[rank].contiguous()
+
+        @staticmethod
+        def backward(ctx: Any, grad: Any) -> Any:
+            return _gather_last_axis(grad, ctx.group)
+
     def c_identity(tensor: Any, ring_id: int, use_calc_stream: bool = True, use_model_parallel: bool = True) -> Any:
         # Forward of c_identity is a copy; Paddle calls it inside PyLayers whose backward does the all-reduce.
         return tensor.clone() if not tensor.stop_gradient else paddle.assign(tensor)
@@ -286,6 +298,7 @@ def _kernels() -> dict[str, Any]:
         "c_split": c_split,
         "c_concat": c_concat,
         "c_softmax_with_cross_entropy": c_softmax_with_cross_entropy,
+        "split_layer": Split,
     }
 
 
@@ -294,7 +307,13 @@ def _patch_kernels() -> None:
 
     # Reason: Paddle's CPU build registers these four kernels only to raise "not supported on CPU"; the model-parallel
     # layers call them through `paddle._C_ops` at run time, so the module attribute is what they resolve.
-    for name, fn in _kernels().items():
+    from paddle.distributed.fleet.layers.mpu import mp_ops
+
+    kernels = _kernels()
+    # Reason: Paddle's c_split PyLayer gathers the gradient along axis 0 while the kernel splits the last axis, which
+    # gives a wrong input gradient (RowParallelLinear with input_is_parallel=False); ours gathers the last axis.
+    mp_ops.c_split_eager = kernels.pop("split_layer")
+    for name, fn in kernels.items():
         setattr(_C_ops, name, fn)
 
 
