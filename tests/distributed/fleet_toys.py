@@ -177,7 +177,7 @@ def sharding() -> dict:
                 losses[i] = float(t) / WORLD
         out[level] = losses
         if level == "os_g":
-            out["weights"] = [p.numpy().tolist() for p in model.parameters()]
+            out["weights"] = np.concatenate([p.numpy().ravel() for p in model.parameters()]).tolist()
     return out
 
 
