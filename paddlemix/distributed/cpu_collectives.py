@@ -25,6 +25,7 @@ NOTE = (
     "CPU stand-ins for Paddle's GPU collectives are on (tensor x pipeline x sharding degrees %s): slow, for "
     "checking a multi-device configuration in CPU processes, not for speed"
 )
+MODES = ("tensor", "pipeline", "sharding")
 _installed = False
 
 
@@ -34,7 +35,7 @@ def install(device: str, degrees: dict[str, int], force: bool = False) -> bool:
     Args:
         device: the run's device (`cpu`, `gpu`, `npu`, `xpu`); anything but `cpu` leaves Paddle untouched.
         degrees: parallel degrees by name (e.g. {"tensor": 2, "pipeline": 1, "sharding": 1}); nothing is patched
-            unless one is above 1 (data parallel runs on gloo as shipped).
+            unless one of those three is above 1 (data parallel, "data", runs on gloo as shipped).
         force: patch whatever the degrees (tests of the stand-ins themselves).
 
     Returns:
@@ -43,7 +44,7 @@ def install(device: str, degrees: dict[str, int], force: bool = False) -> bool:
     Call before `fleet.init` and before the model is built. Idempotent; logs one line when it installs.
     """
     global _installed
-    if device != "cpu" or not (force or any(d > 1 for d in degrees.values())):
+    if device != "cpu" or not (force or any(degrees.get(k, 1) > 1 for k in MODES)):
         return False
     if _installed:
         return True
@@ -51,7 +52,7 @@ def install(device: str, degrees: dict[str, int], force: bool = False) -> bool:
     _patch_kernels()
     _patch_device_checks()
     _installed = True
-    logger.info(NOTE, " x ".join(f"{degrees.get(k, 1)}" for k in ("tensor", "pipeline", "sharding")))
+    logger.info(NOTE, " x ".join(f"{degrees.get(k, 1)}" for k in MODES))
     return True
 
 

@@ -31,6 +31,13 @@ if not hasattr(_pf_trainer, "GPTModel"):
     _pf_trainer.GPTModel = type("GPTModel", (), {})
 
 
+class _AttributeSink:
+    """An object that only holds the attributes set on it (see MIXTrainer._wrap_distributed_optimizer)."""
+
+    def __init__(self, **attributes: Any):
+        self.__dict__.update(attributes)
+
+
 @contextmanager
 def trainable_state_only(model: Any) -> Iterator[None]:
     """Within the block, `model.sharded_state_dict()` (what flex checkpoints save and load) holds only trainable
@@ -158,6 +165,22 @@ class MIXTrainer(Trainer):
             self.grad_norm = self.gradient_norm(model)
         self.step.reset()
         super().optimizer_step(args, model=model, parameters_list=parameters_list)
+
+    def _wrap_distributed_optimizer(self, optimizer: Any) -> Any:
+        """paddleformers 1.2 wraps `optimizer` for hybrid parallel (tensor, pipeline, sharding stage 1) and, when
+        `max_grad_norm` > 0, installs its global-norm logger with `self.optimizer._inner_opt._grad_clip... = ...`:
+        `self.optimizer` is still the unwrapped optimizer there (AttributeError `_inner_opt`), on every device.
+        The method it builds is bound to the wrapped optimizer's clip already; only the target is wrong. During the
+        call `self.optimizer` is a stand-in that catches the assignment, which then lands on the wrapped optimizer."""
+        catcher = _AttributeSink()
+        self.optimizer = _AttributeSink(_inner_opt=_AttributeSink(_grad_clip=catcher))
+        try:
+            wrapped = super()._wrap_distributed_optimizer(optimizer)
+        finally:
+            self.optimizer = optimizer
+        if "_global_norm" in vars(catcher):
+            wrapped._inner_opt._grad_clip._global_norm = catcher._global_norm
+        return wrapped
 
     @staticmethod
     def gradient_norm(model: Any) -> float:

@@ -22,7 +22,7 @@ RNG = np.random.default_rng(0)
 def init(**degrees: int) -> None:
     from paddlemix.distributed import cpu_collectives
 
-    assert cpu_collectives.install("cpu", {"toy": WORLD})
+    assert cpu_collectives.install("cpu", {}, force=True)
     strategy = fleet.DistributedStrategy()
     strategy.hybrid_configs = {"dp_degree": 1, "mp_degree": 1, "pp_degree": 1, "sharding_degree": 1, **degrees}
     if degrees.get("pp_degree", 1) > 1:

@@ -37,7 +37,7 @@ def run_toy(name: str, tmp_path: Path) -> tuple[dict, list[dict]]:
 def test_install_is_off_unless_cpu_and_a_degree_above_one() -> None:
     assert not cpu_collectives.install("gpu", {"tensor": 2})
     assert not cpu_collectives.install("npu", {"sharding": 8})
-    assert not cpu_collectives.install("cpu", {"tensor": 1, "pipeline": 1, "sharding": 1})
+    assert not cpu_collectives.install("cpu", {"tensor": 1, "pipeline": 1, "sharding": 1, "data": 4})
 
 
 @pytest.mark.slow
