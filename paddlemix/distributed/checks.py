@@ -38,12 +38,16 @@ def sharding_notes(kwargs: dict[str, Any]) -> list[str]:
 
     Stage 1 splits parameters across ranks (`split_param`, paddleformers' default) only with `amp_master_grad`,
     which is on with fp16/bf16 alone; otherwise stage 1 keeps whole parameters and shards the optimizer state,
-    which is what stage 1 means. An explicit `"split_param": true` is left for `check_parallel` to refuse.
+    which is what stage 1 means. Stages 2 and 3 never split that way. An explicit `"split_param": true` is left
+    for `check_parallel` to refuse.
     """
     notes = []
-    if "stage1" in str(kwargs.get("sharding") or "") and not kwargs.get("amp_master_grad"):
-        if "split_param" not in kwargs:
-            kwargs["split_param"] = False
+    stage = str(kwargs.get("sharding") or "")
+    if stage and not kwargs.get("amp_master_grad") and "split_param" not in kwargs:
+        # paddleformers asserts amp_master_grad whenever split_param is on, for stages 2 and 3 too (where it has
+        # no effect); only stage 1 is worth a note
+        kwargs["split_param"] = False
+        if "stage1" in stage:
             notes.append(
                 'sharding stage1: "split_param": false (parameters whole, optimizer state sharded); paddleformers '
                 'splits parameters only with "amp_master_grad", which is on with fp16/bf16'
@@ -79,9 +83,9 @@ def check_parallel(training: dict[str, Any], model_dir: Path, problems: Problems
             'add "sharding": "stage1" (or stage2 / stage3), or remove it.',
             "sharding_parallel_degree",
         )
-    if stage == "stage1" and training.get("split_param") and not training.get("amp_master_grad"):
+    if stage and training.get("split_param") and not training.get("amp_master_grad"):
         problems.add(
-            '"split_param": true with sharding stage1 needs "amp_master_grad": true (with "bf16" or "fp16"); '
+            f'"split_param": true with sharding {stage} needs "amp_master_grad": true (with "bf16" or "fp16"); '
             'remove "split_param" to shard only the optimizer state.',
             "split_param",
         )
