@@ -80,10 +80,12 @@ def run_single_and_parallel(workspace: Path, config: Path, common: list[str], si
     return single, parallel
 
 
-def assert_same_training(single: Run, parallel: Run, loss_tol: float = 1e-5, weight_tol: float = 1e-4,
-                         files: tuple[str, ...] = ("model.safetensors",), min_steps: int = 3) -> None:  # fmt: skip
+def assert_same_training(single: Run, parallel: Run, base: Path | None = None, loss_tol: float = 1e-5,
+                         weight_tol: float = 1e-4, files: tuple[str, ...] = ("model.safetensors",),
+                         min_steps: int = 3) -> None:  # fmt: skip
     """Per-step losses equal within `loss_tol` (relative), saved tensors within `weight_tol` (absolute), the same
-    files and tensor names, and training really moved the weights (so equality is not equality of two no-ops)."""
+    files and tensor names; with `base` (the starting model.safetensors) also that training really moved the
+    weights, so equality is not the equality of two no-ops."""
     assert len(single.steps) >= min_steps, single.steps
     assert sorted(parallel.steps) == sorted(single.steps), (sorted(parallel.steps), sorted(single.steps))
     for step, loss in single.losses().items():
@@ -95,3 +97,9 @@ def assert_same_training(single: Run, parallel: Run, loss_tol: float = 1e-5, wei
         for key in one:
             assert many[key].shape == one[key].shape, f"{name}:{key} shape {many[key].shape} vs {one[key].shape}"
             np.testing.assert_allclose(many[key], one[key], atol=weight_tol, rtol=0, err_msg=f"{name}:{key}")
+    if base is not None and files:
+        from paddlemix.utils.io import load_safetensors
+
+        start, one = load_safetensors(base), single.weights(files[0])
+        moved = max(float(np.abs(one[k] - start[k]).max()) for k in one if k in start)
+        assert moved > 1e-3, f"training moved no weight of {files[0]} (largest change {moved})"
