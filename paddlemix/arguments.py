@@ -12,7 +12,6 @@ import dataclasses
 import enum
 import importlib.util
 import json
-import os
 import types
 import typing
 from collections.abc import Callable

@@ -390,6 +390,7 @@ def _patch_group_sharded() -> None:
     group_sharded.paddle = _View(
         paddle, device=_View(paddle.device, get_all_custom_device_type=lambda: [*custom(), "cpu"])
     )
+
     def set_device(device: str) -> Any:
         return paddle.set_device("cpu" if device == "cpu:0" else device)
 

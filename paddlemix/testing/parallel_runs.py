@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -29,7 +30,8 @@ class Run:
 
     output_dir: Path
     steps: dict[int, dict] = field(default_factory=dict)  # step -> train_log.jsonl record with a "loss"
-    worker_logs: list[str] = field(default_factory=list)
+    worker_logs: list[str] = field(default_factory=list)  # N processes: workerlog.0, workerlog.1, ...
+    console: str = ""  # one process: what it printed
 
     def losses(self) -> dict[int, float]:
         return {step: record["loss"] for step, record in self.steps.items()}
@@ -38,6 +40,16 @@ class Run:
         from paddlemix.utils.io import load_safetensors
 
         return load_safetensors(self.output_dir / name)
+
+
+MEMORY = re.compile(r"rank (\d+) of (\d+) holds parameters (\d+) bytes, optimizer state (\d+) bytes")
+
+
+def memory_of(log: str) -> tuple[int, int]:
+    """(parameter bytes, optimizer state bytes) a process logged after its first step."""
+    found = MEMORY.search(log)
+    assert found, "no per-rank memory line in the log"
+    return int(found.group(3)), int(found.group(4))
 
 
 def read_steps(output_dir: Path) -> dict[int, dict]:
@@ -52,7 +64,7 @@ def run_single(workspace: Path, config: Path, args: list[str], output: str, time
                           timeout=timeout)  # fmt: skip
     assert proc.returncode == 0, f"single process failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     out = workspace / output
-    return Run(out, read_steps(out))
+    return Run(out, read_steps(out), console=proc.stdout + proc.stderr)
 
 
 def run_launched(workspace: Path, config: Path, args: list[str], output: str, nproc: int = 2,
@@ -67,7 +79,9 @@ def run_launched(workspace: Path, config: Path, args: list[str], output: str, np
     texts = [(logs / f"workerlog.{i}").read_text() for i in range(nproc) if (logs / f"workerlog.{i}").is_file()]
     if check:
         detail = "\n".join(f"--- workerlog.{i}\n{t[-4000:]}" for i, t in enumerate(texts))
-        assert proc.returncode == 0, f"{nproc} processes failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}\n{detail}"
+        assert proc.returncode == 0, (
+            f"{nproc} processes failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}\n{detail}"
+        )
     steps = read_steps(out) if (out / "train_log.jsonl").is_file() else {}
     return Run(out, steps, texts)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -13,12 +14,15 @@ import paddleformers.trainer.trainer as _pf_trainer
 from paddleformers.trainer import Trainer, TrainerCallback
 
 from paddlemix.datasets.collator import BATCH_META, LABEL_TOKENS, REAL_TOKENS, SAMPLE_IDS, SKIPS
+from paddlemix.distributed.memory import optimizer_state_bytes, parameter_bytes
 from paddlemix.peft.lora import save_adapter
 from paddlemix.processors.template_files import write_chat_template
 from paddlemix.trainer.accumulation import StepLoss, scale_gradients
 from paddlemix.trainer.chunked_loss import lm_loss_without_full_logits, token_loss_sum
 from paddlemix.utils import checkpoints
 from paddlemix.utils.errors import UserError
+
+logger = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(UserError):
@@ -115,6 +119,7 @@ class MIXTrainer(Trainer):
         self.image_tokens = 0
         self.slots = 0
         self.grad_norm: float | None = None
+        self.memory_logged = False
         self.callback_handler.add_callback(RestoreRngOnResume(self))
 
     def training_step(self, model: Any, inputs: dict[str, Any], step_control: int = 0) -> Any:
@@ -165,6 +170,12 @@ class MIXTrainer(Trainer):
             self.grad_norm = self.gradient_norm(model)
         self.step.reset()
         super().optimizer_step(args, model=model, parameters_list=parameters_list)
+        if not self.memory_logged:  # after the first update, when the optimizer state exists
+            self.memory_logged = True
+            logger.info(
+                "rank %d of %d holds parameters %d bytes, optimizer state %d bytes", args.process_index,
+                args.world_size, parameter_bytes(model), optimizer_state_bytes(self.optimizer),
+            )  # fmt: skip
 
     def _wrap_distributed_optimizer(self, optimizer: Any) -> Any:
         """paddleformers 1.2 wraps `optimizer` for hybrid parallel (tensor, pipeline, sharding stage 1) and, when
