@@ -12,7 +12,6 @@ import dataclasses
 import enum
 import importlib.util
 import json
-import os
 import types
 import typing
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from paddlemix.distributed.checks import check_parallel, check_pipeline, parallel_degrees, sharding_notes
 from paddlemix.utils.errors import Problems, UserError, closest
 from paddlemix.utils.io import read_json
 
@@ -519,6 +519,11 @@ def parse(raw: dict[str, Any], where: str, cli_keys: set[str] | None = None) -> 
     validate(args, training, problems)
     problems.raise_if_any()
     kwargs, adjusted = training_kwargs_with_notes(training, args.runtime, args.data.packing)
+    if kwargs["device"] == "cpu":  # GPU/NPU/XPU runs never import the stand-ins
+        from paddlemix.distributed.cpu_collectives import install
+
+        # before TrainingArguments: building it initialises fleet for the parallel degrees
+        install("cpu", parallel_degrees(kwargs))
     args.training = _build_training_arguments(training_cls, kwargs, where)
     args.training_keys = tuple(dict.fromkeys((*training, *TRAINING_DEFAULTS)))
     args.notes = tuple(notes + adjusted)
@@ -619,6 +624,7 @@ def training_kwargs_with_notes(
         asked = f"{key} {kwargs.get('fp16_opt_level', 'O1')}"
         notes.append(f"precision: float32, not {asked}: {CPU_HALF_PRECISION.format(kind=kind)}")
         kwargs.update(bf16=False, fp16=False, amp_master_grad=False)
+    notes.extend(sharding_notes(kwargs))
     return kwargs, notes
 
 
@@ -714,9 +720,8 @@ def validate(args: RunArgs, training: dict[str, Any], problems: Problems) -> Non
     for split in DATA_SPLITS:
         for i, source in enumerate(getattr(args.data, split)):
             _validate_source(source, f"dataset.{split}[{i}]", problems)
-    if (model_dir / "config.json").is_file():
-        _validate_parallel(training, model_dir, problems)
-        _validate_pipeline(args, training, model_dir, problems)
+    check_parallel(training, model_dir, problems, lora=args.lora.lora)
+    check_pipeline(training, model_dir, problems, lora=args.lora.lora)
 
 
 def _validate_source(source: DatasetSource, key: str, problems: Problems) -> None:
@@ -735,75 +740,3 @@ def _validate_source(source: DatasetSource, key: str, problems: Problems) -> Non
         )
     if source.image_root is not None and not Path(source.image_root).is_dir():
         add(f'"{key}.image_root" = "{source.image_root}" is not a folder.')
-
-
-def _validate_parallel(training: dict[str, Any], model_dir: Path, problems: Problems) -> None:
-    tp = max(training.get("tensor_model_parallel_size", 1), 1)
-    pp = max(training.get("pipeline_model_parallel_size", 1), 1)
-    sharding = max(training.get("sharding_parallel_size", 1), 1)
-    world = int(os.environ.get("PADDLE_TRAINERS_NUM", "1"))
-    if world % (tp * pp * sharding):
-        problems.add(
-            f"tensor x pipeline x sharding parallel degrees = {tp} x {pp} x {sharding} do not divide the "
-            f"{world} launched process(es); launch a multiple of {tp * pp * sharding} (see train.sh) or lower them.",
-            "tensor_parallel_degree",
-        )
-    if training.get("sharding") and sharding > 1 and training["sharding"] not in ("stage1", "stage2", "stage3"):
-        problems.add(f'"sharding" must be stage1, stage2 or stage3, got {training["sharding"]!r}.', "sharding")
-    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-    text = config.get("text_config", config)
-    for name, degree, key in (("num_attention_heads", tp, "tensor"), ("num_key_value_heads", tp, "tensor"),
-                              ("num_hidden_layers", pp, "pipeline")):  # fmt: skip
-        size = text.get(name) or config.get(name)
-        if degree > 1 and size and size % degree:
-            problems.add(
-                f'"{key}_parallel_degree" = {degree} does not divide the model\'s {name} = {size}.',
-                f"{key}_parallel_degree",
-            )
-
-
-PIPELINE_ALTERNATIVES = (
-    'use data parallelism (launch more processes), "sharding" or "tensor_parallel_degree" instead, and set '
-    '"pipeline_parallel_degree": 1'
-)
-
-
-def _validate_pipeline(args: RunArgs, training: dict[str, Any], model_dir: Path, problems: Problems) -> None:
-    """Refuse pipeline parallelism where it cannot run, before the model loads: a family without a pipeline
-    description, tied input/output embeddings (they would live on different stages), LoRA and evaluation."""
-    pp = max(training.get("pipeline_model_parallel_size", 1) or 1, 1)
-    if pp <= 1:
-        return
-    from paddlemix.models import ADAPTERS
-
-    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-    model_type = config.get("model_type")
-    adapter = ADAPTERS.get(model_type)
-    key = "pipeline_parallel_degree"
-    if adapter is not None and adapter.pipeline is None:
-        with_pp = ", ".join(sorted(t for t, a in ADAPTERS.items() if a.pipeline is not None))
-        problems.add(
-            f'"{key}" = {pp}: {model_dir} is a {model_type} model, which has no pipeline description (families '
-            f"with one: {with_pp}); {PIPELINE_ALTERNATIVES}.",
-            key,
-        )
-        return
-    text = config.get("text_config") or {}
-    if config.get("tie_word_embeddings", text.get("tie_word_embeddings", False)):
-        problems.add(
-            f'"{key}" = {pp}: {model_dir} ties its output head to its input embeddings (tie_word_embeddings), '
-            f"which pipeline parallelism would place on different stages; {PIPELINE_ALTERNATIVES}.",
-            key,
-        )
-    if args.lora.lora:
-        problems.add(
-            f'"{key}" = {pp} with "lora": true is not supported (adapters are not placed on pipeline stages); '
-            f"{PIPELINE_ALTERNATIVES}, or train without LoRA.",
-            key,
-        )
-    if training.get("do_eval"):
-        problems.add(
-            f'"{key}" = {pp} with "do_eval": true is not supported (evaluation does not run through the pipeline '
-            'stages); set "do_eval": false and evaluate the saved model in a one-process run.',
-            key,
-        )
