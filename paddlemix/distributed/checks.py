@@ -135,8 +135,7 @@ PIPELINE_ALTERNATIVES = (
 
 def check_pipeline(training: dict[str, Any], model_dir: Path, problems: Problems, lora: bool = False) -> None:
     """Add to `problems` what pipeline parallelism cannot run, before the model loads: a family without a pipeline
-    description (`ModelAdapter.pipeline`), tied input and output embeddings (they would sit on different stages),
-    LoRA and evaluation. Each message names the alternatives."""
+    description (`ModelAdapter.pipeline`), LoRA and evaluation. Each message names the alternatives."""
     pp = max(training.get("pipeline_model_parallel_size", 1) or 1, 1)
     if pp <= 1 or not (model_dir / "config.json").is_file():
         return
@@ -154,13 +153,6 @@ def check_pipeline(training: dict[str, Any], model_dir: Path, problems: Problems
             key,
         )
         return
-    text = config.get("text_config") or {}
-    if config.get("tie_word_embeddings", text.get("tie_word_embeddings", False)):
-        problems.add(
-            f'"{key}" = {pp}: {model_dir} ties its output head to its input embeddings (tie_word_embeddings), '
-            f"which pipeline parallelism would place on different stages; {PIPELINE_ALTERNATIVES}.",
-            key,
-        )
     if lora:
         problems.add(
             f'"{key}" = {pp} with "lora": true is not supported (adapters are not placed on pipeline stages); '

@@ -27,7 +27,7 @@ from typing import Any
 
 import paddle
 import paddle.nn as nn
-from paddle.distributed.fleet.meta_parallel import LayerDesc, PipelineLayer
+from paddle.distributed.fleet.meta_parallel import LayerDesc, PipelineLayer, SharedLayerDesc
 
 from paddlemix.trainer.chunked_loss import token_loss_sum
 from paddlemix.trainer.recompute import recompute_layer
@@ -64,27 +64,51 @@ def _text_model_without_layers(parts: PipelineParts, text_config: Any) -> nn.Lay
     return parts.text_model_class._from_config(config)
 
 
-class FirstStage(nn.Layer):
-    """Vision tower, embeddings, image-feature merge and positions: the family model's own forward up to its first
-    decoder layer."""
+class EmbeddingStage(nn.Layer):
+    """The token embeddings: adds `inputs_embeds` [B, L, H] to the first stage's inputs. With tied embeddings the
+    last stage holds a second copy as the output head (`tied_head`), kept equal by Paddle's shared-weight sync."""
 
-    PREFIXES = (("visual.", "model.visual."), ("embed_tokens.", "model.language_model.embed_tokens."))
+    PREFIXES = (("embed_tokens.", "model.language_model.embed_tokens."),)
+
+    def __init__(self, config: Any, parts: PipelineParts):
+        super().__init__()
+        self.text_config = config.text_config
+        self.embed_tokens = _text_model_without_layers(parts, config.text_config).embed_tokens
+
+    @property
+    def embedding_weight(self) -> Any:
+        return self.embed_tokens.weight
+
+    def forward(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        return {**inputs, "inputs_embeds": self.embed_tokens(inputs["input_ids"])}
+
+
+def tied_head(stage: EmbeddingStage, hidden: Any) -> Any:
+    """The output head of a model with tied embeddings: the embedding matrix [vocab, H] as the head's weight, the
+    computation of paddleformers' LMHead."""
+    from paddleformers.nn.criterion.loss_utils import calc_lm_head_logits
+
+    return calc_lm_head_logits(stage.text_config, hidden, stage.embedding_weight, None, None, training=stage.training,
+                               gather_hidden_states=True)  # fmt: skip
+
+
+class FirstStage(nn.Layer):
+    """Vision tower, image-feature merge and positions: the family model's own forward up to its first decoder
+    layer, after the embeddings."""
+
+    PREFIXES = (("visual.", "model.visual."),)
 
     def __init__(self, config: Any, parts: PipelineParts):
         super().__init__()
         self.config = config  # the family methods read `self.config` (token ids, vision merge size)
         self.visual = parts.build_vision(config.vision_config)
-        self.embed_tokens = _text_model_without_layers(parts, config.text_config).embed_tokens
         self._model_class = parts.model_class
-
-    def get_input_embeddings(self) -> nn.Layer:
-        return self.embed_tokens
 
     def forward(self, inputs: dict[str, Any]) -> tuple[Any, Any, Any]:
         family = self._model_class
         input_ids = inputs["input_ids"]
         grid = inputs.get("image_grid_thw")
-        embeds = self.embed_tokens(input_ids)  # [B, L, H]
+        embeds = inputs["inputs_embeds"]  # [B, L, H]
         if inputs.get("pixel_values") is not None:
             image_embeds = paddle.concat(family.get_image_features(self, inputs["pixel_values"], grid), axis=0)
             image_embeds = image_embeds.astype(embeds.dtype)  # [image tokens, H]
@@ -209,13 +233,25 @@ class TokenLoss(nn.Layer):
 
 
 def stage_descs(config: Any, parts: PipelineParts) -> list[LayerDesc]:
-    """The model as the ordered layer list Paddle's PipelineLayer splits into stages."""
-    layers = [LayerDesc(FirstStage, config=config, parts=parts)]
+    """The model as the ordered layer list Paddle's PipelineLayer splits into stages. Tied input and output
+    embeddings (`tie_word_embeddings`) become one shared layer on the first and the last stage: Paddle sums its
+    gradients over both, so both copies take the same update, as the single tied weight does in one process."""
+    tied = getattr(config.text_config, "tie_word_embeddings", False) or getattr(config, "tie_word_embeddings", False)
+    if tied:
+        embeddings = SharedLayerDesc(
+            "embed_tokens", EmbeddingStage, shared_weight_attr="embedding_weight", config=config, parts=parts
+        )
+        head = SharedLayerDesc("embed_tokens", EmbeddingStage, forward_func=tied_head,
+                               shared_weight_attr="embedding_weight", config=config, parts=parts)  # fmt: skip
+    else:
+        embeddings = LayerDesc(EmbeddingStage, config=config, parts=parts)
+        head = LayerDesc(HeadStage, config=config)
+    layers = [embeddings, LayerDesc(FirstStage, config=config, parts=parts)]
     layers += [
         LayerDesc(DecoderStage, config=config, parts=parts, layer_idx=i)
         for i in range(config.text_config.num_hidden_layers)
     ]
-    return layers + [LayerDesc(NormStage, config=config, parts=parts), LayerDesc(HeadStage, config=config)]
+    return layers + [LayerDesc(NormStage, config=config, parts=parts), head]
 
 
 def stage_bounds(num_layers: int, stages: int) -> list[tuple[int, int]]:
@@ -255,6 +291,21 @@ class QwenVLPipeline(PipelineLayer):
             seg_method="layer:DecoderStage",
         )
         self._prepare_pipeline_inputs_func = _prepare_inputs
+        # A tied weight is one parameter in one process: gradient clipping (Paddle's HybridParallelClipGrad) and
+        # the logged gradient norm count it on its first stage only.
+        for comm in self.shared_comm.values():
+            if self.global_rank != min(comm["ranks"]):
+                for attr in comm["weight_attr"]:
+                    getattr(comm["layer"], attr).is_firstly_shared = False
+
+    def _synchronize_shared_weights(self) -> None:
+        """Paddle broadcasts shared (tied) weights from their first stage while building the pipeline; here the
+        parameters are still empty then (built lazily), and the loader fills every copy from the same checkpoint
+        tensor instead. Once filled, the broadcast runs as Paddle's."""
+        for comm in self.shared_comm.values():
+            if any(not getattr(comm["layer"], attr)._is_initialized() for attr in comm["weight_attr"]):
+                return
+        super()._synchronize_shared_weights()
 
     def get_hardware_flops(self) -> float:
         """paddleformers' Trainer asks every model with a `config` for its FLOPs per token; not estimated here."""
@@ -277,7 +328,9 @@ class QwenVLPipeline(PipelineLayer):
         return tuple(ours for layer in self._stage_layers() for _, ours in layer.PREFIXES)
 
     def _stage_layers(self) -> list[nn.Layer]:
-        return [layer for _, layer in self.named_children() if hasattr(layer, "PREFIXES")]
+        """The stage layers this process holds, the shared (tied) ones included."""
+        layers = [layer for _, layer in self.named_children() if hasattr(layer, "PREFIXES")]
+        return layers + list(self.shared_layers.values())
 
 
 def one_process_name(pipeline: QwenVLPipeline, name: str) -> str:
@@ -285,6 +338,9 @@ def one_process_name(pipeline: QwenVLPipeline, name: str) -> str:
     one-process name, `model.language_model.layers.2.self_attn.qkv_proj.weight`."""
     index, _, rest = name.partition(".")
     layer = getattr(pipeline, index)
+    if index == "shared_layers":  # `shared_layers.<key>.<the layer's own name>`: a tied layer, Paddle keeps it here
+        key, _, rest = rest.partition(".")
+        layer = layer[key]
     for local, ours in layer.PREFIXES:
         if rest.startswith(local):
             return ours + rest[len(local) :]

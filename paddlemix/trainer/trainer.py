@@ -217,8 +217,11 @@ class MIXTrainer(Trainer):
     def gradient_norm(self, model: Any) -> float:
         """L2 norm of the step's gradients as the optimizer gets them (before clipping; `main_grad` under
         master-grad AMP), computed only for steps that log; under pipeline parallelism over all stages."""
-        grads = [getattr(p, "main_grad", None) if getattr(p, "main_grad", None) is not None else p.grad
-                 for p in model.parameters()]  # fmt: skip
+        grads = [
+            getattr(p, "main_grad", None) if getattr(p, "main_grad", None) is not None else p.grad
+            for p in model.parameters()
+            if getattr(p, "is_firstly_shared", True)
+        ]  # tied: counted once
         squares = [(g.astype("float32") ** 2).sum() for g in grads if g is not None]
         total = paddle.add_n(squares) if squares else paddle.zeros([], dtype="float32")
         if self.args.pipeline_model_parallel_size > 1:

@@ -19,6 +19,7 @@ from paddlemix.datasets.conversation import Message, Sample
 from paddlemix.datasets.packing import build_pack, pack_batch
 from paddlemix.distributed.pipeline import (
     DecoderStage,
+    EmbeddingStage,
     FirstStage,
     HeadStage,
     NormStage,
@@ -26,13 +27,21 @@ from paddlemix.distributed.pipeline import (
     _prepare_inputs,
     stage_bounds,
     stage_descs,
+    tied_head,
 )
 from paddlemix.models import ADAPTERS, adapter_for
 from paddlemix.processors.chat_template import template_for
+from paddlemix.testing.tiny_qwen2_vl import build_tiny_qwen2_vl
 from paddlemix.trainer.chunked_loss import token_loss_sum
 from paddlemix.utils.errors import UserError
 
-FAMILIES = {"qwen2_5_vl": "tiny_model_dir", "qwen2_vl": "tiny_qwen2_vl_dir"}
+FAMILIES = {"qwen2_5_vl": "tiny_model_dir", "qwen2_vl": "tiny_qwen2_vl_dir", "qwen2_vl_tied": "tied_qwen2_vl_dir"}
+
+
+@pytest.fixture(scope="module")
+def tied_qwen2_vl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Qwen2-VL whose head is its embedding matrix (as Qwen2-VL-2B); the checkpoint has no lm_head."""
+    return build_tiny_qwen2_vl(tmp_path_factory.mktemp("tied_qwen2_vl"), tie_word_embeddings=True)
 
 
 @pytest.mark.parametrize(
@@ -54,12 +63,15 @@ def test_paddle_segments_like_stage_bounds() -> None:
     embeddings, and the last stage's norm and head, around the decoder layers that `stage_bounds` gives."""
     from paddle.distributed.fleet.meta_parallel.parallel_layers.pp_layers import SegmentLayers
 
-    for layers, stages in ((2, 2), (28, 4), (36, 6)):
-        descs = stage_descs(SimpleNamespace(text_config=SimpleNamespace(num_hidden_layers=layers)), None)
+    for layers, stages, tied in ((2, 2, False), (28, 4, True), (36, 6, False)):
+        text = SimpleNamespace(num_hidden_layers=layers, tie_word_embeddings=tied)
+        descs = stage_descs(SimpleNamespace(text_config=text), None)
+        assert [type(d).__name__ for d in (descs[0], descs[-1])] == ["SharedLayerDesc" if tied else "LayerDesc"] * 2
         parts = SegmentLayers(descs, num_parts=stages, method="layer:DecoderStage").do_segment()
-        decoders = [(max(a - 1, 0), min(b - 1, layers)) for a, b in zip(parts[:-1], parts[1:])]
+        # layers: 0 embeddings, 1 vision + merge + positions, 2 .. layers + 1 decoders, then norm and head
+        decoders = [(max(a - 2, 0), min(b - 2, layers)) for a, b in zip(parts[:-1], parts[1:])]
         assert decoders == stage_bounds(layers, stages)
-        assert parts[0] == 0 and parts[-1] == layers + 3
+        assert parts[0] == 0 and parts[1] >= 3 and parts[-1] == layers + 4
 
 
 def test_prepare_inputs_keeps_one_entry_per_micro_batch() -> None:
@@ -92,9 +104,11 @@ def family(request, shapes_data: dict):
     model.eval()
     config = model.config
     parts = adapter.pipeline()
-    stages = [FirstStage(config, parts)]
+    embeddings = EmbeddingStage(config, parts)
+    stages = [embeddings, FirstStage(config, parts)]
     stages += [DecoderStage(config, parts, i) for i in range(config.text_config.num_hidden_layers)]
-    stages += [NormStage(config, parts), HeadStage(config)]
+    tied = config.text_config.tie_word_embeddings
+    stages += [NormStage(config, parts), embeddings if tied else HeadStage(config)]
     full = model.state_dict()
     for stage in stages:
         for name, param in stage.state_dict().items():
@@ -117,9 +131,10 @@ def family(request, shapes_data: dict):
 def run_stages(stages: list, batch: dict) -> np.ndarray:
     inputs = {k: paddle.to_tensor(v) for k, v in batch.items() if k != "labels"}
     args = stages[0](inputs)
-    for stage in stages[1:]:
+    for stage in stages[1:-1]:
         args = stage(args)
-    return args.numpy()
+    head = stages[-1]
+    return (tied_head(head, args) if head is stages[0] else head(args)).numpy()
 
 
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
@@ -136,8 +151,8 @@ def test_stages_in_sequence_equal_the_one_process_model(family, packed: bool) ->
         expected = model(**{k: paddle.to_tensor(v) for k, v in batch.items() if k != "labels"}).logits.numpy()
         got = run_stages(stages, batch)
         np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5)
-        hidden, pos, mask = stages[0]({k: paddle.to_tensor(v) for k, v in batch.items() if k != "labels"})
-        layer = stages[1]
+        hidden, pos, mask = stages[1](stages[0]({k: paddle.to_tensor(v) for k, v in batch.items() if k != "labels"}))
+        layer = stages[2]
         unmasked = layer.layer(hidden, attention_mask=None, position_embeddings=layer.rotary(hidden, pos))[0]
         assert np.abs(unmasked.numpy() - layer((hidden, pos, mask))[0].numpy()).max() > 1e-4
 
@@ -148,7 +163,10 @@ def test_stage_prefixes_cover_every_one_process_parameter(family) -> None:
     for stage in stages:
         for name in stage.state_dict():
             names.add(next(o + name[len(local) :] for local, o in stage.PREFIXES if name.startswith(local)))
-    assert names == set(model.state_dict())
+    expected = set(model.state_dict())
+    if model.config.text_config.tie_word_embeddings:
+        expected.discard("lm_head.weight")  # the embeddings themselves (one tensor in the saved model)
+    assert names == expected
 
 
 def write_args(tmp_path: Path, model_dir: Path, shapes: Path, **extra) -> Path:
@@ -189,19 +207,6 @@ def test_pipeline_with_lora_or_eval_is_refused_in_one_message(tmp_path: Path, ti
     with pytest.raises(UserError) as err:
         arguments.load(path)
     assert '"lora": true is not supported' in str(err.value) and '"do_eval": true is not supported' in str(err.value)
-
-
-def test_tied_embeddings_are_refused(tmp_path: Path, tiny_model_dir: Path, shapes_data: dict, monkeypatch) -> None:
-    monkeypatch.setenv("PADDLE_TRAINERS_NUM", "2")
-    tied = tmp_path / "tied"
-    tied.mkdir()
-    for file in tiny_model_dir.iterdir():
-        (tied / file.name).symlink_to(file)
-    config = json.loads((tiny_model_dir / "config.json").read_text())
-    (tied / "config.json").unlink()
-    (tied / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": True}))
-    with pytest.raises(UserError, match="tie_word_embeddings"):
-        arguments.load(write_args(tmp_path, tied, shapes_data["train"]))
 
 
 def test_pipeline_arguments_pass_with_a_described_family(tmp_path: Path, tiny_model_dir: Path, shapes_data: dict,
@@ -245,7 +250,7 @@ def test_stages_of_a_real_config_hold_exactly_the_one_process_parameters(tmp_pat
 
         def build(config, stage=stage, start=start, end=end):
             held = [DecoderStage(config, parts, i) for i in range(start, end)]
-            held = ([FirstStage(config, parts)] if stage == 0 else []) + held
+            held = ([EmbeddingStage(config, parts), FirstStage(config, parts)] if stage == 0 else []) + held
             return held + ([NormStage(config, parts), HeadStage(config)] if stage == 3 else [])
 
         held = build_model(build, config, "bfloat16")
@@ -263,7 +268,7 @@ def test_recompute_on_decoder_stages_keeps_gradients(family) -> None:
     model, stages, encoded, pad_id, _ = family
     batch = pad_batch(encoded, pad_id, 8)
     inputs = {k: paddle.to_tensor(v) for k, v in batch.items() if k != "labels"}
-    stage, config = stages[1], stages[1].text_config
+    stage, config = stages[2], stages[2].text_config
     calls = []
     stage.layer.register_forward_post_hook(lambda *a: calls.append(1))
     grads = []
@@ -272,7 +277,7 @@ def test_recompute_on_decoder_stages_keeps_gradients(family) -> None:
             config.recompute_granularity = setting
             stage.train()
             with paddle.no_grad():
-                hidden, pos, mask = stages[0](inputs)
+                hidden, pos, mask = stages[1](stages[0](inputs))
             hidden.stop_gradient = False
             out = stage((hidden, pos, mask))[0]
             (out**2).mean().backward()
