@@ -1,10 +1,14 @@
 """Pipeline-parallel description of the Qwen-VL families: the model as a sequence of stages for Paddle's
 `PipelineLayer`, which paddleformers' Trainer requires for `pipeline_parallel_degree` > 1.
 
-    stage 0:  FirstStage   vision tower, token embeddings, image features merged into their placeholders,
-                           3-D mRoPE positions (the family's own rule)                 -> (hidden, positions, mask)
+    stage 0:  EmbeddingStage  token embeddings                                         -> inputs + inputs_embeds
+              FirstStage      vision tower, image features merged into their placeholders, 3-D mRoPE positions
+                              (the family's own rule)                                  -> (hidden, positions, mask)
               DecoderStage x num_hidden_layers, spread evenly over the stages        -> (hidden, positions, mask)
     last:     NormStage -> HeadStage -> TokenLoss (sum of token losses / the step's n0, as `MIXTrainer` computes)
+
+With tied embeddings (`tie_word_embeddings`) the head is a second copy of the EmbeddingStage on the last stage
+(`tied_head`), one shared layer for Paddle, which sums its gradients over both stages.
 
 Between stages travel three tensors: hidden [B, L, H] (float), positions [3, B, L] (int64) and the mask source:
 the padding mask [B, L] (int64) or, for MIXToken packs, FlashMask's `attn_mask_startend_row_indices` [B, 1, L]

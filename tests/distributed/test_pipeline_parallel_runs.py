@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from paddlemix.testing.tiny_qwen2_vl import build_tiny_qwen2_vl
 from paddlemix.utils.io import load_safetensors
 
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
@@ -75,3 +76,24 @@ def test_two_stage_pipeline_matches_one_process(workspace: Path, run_tool) -> No
     resumed = load_safetensors(workspace / "pp" / "model.safetensors")
     for name in saved_pp:
         np.testing.assert_allclose(resumed[name], saved_pp[name], atol=1e-6, rtol=0, err_msg=name)
+
+
+def test_tied_embeddings_pipeline_matches_one_process(workspace: Path, run_tool) -> None:
+    """Qwen2-VL with its head tied to the embeddings (as Qwen2-VL-2B): the embedding matrix lives on both stages as
+    one shared layer; with gradient clipping on (its norm counts the tied weight once) it trains as one process."""
+    build_tiny_qwen2_vl(workspace / "tied", tie_word_embeddings=True)
+    common = ["--model_name_or_path", "tied", "--do_eval", "false", "--evaluation_strategy", "no", "--max_steps",
+              "3", "--dataloader_shuffle", "false", "--save_steps", "100", "--per_device_train_batch_size", "2",
+              "--gradient_accumulation_steps", "2", "--warmup_ratio", "0", "--max_grad_norm", "1.0"]  # fmt: skip
+    run_tool("supervised_finetune.py", str(CONFIG), *common, "--output_dir", "single", cwd=workspace)
+    proc = run_pipeline(workspace, common)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    single, pp = step_logs(workspace / "single"), step_logs(workspace / "pp")
+    for step in (1, 2, 3):
+        assert abs(pp[step]["loss"] - single[step]["loss"]) <= 1e-5, step
+        assert pp[step]["grad_norm"] == pytest.approx(single[step]["grad_norm"], rel=1e-4)
+    saved_single = load_safetensors(workspace / "single" / "model.safetensors")
+    saved_pp = load_safetensors(workspace / "pp" / "model.safetensors")
+    assert sorted(saved_pp) == sorted(saved_single) and "lm_head.weight" not in saved_pp
+    for name in saved_single:
+        np.testing.assert_allclose(saved_pp[name], saved_single[name], atol=1e-4, rtol=0, err_msg=name)
