@@ -368,12 +368,18 @@ class OneProcessView:
 
 
 def gather_one_process_state(pipeline: QwenVLPipeline, to_numpy: Callable[[Any], Any]) -> dict[str, Any]:
-    """The whole model's state by one-process names, gathered from every stage of this pipeline group (numpy
-    arrays; every stage calls this, all get the whole dict)."""
+    """The whole model's state by one-process names (numpy arrays) on the pipeline group's first rank, which writes
+    it; the other stages get an empty dict. Every stage calls this. The stages hand their parts over one at a time,
+    so besides the first rank (the whole model) a process holds its own part plus at most one other."""
     from paddle.distributed import fleet
 
     group = fleet.get_hybrid_communicate_group().get_pipe_parallel_group()
-    local = {name: to_numpy(value) for name, value in pipeline.one_process_state_dict().items()}
-    parts: list[dict[str, Any]] = []
-    paddle.distributed.all_gather_object(parts, local, group=group)
-    return {name: value for part in parts for name, value in part.items()}
+    first = group.ranks[0] == paddle.distributed.get_rank()
+    gathered: dict[str, Any] = {}
+    for src in group.ranks:
+        own = src == paddle.distributed.get_rank()
+        part = [{n: to_numpy(v) for n, v in pipeline.one_process_state_dict().items()} if own else None]
+        paddle.distributed.broadcast_object_list(part, src=src, group=group)
+        if first:
+            gathered.update(part[0])
+    return gathered
