@@ -12,7 +12,6 @@ import dataclasses
 import enum
 import importlib.util
 import json
-import os
 import types
 import typing
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from paddlemix.distributed.checks import check_parallel, check_pipeline, parallel_degrees, sharding_notes
 from paddlemix.utils.errors import Problems, UserError, closest
 from paddlemix.utils.io import read_json
 
@@ -524,6 +524,11 @@ def parse(raw: dict[str, Any], where: str, cli_keys: set[str] | None = None, wor
     validate(args, training, problems, world_size)
     problems.raise_if_any()
     kwargs, adjusted = training_kwargs_with_notes(training, args.runtime, args.data.packing)
+    if kwargs["device"] == "cpu":  # GPU/NPU/XPU runs never import the stand-ins
+        from paddlemix.distributed.cpu_collectives import install
+
+        # before TrainingArguments: building it initialises fleet for the parallel degrees
+        install("cpu", parallel_degrees(kwargs))
     args.training = _build_training_arguments(training_cls, kwargs, where)
     args.training_keys = tuple(dict.fromkeys((*training, *TRAINING_DEFAULTS)))
     args.notes = tuple(notes + adjusted)
@@ -624,6 +629,7 @@ def training_kwargs_with_notes(
         asked = f"{key} {kwargs.get('fp16_opt_level', 'O1')}"
         notes.append(f"precision: float32, not {asked}: {CPU_HALF_PRECISION.format(kind=kind)}")
         kwargs.update(bf16=False, fp16=False, amp_master_grad=False)
+    notes.extend(sharding_notes(kwargs))
     return kwargs, notes
 
 
@@ -633,6 +639,9 @@ def training_kwargs(training: dict[str, Any], runtime: RuntimeArgs, packing: boo
 
     kwargs = {**TRAINING_DEFAULTS, **training, "device": resolve_device(runtime.device)}
     kwargs.setdefault("amp_master_grad", bool(kwargs.get("fp16") or kwargs.get("bf16")))
+    if max(kwargs.get("pipeline_model_parallel_size", 1) or 1, 1) > 1:
+        # Micro-batches keep their own lengths (padding to the longest in the batch); the stages exchange shapes.
+        kwargs.setdefault("variable_seq_lengths", True)
     if packing:
         # The pack stream fast-forwards itself on resume; the trainer must not replay (and decode) skipped batches.
         kwargs["ignore_data_skip"] = True
@@ -721,8 +730,8 @@ def validate(args: RunArgs, training: dict[str, Any], problems: Problems, world_
     for split in DATA_SPLITS:
         for i, source in enumerate(getattr(args.data, split)):
             _validate_source(source, f"dataset.{split}[{i}]", problems)
-    if (model_dir / "config.json").is_file():
-        _validate_parallel(training, model_dir, problems, world_size)
+    check_parallel(training, model_dir, problems, lora=args.lora.lora, world_size=world_size)
+    check_pipeline(training, model_dir, problems, lora=args.lora.lora)
 
 
 def _validate_source(source: DatasetSource, key: str, problems: Problems) -> None:
@@ -741,30 +750,3 @@ def _validate_source(source: DatasetSource, key: str, problems: Problems) -> Non
         )
     if source.image_root is not None and not Path(source.image_root).is_dir():
         add(f'"{key}.image_root" = "{source.image_root}" is not a folder.')
-
-
-def _validate_parallel(
-    training: dict[str, Any], model_dir: Path, problems: Problems, world_size: int | None = None
-) -> None:
-    tp = max(training.get("tensor_model_parallel_size", 1), 1)
-    pp = max(training.get("pipeline_model_parallel_size", 1), 1)
-    sharding = max(training.get("sharding_parallel_size", 1), 1)
-    world = world_size or int(os.environ.get("PADDLE_TRAINERS_NUM", "1"))
-    if world % (tp * pp * sharding):
-        problems.add(
-            f"tensor x pipeline x sharding parallel degrees = {tp} x {pp} x {sharding} do not divide the "
-            f"{world} launched process(es); launch a multiple of {tp * pp * sharding} (see train.sh) or lower them.",
-            "tensor_parallel_degree",
-        )
-    if training.get("sharding") and sharding > 1 and training["sharding"] not in ("stage1", "stage2", "stage3"):
-        problems.add(f'"sharding" must be stage1, stage2 or stage3, got {training["sharding"]!r}.', "sharding")
-    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-    text = config.get("text_config", config)
-    for name, degree, key in (("num_attention_heads", tp, "tensor"), ("num_key_value_heads", tp, "tensor"),
-                              ("num_hidden_layers", pp, "pipeline")):  # fmt: skip
-        size = text.get(name) or config.get(name)
-        if degree > 1 and size and size % degree:
-            problems.add(
-                f'"{key}_parallel_degree" = {degree} does not divide the model\'s {name} = {size}.',
-                f"{key}_parallel_degree",
-            )

@@ -92,6 +92,9 @@ class ModelAdapter:
     parameter_name: Callable[[str], str] = same_name
     # PaddleMIX's names for one of our parameters, so freeze patterns written for PaddleMIX's models still apply.
     paddlemix_names: Callable[[str], tuple[str, ...]] = no_aliases
+    # The classes of the family's pipeline-parallel stages (`paddlemix.distributed.pipeline.PipelineParts`), or
+    # None for a family without a pipeline description (refused with `pipeline_parallel_degree` > 1).
+    pipeline: Callable[[], Any] | None = None
 
     def load_config(self, path: str | Path, device: str = "cpu") -> Any:
         from paddlemix.models.loading import local_folder_logs
@@ -120,6 +123,23 @@ class ModelAdapter:
         config = self.load_config(path, device)
         model = load_weights_into(import_object(self.model_class), config, path, self.import_state_dict, dtype)
         logger.info("loaded %s from %s", self.model_type, path)
+        return model
+
+    def load_pipeline_stage(self, path: str | Path, dtype: str | None = "float32", device: str = "cpu") -> Any:
+        """This process's stages of the family's pipeline (`paddlemix.distributed.pipeline`), filled from the
+        folder's safetensors with only the tensors of the layers they hold. Needs an initialised fleet with a
+        pipeline degree above 1 and a family whose `pipeline` is set."""
+        from paddle.distributed import fleet
+
+        from paddlemix.distributed.pipeline import QwenVLPipeline
+        from paddlemix.models.loading import load_pipeline_stage
+
+        check_safe_weights(path)
+        config = self.load_config(path, device)
+        parts, topology = self.pipeline(), fleet.get_hybrid_communicate_group().topology()
+        model = load_pipeline_stage(lambda c: QwenVLPipeline(c, parts, topology), config, path,
+                                    self.import_state_dict, self.parameter_name, dtype)  # fmt: skip
+        logger.info("loaded %s pipeline stage %d from %s", self.model_type, model._stage_id, path)
         return model
 
     def load_processor(self, path: str | Path) -> Any:

@@ -241,17 +241,26 @@ class SafetensorsSource(ArraySource):
 
 
 def fill_parameters(
-    model: Any, groups: list[list[str]], source: ArraySource, import_state_dict: ImportFn, folder: Path
+    model: Any,
+    groups: list[list[str]],
+    source: ArraySource,
+    import_state_dict: ImportFn,
+    folder: Path,
+    state: dict[str, Any] | None = None,
 ) -> None:
     """Fill every parameter and persistable buffer of `model` from the checkpoint, one group of checkpoint names at
     a time (see `module_groups`).
+
+    Args:
+        state: the tensors to fill by their one-process names; default `model.state_dict()`. A pipeline stage
+            passes only its own (and only the groups it holds).
 
     Raises:
         UserError: a checkpoint tensor has no parameter, a parameter has no checkpoint tensor, or shapes differ.
     """
     import paddle
 
-    state = model.state_dict()
+    state = model.state_dict() if state is None else state
     # The head is left out of the target so a group without the embeddings never tries to tie it (tied below).
     target = set(state) - {HEAD}
     filled: set[int] = set()
@@ -318,4 +327,39 @@ def load_weights_into(
         fill_parameters(model, [list(arrays)], ArraySource(arrays.pop), import_state_dict, folder)
     read_generation_config(model, folder)
     logger.info("loaded %d tensors from %s as %s", len(tensors), folder, dtype)
+    return model
+
+
+def load_pipeline_stage(
+    build: Callable[[Any], Any],
+    config: Any,
+    folder: str | Path,
+    import_state_dict: ImportFn,
+    parameter_name: Callable[[str], str],
+    dtype: str | None,
+) -> Any:
+    """Build this process's pipeline stages (`build(config)`, a `QwenVLPipeline`) without initialisation and fill
+    them from `folder`'s safetensors, reading only the tensors of the modules this stage holds.
+
+    Args:
+        parameter_name: checkpoint name -> one-process parameter name (the family adapter's), to pick the
+            checkpoint groups of this stage before they are read.
+    """
+    folder = Path(folder)
+    tensors = checkpoint_tensors(folder)
+    if not tensors:
+        raise UserError(f"{folder}: pipeline parallel loads safetensors weights only; convert the folder first.")
+    dtype = dtype or checkpoint_dtype(read_json(folder / "config.json"), tensors)
+    if dtype not in FLOAT_DTYPES:
+        raise UserError(
+            f'dtype "{dtype}" is not supported for loading {folder}; use one of {", ".join(FLOAT_DTYPES)}.'
+        )
+    model = build_model(build, config, dtype)
+    owned = model.owned_prefixes()
+    groups = [[n for n in group if parameter_name(n).startswith(owned)] for group in module_groups(tensors)]
+    groups = [group for group in groups if group]
+    state = model.one_process_state_dict()
+    fill_parameters(model, groups, SafetensorsSource(tensors), import_state_dict, folder, state)
+    logger.info("pipeline stage: loaded %d of %d tensors from %s as %s", sum(map(len, groups)), len(tensors), folder,
+                dtype)  # fmt: skip
     return model

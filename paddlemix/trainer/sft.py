@@ -77,10 +77,19 @@ def setup_runtime(args: RunArgs) -> None:
         if key.startswith("FLAGS_"):
             paddle.set_flags({key: value})
     paddle.set_device(args.training.device)
+    if is_pipeline_run(args):
+        from paddlemix.distributed.cpu_collectives import install_pipeline
+
+        install_pipeline(args.training.device, args.training.pipeline_model_parallel_size)
     # paddleformers' checkpoint loader needs an initialised fleet, also in a single process. Its init writes a
     # "Modified FLAGS detected" banner straight to stderr (flags paddleformers set, not the user); errors still raise.
-    with contextlib.redirect_stderr(io.StringIO()):
-        fleet.init(is_collective=True)
+    # For hybrid parallelism (TP/PP/sharding) paddleformers' arguments have already initialised it with their
+    # strategy (pipeline micro-batches, degrees); a second init would replace that strategy with the default one.
+    from paddle.distributed.fleet.base import topology
+
+    if topology._HYBRID_PARALLEL_GROUP is None:
+        with contextlib.redirect_stderr(io.StringIO()):
+            fleet.init(is_collective=True)
     seed_everything(args.training.seed)
     logger.info(
         "device %s, world size %d, seed %d", args.training.device, args.training.world_size, args.training.seed
@@ -180,12 +189,15 @@ def build_model(args: RunArgs, adapter: ModelAdapter) -> Any:
         modules = lora_modules(path, adapter, lora.lora_target_modules, f"{args.origin('lora_target_modules')}: ")
         check_tensor_parallel(max(args.training.tensor_model_parallel_size, 1))
         check_not_fully_trained(modules, plan.modules_to_save)
-    model = adapter.load_model(
-        path,
-        dtype=load_dtype(args.training),
-        device=args.training.device,
-        allow_pickle=args.model.allow_pickle_weights,
-    )
+    if is_pipeline_run(args):
+        model = adapter.load_pipeline_stage(path, dtype=load_dtype(args.training), device=args.training.device)
+    else:
+        model = adapter.load_model(
+            path,
+            dtype=load_dtype(args.training),
+            device=args.training.device,
+            allow_pickle=args.model.allow_pickle_weights,
+        )
     logger.info("train_type %s: frozen groups %s", m.train_type or "(not set)", plan.frozen_groups or "none")
     if lora.lora_path:
         model = load_adapter(model, lora.lora_path, modules_to_save=plan.modules_to_save)
@@ -194,7 +206,7 @@ def build_model(args: RunArgs, adapter: ModelAdapter) -> Any:
             model, modules, lora.lora_rank, lora.lora_alpha, lora.lora_dropout, plan.modules_to_save,
             seed=args.training.seed, use_rslora=lora.rslora, base_model_name_or_path=str(Path(path).resolve()),
         )  # fmt: skip
-    base = base_model(model)
+    base = model.one_process_view() if is_pipeline_run(args) else base_model(model)
     names = [n for n, _ in base.named_parameters()]
     for where, group in by_origin.items():
         if any(group.values()):
@@ -206,6 +218,10 @@ def build_model(args: RunArgs, adapter: ModelAdapter) -> Any:
         set_projector_learning_rate(base, adapter, m.mm_projector_lr, args.training.learning_rate)
     logger.info("trainable parameters:\n%s", trainable_table(base))
     return model
+
+
+def is_pipeline_run(args: RunArgs) -> bool:
+    return args.training.pipeline_model_parallel_size > 1
 
 
 def set_projector_learning_rate(model: Any, adapter: ModelAdapter, rate: float, learning_rate: float) -> None:
@@ -327,6 +343,14 @@ class FinalSaveCallback(TrainerCallback):
 def save_final(model: Any, args: RunArgs, adapter: ModelAdapter, processor_dir: str) -> None:
     """Write the output folder's model (HF layout) or adapter, plus the processor files, atomically per file set."""
     out = Path(args.training.output_dir)
+    if is_pipeline_run(args):  # every stage hands its part over; the first process writes the whole model
+        from paddlemix.distributed.pipeline import gather_one_process_state
+
+        state = gather_one_process_state(model, to_numpy)
+        if args.training.process_index != 0:
+            return
+    else:
+        state = None
     templates = trained_templates(args.data.train, processor_dir, adapter.vision_placeholder)
     with tempfile.TemporaryDirectory(dir=out, prefix=".final-") as staging:
         tmp = Path(staging)
@@ -339,7 +363,7 @@ def save_final(model: Any, args: RunArgs, adapter: ModelAdapter, processor_dir: 
             (tmp / "generation_config.json").unlink(missing_ok=True)
             save_adapter(model, tmp, str(Path(args.model.model_name_or_path).resolve()))
         else:
-            state = {k: to_numpy(v) for k, v in model.state_dict().items()}
+            state = state or {k: to_numpy(v) for k, v in model.state_dict().items()}
             save_safetensors(adapter.export_state_dict(state, model.config), tmp / "model.safetensors")
         write_json({**args.to_dict(), "chat_templates": templates}, tmp / RUN_ARGS)
         for file in tmp.iterdir():
@@ -466,7 +490,8 @@ def run_sft(args: RunArgs) -> dict[str, Any]:
     # First in line, so the printer, the progress bar and the JSONL log all see the throughput fields.
     trainer.callback_handler.callbacks.insert(0, ThroughputCallback(trainer, skips))
     final = FinalSaveCallback(lambda: save_final(model, args, adapter, args.model.model_name_or_path))
-    if training.process_index == 0:
+    saves = training.process_index == 0 or is_pipeline_run(args)  # pipeline stages all take part in the save
+    if saves:
         trainer.add_callback(final)
     last_eval = LastEvalCallback()
     trainer.add_callback(last_eval)
@@ -479,7 +504,7 @@ def run_sft(args: RunArgs) -> dict[str, Any]:
             metrics.update(trained_counts(trainer, result.global_step, metrics.get("train_runtime", 0.0)))
             if args.runtime.benchmark:
                 metrics.update(benchmark_report(metrics, trainer, time.perf_counter() - start))
-            if training.process_index == 0 and not final.saved:
+            if saves and not final.saved:
                 final.save()
                 final.saved = True
         if eval_set is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -13,12 +14,15 @@ import paddleformers.trainer.trainer as _pf_trainer
 from paddleformers.trainer import Trainer, TrainerCallback
 
 from paddlemix.datasets.collator import BATCH_META, LABEL_TOKENS, REAL_TOKENS, SAMPLE_IDS, SKIPS
+from paddlemix.distributed.memory import optimizer_state_bytes, parameter_bytes
 from paddlemix.peft.lora import save_adapter
 from paddlemix.processors.template_files import write_chat_template
 from paddlemix.trainer.accumulation import StepLoss, scale_gradients
 from paddlemix.trainer.chunked_loss import lm_loss_without_full_logits, token_loss_sum
 from paddlemix.utils import checkpoints
 from paddlemix.utils.errors import UserError
+
+logger = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(UserError):
@@ -29,6 +33,13 @@ class NonFiniteLossError(UserError):
 # a placeholder class keeps evaluation working without paddlefleet (nothing is an instance of it).
 if not hasattr(_pf_trainer, "GPTModel"):
     _pf_trainer.GPTModel = type("GPTModel", (), {})
+
+
+class _AttributeSink:
+    """An object that only holds the attributes set on it (see MIXTrainer._wrap_distributed_optimizer)."""
+
+    def __init__(self, **attributes: Any):
+        self.__dict__.update(attributes)
 
 
 @contextmanager
@@ -108,6 +119,7 @@ class MIXTrainer(Trainer):
         self.image_tokens = 0
         self.slots = 0
         self.grad_norm: float | None = None
+        self.memory_logged = False
         self.callback_handler.add_callback(RestoreRngOnResume(self))
 
     def training_step(self, model: Any, inputs: dict[str, Any], step_control: int = 0) -> Any:
@@ -122,13 +134,34 @@ class MIXTrainer(Trainer):
         self.count_trained(sample_ids, skips)
         self.loss_divisor = self.step.begin_micro_batch(labelled, len(sample_ids), int(inputs["input_ids"].shape[0]))
         self.last_loss_sum = float("nan")
+        pipeline_loss = self.pipeline_loss(model)
+        if pipeline_loss is not None:
+            pipeline_loss.divisor = self.loss_divisor
         backpropagated = float(super().training_step(model, inputs))
+        if pipeline_loss is not None:
+            self.last_loss_sum = self.pipeline_loss_sum(pipeline_loss)
         if not (math.isfinite(backpropagated) and math.isfinite(self.last_loss_sum)):
             self.stop_on_non_finite(model, backpropagated, sample_ids)
         self.step.add_loss_sum(self.last_loss_sum)
         if (step_control + 1) % self.args.gradient_accumulation_steps:
             return paddle.zeros([], dtype="float32")
         return paddle.to_tensor(self.step.finish(), dtype="float32")
+
+    def pipeline_loss(self, model: Any) -> Any:
+        """The last stage's `TokenLoss` of a pipeline-parallel model (on every stage), else None."""
+        if self.args.pipeline_model_parallel_size <= 1:
+            return None
+        layers = getattr(model, "_layers", model)
+        return getattr(layers, "token_loss", None)
+
+    def pipeline_loss_sum(self, pipeline_loss: Any) -> float:
+        """This rank's share of the step's loss sum under pipeline parallelism: the pipeline runs all micro-batches
+        of a step at its last one, and only the last stage computes losses. `StepLoss` sums over all ranks and
+        divides by the ranks that hold the same batch, so the last stage counts its sums once per stage."""
+        sums = pipeline_loss.take_sums()
+        if not sums:  # a buffered micro-batch, or a stage without the loss
+            return 0.0
+        return sum(sums) * self.args.pipeline_model_parallel_size
 
     def train(self, resume_from_checkpoint: str | None = None, **kwargs: Any) -> Any:
         self.resume_checkpoint = resume_from_checkpoint
@@ -158,15 +191,44 @@ class MIXTrainer(Trainer):
             self.grad_norm = self.gradient_norm(model)
         self.step.reset()
         super().optimizer_step(args, model=model, parameters_list=parameters_list)
+        if not self.memory_logged:  # after the first update, when the optimizer state exists
+            self.memory_logged = True
+            logger.info(
+                "rank %d of %d holds parameters %d bytes, optimizer state %d bytes", args.process_index,
+                args.world_size, parameter_bytes(model), optimizer_state_bytes(self.optimizer),
+            )  # fmt: skip
 
-    @staticmethod
-    def gradient_norm(model: Any) -> float:
+    def _wrap_distributed_optimizer(self, optimizer: Any) -> Any:
+        """paddleformers 1.2 wraps `optimizer` for hybrid parallel (tensor, pipeline, sharding stage 1) and, when
+        `max_grad_norm` > 0, installs its global-norm logger with `self.optimizer._inner_opt._grad_clip... = ...`:
+        `self.optimizer` is still the unwrapped optimizer there (AttributeError `_inner_opt`), on every device.
+        The method it builds is bound to the wrapped optimizer's clip already; only the target is wrong. During the
+        call `self.optimizer` is a stand-in that catches the assignment, which then lands on the wrapped optimizer."""
+        catcher = _AttributeSink()
+        self.optimizer = _AttributeSink(_inner_opt=_AttributeSink(_grad_clip=catcher))
+        try:
+            wrapped = super()._wrap_distributed_optimizer(optimizer)
+        finally:
+            self.optimizer = optimizer
+        if "_global_norm" in vars(catcher):
+            wrapped._inner_opt._grad_clip._global_norm = catcher._global_norm
+        return wrapped
+
+    def gradient_norm(self, model: Any) -> float:
         """L2 norm of the step's gradients as the optimizer gets them (before clipping; `main_grad` under
-        master-grad AMP), computed only for steps that log."""
-        grads = [getattr(p, "main_grad", None) if getattr(p, "main_grad", None) is not None else p.grad
-                 for p in model.parameters()]  # fmt: skip
+        master-grad AMP), computed only for steps that log; under pipeline parallelism over all stages."""
+        grads = [
+            getattr(p, "main_grad", None) if getattr(p, "main_grad", None) is not None else p.grad
+            for p in model.parameters()
+            if getattr(p, "is_firstly_shared", True)
+        ]  # tied: counted once
         squares = [(g.astype("float32") ** 2).sum() for g in grads if g is not None]
-        return float(paddle.add_n(squares).sqrt()) if squares else 0.0
+        total = paddle.add_n(squares) if squares else paddle.zeros([], dtype="float32")
+        if self.args.pipeline_model_parallel_size > 1:
+            from paddle.distributed import fleet
+
+            paddle.distributed.all_reduce(total, group=fleet.get_hybrid_communicate_group().get_pipe_parallel_group())
+        return float(total.sqrt())
 
     def stop_on_non_finite(self, model: Any, loss: float, sample_ids: list[str]) -> None:
         """Save the weights of the last completed step (the optimizer has not applied this batch) and stop."""
@@ -204,6 +266,13 @@ class MIXTrainer(Trainer):
             super()._save_flex_optimizer_state(output_dir)
 
     def _load_flex_checkpoint(self, resume_from_checkpoint: str) -> Any:
+        # Sharding stage 2: the state lives in the wrapped optimizer (`_optim`, this rank's parameters), which
+        # creates its moments lazily at its first step. paddleformers prepares the wrapper's moments only, so the
+        # loaded optimizer state would find nothing to fill and the run would restart Adam from zero (any device).
+        inner = getattr(self.optimizer, "_optim", None)
+        if inner is not None and hasattr(inner, "_create_accumulators"):
+            block = paddle.base.framework.default_main_program().global_block()
+            inner._create_accumulators(block, [p for p in inner._parameter_list if not p.stop_gradient])
         with trainable_state_only(self.model):
             return super()._load_flex_checkpoint(resume_from_checkpoint)
 
