@@ -177,7 +177,10 @@ PADDLEMIX_SOURCE_KEYS = {"splits": PADDLEMIX_KEYS["splits"]}
 
 @dataclass(frozen=True)
 class DatasetSource:
-    """One entry of `dataset.train` / `dataset.eval`: a reader, its files and how much of it to use."""
+    """One entry of `dataset.train` / `dataset.eval`: a reader, its files and how much of it to use.
+    `keep_empty_think`: with a thinking chat template (Qwen3's), whether the empty `<think></think>` block it
+    writes before an answer without reasoning is trained (true, as the template renders it) or is part of the
+    prompt (false: prompts are rendered with `enable_thinking=False`, which writes that block)."""
 
     name: SourceName
     data_files: list[str]
@@ -185,6 +188,7 @@ class DatasetSource:
     sampling_rate: float = 1.0
     image_root: str | None = None
     prompt: str | None = None
+    keep_empty_think: bool = True
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,28 @@ from paddlemix import arguments
 from paddlemix.utils.errors import UserError, exit_on_user_error
 from paddlemix.utils.logging import quiet_console
 
+FIRST_RECORDS = 3  # records of each source whose training and inference encodings are compared
+
+
+def template_problems(sources: list, encoder: object, templates: list) -> dict[str, str | None]:
+    """Per source, the paragraph `template_report` gives for its template on a probe conversation and its first
+    records (None when training and inference encode alike)."""
+    from paddlemix.datasets.encoded import source_names
+    from paddlemix.datasets.sources import SourceDataset
+    from paddlemix.processors.template_check import template_report
+
+    out = {}
+    for name, source, template in zip(source_names(sources), sources, templates):
+        data = SourceDataset(source)
+        samples = []
+        for i in range(min(FIRST_RECORDS, len(data))):
+            try:
+                samples.append(data[i])
+            except Exception:  # noqa: BLE001 - unreadable records are counted by the skip checks
+                continue
+        out[name] = template_report(encoder, template, f'source "{name}"', samples)
+    return out
+
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
@@ -53,15 +75,20 @@ def main(argv: list[str] | None = None) -> None:
     with tqdm(total=total, desc="checking records", unit="rec", file=sys.stderr) as progress:
         for split, sources in splits.items():
             if sources:
-                templates = [template_for(processor, s.chat_template) for s in sources]
+                templates = [template_for(processor, s.chat_template, s.keep_empty_think) for s in sources]
                 report["splits"][split] = check_split(sources, encoder, templates, args.data.max_length,
                                                       args.data.pack_window, progress)  # fmt: skip
+                report["splits"][split]["templates"] = template_problems(sources, encoder, templates)
     report["seconds"] = round(time.perf_counter() - start, 2)
     report["records"] = total
     out = Path(report_path or Path(args.training.output_dir) / "data_report.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     print(format_report(report))
+    for split in report["splits"].values():
+        for problem in split["templates"].values():
+            if problem:
+                print(f"warning: {problem}")
     print(f"{total} records checked in {report['seconds']} s; report: {out}")
 
 
