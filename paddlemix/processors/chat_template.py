@@ -295,6 +295,7 @@ class PaddleMixChatTemplate(_BoundaryRules):
         self.spec = spec
         self.system = env.from_string(spec.get("system", ""))
         self.user, self.bot = (env.from_string(part) for part in conversation)
+        # Without "query", the user part asks (PaddleMIX's files write `{{user}}` there, so both names are given).
         self.query = env.from_string(spec.get("query", conversation[0]))
 
     def _rounds(self, messages: Sequence[Message]) -> tuple[str, list[tuple[str, Message | None]]]:
@@ -316,7 +317,7 @@ class PaddleMixChatTemplate(_BoundaryRules):
         for index, (user, bot) in enumerate(rounds):
             if bot is None:
                 if add_generation_prompt:
-                    out.append((self.query.render(query=user, index=index), CONTEXT))
+                    out.append((self.query.render(query=user, user=user, index=index), CONTEXT))
                 break
             out.append((self.user.render(user=user, index=index), CONTEXT))
             out.append((self.bot.render(bot=bot.content, index=index), _answer_kind(bot)))

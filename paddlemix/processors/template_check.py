@@ -4,7 +4,10 @@ the training ids before it, with the answer's labels starting right there.
 
 A mismatch means the model sees prompts at inference that it never saw in training (e.g. `…ASSISTANT: ` trained,
 `…ASSISTANT:` asked; `' '`, `'red'` trained where the text tokenizes as `' red'`), which no loss curve shows.
-Run at training start on a probe conversation and in `check_data` on the first records of each source.
+Run at training start on a probe conversation and in `check_data` on the first records of each source. A template
+that rewrites earlier turns (Qwen3's drops reasoning from past answers) renders a past answer otherwise than the
+answer being asked; such answers are trained as the whole conversation renders them and not compared with a
+prompt.
 """
 
 from __future__ import annotations
@@ -58,7 +61,13 @@ def encoding_mismatch(encoder: SampleProcessor, template: ChatTemplate, sample: 
         )
     starts = [i for i in range(len(labels)) if labels[i] != IGNORE_INDEX and (i == 0 or labels[i - 1] == IGNORE_INDEX)]
     turns = [k for k, m in enumerate(sample.messages) if m.role == "assistant" and m.loss and m.content.strip()]
+    rendered = "".join(text for text, _ in encoder.training_segments(sample, template))
     for k, start in zip(turns, starts):
+        alone = Sample(sample.messages[: k + 1], sample.images)
+        if k != turns[-1] and not rendered.startswith(
+            "".join(t for t, _ in encoder.training_segments(alone, template))
+        ):
+            continue  # a template that rewrites history (Qwen3 thinking) renders this turn otherwise once it is past
         prompt = encoder.encode_prompt(Sample(sample.messages[:k], sample.images), template)["input_ids"].tolist()
         if prompt != ids[: len(prompt)] or len(prompt) != start:
             at = _first_difference(ids, prompt)
