@@ -74,7 +74,7 @@ def check_turns(messages: list[Message]) -> None:
         raise SampleError("no assistant turn")
     answers = [m for m in messages if m.role == "assistant" and m.content.strip()]
     if not answers:  # an empty answer would teach the model to end at once; empty turns of other records stay context
-        raise SampleError("every assistant answer is empty")
+        raise SampleError("no assistant turn with an answer (every answer is empty)")
     if not any(m.loss for m in answers):
         raise SampleError('no assistant turn to train (every answer has "loss": false)')
 

@@ -188,5 +188,5 @@ def test_empty_answers_are_not_trained(tiny_model_dir: Path) -> None:
     tokenizer, encoder, template = _setup(tiny_model_dir)
     messages = (Message("user", "q1"), Message("assistant", " "), Message("user", "q2"), Message("assistant", "a2"))
     assert _labelled_tokens(tokenizer, encoder(Sample(messages, ()), template)) == ["a", "2", "<|im_end|>"]
-    with pytest.raises(SampleError, match="every assistant answer is empty"):
+    with pytest.raises(SampleError, match="every answer is empty"):
         check_turns([Message("user", "q1"), Message("assistant", "")])
