@@ -11,9 +11,9 @@ Both kinds first cut a conversation into pieces (context, or an assistant answer
 makes training segments and inference prompts agree byte for byte (`_boundary_segments`):
 - an answer ends with the template's end-of-turn text (`<|im_end|>`, `</s>`, ...); where the template writes none,
   the tokenizer's eos follows the answer (`answer_eos`), as LLaVA's and LLaMA-Factory's training do;
-- whitespace after an answer is context, spaces right before it belong to it (`ASSISTANT: red` is trained as
-  `ASSISTANT:` + ` red`, the split the whole text's tokenization makes), so the generation prompt is the training
-  prefix of every answer;
+- an answer starts where the generation prompt of its turn ends, so that prompt is exactly the training text
+  before the answer (llava-hf renders `ASSISTANT: ` + `red ` but prompts with `ASSISTANT:`: the answer is trained
+  as ` red`, as the whole text tokenizes too); whitespace after an answer is context;
 - with `keep_empty_think=False`, the empty `<think></think>` block a thinking template writes before an answer is
   context, and prompts are rendered with `enable_thinking=False`, which writes that block into the prompt.
 Templates that rewrite earlier turns (Qwen3's drops reasoning from past answers) are rendered once for the whole
@@ -94,6 +94,28 @@ def _answer_kind(message: Message) -> int:
     return TRAINED if message.loss else UNTRAINED
 
 
+def _align_to_prompts(pieces: list[Piece], prompts: Sequence[str]) -> list[Piece]:
+    """Move each answer's start to where the generation prompt of its turn (`prompts`, one per answer, the whole
+    text a model would continue) ends: llava-hf's template renders `ASSISTANT: ` + `{% generation %}red ` but
+    prompts with `ASSISTANT:`, so the space starts the answer (` red`, as the whole text tokenizes too)."""
+    out = list(pieces)
+    done, answer = "", 0
+    for i, (text, kind) in enumerate(out):
+        if kind != CONTEXT and answer < len(prompts) and i and out[i - 1][1] == CONTEXT:
+            prompt, context = prompts[answer], out[i - 1][0]
+            if done.startswith(prompt) and len(done) - len(prompt) <= len(context):  # context runs past the prompt
+                cut = len(context) - (len(done) - len(prompt))
+                out[i - 1], out[i] = (context[:cut], CONTEXT), (context[cut:] + text, kind)
+            elif prompt.startswith(done) and text.startswith(prompt[len(done) :]):  # the prompt takes part of it
+                cut = len(prompt) - len(done)
+                out[i - 1], out[i] = (context + text[:cut], CONTEXT), (text[cut:], kind)
+            answer += 1
+        elif kind != CONTEXT:
+            answer += 1
+        done = "".join(t for t, _ in out[: i + 1])
+    return out
+
+
 def _boundary_segments(pieces: list[Piece], answer_eos: str = "", keep_empty_think: bool = True) -> list[Segment]:
     """Training segments from rendered pieces, with the answer-boundary rules of the module docstring applied."""
     out: list[Segment] = []
@@ -101,25 +123,15 @@ def _boundary_segments(pieces: list[Piece], answer_eos: str = "", keep_empty_thi
         if kind == CONTEXT:
             out.append((text, False))
             continue
-        lead = ""
-        if out and not out[-1][1]:  # spaces the context ends with start the answer
-            context = out[-1][0].rstrip(" \t")
-            lead, out[-1] = out[-1][0][len(context) :], (context, False)
-        answer = lead + text
+        answer = text
         if not keep_empty_think:
-            think = _EMPTY_THINK.match(answer.lstrip(" \t"))
+            think = _EMPTY_THINK.match(answer)
             if think:
-                cut = len(answer) - len(answer.lstrip(" \t")) + think.end()
-                out.append((answer[:cut], False))
-                answer = answer[cut:]
+                out.append((answer[: think.end()], False))
+                answer = answer[think.end() :]
         stripped = answer.rstrip()
         out += [(stripped + answer_eos, kind == TRAINED), (answer[len(stripped) :], False)]
     return [s for s in out if s[0]]
-
-
-def _prompt_text(segments: list[Segment]) -> str:
-    """The generation prompt: the rendered text before the answer, without the spaces that start the answer."""
-    return "".join(text for text, _ in segments).rstrip(" \t")
 
 
 class ChatTemplate(Protocol):
@@ -152,7 +164,7 @@ class _BoundaryRules:
         return _boundary_segments(pieces, self.answer_eos, self.keep_empty_think)
 
     def prompt(self, messages: Sequence[Message]) -> str:
-        return _prompt_text(self.segments(messages, add_generation_prompt=True))
+        return "".join(text for text, _ in self.segments(messages, add_generation_prompt=True))
 
 
 class JinjaChatTemplate(_BoundaryRules):
@@ -230,7 +242,8 @@ class JinjaChatTemplate(_BoundaryRules):
     def pieces(self, messages: Sequence[Message], add_generation_prompt: bool) -> list[Piece]:
         full = self.render(messages, add_generation_prompt, brackets=True, final=True)
         if GENERATION_START in full:
-            return _generation_pieces(full, messages)
+            prompts = [self.render(messages[:k], True) for k, m in enumerate(messages) if m.role == "assistant"]
+            return _align_to_prompts(_generation_pieces(full, messages), prompts)
         try:
             return self._prefix_pieces(messages, add_generation_prompt)
         except SampleError:
@@ -314,14 +327,16 @@ class PaddleMixChatTemplate(_BoundaryRules):
     def pieces(self, messages: Sequence[Message], add_generation_prompt: bool) -> list[Piece]:
         system, rounds = self._rounds(messages)
         out: list[Piece] = [(self.system.render(system=system), CONTEXT)]
+        prompts: list[str] = []
         for index, (user, bot) in enumerate(rounds):
             if bot is None:
                 if add_generation_prompt:
                     out.append((self.query.render(query=user, user=user, index=index), CONTEXT))
                 break
+            prompts.append("".join(t for t, _ in out) + self.query.render(query=user, user=user, index=index))
             out.append((self.user.render(user=user, index=index), CONTEXT))
             out.append((self.bot.render(bot=bot.content, index=index), _answer_kind(bot)))
-        return out
+        return _align_to_prompts(out, prompts)
 
 
 def _keep_whitespace(part: str) -> str:

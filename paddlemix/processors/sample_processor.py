@@ -51,13 +51,8 @@ def without_empty_answers(messages: Sequence[Message]) -> list[Message]:
 
 
 def prompt_segments(segments: Sequence[tuple[str, bool]]) -> list[tuple[str, bool]]:
-    """The segments of a generation prompt as context, without the spaces at its end (they start the answer)."""
-    texts = [text for text, _ in segments]
-    while texts and not texts[-1].rstrip(" \t"):
-        texts.pop()
-    if texts:
-        texts[-1] = texts[-1].rstrip(" \t")
-    return [(text, False) for text in texts]
+    """The segments of a generation prompt, all as context."""
+    return [(text, False) for text, _ in segments]
 
 
 class SampleProcessor:

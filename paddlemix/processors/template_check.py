@@ -38,21 +38,28 @@ def _first_difference(a: Sequence[int], b: Sequence[int]) -> int:
 
 def _training_ids(
     encoder: SampleProcessor, sample: Sample, template: ChatTemplate
-) -> tuple[list[int], list[int], str]:
-    """(ids, unshifted labels, rendered text) of a sample as training encodes it; images counted from headers."""
+) -> tuple[list[int], list[int], list[str]]:
+    """(ids, unshifted labels, pieces of rendered text) of a sample as training encodes it, images counted from
+    headers. The text is cut only where an answer starts after a space the generation prompt ends with (`User: q
+    Assistant: ` + `red`): there the template itself splits the text, as every inference prompt does."""
     grids = [encoder.vision.grid_for_size(*encoder.reader.size(r)) for r in sample.images]
     segments = encoder.training_segments(sample, template)
     ids, labels = encoder._encode(sample, segments, {"image_grid_thw": grids})
     counts = [encoder.vision.count(g) for g in grids]
-    return ids, labels, encoder.expand("".join(text for text, _ in segments), counts)
+    chunks = [""]
+    for i, (text, label) in enumerate(segments):
+        if label and i and segments[i - 1][0][-1:] in (" ", "\t"):
+            chunks.append("")
+        chunks[-1] += text
+    return ids, labels, [encoder.expand(chunk, counts) for chunk in chunks]
 
 
 def encoding_mismatch(encoder: SampleProcessor, template: ChatTemplate, sample: Sample) -> str | None:
     """What differs between the training ids of `sample` and the whole text's ids or an inference prompt's ids,
     in one sentence, or None when all agree."""
     tokenizer = encoder.tokenizer
-    ids, labels, text = _training_ids(encoder, sample, template)
-    whole = encoder.leading_ids(text) + encoder.encode_text(text)
+    ids, labels, chunks = _training_ids(encoder, sample, template)
+    whole = encoder.leading_ids(chunks[0]) + [i for chunk in chunks for i in encoder.encode_text(chunk)]
     if whole != ids:
         at = _first_difference(ids, whole)
         return (

@@ -175,15 +175,16 @@ def test_typed_content_template_renders_and_masks_per_turn() -> None:
     assert template.typed_content and template.image_text == "<image>\n"
     assert template.render(IMAGE_CHAT, False) == "USER: <image>\nWhat color?\nASSISTANT: red</s>\nUSER: And now?\n" \
         "ASSISTANT: blue</s>\n"  # fmt: skip
-    # the space after "ASSISTANT:" starts the answer (" red" is one token), so the prompt ends before it
-    assert [text for text, label in template.segments(IMAGE_CHAT) if label] == [" red</s>", " blue</s>"]
-    assert template.prompt(IMAGE_CHAT[:1]) == "USER: <image>\nWhat color?\nASSISTANT:"
+    # the generation prompt "ASSISTANT: " is the training text before each answer
+    assert [text for text, label in template.segments(IMAGE_CHAT) if label] == ["red</s>", "blue</s>"]
+    assert template.prompt(IMAGE_CHAT[:1]) == "USER: <image>\nWhat color?\nASSISTANT: "
 
 
 def test_generation_tag_spans_are_the_labels() -> None:
     template = JinjaChatTemplate(GENERATION_TEMPLATE)
     # trim_blocks (as transformers renders) drops the newline right after {% endgeneration %}
     assert template.segments(IMAGE_CHAT) == [
+        # the generation prompt ends at "Assistant:", so the space starts the answer
         ("User:<image> What color?<end_of_utterance>\nAssistant:", False),
         (" red<end_of_utterance>", True),
         ("User: And now?<end_of_utterance>\nAssistant:", False),
