@@ -119,7 +119,10 @@ def test_training_ids_equal_transformers_ids_for_each_family_own_template(
         adapter = adapter_for(folder)
         processor = adapter.load_processor(folder)
         template, encoder = template_for(processor), adapter.sample_processor(processor, 4096)
-        typed = hf_messages("<image>", TEXT_CHAT)
+        # HF messages as the template reads them: typed parts, or strings for a template that shows strings
+        typed = hf_messages("<image>", TEXT_CHAT) if template.typed_content else [
+            {"role": m.role, "content": m.content} for m in TEXT_CHAT
+        ]  # fmt: skip
         full = encoder(Sample(TEXT_CHAT, ()), template)["input_ids"].tolist()
         prompt = encoder.encode_prompt(Sample(TEXT_CHAT[:1], ()), template)["input_ids"].tolist()
         if name != "llava_vicuna":
