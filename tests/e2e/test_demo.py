@@ -33,7 +33,8 @@ def test_shortened_demo_learns_colours(tmp_path: Path, monkeypatch, run_tool, fa
     from paddlemix.processors.chat_template import template_for
 
     stop = template_for(adapter_for(model).load_processor(model)).stop_token_id  # the token ending every answer
-    assert stop in json.loads((model / "generation_config.json").read_text())["eos_token_id"]
+    eos = json.loads((model / "generation_config.json").read_text())["eos_token_id"]
+    assert stop in (eos if isinstance(eos, list) else [eos])
     record = json.loads((tmp_path / "demo_run" / "shapes" / "eval.jsonl").read_text().splitlines()[0])
     image = tmp_path / "demo_run" / "shapes" / record["images"][0]
     question = record["messages"][0]["content"].replace("<image>", "")
