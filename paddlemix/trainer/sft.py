@@ -379,7 +379,8 @@ def save_final(
             save_safetensors(adapter.export_state_dict(state, model.config), tmp / "model.safetensors")
             if stop_ids:
                 write_stop_ids(tmp, stop_ids, base_model(model).config, tokenizer)
-        write_json({**args.to_dict(), "chat_templates": templates}, tmp / RUN_ARGS)
+        # stop_token_ids: what ends the trained answers, for the merged model's generation_config.json
+        write_json({**args.to_dict(), "chat_templates": templates, "stop_token_ids": stop_ids or []}, tmp / RUN_ARGS)
         for file in tmp.iterdir():
             file.replace(out / file.name)
     logger.info("saved %s to %s", "LoRA adapter" if args.lora.lora else "model", out)
