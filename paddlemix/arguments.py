@@ -176,7 +176,10 @@ class DatasetSource:
 
     `image_placeholder`: the text that marks an image in string content of records that have images (default
     `<image>`; elsewhere it is plain text). `inline_images`: whether `<img>path</img>` in string content is an image
-    (unset = only in PaddleMIX's pair-list conversations; elsewhere it is plain text, as in HTML)."""
+    (unset = only in PaddleMIX's pair-list conversations; elsewhere it is plain text, as in HTML).
+    `keep_empty_think`: with a thinking chat template (Qwen3's), whether the empty `<think></think>` block it
+    writes before an answer without reasoning is trained (true, as the template renders it) or is part of the
+    prompt (false: prompts are rendered with `enable_thinking=False`, which writes that block)."""
 
     name: SourceName
     data_files: list[str]
@@ -186,6 +189,7 @@ class DatasetSource:
     prompt: str | None = None
     image_placeholder: str = "<image>"
     inline_images: bool | None = None
+    keep_empty_think: bool = True
 
 
 @dataclass(frozen=True)

@@ -289,5 +289,5 @@ def build_dataset(
     datasets = [SourceDataset(s) for s in sources]
     mix = MixDataset(datasets, [s.sampling_rate for s in sources], seed, source_names(sources))
     logger.info("%s data mix: %s", split, mix.describe())
-    templates = [template_for(processor, s.chat_template) for s in sources]
+    templates = [template_for(processor, s.chat_template, s.keep_empty_think) for s in sources]
     return EncodedDataset(mix, templates, encoder, skip_log, split)

@@ -20,6 +20,7 @@ from paddlemix.datasets.collator import Collator
 from paddlemix.datasets.encoded import SkipLog, build_dataset, build_encoder
 from paddlemix.datasets.loader_guard import GuardedCollator, worker_failure
 from paddlemix.datasets.packing import PackedDataset
+from paddlemix.decoding import add_stop_ids
 from paddlemix.models import adapter_for
 from paddlemix.models.adapter import ModelAdapter
 from paddlemix.peft.freeze import (
@@ -340,8 +341,43 @@ class FinalSaveCallback(TrainerCallback):
             self.saved = True
 
 
-def save_final(model: Any, args: RunArgs, adapter: ModelAdapter, processor_dir: str) -> None:
-    """Write the output folder's model (HF layout) or adapter, plus the processor files, atomically per file set."""
+def settle_templates(args: RunArgs, processor: Any, adapter: ModelAdapter) -> list[int]:
+    """Check every training source's chat template before the model loads and return the ids that end their
+    answers (the stop ids written into the output's generation_config.json). A template whose answers end with no
+    token is a UserError here; one that encodes training and inference prompts differently is a warning."""
+    from paddlemix.datasets.encoded import source_names
+    from paddlemix.processors.chat_template import template_for
+    from paddlemix.processors.template_check import template_report
+
+    encoder = build_encoder(adapter, processor, args.data)
+    stops: list[int] = []
+    for name, source in zip(source_names(args.data.train), args.data.train):
+        template = template_for(processor, source.chat_template, source.keep_empty_think)
+        if template.stop_token_id is not None and template.stop_token_id not in stops:
+            stops.append(template.stop_token_id)
+        problem = template_report(encoder, template, f'dataset.train source "{name}" ({args.source_file})')
+        if problem and args.training.process_index == 0:
+            logger.warning(problem)
+    return stops
+
+
+def write_stop_ids(folder: Path, stop_ids: list[int], config: Any, tokenizer: Any) -> None:
+    """Add the trained answers' end ids to `folder`'s generation_config.json, saying so in one line."""
+    changed = add_stop_ids(folder / "generation_config.json", stop_ids, config)
+    if changed:
+        names = ", ".join(tokenizer.convert_ids_to_tokens(int(i)) for i in stop_ids)
+        logger.info(
+            "generation_config.json: eos_token_id %s -> %s (%s ends every trained answer, so generation stops there)",
+            changed[0], changed[1], names,
+        )  # fmt: skip
+
+
+def save_final(
+    model: Any, args: RunArgs, adapter: ModelAdapter, processor_dir: str, stop_ids: list[int] | None = None,
+    tokenizer: Any = None,
+) -> None:  # fmt: skip
+    """Write the output folder's model (HF layout) or adapter, plus the processor files, atomically per file set;
+    a full model's generation_config.json lists `stop_ids` among its eos ids."""
     out = Path(args.training.output_dir)
     if is_pipeline_run(args):  # every stage hands its part over; the first process writes the whole model
         from paddlemix.distributed.pipeline import gather_one_process_state
@@ -365,7 +401,10 @@ def save_final(model: Any, args: RunArgs, adapter: ModelAdapter, processor_dir: 
         else:
             state = state or {k: to_numpy(v) for k, v in model.state_dict().items()}
             save_safetensors(adapter.export_state_dict(state, model.config), tmp / "model.safetensors")
-        write_json({**args.to_dict(), "chat_templates": templates}, tmp / RUN_ARGS)
+            if stop_ids:
+                write_stop_ids(tmp, stop_ids, base_model(model).config, tokenizer)
+        # stop_token_ids: what ends the trained answers, for the merged model's generation_config.json
+        write_json({**args.to_dict(), "chat_templates": templates, "stop_token_ids": stop_ids or []}, tmp / RUN_ARGS)
         for file in tmp.iterdir():
             file.replace(out / file.name)
     logger.info("saved %s to %s", "LoRA adapter" if args.lora.lora else "model", out)
@@ -421,7 +460,8 @@ def generation_scorer(args: RunArgs, model: Any, processor: Any, adapter: ModelA
         single = len(args.data.eval) == 1
         for name, source in zip(source_names(args.data.eval), args.data.eval):
             generator = Generator.from_parts(model, processor, adapter, source.chat_template,
-                                             args.model.model_name_or_path, args.data.max_length)  # fmt: skip
+                                             args.model.model_name_or_path, args.data.max_length,
+                                             source.keep_empty_think)  # fmt: skip
             generator.encoder.reader = reader  # images read as in training (image_resolution, pixel limit, cache)
             generator.encoder.split_special_tokens = args.data.split_special_tokens  # record text as in training
             result = evaluate_generation(generator, source, args.runtime.eval_generation_samples,
@@ -457,6 +497,7 @@ def run_sft(args: RunArgs) -> dict[str, Any]:
     recompute = recompute_settings(args.runtime.recompute, training, args.source_file)
     adapter = adapter_for(args.model.model_name_or_path)
     processor = adapter.load_processor(args.model.model_name_or_path)
+    stop_ids = settle_templates(args, processor, adapter)
     model = build_model(args, adapter)
     if recompute:
         logger.info("recompute %s on %d model configs", recompute, apply_recompute(model, recompute))
@@ -489,7 +530,9 @@ def run_sft(args: RunArgs) -> dict[str, Any]:
     )
     # First in line, so the printer, the progress bar and the JSONL log all see the throughput fields.
     trainer.callback_handler.callbacks.insert(0, ThroughputCallback(trainer, skips))
-    final = FinalSaveCallback(lambda: save_final(model, args, adapter, args.model.model_name_or_path))
+    final = FinalSaveCallback(
+        lambda: save_final(model, args, adapter, args.model.model_name_or_path, stop_ids, processor.tokenizer)
+    )
     saves = training.process_index == 0 or is_pipeline_run(args)  # pipeline stages all take part in the save
     if saves:
         trainer.add_callback(final)
