@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from paddlemix.distributed import tensor_parallel
 from paddlemix.utils.errors import Problems, UserError, closest
 from paddlemix.utils.io import read_json
 
@@ -674,13 +675,6 @@ def validate(args: RunArgs, training: dict[str, Any], problems: Problems) -> Non
             f"{args.lora.lora_dropout}.",
             "lora_rank",
         )
-    tp = max(training.get("tensor_model_parallel_size", 1) or 1, 1)
-    if args.lora.lora and tp > 1:
-        add(
-            f'"tensor_parallel_degree" = {tp} with "lora": true is not supported (the adapters are not split across '
-            'devices); set "tensor_parallel_degree": 1 and use data parallelism or sharding for LoRA runs.',
-            "tensor_parallel_degree",
-        )
     if args.lora.lora_path and not args.lora.lora:
         add('"lora_path" is set but "lora" is false; set "lora": true to continue an adapter.', "lora_path")
     if args.lora.lora_path and not Path(args.lora.lora_path).is_dir():
@@ -748,8 +742,9 @@ def _validate_parallel(training: dict[str, Any], model_dir: Path, problems: Prob
         problems.add(f'"sharding" must be stage1, stage2 or stage3, got {training["sharding"]!r}.', "sharding")
     config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     text = config.get("text_config", config)
-    for name, degree, key in (("num_attention_heads", tp, "tensor"), ("num_key_value_heads", tp, "tensor"),
-                              ("num_hidden_layers", pp, "pipeline")):  # fmt: skip
+    for problem in tensor_parallel.check_degree({**config, **text}, tp, "tensor_parallel_degree"):
+        problems.add(problem, "tensor_parallel_degree")
+    for name, degree, key in (("num_hidden_layers", pp, "pipeline"),):
         size = text.get(name) or config.get(name)
         if degree > 1 and size and size % degree:
             problems.add(

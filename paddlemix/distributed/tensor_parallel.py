@@ -29,8 +29,6 @@ from typing import Any
 
 import numpy as np
 
-from paddlemix.utils.errors import UserError
-
 logger = logging.getLogger(__name__)
 
 
@@ -44,6 +42,10 @@ class TensorParallel:
     @property
     def enabled(self) -> bool:
         return self.degree > 1
+
+
+# One process, or a run without tensor parallelism.
+SINGLE = TensorParallel()
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,9 @@ class Split:
         if size % self.parts or part % degree:
             raise ValueError(f"{degree} ranks cannot split {self.parts} part(s) of a length-{size} axis evenly")
         block = part // degree
-        return np.concatenate([np.arange(p * part + rank * block, p * part + (rank + 1) * block) for p in range(self.parts)])
+        return np.concatenate(
+            [np.arange(p * part + rank * block, p * part + (rank + 1) * block) for p in range(self.parts)]
+        )
 
     def take(self, full: np.ndarray, tp: TensorParallel) -> np.ndarray:
         """The slice of `full` that rank `tp.rank` holds (a new contiguous array)."""
@@ -139,7 +143,10 @@ def all_gather(value: np.ndarray, tp: TensorParallel) -> list[np.ndarray]:
     return [p.numpy() for p in pieces]
 
 
-def check_degree(text_config: dict[str, Any], degree: int, parts: Mapping[str, int], key: str) -> list[str]:
+VOCAB_FIX = ", or pad the vocabulary (embeddings and head rows) to a multiple of the degree and re-save the model"
+
+
+def check_degree(text_config: dict[str, Any], degree: int, key: str) -> list[str]:
     """What stops `degree` from splitting a language model with this config.json `text_config` (or the top-level
     config): heads, KV heads, the intermediate size of each fused part and the vocabulary must divide evenly.
     Returns one sentence per problem, each naming `key`."""
@@ -149,10 +156,9 @@ def check_degree(text_config: dict[str, Any], degree: int, parts: Mapping[str, i
     for field in ("num_attention_heads", "num_key_value_heads", "intermediate_size", "vocab_size"):
         size = text_config.get(field)
         if size and size % degree:
-            fix = " (a vocabulary padded to a multiple of the degree needs a re-saved model)" if field == "vocab_size" else ""
             problems.append(
-                f'"{key}" = {degree} does not divide the language model\'s {field} = {size}{fix}; choose a degree '
-                f"that divides it."
+                f'"{key}" = {degree} does not divide the model\'s {field} = {size} (each rank must hold an equal '
+                f"slice of it); choose a degree that divides it{VOCAB_FIX if field == 'vocab_size' else ''}."
             )
     return problems
 
@@ -192,9 +198,3 @@ def check_lora_targets(modules: Sequence[str], splittable: Sequence[str], degree
         f'"lora_target_modules" selects {", ".join(bad[:3])}, which "tensor_parallel_degree" = {degree} cannot split '
         f"(split layers: {', '.join(splittable)}); drop them or use tensor_parallel_degree 1."
     ]
-
-
-def user_error(problems: list[str]) -> None:
-    """Raise all problems in one UserError."""
-    if problems:
-        raise UserError(" ".join(problems))

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from paddlemix.distributed.tensor_parallel import TensorParallel
+from paddlemix.distributed.tensor_parallel import SINGLE, TensorParallel
 from paddlemix.models.hf_layout import TENSOR_PARALLEL_PARTS
 from paddlemix.processors.sample_processor import SampleProcessor, VisionTokens
 from paddlemix.utils.errors import UserError
@@ -113,7 +113,7 @@ class ModelAdapter:
         dtype: str | None = "float32",
         device: str = "cpu",
         allow_pickle: bool = False,
-        tensor_parallel: TensorParallel = TensorParallel(),
+        tensor_parallel: TensorParallel = SINGLE,
     ) -> Any:
         """The family's model with the folder's safetensors weights, streamed in (see `paddlemix.models.loading`).
 

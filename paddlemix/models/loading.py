@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from paddlemix.distributed.tensor_parallel import TensorParallel, configure, split_of
+from paddlemix.distributed.tensor_parallel import SINGLE, TensorParallel, configure, split_of
 from paddlemix.utils.errors import UserError
 from paddlemix.utils.io import read_json
 from paddlemix.utils.safetensors_stream import (
@@ -247,7 +247,7 @@ def fill_parameters(
     source: ArraySource,
     import_state_dict: ImportFn,
     folder: Path,
-    tp: TensorParallel = TensorParallel(),
+    tp: TensorParallel = SINGLE,
     parts: Mapping[str, int] | None = None,
 ) -> None:
     """Fill every parameter and persistable buffer of `model` from the checkpoint, one group of checkpoint names at
@@ -311,7 +311,7 @@ def load_weights_into(
     folder: str | Path,
     import_state_dict: ImportFn,
     dtype: str | None,
-    tp: TensorParallel = TensorParallel(),
+    tp: TensorParallel = SINGLE,
     parts: Mapping[str, int] | None = None,
 ) -> Any:
     """Build `cls(config)` without initialisation and fill it from `folder`'s safetensors.

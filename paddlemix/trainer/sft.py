@@ -10,6 +10,7 @@ import math
 import shutil
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from paddlemix.datasets.collator import Collator
 from paddlemix.datasets.encoded import SkipLog, build_dataset, build_encoder
 from paddlemix.datasets.loader_guard import GuardedCollator, worker_failure
 from paddlemix.datasets.packing import PackedDataset
+from paddlemix.distributed import cpu_collectives, tensor_parallel
 from paddlemix.models import adapter_for
 from paddlemix.models.adapter import ModelAdapter
 from paddlemix.peft.freeze import (
@@ -34,12 +36,12 @@ from paddlemix.peft.lora import (
     apply_lora,
     base_model,
     check_not_fully_trained,
-    check_tensor_parallel,
     load_adapter,
     lora_modules,
-    save_adapter,
+    to_peft,
 )
 from paddlemix.peft.merge import ADAPTER_CONFIG, check_adapter_base
+from paddlemix.peft.peft_format import write_adapter
 from paddlemix.processors.template_files import (
     chosen_template,
     read_folder_template,
@@ -58,7 +60,7 @@ from paddlemix.trainer.report import LOSS_CURVE, SUMMARY, plot_loss_curve, read_
 from paddlemix.utils import checkpoints
 from paddlemix.utils.device import device_env
 from paddlemix.utils.errors import UserError
-from paddlemix.utils.io import copy_side_files, read_json, save_safetensors, to_numpy, write_json
+from paddlemix.utils.io import copy_side_files, read_json, save_safetensors, write_json
 from paddlemix.utils.logging import quiet_console
 
 logger = logging.getLogger(__name__)
@@ -77,6 +79,10 @@ def setup_runtime(args: RunArgs) -> None:
         if key.startswith("FLAGS_"):
             paddle.set_flags({key: value})
     paddle.set_device(args.training.device)
+    t = args.training
+    degrees = {"tensor": t.tensor_model_parallel_size, "pipeline": t.pipeline_model_parallel_size,
+               "sharding": t.sharding_parallel_size}  # fmt: skip
+    cpu_collectives.install(t.device, {k: max(v or 1, 1) for k, v in degrees.items()})
     # paddleformers' checkpoint loader needs an initialised fleet, also in a single process. Its init writes a
     # "Modified FLAGS detected" banner straight to stderr (flags paddleformers set, not the user); errors still raise.
     with contextlib.redirect_stderr(io.StringIO()):
@@ -178,13 +184,16 @@ def build_model(args: RunArgs, adapter: ModelAdapter) -> Any:
         note_adapter_overrides(lora, args.source_file)
     if lora.lora and not lora.lora_path:
         modules = lora_modules(path, adapter, lora.lora_target_modules, f"{args.origin('lora_target_modules')}: ")
-        check_tensor_parallel(max(args.training.tensor_model_parallel_size, 1))
         check_not_fully_trained(modules, plan.modules_to_save)
+    tp = tensor_parallel.current()
+    if modules is not None and tensor_parallel.check_lora_targets(modules, adapter.lora_targets, tp.degree):
+        raise UserError(" ".join(tensor_parallel.check_lora_targets(modules, adapter.lora_targets, tp.degree)))
     model = adapter.load_model(
         path,
         dtype=load_dtype(args.training),
         device=args.training.device,
         allow_pickle=args.model.allow_pickle_weights,
+        tensor_parallel=tp,
     )
     logger.info("train_type %s: frozen groups %s", m.train_type or "(not set)", plan.frozen_groups or "none")
     if lora.lora_path:
@@ -205,6 +214,8 @@ def build_model(args: RunArgs, adapter: ModelAdapter) -> Any:
     if m.mm_projector_lr is not None:
         set_projector_learning_rate(base, adapter, m.mm_projector_lr, args.training.learning_rate)
     logger.info("trainable parameters:\n%s", trainable_table(base))
+    if tp.enabled:
+        logger.info("%s", tensor_parallel.rank_summary(base, adapter.tensor_parallel_parts, adapter.module_groups, tp))
     return model
 
 
@@ -325,7 +336,18 @@ class FinalSaveCallback(TrainerCallback):
 
 
 def save_final(model: Any, args: RunArgs, adapter: ModelAdapter, processor_dir: str) -> None:
-    """Write the output folder's model (HF layout) or adapter, plus the processor files, atomically per file set."""
+    """Write the output folder's model (HF layout) or adapter, plus the processor files, atomically per file set.
+
+    Under tensor parallelism every rank calls it: the split tensors are gathered (a collective) into the same
+    single-file layout one process writes, and process 0 writes it."""
+    tp = tensor_parallel.current()
+    if args.lora.lora:
+        weights = to_peft(model)
+    else:
+        state = tensor_parallel.gather_state(model, adapter.tensor_parallel_parts, tp)
+        weights = adapter.export_state_dict(state, model.config)
+    if args.training.process_index != 0:
+        return
     out = Path(args.training.output_dir)
     templates = trained_templates(args.data.train, processor_dir, adapter.vision_placeholder)
     with tempfile.TemporaryDirectory(dir=out, prefix=".final-") as staging:
@@ -337,10 +359,11 @@ def save_final(model: Any, args: RunArgs, adapter: ModelAdapter, processor_dir: 
         if args.lora.lora:
             (tmp / "config.json").unlink(missing_ok=True)
             (tmp / "generation_config.json").unlink(missing_ok=True)
-            save_adapter(model, tmp, str(Path(args.model.model_name_or_path).resolve()))
+            write_adapter(
+                replace(weights, base_model_name_or_path=str(Path(args.model.model_name_or_path).resolve())), tmp
+            )
         else:
-            state = {k: to_numpy(v) for k, v in model.state_dict().items()}
-            save_safetensors(adapter.export_state_dict(state, model.config), tmp / "model.safetensors")
+            save_safetensors(weights, tmp / "model.safetensors")
         write_json({**args.to_dict(), "chat_templates": templates}, tmp / RUN_ARGS)
         for file in tmp.iterdir():
             file.replace(out / file.name)
@@ -465,7 +488,7 @@ def run_sft(args: RunArgs) -> dict[str, Any]:
     # First in line, so the printer, the progress bar and the JSONL log all see the throughput fields.
     trainer.callback_handler.callbacks.insert(0, ThroughputCallback(trainer, skips))
     final = FinalSaveCallback(lambda: save_final(model, args, adapter, args.model.model_name_or_path))
-    if training.process_index == 0:
+    if training.process_index == 0 or tensor_parallel.current().enabled:  # TP: every rank joins the gathering
         trainer.add_callback(final)
     last_eval = LastEvalCallback()
     trainer.add_callback(last_eval)
@@ -478,7 +501,7 @@ def run_sft(args: RunArgs) -> dict[str, Any]:
             metrics.update(trained_counts(trainer, result.global_step, metrics.get("train_runtime", 0.0)))
             if args.runtime.benchmark:
                 metrics.update(benchmark_report(metrics, trainer, time.perf_counter() - start))
-            if training.process_index == 0 and not final.saved:
+            if (training.process_index == 0 or tensor_parallel.current().enabled) and not final.saved:
                 final.save()
                 final.saved = True
         if eval_set is not None:
