@@ -164,25 +164,27 @@ def check_degree(text_config: dict[str, Any], degree: int, key: str) -> list[str
 
 
 def rank_summary(model: Any, parts: Mapping[str, int], groups: Mapping[str, Sequence[str]], tp: TensorParallel) -> str:
-    """One log line: this rank's parameter counts (total, trainable, split), and the module groups it keeps whole."""
+    """One log line: this rank's parameter counts (all, and in the split layers: their slices plus the LoRA
+    matrices on them), and the module groups every rank keeps whole."""
     import fnmatch
 
-    total = trainable = split = 0
+    counts = {"all": [0, 0], "split": [0, 0]}
     whole: dict[str, int] = {}
+    layers = {name.rsplit(".", 1)[0] for name, param in model.named_parameters() if split_of(name, param, parts)}
     for name, param in model.named_parameters():
         count = int(np.prod(param.shape))
-        total += count
-        trainable += 0 if param.stop_gradient else count
-        if split_of(name, param, parts):
-            split += count
-            continue
+        in_split = any(name.startswith(layer + ".") for layer in layers)
+        for key in ("all", "split") if in_split else ("all",):
+            counts[key][0] += count
+            counts[key][1] += 0 if param.stop_gradient else count
         group = next((g for g, pats in groups.items() if any(fnmatch.fnmatch(name, p) for p in pats)), None)
-        if group and group != "llm":
+        if not in_split and group not in (None, "llm"):
             whole[group] = whole.get(group, 0) + count
     kept = ", ".join(f"{g} ({n:,})" for g, n in sorted(whole.items())) or "none"
+    (total, trainable), (split, split_trainable) = counts["all"], counts["split"]
     return (
         f"tensor parallel rank {tp.rank}/{tp.degree}: {total:,} parameters on this rank ({trainable:,} trainable), "
-        f"{split:,} of them slices of split layers; replicated on every rank: {kept} and the norms"
+        f"split layers {split:,} ({split_trainable:,} trainable); replicated on every rank: {kept}, and the norms"
     )
 
 

@@ -1,0 +1,52 @@
+"""Run under `python -m paddle.distributed.launch --nproc_per_node 2` with model folders as arguments: each rank
+loads every folder twice, whole and with tensor parallel degree 2, and checks that the split model gives the same
+logits and that its gathered state equals the whole model's. Rank 0 prints one JSON line of results."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import paddle
+from paddle.distributed import fleet
+
+from paddlemix.distributed import cpu_collectives, tensor_parallel
+from paddlemix.models import adapter_for
+from paddlemix.utils.io import to_numpy
+
+
+def main(folders: list[str]) -> None:
+    cpu_collectives.install("cpu", {"tensor": 2})
+    strategy = fleet.DistributedStrategy()
+    strategy.hybrid_configs = {"dp_degree": 1, "mp_degree": 2, "pp_degree": 1}
+    fleet.init(is_collective=True, strategy=strategy)
+    tp = tensor_parallel.current()
+    results = {}
+    for folder in folders:
+        family = adapter_for(folder)
+        whole = family.load_model(folder)
+        split = family.load_model(folder, tensor_parallel=tp)
+        ids = paddle.to_tensor(np.arange(3, 27, dtype="int64")[None])  # [1, 24] plain text tokens
+        whole.eval(), split.eval()
+        with paddle.no_grad():
+            expected = whole(input_ids=ids).logits.numpy()
+            got = split(input_ids=ids).logits.numpy()
+        gathered = tensor_parallel.gather_state(split, family.tensor_parallel_parts, tp)
+        state = {k: to_numpy(v) for k, v in whole.state_dict().items()}
+        split_names = sorted(n for n, p in split.named_parameters() if tensor_parallel.split_of(n, p, {}))
+        results[Path(folder).name] = {
+            "logits": float(np.abs(got - expected).max()),
+            "state": max(float(np.abs(gathered[k] - state[k]).max()) for k in state),
+            "same_names": sorted(gathered) == sorted(state),
+            "split": len(split_names),
+            "split_elements": sum(int(np.prod(split.state_dict()[n].shape)) for n in split_names),
+            "whole_elements": sum(int(np.prod(whole.state_dict()[n].shape)) for n in split_names),
+        }
+    if tp.rank == 0:
+        print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
