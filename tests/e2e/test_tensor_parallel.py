@@ -30,7 +30,7 @@ TINY = REPO / "paddlemix" / "config" / "tiny"
 TOOLS = REPO / "paddlemix" / "tools"
 COMMON = ["--do_eval", "false", "--evaluation_strategy", "no", "--max_steps", "3", "--dataloader_shuffle", "false",
           "--save_steps", "100", "--learning_rate", "1.0", "--adam_epsilon", "10", "--weight_decay", "0",
-          "--warmup_ratio", "0", "--per_device_train_batch_size", "4"]  # fmt: skip
+          "--warmup_ratio", "0", "--per_device_train_batch_size", "4", "--max_grad_norm", "0"]  # fmt: skip
 RANK_LINE = re.compile(r"tensor parallel rank (\d)/2: ([\d,]+) parameters on this rank \(([\d,]+) trainable\), "
                        r"split layers ([\d,]+) \(([\d,]+) trainable\)")  # fmt: skip
 
@@ -89,17 +89,14 @@ def test_tensor_parallel_trains_as_one_process(runs: Path, kind: str) -> None:
     assert sorted(a) == sorted(b), "the TP run writes the one-process layout"
     for key in a:
         np.testing.assert_allclose(b[key], a[key], atol=1e-4, rtol=0, err_msg=key)
-    base = load_safetensors(runs / "tiny_qwen2_5_vl" / "model.safetensors")
-    if kind == "sft":
-        assert (
-            np.abs(a["model.layers.0.self_attn.q_proj.weight"] - base["model.layers.0.self_attn.q_proj.weight"]).max()
-            > 1e-3
-        )
+    before = load_safetensors(runs / "tiny_qwen2_5_vl" / "model.safetensors") if kind == "sft" else {}
+    moved = max(np.abs(a[k] - before.get(k, 0.0)).max() for k in a)
+    assert moved > 1e-2, "the weights must move well beyond the tolerance"
 
 
 def test_each_rank_holds_half_of_the_split_layers(runs: Path) -> None:
     base = load_safetensors(runs / "tiny_qwen2_5_vl" / "model.safetensors")
-    whole = sum(v.size for k, v in base.items() if k.rsplit(".", 2)[-2] in SPLIT)
+    whole = sum(v.size for k, v in base.items() if not k.startswith("visual.") and k.rsplit(".", 2)[-2] in SPLIT)
     total = sum(v.size for v in base.values())
     sft = rank_counts(runs / "sft_tp")
     assert sorted(sft) == [0, 1]
