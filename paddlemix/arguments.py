@@ -12,7 +12,6 @@ import dataclasses
 import enum
 import importlib.util
 import json
-import os
 import types
 import typing
 from collections.abc import Callable
@@ -20,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from paddlemix.distributed import tensor_parallel
+from paddlemix.distributed.checks import check_parallel, parallel_degrees, sharding_notes
 from paddlemix.utils.errors import Problems, UserError, closest
 from paddlemix.utils.io import read_json
 
@@ -520,6 +519,11 @@ def parse(raw: dict[str, Any], where: str, cli_keys: set[str] | None = None) -> 
     validate(args, training, problems)
     problems.raise_if_any()
     kwargs, adjusted = training_kwargs_with_notes(training, args.runtime, args.data.packing)
+    if kwargs["device"] == "cpu":  # GPU/NPU/XPU runs never import the stand-ins
+        from paddlemix.distributed.cpu_collectives import install
+
+        # before TrainingArguments: building it initialises fleet for the parallel degrees
+        install("cpu", parallel_degrees(kwargs))
     args.training = _build_training_arguments(training_cls, kwargs, where)
     args.training_keys = tuple(dict.fromkeys((*training, *TRAINING_DEFAULTS)))
     args.notes = tuple(notes + adjusted)
@@ -620,6 +624,7 @@ def training_kwargs_with_notes(
         asked = f"{key} {kwargs.get('fp16_opt_level', 'O1')}"
         notes.append(f"precision: float32, not {asked}: {CPU_HALF_PRECISION.format(kind=kind)}")
         kwargs.update(bf16=False, fp16=False, amp_master_grad=False)
+    notes.extend(sharding_notes(kwargs))
     return kwargs, notes
 
 
@@ -675,6 +680,13 @@ def validate(args: RunArgs, training: dict[str, Any], problems: Problems) -> Non
             f"{args.lora.lora_dropout}.",
             "lora_rank",
         )
+    tp = max(training.get("tensor_model_parallel_size", 1) or 1, 1)
+    if args.lora.lora and tp > 1:
+        add(
+            f'"tensor_parallel_degree" = {tp} with "lora": true is not supported (the adapters are not split across '
+            'devices); set "tensor_parallel_degree": 1 and use data parallelism or sharding for LoRA runs.',
+            "tensor_parallel_degree",
+        )
     if args.lora.lora_path and not args.lora.lora:
         add('"lora_path" is set but "lora" is false; set "lora": true to continue an adapter.', "lora_path")
     if args.lora.lora_path and not Path(args.lora.lora_path).is_dir():
@@ -705,8 +717,7 @@ def validate(args: RunArgs, training: dict[str, Any], problems: Problems) -> Non
     for split in DATA_SPLITS:
         for i, source in enumerate(getattr(args.data, split)):
             _validate_source(source, f"dataset.{split}[{i}]", problems)
-    if (model_dir / "config.json").is_file():
-        _validate_parallel(training, model_dir, problems)
+    check_parallel(training, model_dir, problems, lora=args.lora.lora)
 
 
 def _validate_source(source: DatasetSource, key: str, problems: Problems) -> None:
@@ -725,29 +736,3 @@ def _validate_source(source: DatasetSource, key: str, problems: Problems) -> Non
         )
     if source.image_root is not None and not Path(source.image_root).is_dir():
         add(f'"{key}.image_root" = "{source.image_root}" is not a folder.')
-
-
-def _validate_parallel(training: dict[str, Any], model_dir: Path, problems: Problems) -> None:
-    tp = max(training.get("tensor_model_parallel_size", 1), 1)
-    pp = max(training.get("pipeline_model_parallel_size", 1), 1)
-    sharding = max(training.get("sharding_parallel_size", 1), 1)
-    world = int(os.environ.get("PADDLE_TRAINERS_NUM", "1"))
-    if world % (tp * pp * sharding):
-        problems.add(
-            f"tensor x pipeline x sharding parallel degrees = {tp} x {pp} x {sharding} do not divide the "
-            f"{world} launched process(es); launch a multiple of {tp * pp * sharding} (see train.sh) or lower them.",
-            "tensor_parallel_degree",
-        )
-    if training.get("sharding") and sharding > 1 and training["sharding"] not in ("stage1", "stage2", "stage3"):
-        problems.add(f'"sharding" must be stage1, stage2 or stage3, got {training["sharding"]!r}.', "sharding")
-    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-    text = config.get("text_config", config)
-    for problem in tensor_parallel.check_degree({**config, **text}, tp, "tensor_parallel_degree"):
-        problems.add(problem, "tensor_parallel_degree")
-    for name, degree, key in (("num_hidden_layers", pp, "pipeline"),):
-        size = text.get(name) or config.get(name)
-        if degree > 1 and size and size % degree:
-            problems.add(
-                f'"{key}_parallel_degree" = {degree} does not divide the model\'s {name} = {size}.',
-                f"{key}_parallel_degree",
-            )

@@ -25,6 +25,7 @@ NOTE = (
     "CPU stand-ins for Paddle's GPU collectives are on (tensor x pipeline x sharding degrees %s): slow, for "
     "checking a multi-device configuration in CPU processes, not for speed"
 )
+MODES = ("tensor", "pipeline", "sharding")
 _installed = False
 
 
@@ -34,7 +35,7 @@ def install(device: str, degrees: dict[str, int], force: bool = False) -> bool:
     Args:
         device: the run's device (`cpu`, `gpu`, `npu`, `xpu`); anything but `cpu` leaves Paddle untouched.
         degrees: parallel degrees by name (e.g. {"tensor": 2, "pipeline": 1, "sharding": 1}); nothing is patched
-            unless one is above 1 (data parallel runs on gloo as shipped).
+            unless one of those three is above 1 (data parallel, "data", runs on gloo as shipped).
         force: patch whatever the degrees (tests of the stand-ins themselves).
 
     Returns:
@@ -43,7 +44,7 @@ def install(device: str, degrees: dict[str, int], force: bool = False) -> bool:
     Call before `fleet.init` and before the model is built. Idempotent; logs one line when it installs.
     """
     global _installed
-    if device != "cpu" or not (force or any(d > 1 for d in degrees.values())):
+    if device != "cpu" or not (force or any(degrees.get(k, 1) > 1 for k in MODES)):
         return False
     if _installed:
         return True
@@ -51,7 +52,7 @@ def install(device: str, degrees: dict[str, int], force: bool = False) -> bool:
     _patch_kernels()
     _patch_device_checks()
     _installed = True
-    logger.info(NOTE, " x ".join(f"{degrees.get(k, 1)}" for k in ("tensor", "pipeline", "sharding")))
+    logger.info(NOTE, " x ".join(f"{degrees.get(k, 1)}" for k in MODES))
     return True
 
 
@@ -265,6 +266,18 @@ def _kernels() -> dict[str, Any]:
             grad = (softmax - onehot) * (grad_loss.astype("float32") * kept)
             return grad.astype(grad_loss.dtype), None
 
+    class Split(PyLayer):
+        """c_split: this rank's slice of the last axis; the gradient is every rank's slice gathered along it."""
+
+        @staticmethod
+        def forward(ctx: Any, tensor: Any, group: Any, rank: int, nranks: int) -> Any:
+            ctx.group = group
+            return paddle.split(tensor, nranks, axis=-1)[rank].contiguous()
+
+        @staticmethod
+        def backward(ctx: Any, grad: Any) -> Any:
+            return _gather_last_axis(grad, ctx.group)
+
     def c_identity(tensor: Any, ring_id: int, use_calc_stream: bool = True, use_model_parallel: bool = True) -> Any:
         # Forward of c_identity is a copy; Paddle calls it inside PyLayers whose backward does the all-reduce.
         return tensor.clone() if not tensor.stop_gradient else paddle.assign(tensor)
@@ -286,6 +299,7 @@ def _kernels() -> dict[str, Any]:
         "c_split": c_split,
         "c_concat": c_concat,
         "c_softmax_with_cross_entropy": c_softmax_with_cross_entropy,
+        "split_layer": Split,
     }
 
 
@@ -294,7 +308,13 @@ def _patch_kernels() -> None:
 
     # Reason: Paddle's CPU build registers these four kernels only to raise "not supported on CPU"; the model-parallel
     # layers call them through `paddle._C_ops` at run time, so the module attribute is what they resolve.
-    for name, fn in _kernels().items():
+    from paddle.distributed.fleet.layers.mpu import mp_ops
+
+    kernels = _kernels()
+    # Reason: Paddle's c_split PyLayer gathers the gradient along axis 0 while the kernel splits the last axis, which
+    # gives a wrong input gradient (RowParallelLinear with input_is_parallel=False); ours gathers the last axis.
+    mp_ops.c_split_eager = kernels.pop("split_layer")
+    for name, fn in kernels.items():
         setattr(_C_ops, name, fn)
 
 
@@ -346,7 +366,8 @@ def _patch_group_sharded() -> None:
     - group_sharded.py asserts the device is GPU/XPU/custom: there `cpu` counts as a custom device type, so the
       assert passes and "cpu" is handed on to the stages;
     - the stages, their storage and their gradient clipping parse a device id from `paddle.get_device()` ("gpu:0");
-      there "cpu" reads "cpu:0", which also keeps stage 3's clipping off its `.cuda()` branch;
+      there "cpu" reads "cpu:0" (and setting "cpu:0" sets "cpu"), which also keeps stage 3's gradient clipping
+      off its `.cuda()` branch;
     - the stage-2 optimizer and stage 3 assert `core.is_compiled_with_cuda()` (or XPU) in their constructors and
       nowhere else use it: there it answers True.
     """
@@ -369,9 +390,28 @@ def _patch_group_sharded() -> None:
     group_sharded.paddle = _View(
         paddle, device=_View(paddle.device, get_all_custom_device_type=lambda: [*custom(), "cpu"])
     )
-    with_id = _View(paddle, get_device=device_with_id, device=_View(paddle.device, get_device=device_with_id))
+
+    def set_device(device: str) -> Any:
+        return paddle.set_device("cpu" if device == "cpu:0" else device)
+
+    with_id = _View(
+        paddle,
+        get_device=device_with_id,
+        set_device=set_device,
+        device=_View(paddle.device, get_device=device_with_id, set_device=set_device),
+    )
     for module in (group_sharded_optimizer_stage2, group_sharded_stage2, group_sharded_stage3, group_sharded_storage,
                    group_sharded_utils):  # fmt: skip
         module.paddle = with_id
     for module in (group_sharded_optimizer_stage2, group_sharded_stage3):
         module.core = _View(core, is_compiled_with_cuda=lambda: True)
+
+    # Reason: ParamStorage.add_rank_params copies each parameter to CPU (`param.cpu()`), clears the parameter, then
+    # moves the flat buffer to the GPU. On CPU `.cpu()` returns the parameter itself, so clearing it empties the copy
+    # too ("Tensor not initialized"). Its `convert_gpu=False` path (copy in place, no device move) is the CPU one.
+    add_rank_params = group_sharded_storage.ParamStorage.add_rank_params
+
+    def add_rank_params_on_cpu(self: Any, trainable_params: Any, param2align: Any, convert_gpu: bool = True) -> Any:
+        return add_rank_params(self, trainable_params, param2align, convert_gpu and self._device != "cpu")
+
+    group_sharded_storage.ParamStorage.add_rank_params = add_rank_params_on_cpu

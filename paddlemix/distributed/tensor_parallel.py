@@ -143,26 +143,6 @@ def all_gather(value: np.ndarray, tp: TensorParallel) -> list[np.ndarray]:
     return [p.numpy() for p in pieces]
 
 
-VOCAB_FIX = ", or pad the vocabulary (embeddings and head rows) to a multiple of the degree and re-save the model"
-
-
-def check_degree(text_config: dict[str, Any], degree: int, key: str) -> list[str]:
-    """What stops `degree` from splitting a language model with this config.json `text_config` (or the top-level
-    config): heads, KV heads, the intermediate size of each fused part and the vocabulary must divide evenly.
-    Returns one sentence per problem, each naming `key`."""
-    if degree <= 1:
-        return []
-    problems = []
-    for field in ("num_attention_heads", "num_key_value_heads", "intermediate_size", "vocab_size"):
-        size = text_config.get(field)
-        if size and size % degree:
-            problems.append(
-                f'"{key}" = {degree} does not divide the model\'s {field} = {size} (each rank must hold an equal '
-                f"slice of it); choose a degree that divides it{VOCAB_FIX if field == 'vocab_size' else ''}."
-            )
-    return problems
-
-
 def rank_summary(model: Any, parts: Mapping[str, int], groups: Mapping[str, Sequence[str]], tp: TensorParallel) -> str:
     """One log line: this rank's parameter counts (all, and in the split layers: their slices plus the LoRA
     matrices on them), and the module groups every rank keeps whole."""

@@ -21,7 +21,7 @@ from paddlemix.datasets.collator import Collator
 from paddlemix.datasets.encoded import SkipLog, build_dataset, build_encoder
 from paddlemix.datasets.loader_guard import GuardedCollator, worker_failure
 from paddlemix.datasets.packing import PackedDataset
-from paddlemix.distributed import cpu_collectives, tensor_parallel
+from paddlemix.distributed import tensor_parallel
 from paddlemix.models import adapter_for
 from paddlemix.models.adapter import ModelAdapter
 from paddlemix.peft.freeze import (
@@ -79,10 +79,6 @@ def setup_runtime(args: RunArgs) -> None:
         if key.startswith("FLAGS_"):
             paddle.set_flags({key: value})
     paddle.set_device(args.training.device)
-    t = args.training
-    degrees = {"tensor": t.tensor_model_parallel_size, "pipeline": t.pipeline_model_parallel_size,
-               "sharding": t.sharding_parallel_size}  # fmt: skip
-    cpu_collectives.install(t.device, {k: max(v or 1, 1) for k, v in degrees.items()})
     # paddleformers' checkpoint loader needs an initialised fleet, also in a single process. Its init writes a
     # "Modified FLAGS detected" banner straight to stderr (flags paddleformers set, not the user); errors still raise.
     with contextlib.redirect_stderr(io.StringIO()):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -14,6 +15,7 @@ from paddleformers.trainer import Trainer, TrainerCallback
 
 from paddlemix.datasets.collator import BATCH_META, LABEL_TOKENS, REAL_TOKENS, SAMPLE_IDS, SKIPS
 from paddlemix.distributed import tensor_parallel
+from paddlemix.distributed.memory import optimizer_state_bytes, parameter_bytes
 from paddlemix.peft.lora import to_peft
 from paddlemix.peft.peft_format import write_adapter
 from paddlemix.processors.template_files import write_chat_template
@@ -21,6 +23,8 @@ from paddlemix.trainer.accumulation import StepLoss, scale_gradients
 from paddlemix.trainer.chunked_loss import lm_loss_without_full_logits, token_loss_sum
 from paddlemix.utils import checkpoints
 from paddlemix.utils.errors import UserError
+
+logger = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(UserError):
@@ -31,6 +35,13 @@ class NonFiniteLossError(UserError):
 # a placeholder class keeps evaluation working without paddlefleet (nothing is an instance of it).
 if not hasattr(_pf_trainer, "GPTModel"):
     _pf_trainer.GPTModel = type("GPTModel", (), {})
+
+
+class _AttributeSink:
+    """An object that only holds the attributes set on it (see MIXTrainer._wrap_distributed_optimizer)."""
+
+    def __init__(self, **attributes: Any):
+        self.__dict__.update(attributes)
 
 
 @contextmanager
@@ -111,6 +122,7 @@ class MIXTrainer(Trainer):
         self.slots = 0
         self.grad_norm: float | None = None
         self.checkpoint_adapter: Any = None
+        self.memory_logged = False
         self.callback_handler.add_callback(RestoreRngOnResume(self))
 
     def training_step(self, model: Any, inputs: dict[str, Any], step_control: int = 0) -> Any:
@@ -161,6 +173,28 @@ class MIXTrainer(Trainer):
             self.grad_norm = self.gradient_norm(model)
         self.step.reset()
         super().optimizer_step(args, model=model, parameters_list=parameters_list)
+        if not self.memory_logged:  # after the first update, when the optimizer state exists
+            self.memory_logged = True
+            logger.info(
+                "rank %d of %d holds parameters %d bytes, optimizer state %d bytes", args.process_index,
+                args.world_size, parameter_bytes(model), optimizer_state_bytes(self.optimizer),
+            )  # fmt: skip
+
+    def _wrap_distributed_optimizer(self, optimizer: Any) -> Any:
+        """paddleformers 1.2 wraps `optimizer` for hybrid parallel (tensor, pipeline, sharding stage 1) and, when
+        `max_grad_norm` > 0, installs its global-norm logger with `self.optimizer._inner_opt._grad_clip... = ...`:
+        `self.optimizer` is still the unwrapped optimizer there (AttributeError `_inner_opt`), on every device.
+        The method it builds is bound to the wrapped optimizer's clip already; only the target is wrong. During the
+        call `self.optimizer` is a stand-in that catches the assignment, which then lands on the wrapped optimizer."""
+        catcher = _AttributeSink()
+        self.optimizer = _AttributeSink(_inner_opt=_AttributeSink(_grad_clip=catcher))
+        try:
+            wrapped = super()._wrap_distributed_optimizer(optimizer)
+        finally:
+            self.optimizer = optimizer
+        if "_global_norm" in vars(catcher):
+            wrapped._inner_opt._grad_clip._global_norm = catcher._global_norm
+        return wrapped
 
     @staticmethod
     def gradient_norm(model: Any) -> float:

@@ -30,7 +30,7 @@ TINY = REPO / "paddlemix" / "config" / "tiny"
 TOOLS = REPO / "paddlemix" / "tools"
 COMMON = ["--do_eval", "false", "--evaluation_strategy", "no", "--max_steps", "3", "--dataloader_shuffle", "false",
           "--save_steps", "100", "--learning_rate", "1.0", "--adam_epsilon", "10", "--weight_decay", "0",
-          "--warmup_ratio", "0", "--per_device_train_batch_size", "4", "--max_grad_norm", "0"]  # fmt: skip
+          "--warmup_ratio", "0", "--per_device_train_batch_size", "4"]  # fmt: skip
 RANK_LINE = re.compile(r"tensor parallel rank (\d)/2: ([\d,]+) parameters on this rank \(([\d,]+) trainable\), "
                        r"split layers ([\d,]+) \(([\d,]+) trainable\)")  # fmt: skip
 
