@@ -86,18 +86,15 @@ def _linear_classes() -> tuple[type, ...]:
 
 
 def parallel_kind(layer: Any) -> str | None:
-    """ "column" or "row" for a tensor-parallel Linear that is really split (degree > 1), else None."""
+    """How a tensor-parallel Linear is split: "column" (output columns), "row" (input rows), or None for a layer
+    every rank holds whole (a plain Linear, or a parallel one at degree 1)."""
     from paddle.distributed.fleet.meta_parallel import ColumnParallelLinear, RowParallelLinear
 
     if not getattr(layer.weight, "is_distributed", False):
         return None
-    return (
-        "column"
-        if isinstance(layer, ColumnParallelLinear)
-        else "row"
-        if isinstance(layer, RowParallelLinear)
-        else None
-    )
+    if isinstance(layer, ColumnParallelLinear):
+        return "column"
+    return "row" if isinstance(layer, RowParallelLinear) else None
 
 
 def _all_linear(model: Any) -> list[str]:

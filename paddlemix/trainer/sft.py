@@ -182,8 +182,9 @@ def build_model(args: RunArgs, adapter: ModelAdapter) -> Any:
         modules = lora_modules(path, adapter, lora.lora_target_modules, f"{args.origin('lora_target_modules')}: ")
         check_not_fully_trained(modules, plan.modules_to_save)
     tp = tensor_parallel.current()
-    if modules is not None and tensor_parallel.check_lora_targets(modules, adapter.lora_targets, tp.degree):
-        raise UserError(" ".join(tensor_parallel.check_lora_targets(modules, adapter.lora_targets, tp.degree)))
+    unsplittable = tensor_parallel.check_lora_targets(modules or [], adapter.lora_targets, tp.degree)
+    if unsplittable:
+        raise UserError(" ".join(unsplittable))
     model = adapter.load_model(
         path,
         dtype=load_dtype(args.training),

@@ -152,3 +152,6 @@ def test_every_family_splits_exactly(
     for name, result in results.items():
         assert result["logits"] < 1e-5 and result["state"] == 0.0 and result["same_names"], name
         assert result["split"] > 0 and 2 * result["split_elements"] == result["whole_elements"], name
+        # a one-process adapter loads at degree 2 (its matrices sliced) and gathers back unchanged
+        assert result["lora_moved"] > 1e-3 and result["lora_logits"] < 1e-5, name
+        assert result["lora_names"] and result["lora_state"] == 0.0, name
