@@ -124,5 +124,6 @@ def check_parallel(training: dict[str, Any], model_dir: Path, problems: Problems
                 f"{key}_parallel_degree",
             )
     # Tensor parallel: LoRA targets that cannot be split are checked once they are resolved from the checkpoint's
-    # tensor names, still before the weights load (trainer/sft.py: tensor_parallel.check_lora_targets). Pipeline parallel: the "family has no pipeline description"
-    # check belongs here too, added with the pipeline descriptions; both append to `problems` like the above.
+    # tensor names, still before the weights load (trainer/sft.py: tensor_parallel.check_lora_targets).
+    # Pipeline parallel: the "family has no pipeline description" check belongs here, added with the pipeline
+    # descriptions; it appends to `problems` like the above.
