@@ -156,7 +156,11 @@ def test_bad_override_and_bad_json(tmp_path, model_dir, data_file) -> None:
             "4",
             '"tensor_parallel_degree" = 4 does not divide the model\'s num_key_value',
         ),
-        ({"sharding_parallel_degree": 2, "tensor_parallel_degree": 2}, "2", "2 x 1 x 2 do not divide the 2"),
+        (
+            {"sharding": "stage1", "sharding_parallel_degree": 2, "tensor_parallel_degree": 2},
+            "2",
+            "2 x 1 x 2 do not divide the 2",
+        ),
     ],
 )
 def test_parallel_degrees_checked_against_model_and_processes(

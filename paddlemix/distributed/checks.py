@@ -67,21 +67,20 @@ def check_parallel(training: dict[str, Any], model_dir: Path, problems: Problems
     world = launched_processes()
     degrees = parallel_degrees(training, world)
     tp, pp, sharding = degrees["tensor"], degrees["pipeline"], degrees["sharding"]
-    stage = training.get("sharding") or ""
-    if stage and stage not in SHARDING_STAGES:
-        problems.add(f'"sharding" must be one of {", ".join(SHARDING_STAGES)} (or empty), got {stage!r}.', "sharding")
+    words = str(training.get("sharding") or "").split()
+    stage = words[0] if words else ""
+    if words and (stage not in SHARDING_STAGES or any(w != "offload" for w in words[1:])):
+        problems.add(
+            f'"sharding" must be one of {", ".join(SHARDING_STAGES)} (stage2 and stage3 may add " offload"), or '
+            f"empty; got {training['sharding']!r}.",
+            "sharding",
+        )
     if world % (tp * pp * sharding):
         problems.add(
             f"tensor x pipeline x sharding parallel degrees = {tp} x {pp} x {sharding} do not divide the "
             f"{world} launched process(es); launch a multiple of {tp * pp * sharding} (NPROC=... or GPUS=... for "
             "train.sh) or lower them.",
             "tensor_parallel_degree",
-        )
-    if training.get("sharding_parallel_size", -1) not in (None, -1, 0, 1) and not stage:
-        problems.add(
-            f'"sharding_parallel_degree" = {training["sharding_parallel_size"]} without "sharding" does nothing; '
-            'add "sharding": "stage1" (or stage2 / stage3), or remove it.',
-            "sharding_parallel_degree",
         )
     if stage and training.get("split_param") and not training.get("amp_master_grad"):
         problems.add(

@@ -11,7 +11,8 @@ What is supplied, each patched at runtime (Paddle's files are never edited) with
 - the four CPU kernels that only raise (`c_identity`, `c_concat`, `c_split`, `c_softmax_with_cross_entropy`), as
   autograd-correct Python versions built from existing ops and gloo collectives;
 - device asserts: `hybrid_parallel_util.broadcast_input_data`, `ParallelEnv._device_id`, the `group_sharded`
-  device checks and the `.cuda()` of stage-3 gradient clipping.
+  device checks and the `.cuda()` of stage-3 gradient clipping; `Tensor.cuda()` (which only raises on a CPU
+  build) leaves the tensor on CPU, for the flex-checkpoint resharder that resumes sharded checkpoints.
 """
 
 from __future__ import annotations
@@ -347,6 +348,11 @@ def _patch_device_checks() -> None:
 
     tensor_parallel.broadcast_input_data = broadcast_input_data  # it imported the name
     _patch_group_sharded()
+    # Reason: the flex-checkpoint resharder (resuming a sharded or split checkpoint) stages every tensor it
+    # broadcasts with `.cuda()`, which raises "No available device found" on a CPU build. There the tensor stays
+    # where it is: on CPU, the same broadcast over gloo. Only builds without CUDA are touched.
+    if not paddle.is_compiled_with_cuda():
+        paddle.Tensor.cuda = lambda self, *args, **kwargs: self
 
 
 class _View:

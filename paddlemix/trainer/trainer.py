@@ -251,6 +251,13 @@ class MIXTrainer(Trainer):
             super()._save_flex_optimizer_state(output_dir)
 
     def _load_flex_checkpoint(self, resume_from_checkpoint: str) -> Any:
+        # Sharding stage 2: the state lives in the wrapped optimizer (`_optim`, this rank's parameters), which
+        # creates its moments lazily at its first step. paddleformers prepares the wrapper's moments only, so the
+        # loaded optimizer state would find nothing to fill and the run would restart Adam from zero (any device).
+        inner = getattr(self.optimizer, "_optim", None)
+        if inner is not None and hasattr(inner, "_create_accumulators"):
+            block = paddle.base.framework.default_main_program().global_block()
+            inner._create_accumulators(block, [p for p in inner._parameter_list if not p.stop_gradient])
         with trainable_state_only(self.model):
             return super()._load_flex_checkpoint(resume_from_checkpoint)
 

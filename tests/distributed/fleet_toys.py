@@ -1,7 +1,7 @@
 """Tiny fleet programs run by test_cpu_collectives.py, once as one plain process and once as 2 CPU processes through
 paddle.distributed.launch with the stand-ins installed. Each prints `RESULT <json>`; the test compares the two.
 
-    python fleet_toys.py tp|pp|sharding
+    python fleet_toys.py tp|pp|sharding|collectives
 """
 
 from __future__ import annotations
@@ -181,8 +181,56 @@ def sharding() -> dict:
     return out
 
 
+def collectives() -> dict:
+    """reduce_scatter, all_to_all (list, tensor and uneven single forms) and calc-stream all_reduce / broadcast on
+    the stand-ins; every rank's results are gathered, so each rank returns the whole picture. One process computes
+    the same picture with numpy."""
+    n = 2
+    data = [np.arange(8, dtype="float32").reshape(4, 2) * (r + 1) for r in range(n)]  # rank r's input
+    sizes = [[1, 3], [3, 1]]  # all_to_all_single: rank r sends sizes[r][j] rows to rank j (uneven, 4 received)
+    if WORLD == 1:
+        out = {"reduce_scatter": [], "all_to_all": [], "all_to_all_single": []}
+        for r in range(n):
+            out["reduce_scatter"].append(np.split(sum(data), n)[r].tolist())
+            out["all_to_all"].append(np.concatenate([np.split(data[j], n)[r] for j in range(n)]).tolist())
+            pieces = [np.split(data[j], np.cumsum(sizes[j])[:-1])[r] for j in range(n)]
+            out["all_to_all_single"].append(np.concatenate(pieces).tolist())
+        out["calc_all_reduce"] = sum(data).tolist()
+        out["calc_broadcast"] = data[1].tolist()
+        return out
+    init(sharding_degree=WORLD)
+    from paddle.distributed import stream
+
+    rank = dist.get_rank()
+    mine = paddle.to_tensor(data[rank])
+    results = {}
+    scattered = paddle.empty([2, 2], dtype="float32")
+    dist.reduce_scatter(scattered, list(paddle.split(mine, n)))
+    results["reduce_scatter"] = scattered
+    received: list[paddle.Tensor] = []
+    dist.alltoall(received, list(paddle.split(mine, n)))
+    results["all_to_all"] = paddle.concat(received)
+    incoming = [sizes[j][rank] for j in range(n)]
+    single = paddle.empty([sum(incoming), 2], dtype="float32")
+    dist.alltoall_single(single, mine, in_split_sizes=sizes[rank], out_split_sizes=incoming)
+    results["all_to_all_single"] = single
+    out = {}
+    for key, value in results.items():
+        parts: list[paddle.Tensor] = []
+        dist.all_gather(parts, value.reshape([-1]))
+        out[key] = [p.numpy().reshape(-1, 2).tolist() for p in parts]
+    total = mine.clone()
+    stream.all_reduce(total, use_calc_stream=True)
+    out["calc_all_reduce"] = total.numpy().tolist()
+    shared = mine.clone()
+    stream.broadcast(shared, src=1, use_calc_stream=True)
+    out["calc_broadcast"] = shared.numpy().tolist()
+    return out
+
+
 if __name__ == "__main__":
     paddle.set_device("cpu")
     paddle.seed(0)
-    result = {"tp": tensor_parallel, "pp": pipeline_parallel, "sharding": sharding}[sys.argv[1]]()
+    toys = {"tp": tensor_parallel, "pp": pipeline_parallel, "sharding": sharding, "collectives": collectives}
+    result = toys[sys.argv[1]]()
     print("RESULT", json.dumps(result), flush=True)

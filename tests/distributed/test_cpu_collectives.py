@@ -42,7 +42,7 @@ def test_install_is_off_unless_cpu_and_a_degree_above_one() -> None:
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-@pytest.mark.parametrize("toy", ["tp", "pp", "sharding"])
+@pytest.mark.parametrize("toy", ["tp", "pp", "sharding", "collectives"])
 def test_two_cpu_processes_match_one(toy: str, tmp_path: Path) -> None:
     single, ranks = run_toy(toy, tmp_path)
     for rank in ranks:
