@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import paddle
@@ -118,6 +119,14 @@ class LoRALinear(paddle.nn.Layer):
                 h = mp_ops._mp_allreduce(h, group=self.group, use_calc_stream=True, use_model_parallel=True)
             updates.append(h @ self.lora_B[p])  # [..., len(part)]
         return out + self._scatter(updates) * self.scaling
+
+    def sharded_state_dict(self, structured_name_prefix: str = "") -> dict[str, Any]:
+        """What flex checkpoints save and load: each split tensor (the base weight, and A or B of a parallel layer)
+        as this rank's slice along its `split_axis`, so a resumed run gives every rank its own slice back."""
+        from paddle.distributed.flex_checkpoint.dcp.sharded_weight import build_sharded_state_dict
+
+        rules = {name: int(p.split_axis) for name, p in self.named_parameters() if getattr(p, "is_distributed", False)}
+        return build_sharded_state_dict(self.state_dict(structured_name_prefix=""), rules, structured_name_prefix)
 
     def extra_repr(self) -> str:
         return f"in={self.weight.shape[0]}, out={self.weight.shape[1]}, parts={self.parts}, r={self.rank}"
