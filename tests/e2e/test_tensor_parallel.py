@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -35,9 +36,9 @@ RANK_LINE = re.compile(r"tensor parallel rank (\d)/2: ([\d,]+) parameters on thi
                        r"split layers ([\d,]+) \(([\d,]+) trainable\)")  # fmt: skip
 
 
-def train(workspace: Path, config: str, out: str, processes: int) -> None:
+def train(workspace: Path, config: str, out: str, processes: int, *extra: str) -> None:
     data = json.dumps({"train": [{"name": "chatml_dataset", "data_files": "shapes/train.jsonl"}]})
-    args = [str(TINY / config), "--dataset", data, *COMMON, "--output_dir", out]
+    args = [str(TINY / config), "--dataset", data, *COMMON, "--output_dir", out, *extra]
     if processes == 1:
         command = [sys.executable, str(TOOLS / "supervised_finetune.py"), *args]
         env = dict(os.environ)
@@ -56,8 +57,14 @@ def runs(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, shapes_
     (workspace / "tiny_qwen2_5_vl").symlink_to(tiny_model_dir)
     (workspace / "shapes").symlink_to(shapes_data["train"].parent)
     for config, name in (("sft_argument.json", "sft"), ("lora_sft_argument.json", "lora")):
-        train(workspace, config, f"{name}_single", 1)
-        train(workspace, config, f"{name}_tp", 2)
+        extra = ("--save_steps", "2") if name == "lora" else ()  # a checkpoint to resume from (see below)
+        train(workspace, config, f"{name}_single", 1, *extra)
+        train(workspace, config, f"{name}_tp", 2, *extra)
+    # the TP LoRA run as if stopped after its step-2 checkpoint, then started again: it resumes there
+    shutil.copytree(workspace / "lora_tp", workspace / "lora_resumed", symlinks=True)
+    for name in ("adapter_model.safetensors", "train_log.jsonl"):
+        (workspace / "lora_resumed" / name).unlink()
+    train(workspace, "lora_sft_argument.json", "lora_resumed", 2, "--save_steps", "2")
     return workspace
 
 
@@ -92,6 +99,17 @@ def test_tensor_parallel_trains_as_one_process(runs: Path, kind: str) -> None:
     before = load_safetensors(runs / "tiny_qwen2_5_vl" / "model.safetensors") if kind == "sft" else {}
     moved = max(np.abs(a[k] - before.get(k, 0.0)).max() for k in a)
     assert moved > 1e-2, "the weights must move well beyond the tolerance"
+
+
+def test_tensor_parallel_lora_resumes_exactly(runs: Path) -> None:
+    """Each rank reads its own slices of the split adapter matrices back from the checkpoint."""
+    assert "resuming from" in (runs / "lora_resumed" / "launch_logs" / "workerlog.0").read_text()
+    assert [json.loads(line)["step"] for line in (runs / "lora_resumed" / "train_log.jsonl").read_text().splitlines()
+            if '"loss"' in line] == [3]  # fmt: skip
+    resumed = load_safetensors(runs / "lora_resumed" / "adapter_model.safetensors")
+    whole = load_safetensors(runs / "lora_tp" / "adapter_model.safetensors")
+    for key in whole:
+        np.testing.assert_allclose(resumed[key], whole[key], atol=1e-6, rtol=0, err_msg=key)
 
 
 def test_each_rank_holds_half_of_the_split_layers(runs: Path) -> None:
