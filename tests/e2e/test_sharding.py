@@ -28,7 +28,8 @@ def common_args(data: Path, steps: int = 3) -> list[str]:
             "--max_grad_norm", "1.0"]  # fmt: skip
 
 
-@pytest.mark.parametrize("stage", ["stage1", "stage2", "stage3"])
+# stage 2 is compared with one process in test_stage2_halves_optimizer_state_and_resumes_exactly (4 steps, resumed)
+@pytest.mark.parametrize("stage", ["stage1", "stage3"])
 def test_sharded_full_sft_matches_one_process(workspace: Path, uneven_answers: Path, stage: str) -> None:
     single, sharded = run_single_and_parallel(
         workspace, TINY / "sft_argument.json", common_args(uneven_answers),
