@@ -37,6 +37,9 @@ def test_sharded_full_sft_matches_one_process(workspace: Path, uneven_answers: P
         ["--per_device_train_batch_size", "1", "--sharding", stage],
     )  # fmt: skip
     assert_same_training(single, sharded, base=workspace / "tiny_qwen2_5_vl" / "model.safetensors")
+    log = sharded.worker_logs[0]
+    assert "CPU stand-ins" in log and "not for speed" in log
+    assert ('sharding stage1: "split_param": false' in log) == (stage == "stage1")
 
 
 def test_sharded_lora_stage1_matches_one_process(workspace: Path, uneven_answers: Path) -> None:
