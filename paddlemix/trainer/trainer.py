@@ -257,7 +257,9 @@ class MIXTrainer(Trainer):
         inner = getattr(self.optimizer, "_optim", None)
         if inner is not None and hasattr(inner, "_create_accumulators"):
             block = paddle.base.framework.default_main_program().global_block()
-            inner._create_accumulators(block, [p for p in inner._parameter_list if not p.stop_gradient])
+            entries = inner._parameter_list or []  # parameters, or groups of them ({"params": [...], ...})
+            params = [p for e in entries for p in (e["params"] if isinstance(e, dict) else [e])]
+            inner._create_accumulators(block, [p for p in params if not p.stop_gradient])
         with trainable_state_only(self.model):
             return super()._load_flex_checkpoint(resume_from_checkpoint)
 
