@@ -697,13 +697,6 @@ def validate(args: RunArgs, training: dict[str, Any], problems: Problems, world_
             f"{args.lora.lora_dropout}.",
             "lora_rank",
         )
-    tp = max(training.get("tensor_model_parallel_size", 1) or 1, 1)
-    if args.lora.lora and tp > 1:
-        add(
-            f'"tensor_parallel_degree" = {tp} with "lora": true is not supported (the adapters are not split across '
-            'devices); set "tensor_parallel_degree": 1 and use data parallelism or sharding for LoRA runs.',
-            "tensor_parallel_degree",
-        )
     if args.lora.lora_path and not args.lora.lora:
         add('"lora_path" is set but "lora" is false; set "lora": true to continue an adapter.', "lora_path")
     if args.lora.lora_path and not Path(args.lora.lora_path).is_dir():

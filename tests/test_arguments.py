@@ -184,18 +184,6 @@ def test_parallel_strategy_is_handed_to_the_trainer() -> None:
     assert arguments.training_kwargs({"output_dir": "x"}, arguments.RuntimeArgs(device="cpu"), False)["sharding"] == ""
 
 
-def test_lora_runs_only_without_tensor_parallelism(tiny_model_dir) -> None:
-    from paddlemix.auto import AutoModelMIX
-    from paddlemix.models import adapter_for
-    from paddlemix.peft.lora import apply_lora, lora_modules
-
-    modules = lora_modules(tiny_model_dir, adapter_for(tiny_model_dir), None)
-    model = apply_lora(AutoModelMIX.from_pretrained(tiny_model_dir), modules, 4, 8, tensor_parallel_degree=1)
-    assert model.lora_spec.modules == tuple(modules)
-    with pytest.raises(UserError, match='"tensor_parallel_degree" = 2'):
-        apply_lora(AutoModelMIX.from_pretrained(tiny_model_dir), modules, 4, 8, tensor_parallel_degree=2)
-
-
 def test_image_reading_keys(tmp_path, model_dir, data_file) -> None:
     from PIL import Image
 

@@ -10,6 +10,7 @@ import math
 import shutil
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from paddlemix.datasets.encoded import SkipLog, build_dataset, build_encoder
 from paddlemix.datasets.loader_guard import GuardedCollator, worker_failure
 from paddlemix.datasets.packing import PackedDataset
 from paddlemix.decoding import add_stop_ids
+from paddlemix.distributed import tensor_parallel
 from paddlemix.models import adapter_for
 from paddlemix.models.adapter import ModelAdapter
 from paddlemix.peft.freeze import (
@@ -35,12 +37,12 @@ from paddlemix.peft.lora import (
     apply_lora,
     base_model,
     check_not_fully_trained,
-    check_tensor_parallel,
     load_adapter,
     lora_modules,
-    save_adapter,
+    to_peft,
 )
 from paddlemix.peft.merge import ADAPTER_CONFIG, check_adapter_base
+from paddlemix.peft.peft_format import write_adapter
 from paddlemix.processors.template_files import (
     chosen_template,
     read_folder_template,
@@ -188,8 +190,11 @@ def build_model(args: RunArgs, adapter: ModelAdapter) -> Any:
         note_adapter_overrides(lora, args.source_file)
     if lora.lora and not lora.lora_path:
         modules = lora_modules(path, adapter, lora.lora_target_modules, f"{args.origin('lora_target_modules')}: ")
-        check_tensor_parallel(max(args.training.tensor_model_parallel_size, 1))
         check_not_fully_trained(modules, plan.modules_to_save)
+    tp = tensor_parallel.current()
+    unsplittable = tensor_parallel.check_lora_targets(modules or [], adapter.lora_targets, tp.degree)
+    if unsplittable:
+        raise UserError(" ".join(unsplittable))
     if is_pipeline_run(args):
         model = adapter.load_pipeline_stage(path, dtype=load_dtype(args.training), device=args.training.device)
     else:
@@ -198,6 +203,7 @@ def build_model(args: RunArgs, adapter: ModelAdapter) -> Any:
             dtype=load_dtype(args.training),
             device=args.training.device,
             allow_pickle=args.model.allow_pickle_weights,
+            tensor_parallel=tp,
         )
     logger.info("train_type %s: frozen groups %s", m.train_type or "(not set)", plan.frozen_groups or "none")
     if lora.lora_path:
@@ -218,6 +224,8 @@ def build_model(args: RunArgs, adapter: ModelAdapter) -> Any:
     if m.mm_projector_lr is not None:
         set_projector_learning_rate(base, adapter, m.mm_projector_lr, args.training.learning_rate)
     logger.info("trainable parameters:\n%s", trainable_table(base))
+    if tp.enabled:
+        logger.info("%s", tensor_parallel.rank_summary(base, adapter.tensor_parallel_parts, adapter.module_groups, tp))
     return model
 
 
@@ -377,16 +385,24 @@ def save_final(
     tokenizer: Any = None,
 ) -> None:  # fmt: skip
     """Write the output folder's model (HF layout) or adapter, plus the processor files, atomically per file set;
-    a full model's generation_config.json lists `stop_ids` among its eos ids."""
-    out = Path(args.training.output_dir)
-    if is_pipeline_run(args):  # every stage hands its part over; the first process writes the whole model
+    a full model's generation_config.json lists `stop_ids` among its eos ids.
+
+    Under tensor parallelism every rank calls it: the split tensors are gathered (a collective) into the same
+    single-file layout one process writes, and process 0 writes it. Under pipeline parallelism every stage hands
+    its part over the same way."""
+    tp = tensor_parallel.current()
+    if args.lora.lora:
+        weights = to_peft(model)
+    elif is_pipeline_run(args):
         from paddlemix.distributed.pipeline import gather_one_process_state
 
-        state = gather_one_process_state(model, to_numpy)
-        if args.training.process_index != 0:
-            return
+        weights = adapter.export_state_dict(gather_one_process_state(model, to_numpy), model.config)
     else:
-        state = None
+        state = tensor_parallel.gather_state(model, adapter.tensor_parallel_parts, tp)
+        weights = adapter.export_state_dict(state, model.config)
+    if args.training.process_index != 0:
+        return
+    out = Path(args.training.output_dir)
     templates = trained_templates(args.data.train, processor_dir, adapter.vision_placeholder)
     with tempfile.TemporaryDirectory(dir=out, prefix=".final-") as staging:
         tmp = Path(staging)
@@ -397,10 +413,11 @@ def save_final(
         if args.lora.lora:
             (tmp / "config.json").unlink(missing_ok=True)
             (tmp / "generation_config.json").unlink(missing_ok=True)
-            save_adapter(model, tmp, str(Path(args.model.model_name_or_path).resolve()))
+            write_adapter(
+                replace(weights, base_model_name_or_path=str(Path(args.model.model_name_or_path).resolve())), tmp
+            )
         else:
-            state = state or {k: to_numpy(v) for k, v in model.state_dict().items()}
-            save_safetensors(adapter.export_state_dict(state, model.config), tmp / "model.safetensors")
+            save_safetensors(weights, tmp / "model.safetensors")
             if stop_ids:
                 write_stop_ids(tmp, stop_ids, base_model(model).config, tokenizer)
         # stop_token_ids: what ends the trained answers, for the merged model's generation_config.json
@@ -533,7 +550,8 @@ def run_sft(args: RunArgs) -> dict[str, Any]:
     final = FinalSaveCallback(
         lambda: save_final(model, args, adapter, args.model.model_name_or_path, stop_ids, processor.tokenizer)
     )
-    saves = training.process_index == 0 or is_pipeline_run(args)  # pipeline stages all take part in the save
+    # pipeline stages and tensor-parallel ranks all take part in gathering the saved model
+    saves = training.process_index == 0 or is_pipeline_run(args) or tensor_parallel.current().enabled
     if saves:
         trainer.add_callback(final)
     last_eval = LastEvalCallback()

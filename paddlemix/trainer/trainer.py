@@ -14,8 +14,10 @@ import paddleformers.trainer.trainer as _pf_trainer
 from paddleformers.trainer import Trainer, TrainerCallback
 
 from paddlemix.datasets.collator import BATCH_META, LABEL_TOKENS, REAL_TOKENS, SAMPLE_IDS, SKIPS
+from paddlemix.distributed import tensor_parallel
 from paddlemix.distributed.memory import optimizer_state_bytes, parameter_bytes
-from paddlemix.peft.lora import save_adapter
+from paddlemix.peft.lora import to_peft
+from paddlemix.peft.peft_format import write_adapter
 from paddlemix.processors.template_files import write_chat_template
 from paddlemix.trainer.accumulation import StepLoss, scale_gradients
 from paddlemix.trainer.chunked_loss import lm_loss_without_full_logits, token_loss_sum
@@ -119,6 +121,7 @@ class MIXTrainer(Trainer):
         self.image_tokens = 0
         self.slots = 0
         self.grad_norm: float | None = None
+        self.checkpoint_adapter: Any = None
         self.memory_logged = False
         self.callback_handler.add_callback(RestoreRngOnResume(self))
 
@@ -240,6 +243,16 @@ class MIXTrainer(Trainer):
             "rate, check these samples, or train in float32, then rerun the same command to resume from it."
         )
 
+    def _save_checkpoint(self, model: Any, metrics: Any = None) -> None:
+        """Gather a tensor-parallel LoRA adapter on every rank before paddleformers saves (only process 0 then
+        writes it, in `_rotate_checkpoints`, where a collective would wait forever for the other ranks)."""
+        gather = hasattr(self.model, "lora_spec") and tensor_parallel.current().enabled
+        self.checkpoint_adapter = to_peft(self.model) if gather else None
+        try:
+            super()._save_checkpoint(model, metrics)
+        finally:
+            self.checkpoint_adapter = None
+
     def _rotate_checkpoints(self, use_mtime: bool = False, output_dir: str | None = None) -> None:
         """Called once the checkpoint of this step is on disk: add the LoRA adapter in PEFT format (so any
         checkpoint loads in PEFT, vLLM or as `lora_path`), mark it complete, then rotate among complete checkpoints
@@ -250,7 +263,7 @@ class MIXTrainer(Trainer):
             if self.chat_template and self.args.process_index == 0:  # checkpoints carry the trained template too
                 write_chat_template(current, self.chat_template)
             if hasattr(self.model, "lora_spec"):
-                save_adapter(self.model, current)
+                write_adapter(self.checkpoint_adapter or to_peft(self.model), current)
             checkpoints.mark_complete(current, self.state.global_step)
             checkpoints.prune(folder, self.args.save_total_limit)
 
@@ -272,7 +285,9 @@ class MIXTrainer(Trainer):
         inner = getattr(self.optimizer, "_optim", None)
         if inner is not None and hasattr(inner, "_create_accumulators"):
             block = paddle.base.framework.default_main_program().global_block()
-            inner._create_accumulators(block, [p for p in inner._parameter_list if not p.stop_gradient])
+            entries = inner._parameter_list or []  # parameters, or groups of them ({"params": [...], ...})
+            params = [p for e in entries for p in (e["params"] if isinstance(e, dict) else [e])]
+            inner._create_accumulators(block, [p for p in params if not p.stop_gradient])
         with trainable_state_only(self.model):
             return super()._load_flex_checkpoint(resume_from_checkpoint)
 
