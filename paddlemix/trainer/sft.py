@@ -109,10 +109,25 @@ RUN_IDENTITY = (
 )  # fmt: skip
 
 
+FINAL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
+
+
 def check_output_dir(args: RunArgs) -> None:
-    """Refuse to resume into a folder that holds another run, unless `overwrite_output_dir` is set."""
-    saved = Path(args.training.output_dir) / RUN_ARGS
-    if args.training.overwrite_output_dir or not saved.is_file():
+    """Refuse to resume into a folder that holds another run, and to train again into a finished one (its final
+    model is there and no checkpoint is left to continue from), unless `overwrite_output_dir` is set."""
+    t = args.training
+    out = Path(t.output_dir)
+    if t.overwrite_output_dir:
+        return
+    final = [name for name in FINAL_WEIGHTS if (out / name).is_file()]
+    if t.do_train and final and not t.resume_from_checkpoint and checkpoints.last_complete(out) is None:
+        raise UserError(
+            f'output_dir "{t.output_dir}" holds a finished run ({final[0]} is there and no checkpoint is left to '
+            "resume from); training again would overwrite its model. Set \"overwrite_output_dir\": true to train "
+            "it again from the start, or choose another output_dir."
+        )
+    saved = out / RUN_ARGS
+    if not saved.is_file():
         return
     old, new = json.loads(saved.read_text(encoding="utf-8")), args.to_dict()
     changed = [k for k in RUN_IDENTITY if old.get(k) != new.get(k)]
@@ -251,7 +266,13 @@ def plan_packed_steps(training: Any, train_set: PackedDataset) -> int:
         training.per_device_train_batch_size * training.gradient_accumulation_steps * training.dataset_world_size
     )
     packs = train_set.packs_per_epoch()
-    steps = max(math.ceil(training.num_train_epochs * packs / per_step), 1)
+    epochs = training.num_train_epochs
+    total = epochs * packs
+    mix = train_set.encoded.mix
+    if any(rate % 1 for rate in mix.rates):  # a fresh draw each epoch: its packs are counted epoch by epoch
+        counts = [train_set.packs_per_epoch(e) for e in range(math.ceil(epochs))]
+        total = sum(counts[: int(epochs)]) + (epochs % 1) * (counts[-1] if epochs % 1 else 0)
+    steps = max(math.ceil(total / per_step), 1)
     logger.info(
         "MIXToken: %d packs per epoch, %d per optimizer step: num_train_epochs %g = max_steps %d",
         packs, per_step, training.num_train_epochs, steps,
@@ -465,11 +486,12 @@ def run_sft(args: RunArgs) -> dict[str, Any]:
     # First in line, so the printer, the progress bar and the JSONL log all see the throughput fields.
     trainer.callback_handler.callbacks.insert(0, ThroughputCallback(trainer, skips))
     final = FinalSaveCallback(lambda: save_final(model, args, adapter, args.model.model_name_or_path))
-    if training.process_index == 0:
+    if training.process_index == 0 and not training.load_best_model_at_end:  # else saved once the best is back
         trainer.add_callback(final)
     last_eval = LastEvalCallback()
     trainer.add_callback(last_eval)
     metrics: dict[str, Any] = {}
+    best = None
     try:
         if training.do_train:
             start = time.perf_counter()
@@ -478,11 +500,21 @@ def run_sft(args: RunArgs) -> dict[str, Any]:
             metrics.update(trained_counts(trainer, result.global_step, metrics.get("train_runtime", 0.0)))
             if args.runtime.benchmark:
                 metrics.update(benchmark_report(metrics, trainer, time.perf_counter() - start))
+            best = trainer.load_best_checkpoint()
+            if best:
+                metrics["best_checkpoint"] = Path(best).name
+                metrics[f"best_{training.metric_for_best_model}"] = trainer.state.best_metric
+                logger.info(
+                    "load_best_model_at_end: the final %s is %s (step %d, %s %s)",
+                    "adapter" if args.lora.lora else "model", Path(best).name, checkpoints.step_of(Path(best)),
+                    training.metric_for_best_model, trainer.state.best_metric,
+                )  # fmt: skip
             if training.process_index == 0 and not final.saved:
                 final.save()
                 final.saved = True
         if eval_set is not None:
-            metrics.update(last_eval.at(trainer.state.global_step) or trainer.evaluate())
+            reuse = {} if best else last_eval.at(trainer.state.global_step)  # the best weights are evaluated afresh
+            metrics.update(reuse or trainer.evaluate())
     except SystemError as err:
         raise worker_failure(err) or err from None
     metrics["skipped_by_source"] = skips.summary()  # includes the skips of data-loader workers

@@ -13,6 +13,7 @@ import paddleformers.trainer.trainer as _pf_trainer
 from paddleformers.trainer import Trainer, TrainerCallback
 
 from paddlemix.datasets.collator import BATCH_META, LABEL_TOKENS, REAL_TOKENS, SAMPLE_IDS, SKIPS
+from paddlemix.processors.sample_processor import IGNORE_INDEX
 from paddlemix.peft.lora import save_adapter
 from paddlemix.processors.template_files import write_chat_template
 from paddlemix.trainer.accumulation import StepLoss, scale_gradients
@@ -83,6 +84,41 @@ class RestoreRngOnResume(TrainerCallback):
             self.trainer._load_rng_state(checkpoint)
 
 
+class EpochIndexed:
+    """Batch-sampler mixin that adds `epoch * epoch_size` to every index, so the dataset reads the epoch from the
+    index (see `paddlemix.datasets.mixing`): data-loader workers keep their dataset copy across epochs and would
+    never see an epoch set on the main process's copy."""
+
+    epoch_size = 0
+
+    def __iter__(self) -> Iterator[list[int]]:
+        offset = getattr(self, "epoch", 0) * self.epoch_size
+        for batch in super().__iter__():
+            yield [offset + int(i) for i in batch]
+
+
+_EPOCH_SAMPLERS: dict[type, type] = {}
+
+
+def epoch_indexed(sampler: Any, epoch_size: int) -> Any:
+    """`sampler` turned into its `EpochIndexed` subclass (same state, so paddleformers' resume still finds it)."""
+    cls = type(sampler)
+    if cls not in _EPOCH_SAMPLERS:
+        _EPOCH_SAMPLERS[cls] = type(f"EpochIndexed{cls.__name__}", (EpochIndexed, cls), {})
+    sampler.__class__ = _EPOCH_SAMPLERS[cls]
+    sampler.epoch_size = epoch_size
+    return sampler
+
+
+class LogLastStep(TrainerCallback):
+    """Log the last optimizer step even when it is not a multiple of `logging_steps`: otherwise a run shorter than
+    `logging_steps` logs no step loss at all, and a longer one loses the loss of its last steps."""
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.max_steps > 0 and state.global_step >= state.max_steps:
+            control.should_log = True
+
+
 class MIXTrainer(Trainer):
     """Trainer whose optimizer step is the token mean over all its micro-batches and ranks (see `accumulation`),
     and that counts what it trains: text and image tokens, row slots (fill), samples, rows and per-source `seen`."""
@@ -108,7 +144,9 @@ class MIXTrainer(Trainer):
         self.image_tokens = 0
         self.slots = 0
         self.grad_norm: float | None = None
+        self.eval_sums: dict[str, tuple[float, int]] = {}  # sample id -> (loss sum, labelled tokens)
         self.callback_handler.add_callback(RestoreRngOnResume(self))
+        self.callback_handler.add_callback(LogLastStep())
 
     def training_step(self, model: Any, inputs: dict[str, Any], step_control: int = 0) -> Any:
         """Backpropagate this micro-batch's loss sum / n0 and return its share of the logged step loss: 0 until the
@@ -154,7 +192,8 @@ class MIXTrainer(Trainer):
                 )
             self.samples += int(self.step.total[2])
             self.rows += int(self.step.total[3])
-        if args.logging_steps > 0 and (self.state.global_step + 1) % args.logging_steps == 0:
+        step = self.state.global_step + 1
+        if args.logging_steps > 0 and (step % args.logging_steps == 0 or step >= self.state.max_steps > 0):
             self.grad_norm = self.gradient_norm(model)
         self.step.reset()
         super().optimizer_step(args, model=model, parameters_list=parameters_list)
@@ -190,7 +229,24 @@ class MIXTrainer(Trainer):
             if hasattr(self.model, "lora_spec"):
                 save_adapter(self.model, current)
             checkpoints.mark_complete(current, self.state.global_step)
-            checkpoints.prune(folder, self.args.save_total_limit)
+            best = self.state.best_model_checkpoint if self.args.load_best_model_at_end else None
+            checkpoints.prune(folder, self.args.save_total_limit, protect=best)
+
+    def load_best_checkpoint(self) -> str | None:
+        """For `load_best_model_at_end`: put the weights of the best checkpoint back into the model (the trainable
+        tensors of a LoRA run) and return its folder; None when no evaluation chose one."""
+        best = self.state.best_model_checkpoint
+        if not (self.args.load_best_model_at_end and best and Path(best).is_dir()):
+            return None
+        self._load_flex_checkpoint(best)
+        return best
+
+    def _get_train_sampler(self) -> Any:
+        # Fractional sampling_rate: each epoch draws its own subset of the mix; the index carries the epoch.
+        sampler = super()._get_train_sampler()
+        if sampler is not None and hasattr(self.train_dataset, "mix"):
+            epoch_indexed(sampler, len(self.train_dataset))
+        return sampler
 
     # LoRA runs: paddleformers' flex checkpoints would hold the whole model (the frozen base included, as large as
     # the model itself) although only the adapters and fully trained modules change. Saving and resuming see the
@@ -230,7 +286,48 @@ class MIXTrainer(Trainer):
             self.log(scores)
         return metrics
 
-    def prediction_step(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+    def evaluation_loop(self, *args: Any, metric_key_prefix: str = "eval", **kwargs: Any) -> Any:
+        """paddleformers' loop averages per-batch mean losses, which depends on the eval batch size; the reported
+        loss is replaced by the token-weighted mean over every eval sample of all ranks (`eval_token_mean`)."""
+        self.eval_sums = {}
+        output = super().evaluation_loop(*args, metric_key_prefix=metric_key_prefix, **kwargs)
+        loss = self.eval_token_mean()
+        if loss is not None:
+            output.metrics[f"{metric_key_prefix}_loss"] = loss
+        return output
+
+    def eval_token_mean(self) -> float | None:
+        """Sum of the labelled-token losses over the eval set / their number, each sample counted once (a
+        distributed sampler repeats samples to even out the ranks), the same for any batch size, order or
+        process count."""
+        sums = dict(self.eval_sums)
+        if self.args.world_size > 1:
+            import paddle.distributed as dist
+
+            gathered: list[Any] = []
+            dist.all_gather_object(gathered, sums)
+            for part in gathered:
+                sums.update(part)
+        tokens = sum(n for _, n in sums.values())
+        return sum(s for s, _ in sums.values()) / tokens if tokens else None
+
+    def prediction_step(self, model: Any, inputs: dict[str, Any], prediction_loss_only: bool, *args: Any,
+                        **kwargs: Any) -> Any:  # fmt: skip
+        """Evaluation: keep each sample's loss sum and labelled-token count (for `eval_token_mean`) and return the
+        batch's token mean; pipeline-parallel runs and prediction (logits wanted) keep paddleformers' step."""
+        sample_ids = inputs.pop(SAMPLE_IDS, [])
         for key in BATCH_META:
             inputs.pop(key, None)
-        return super().prediction_step(model, inputs, *args, **kwargs)
+        labels = inputs.get("labels")
+        if not prediction_loss_only or labels is None or self.args.pipeline_model_parallel_size > 1:
+            return super().prediction_step(model, inputs, prediction_loss_only, *args, **kwargs)
+        with paddle.no_grad():
+            logits = model(**{k: v for k, v in inputs.items() if k != "labels"}).logits  # [B, L, vocab]
+            total, count = 0.0, 0
+            for row in range(labels.shape[0]):
+                loss_sum = float(token_loss_sum(logits[row], labels[row]))
+                tokens = int((labels[row] != IGNORE_INDEX).sum())
+                sample = sample_ids[row] if row < len(sample_ids) else f"batch{len(self.eval_sums)}#{row}"
+                self.eval_sums[sample] = (loss_sum, tokens)
+                total, count = total + loss_sum, count + tokens
+        return paddle.to_tensor(total / max(count, 1), dtype="float32"), None, None

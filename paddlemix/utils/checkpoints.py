@@ -45,9 +45,10 @@ def last_complete(folder: str | Path) -> Path | None:
     return done[-1] if done else None
 
 
-def prune(folder: str | Path, keep: int | None) -> list[Path]:
-    """Keep the newest `keep` complete checkpoints; drop older complete ones and partial leftovers older than
-    the newest complete checkpoint. Returns the deleted folders."""
+def prune(folder: str | Path, keep: int | None, protect: str | Path | None = None) -> list[Path]:
+    """Keep the newest `keep` complete checkpoints, plus `protect` (the best one, for `load_best_model_at_end`)
+    outside that count; drop older complete ones and partial leftovers older than the newest complete
+    checkpoint. Returns the deleted folders."""
     all_ = checkpoints(folder)
     done = [p for p in all_ if is_complete(p)]
     if not done:
@@ -55,7 +56,8 @@ def prune(folder: str | Path, keep: int | None) -> list[Path]:
     newest = step_of(done[-1])
     doomed = [p for p in all_ if not is_complete(p) and step_of(p) < newest]
     if keep is not None and keep > 0:
-        doomed += done[:-keep]
+        kept = Path(protect).resolve() if protect else None
+        doomed += [p for p in done[:-keep] if p.resolve() != kept]
     for path in doomed:
         shutil.rmtree(path, ignore_errors=True)
     return doomed
