@@ -85,7 +85,7 @@ class MixDataset:
         """What each epoch gets, per source: e.g. `8 of its 16 records, a fresh draw each epoch`."""
         total = max(len(self), 1)
         parts = []
-        for source, (name, n, rate) in enumerate(zip(self.names, self.lengths, self.rates)):
+        for name, n, rate in zip(self.names, self.lengths, self.rates):
             whole, frac = divmod(rate, 1.0)
             take = int(round(frac * n))
             what = [f"all {n} records x{int(whole)}" if whole > 1 else f"all {n} records"] if whole else []

@@ -123,7 +123,7 @@ def check_output_dir(args: RunArgs) -> None:
     if t.do_train and final and not t.resume_from_checkpoint and checkpoints.last_complete(out) is None:
         raise UserError(
             f'output_dir "{t.output_dir}" holds a finished run ({final[0]} is there and no checkpoint is left to '
-            "resume from); training again would overwrite its model. Set \"overwrite_output_dir\": true to train "
+            'resume from); training again would overwrite its model. Set "overwrite_output_dir": true to train '
             "it again from the start, or choose another output_dir."
         )
     saved = out / RUN_ARGS
@@ -236,12 +236,12 @@ def set_projector_learning_rate(model: Any, adapter: ModelAdapter, rate: float, 
 
 
 def build_datasets(
-    args: RunArgs, processor: Any, adapter: ModelAdapter, config: Any, skips: SkipLog, resume_step: int = 0
+    args: RunArgs, processor: Any, adapter: ModelAdapter, config: Any, skips: SkipLog, consumed: int = 0
 ) -> tuple[Any, Any]:
     """Encoded train and eval datasets (eval is None without `dataset.eval` or `do_eval`).
 
-    With MIXToken the train set is a stream of packs; on resume it skips the packs the first `resume_step`
-    optimizer steps consumed (re-planned from lengths, nothing decoded).
+    With MIXToken the train set is a stream of packs; on resume it skips the `consumed` packs the checkpoint's
+    run trained (re-planned from lengths, nothing decoded).
     """
     encoder = build_encoder(adapter, processor, args.data)
     seed = args.training.seed
@@ -251,7 +251,6 @@ def build_datasets(
     if train is not None and args.data.packing:
         t = args.training
         group = t.per_device_train_batch_size * t.dataset_world_size
-        consumed = resume_step * group * t.gradient_accumulation_steps
         positions = adapter.position_fn(config)
         train = PackedDataset(train, args.data.max_length, positions, seed, args.data.pack_window, consumed, group)
     if train is not None:  # per-source `seen` counts what the trainer trains, not what the loader prefetches
@@ -457,10 +456,14 @@ def run_sft(args: RunArgs) -> dict[str, Any]:
     if recompute:
         logger.info("recompute %s on %d model configs", recompute, apply_recompute(model, recompute))
     config = base_model(model).config
-    resume_step = checkpoints.step_of(Path(resume)) if resume else 0
+    consumed = 0  # rows (samples, or packs with MIXToken) the checkpoint's run trained
+    if resume:
+        t = training
+        group = t.per_device_train_batch_size * t.gradient_accumulation_steps * t.dataset_world_size
+        consumed = checkpoints.progress(resume).get("rows", checkpoints.step_of(Path(resume)) * group)
     skip_file = out / SKIPPED if training.process_index == 0 else None
     skips = SkipLog(skip_file, args.data.max_skip_ratio)
-    train_set, eval_set = build_datasets(args, processor, adapter, config, skips, resume_step)
+    train_set, eval_set = build_datasets(args, processor, adapter, config, skips, consumed)
     if isinstance(train_set, PackedDataset) and training.max_steps <= 0 and training.do_train:
         training.max_steps = plan_packed_steps(training, train_set)
     if training.do_train or eval_set is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -13,13 +14,15 @@ import paddleformers.trainer.trainer as _pf_trainer
 from paddleformers.trainer import Trainer, TrainerCallback
 
 from paddlemix.datasets.collator import BATCH_META, LABEL_TOKENS, REAL_TOKENS, SAMPLE_IDS, SKIPS
-from paddlemix.processors.sample_processor import IGNORE_INDEX
 from paddlemix.peft.lora import save_adapter
+from paddlemix.processors.sample_processor import IGNORE_INDEX
 from paddlemix.processors.template_files import write_chat_template
 from paddlemix.trainer.accumulation import StepLoss, scale_gradients
 from paddlemix.trainer.chunked_loss import lm_loss_without_full_logits, token_loss_sum
 from paddlemix.utils import checkpoints
 from paddlemix.utils.errors import UserError
+
+logger = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(UserError):
@@ -82,6 +85,38 @@ class RestoreRngOnResume(TrainerCallback):
         checkpoint = getattr(self.trainer, "resume_checkpoint", None)
         if checkpoint and args.ignore_data_skip:
             self.trainer._load_rng_state(checkpoint)
+        step = getattr(self.trainer, "rescaled_step", None)
+        scheduler = getattr(self.trainer, "lr_scheduler", None)
+        if step is not None and scheduler is not None:  # the schedule continues at the step in the new units
+            scheduler.last_epoch = step - 1
+            scheduler.step()
+
+
+@contextmanager
+def resumed_at_step(step: int | None) -> Iterator[None]:
+    """Within the block, the trainer state read from a checkpoint says `step` (when not None): after a change of
+    the global batch, the step that many samples make in the new batch size (see `MIXTrainer.resumed_step`)."""
+    if step is None:
+        yield
+        return
+    state_cls = _pf_trainer.TrainerState
+    originals = {name: state_cls.__dict__[name] for name in ("load", "load_from_json") if name in state_cls.__dict__}
+
+    def at_step(original: Any) -> Any:
+        def load(cls: type, path: str) -> Any:
+            state = original.__func__(cls, path)
+            state.global_step = step
+            return state
+
+        return classmethod(load)
+
+    for name, original in originals.items():
+        setattr(state_cls, name, at_step(original))
+    try:
+        yield
+    finally:
+        for name, original in originals.items():
+            setattr(state_cls, name, original)
 
 
 class EpochIndexed:
@@ -101,13 +136,15 @@ _EPOCH_SAMPLERS: dict[type, type] = {}
 
 
 def epoch_indexed(sampler: Any, epoch_size: int) -> Any:
-    """`sampler` turned into its `EpochIndexed` subclass (same state, so paddleformers' resume still finds it)."""
+    """A copy of `sampler` as its `EpochIndexed` subclass (same state and base class, so paddleformers' resume and
+    per-epoch reseeding still apply to it)."""
     cls = type(sampler)
     if cls not in _EPOCH_SAMPLERS:
         _EPOCH_SAMPLERS[cls] = type(f"EpochIndexed{cls.__name__}", (EpochIndexed, cls), {})
-    sampler.__class__ = _EPOCH_SAMPLERS[cls]
-    sampler.epoch_size = epoch_size
-    return sampler
+    indexed = object.__new__(_EPOCH_SAMPLERS[cls])
+    indexed.__dict__.update(vars(sampler))
+    indexed.epoch_size = epoch_size
+    return indexed
 
 
 class LogLastStep(TrainerCallback):
@@ -134,6 +171,8 @@ class MIXTrainer(Trainer):
         self.step = StepLoss(self.args.world_size, self.args.dataset_world_size)
         self.samples = 0  # trained samples (all ranks), for samples/s
         self.rows = 0  # trained rows (all ranks); a MIXToken row holds several samples
+        self.rows_before = 0  # rows the checkpoint this run resumed from had consumed
+        self.rescaled_step: int | None = None
         self.loss_divisor = 1.0
         self.last_loss_sum = float("nan")
         self.generation_eval = generation_eval
@@ -170,7 +209,60 @@ class MIXTrainer(Trainer):
 
     def train(self, resume_from_checkpoint: str | None = None, **kwargs: Any) -> Any:
         self.resume_checkpoint = resume_from_checkpoint
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        self.rows_before, self.rescaled_step = 0, None
+        if resume_from_checkpoint:
+            self.rows_before, self.rescaled_step = self.resumed_step(Path(resume_from_checkpoint))
+        with resumed_at_step(self.rescaled_step):
+            return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def global_batch(self) -> int:
+        a = self.args
+        return a.per_device_train_batch_size * a.gradient_accumulation_steps * a.dataset_world_size
+
+    def epoch_rows(self) -> int | None:
+        """Rows one epoch feeds the trainer (the distributed sampler drops the remainder over the ranks); None for
+        a pack stream, which has no epochs the trainer sees."""
+        if not hasattr(self.train_dataset, "__len__"):
+            return None
+        n, ranks = len(self.train_dataset), max(self.args.dataset_world_size, 1)
+        return n // ranks * ranks if self.args.world_size > 1 else n
+
+    def resumed_step(self, checkpoint: Path) -> tuple[int, int | None]:
+        """(rows the checkpoint's run consumed, the step to resume at, None when it is the checkpoint's own).
+
+        paddleformers continues at `global_step x global batch` samples, which is wrong once the global batch
+        changed. The checkpoint records the rows (samples, or packs with MIXToken) it consumed; the run resumes
+        at the step that ends exactly there, or stops with a UserError when no step of the new batch does."""
+        record, step = checkpoints.progress(checkpoint), checkpoints.step_of(checkpoint)
+        batch = self.global_batch()
+        old_batch = int(record.get("global_batch", batch))
+        rows = int(record.get("rows", step * old_batch))
+        if old_batch == batch:
+            return rows, None
+        epoch_rows = self.epoch_rows()
+        done_epochs, offset = divmod(rows, epoch_rows) if epoch_rows else (0, rows)
+        a = self.args
+        settings = (f"per_device_train_batch_size {a.per_device_train_batch_size} x gradient_accumulation_steps "
+                    f"{a.gradient_accumulation_steps} x {a.dataset_world_size} data-parallel processes")  # fmt: skip
+        problem = ""
+        if epoch_rows and (record.get("epoch_rows") or epoch_rows) != epoch_rows:
+            problem = f"an epoch now holds {epoch_rows} rows instead of {record['epoch_rows']}"
+        elif offset % batch:
+            where = f"{offset} rows into epoch {done_epochs}" if epoch_rows else f"{offset} rows (MIXToken packs)"
+            problem = f"it stopped {where}, which is not a whole number of steps of {batch}"
+        if problem:
+            raise UserError(
+                f"{checkpoint} was trained with a global batch of {old_batch} and cannot be resumed exactly with "
+                f"{batch} ({settings}): {problem}. Resume with a global batch that divides it (e.g. the old "
+                f'{old_batch}), or set "overwrite_output_dir": true to start over.'
+            )
+        steps_per_epoch = max(len(self._get_train_sampler()) // a.gradient_accumulation_steps, 1) if epoch_rows else 0
+        new_step = done_epochs * steps_per_epoch + offset // batch
+        logger.info(
+            "resuming %s (%d rows at global batch %d) at step %d of global batch %d", checkpoint.name, rows,
+            old_batch, new_step, batch,
+        )  # fmt: skip
+        return rows, new_step
 
     def count_trained(self, sample_ids: list[str], skips: list[str]) -> None:
         """Per-source `seen`: the samples of a batch when it is trained, and the skips met while reading it."""
@@ -228,7 +320,9 @@ class MIXTrainer(Trainer):
                 write_chat_template(current, self.chat_template)
             if hasattr(self.model, "lora_spec"):
                 save_adapter(self.model, current)
-            checkpoints.mark_complete(current, self.state.global_step)
+            rows = self.rows_before + self.rows
+            checkpoints.mark_complete(current, self.state.global_step, rows=rows, global_batch=self.global_batch(),
+                                      epoch_rows=self.epoch_rows() or 0)  # fmt: skip
             best = self.state.best_model_checkpoint if self.args.load_best_model_at_end else None
             checkpoints.prune(folder, self.args.save_total_limit, protect=best)
 
@@ -245,7 +339,7 @@ class MIXTrainer(Trainer):
         # Fractional sampling_rate: each epoch draws its own subset of the mix; the index carries the epoch.
         sampler = super()._get_train_sampler()
         if sampler is not None and hasattr(self.train_dataset, "mix"):
-            epoch_indexed(sampler, len(self.train_dataset))
+            return epoch_indexed(sampler, len(self.train_dataset))
         return sampler
 
     # LoRA runs: paddleformers' flex checkpoints would hold the whole model (the frozen base included, as large as

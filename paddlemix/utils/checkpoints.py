@@ -33,11 +33,22 @@ def is_complete(path: Path) -> bool:
     return (path / COMPLETE).is_file()
 
 
-def mark_complete(path: Path, step: int) -> None:
-    """Write the marker via a temporary file and a rename, so the marker itself is never half-written."""
+def mark_complete(path: Path, step: int, **progress: int) -> None:
+    """Write the marker via a temporary file and a rename, so the marker itself is never half-written. `progress`
+    records where the data stream stands (`rows` consumed, the `global_batch` and `epoch_rows` they were read
+    with), so a resume with other batch settings continues at the next unseen sample."""
     tmp = path / f"{COMPLETE}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps({"step": step, "time": time.time()}))
+    tmp.write_text(json.dumps({"step": step, "time": time.time(), **progress}))
     tmp.replace(path / COMPLETE)
+
+
+def progress(path: str | Path) -> dict:
+    """The marker's record of a complete checkpoint ({} for a checkpoint without one)."""
+    marker = Path(path) / COMPLETE
+    try:
+        return json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def last_complete(folder: str | Path) -> Path | None:

@@ -63,4 +63,6 @@ def test_rate_above_one_repeats_whole_passes_plus_a_fresh_fraction() -> None:
         assert set(c) == set(range(10)) and sorted(c.values()).count(2) == 5
     doubled = [{r for r, n in c.items() if n == 2} for c in counts]
     assert doubled[0].isdisjoint(doubled[1])  # the extra half differs between epochs
-    assert "all 10 records + 5 of its 10 records, a fresh draw each epoch" in MixDataset([range(10)], [1.5], 0).describe()
+    assert (
+        "all 10 records + 5 of its 10 records, a fresh draw each epoch" in MixDataset([range(10)], [1.5], 0).describe()
+    )
