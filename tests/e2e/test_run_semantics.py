@@ -69,11 +69,11 @@ def test_half_rate_trains_a_fresh_half_each_epoch(tiny_model_dir, sixteen, tmp_p
     together), and the same draws again with the same seed."""
     source = {"name": "chatml_dataset", "data_files": str(sixteen), "sampling_rate": 0.5}
     keys = {"dataset": {"train": [source]}, "num_train_epochs": 3, "per_device_train_batch_size": 2}
-    if mixtoken:  # one sample per pack (max_length fits one), so packs are samples and epochs stay countable
-        keys |= {"mixtoken": True, "max_length": 100}
+    if mixtoken:  # a window of one sample keeps the stream in epoch order, so epochs can be told apart
+        keys |= {"mixtoken": True, "pack_window": 1}
     run(tiny_model_dir, sixteen, tmp_path / "a", **keys)
     seen = records(trained)
-    assert len(seen) == 24
+    assert len(seen) == 24 or (mixtoken and 24 <= len(seen) < 28)  # the last step's packs may reach epoch 4
     epochs = [seen[0:8], seen[8:16], seen[16:24]]
     assert [len(set(e)) for e in epochs] == [8, 8, 8]
     assert set(epochs[0]) | set(epochs[1]) == set(range(16))
