@@ -112,8 +112,12 @@ def test_best_checkpoint_is_the_final_output_and_survives_rotation(tiny_model_di
     assert metrics["best_checkpoint"] == "checkpoint-2"
     assert sorted(p.name for p in checkpoints.checkpoints(out)) == ["checkpoint-2", "checkpoint-6"]
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
-    evals = {r["step"]: r["eval_loss"] for r in log if "eval_loss" in r and r["step"] in (2, 4, 6)}
+    evals: dict[int, float] = {}
+    for r in log:  # the first evaluation of each step; the final one (of the best weights) comes last
+        if "eval_loss" in r:
+            evals.setdefault(r["step"], r["eval_loss"])
     assert metrics["best_eval_loss"] == max(evals.values()) == evals[2] > evals[6]
+    assert metrics["eval_loss"] == pytest.approx(evals[2], rel=1e-6)  # the final evaluation saw the best weights
     name = "adapter_model.safetensors" if lora else "model.safetensors"
     final = load_file(out / name)
     if lora:
