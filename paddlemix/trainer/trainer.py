@@ -222,7 +222,7 @@ class MIXTrainer(Trainer):
     def epoch_rows(self) -> int | None:
         """Rows one epoch feeds the trainer (the distributed sampler drops the remainder over the ranks); None for
         a pack stream, which has no epochs the trainer sees."""
-        if not hasattr(self.train_dataset, "__len__"):
+        if self.train_dataset is None or isinstance(self.train_dataset, paddle.io.IterableDataset):
             return None
         n, ranks = len(self.train_dataset), max(self.args.dataset_world_size, 1)
         return n // ranks * ranks if self.args.world_size > 1 else n
