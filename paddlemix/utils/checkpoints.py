@@ -51,8 +51,15 @@ def progress(path: str | Path) -> dict:
         return {}
 
 
-def last_complete(folder: str | Path) -> Path | None:
+def complete_in_order(folder: str | Path) -> list[Path]:
+    """Complete checkpoints, oldest first by the data they consumed (`rows` in the marker), then by step: after a
+    resume with another global batch the step numbers restart on another scale, the consumed rows do not."""
     done = [p for p in checkpoints(folder) if is_complete(p)]
+    return sorted(done, key=lambda p: (progress(p).get("rows", -1), step_of(p)))
+
+
+def last_complete(folder: str | Path) -> Path | None:
+    done = complete_in_order(folder)
     return done[-1] if done else None
 
 
@@ -61,10 +68,10 @@ def prune(folder: str | Path, keep: int | None, protect: str | Path | None = Non
     outside that count; drop older complete ones and partial leftovers older than the newest complete
     checkpoint. Returns the deleted folders."""
     all_ = checkpoints(folder)
-    done = [p for p in all_ if is_complete(p)]
+    done = complete_in_order(folder)
     if not done:
         return []
-    newest = step_of(done[-1])
+    newest = max(step_of(p) for p in done)
     doomed = [p for p in all_ if not is_complete(p) and step_of(p) < newest]
     if keep is not None and keep > 0:
         kept = Path(protect).resolve() if protect else None

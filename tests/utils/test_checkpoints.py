@@ -55,3 +55,14 @@ def test_marker_records_the_data_position(tmp_path: Path) -> None:
         "epoch_rows": 16,
     }
     assert checkpoints.progress(tmp_path / "checkpoint-9") == {}
+
+
+def test_order_follows_consumed_rows_after_a_change_of_global_batch(tmp_path: Path) -> None:
+    """checkpoint-4 of global batch 2 (8 rows) resumed at global batch 4 as step 2: its checkpoint-3 (12 rows) is
+    the newest, and rotation keeps it."""
+    for step, rows in ((2, 4), (4, 8), (3, 12)):
+        path = tmp_path / f"checkpoint-{step}"
+        path.mkdir()
+        checkpoints.mark_complete(path, step, rows=rows)
+    assert checkpoints.last_complete(tmp_path) == tmp_path / "checkpoint-3"
+    assert sorted(p.name for p in checkpoints.prune(tmp_path, keep=1)) == ["checkpoint-2", "checkpoint-4"]
