@@ -119,22 +119,21 @@ def check_output_dir(args: RunArgs) -> None:
     out = Path(t.output_dir)
     if t.overwrite_output_dir:
         return
+    saved = out / RUN_ARGS
+    if saved.is_file():
+        old, new = json.loads(saved.read_text(encoding="utf-8")), args.to_dict()
+        changed = [k for k in RUN_IDENTITY if old.get(k) != new.get(k)]
+        if changed:
+            raise UserError(
+                f'output_dir "{t.output_dir}" holds a different run ({", ".join(changed)} differ from its '
+                'run_args.json). Choose another output_dir, or set "overwrite_output_dir": true to start over there.'
+            )
     final = [name for name in FINAL_WEIGHTS if (out / name).is_file()]
     if t.do_train and final and not t.resume_from_checkpoint and checkpoints.last_complete(out) is None:
         raise UserError(
             f'output_dir "{t.output_dir}" holds a finished run ({final[0]} is there and no checkpoint is left to '
             'resume from); training again would overwrite its model. Set "overwrite_output_dir": true to train '
             "it again from the start, or choose another output_dir."
-        )
-    saved = out / RUN_ARGS
-    if not saved.is_file():
-        return
-    old, new = json.loads(saved.read_text(encoding="utf-8")), args.to_dict()
-    changed = [k for k in RUN_IDENTITY if old.get(k) != new.get(k)]
-    if changed:
-        raise UserError(
-            f'output_dir "{args.training.output_dir}" holds a different run ({", ".join(changed)} differ from its '
-            'run_args.json). Choose another output_dir, or set "overwrite_output_dir": true to start over there.'
         )
 
 
