@@ -135,19 +135,28 @@ def test_best_checkpoint_is_the_final_output_and_survives_rotation(tiny_model_di
         np.testing.assert_allclose(final[k], best[k], rtol=0, atol=1e-6, err_msg=k)
 
 
-def test_resume_with_a_smaller_global_batch_trains_each_sample_once(tiny_model_dir, sixteen, tmp_path, trained):
+@pytest.mark.parametrize("mixtoken", [False, True])
+def test_resume_with_a_smaller_global_batch_trains_each_sample_once(tiny_model_dir, sixteen, tmp_path, trained,
+                                                                    mixtoken):  # fmt: skip
     """Global batch 4 for 2 steps (8 samples, checkpoint-2), then the same run resumed at global batch 2 (batch 1 x
-    accumulation 2): the remaining 8 samples of the epoch train once each, none twice."""
+    accumulation 2): the other 8 samples of the epoch train once each, none twice. With MIXToken (max_length 100:
+    two samples per pack, 8 packs per epoch) the first run trains 1 step of 4 packs and the resumed one the other
+    4 packs in 2 steps."""
     out = tmp_path / "resume"
-    keys = {"save_strategy": "steps", "save_steps": 2, "num_train_epochs": 1}
-    run(tiny_model_dir, sixteen, out, max_steps=2, **keys)
+    keys = {"save_strategy": "steps", "save_steps": 1 if mixtoken else 2, "num_train_epochs": 1}
+    if mixtoken:
+        keys |= {"mixtoken": True, "max_length": 100, "pack_window": 1}
+    run(tiny_model_dir, sixteen, out, max_steps=1 if mixtoken else 2, **keys)
     first = records(trained)
     trained.clear()
     run(tiny_model_dir, sixteen, out, per_device_train_batch_size=1, gradient_accumulation_steps=2, **keys)
     second = records(trained)
     assert len(first) == 8 and len(second) == 8
     assert Counter(first + second) == Counter(range(16))
-    assert checkpoints.progress(out / "checkpoint-8")["rows"] == 16
+    last = checkpoints.last_complete(out)
+    assert (last.name, checkpoints.progress(last)["rows"]) == (
+        ("checkpoint-4", 8) if mixtoken else ("checkpoint-8", 16)
+    )
 
 
 def test_resume_that_no_step_of_the_new_batch_fits_is_refused(tiny_model_dir, sixteen, tmp_path) -> None:
