@@ -504,12 +504,14 @@ def run_sft(args: RunArgs) -> dict[str, Any]:
                 metrics.update(benchmark_report(metrics, trainer, time.perf_counter() - start))
             best = trainer.load_best_checkpoint()
             if best:
+                name = training.metric_for_best_model
+                name = name if name.startswith("eval_") else f"eval_{name}"  # as paddleformers compares it
                 metrics["best_checkpoint"] = Path(best).name
-                metrics[f"best_{training.metric_for_best_model}"] = trainer.state.best_metric
+                metrics[f"best_{name}"] = trainer.state.best_metric
                 logger.info(
-                    "load_best_model_at_end: the final %s is %s (step %d, %s %s)",
+                    "load_best_model_at_end: the final %s is %s (step %d, %s %.6g)",
                     "adapter" if args.lora.lora else "model", Path(best).name, checkpoints.step_of(Path(best)),
-                    training.metric_for_best_model, trainer.state.best_metric,
+                    name, trainer.state.best_metric,
                 )  # fmt: skip
             if training.process_index == 0 and not final.saved:
                 final.save()

@@ -184,6 +184,7 @@ class MIXTrainer(Trainer):
         self.slots = 0
         self.grad_norm: float | None = None
         self.eval_sums: dict[str, tuple[float, int]] = {}  # sample id -> (loss sum, labelled tokens)
+        self.keep_best = bool(self.args.load_best_model_at_end)  # see `train` and `load_best_checkpoint`
         self.callback_handler.add_callback(RestoreRngOnResume(self))
         self.callback_handler.add_callback(LogLastStep())
 
@@ -212,8 +213,14 @@ class MIXTrainer(Trainer):
         self.rows_before, self.rescaled_step = 0, None
         if resume_from_checkpoint:
             self.rows_before, self.rescaled_step = self.resumed_step(Path(resume_from_checkpoint))
-        with resumed_at_step(self.rescaled_step):
-            return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        # paddleformers' own best-model loading at the end of its loop looks for `model_state.pdparams`, which
+        # flex checkpoints do not write, and only warns; `load_best_checkpoint` loads the flex checkpoint instead.
+        self.args.load_best_model_at_end = False
+        try:
+            with resumed_at_step(self.rescaled_step):
+                return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        finally:
+            self.args.load_best_model_at_end = self.keep_best
 
     def global_batch(self) -> int:
         a = self.args
@@ -323,14 +330,14 @@ class MIXTrainer(Trainer):
             rows = self.rows_before + self.rows
             checkpoints.mark_complete(current, self.state.global_step, rows=rows, global_batch=self.global_batch(),
                                       epoch_rows=self.epoch_rows() or 0)  # fmt: skip
-            best = self.state.best_model_checkpoint if self.args.load_best_model_at_end else None
+            best = self.state.best_model_checkpoint if self.keep_best else None
             checkpoints.prune(folder, self.args.save_total_limit, protect=best)
 
     def load_best_checkpoint(self) -> str | None:
         """For `load_best_model_at_end`: put the weights of the best checkpoint back into the model (the trainable
         tensors of a LoRA run) and return its folder; None when no evaluation chose one."""
         best = self.state.best_model_checkpoint
-        if not (self.args.load_best_model_at_end and best and Path(best).is_dir()):
+        if not (self.keep_best and best and Path(best).is_dir()):
             return None
         self._load_flex_checkpoint(best)
         return best
