@@ -736,6 +736,14 @@ def _validate_best_model(args: RunArgs, training: dict[str, Any], problems: Prob
             "false.",
             "load_best_model_at_end",
         )
+    metric = str(training.get("metric_for_best_model") or "loss")
+    if metric.removeprefix("eval_") != "loss" and not args.runtime.eval_generation:
+        problems.add(
+            f'"metric_for_best_model" = "{metric}" is not logged by this run: without "eval_generation": true the '
+            'evaluation logs only "eval_loss"; use "eval_loss", or turn on "eval_generation" for "eval_accuracy" / '
+            '"eval_bleu4".',
+            "metric_for_best_model",
+        )
 
 
 def _validate_source(source: DatasetSource, key: str, problems: Problems) -> None:

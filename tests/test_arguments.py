@@ -120,6 +120,15 @@ def test_train_type_sets_lora(tmp_path, model_dir, data_file) -> None:
             {"load_best_model_at_end": True, "do_eval": True, "evaluation_strategy": "steps", "save_strategy": "no"},
             '"load_best_model_at_end": true needs checkpoints to go back to',
         ),
+        (
+            {
+                "load_best_model_at_end": True,
+                "do_eval": True,
+                "evaluation_strategy": "steps",
+                "metric_for_best_model": "accuracy",
+            },
+            '"metric_for_best_model" = "accuracy" is not logged by this run',
+        ),
     ],
 )
 def test_mistakes_name_the_key_and_file(tmp_path, model_dir, data_file, extra, message) -> None:
