@@ -724,11 +724,42 @@ def validate(args: RunArgs, training: dict[str, Any], problems: Problems, world_
         add('"dataset.train" is empty; name at least one source.', "dataset")
     if training.get("do_eval") and not args.data.eval:
         add('"do_eval" is true but "dataset.eval" is empty.', "do_eval")
+    if training.get("load_best_model_at_end"):
+        _validate_best_model(args, training, problems)
     for split in DATA_SPLITS:
         for i, source in enumerate(getattr(args.data, split)):
             _validate_source(source, f"dataset.{split}[{i}]", problems)
     check_parallel(training, model_dir, problems, lora=args.lora.lora, world_size=world_size)
     check_pipeline(training, model_dir, problems, lora=args.lora.lora)
+
+
+def _validate_best_model(args: RunArgs, training: dict[str, Any], problems: Problems) -> None:
+    """`load_best_model_at_end` needs evaluations to compare and checkpoints to go back to."""
+    no_eval = (
+        not (training.get("do_eval") and args.data.eval) or str(training.get("evaluation_strategy", "no")) == "no"
+    )
+    if no_eval:
+        problems.add(
+            '"load_best_model_at_end": true needs evaluations to pick the best checkpoint, but this run never '
+            'evaluates; set "do_eval": true with a "dataset.eval" source and "evaluation_strategy": "steps" (or '
+            '"epoch"), or set "load_best_model_at_end": false.',
+            "load_best_model_at_end",
+        )
+    if str(training.get("save_strategy", "steps")) == "no":
+        problems.add(
+            '"load_best_model_at_end": true needs checkpoints to go back to, but "save_strategy" is "no"; save at '
+            'the evaluation steps ("save_strategy" equal to "evaluation_strategy") or set "load_best_model_at_end": '
+            "false.",
+            "load_best_model_at_end",
+        )
+    metric = str(training.get("metric_for_best_model") or "loss")
+    if metric.removeprefix("eval_") != "loss" and not args.runtime.eval_generation:
+        problems.add(
+            f'"metric_for_best_model" = "{metric}" is not logged by this run: without "eval_generation": true the '
+            'evaluation logs only "eval_loss"; use "eval_loss", or turn on "eval_generation" for "eval_accuracy" / '
+            '"eval_bleu4".',
+            "metric_for_best_model",
+        )
 
 
 def _validate_source(source: DatasetSource, key: str, problems: Problems) -> None:

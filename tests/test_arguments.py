@@ -115,6 +115,20 @@ def test_train_type_sets_lora(tmp_path, model_dir, data_file) -> None:
         ({"lora": True, "freeze_llm": True}, '"freeze_llm": true leaves LoRA nothing to train'),
         ({"freeze_vision": "yes"}, 'key "freeze_vision" must be true or false'),
         ({"max_image_pixels": 100}, '"max_image_pixels" must be at least 784'),
+        ({"load_best_model_at_end": True}, '"load_best_model_at_end": true needs evaluations'),
+        (
+            {"load_best_model_at_end": True, "do_eval": True, "evaluation_strategy": "steps", "save_strategy": "no"},
+            '"load_best_model_at_end": true needs checkpoints to go back to',
+        ),
+        (
+            {
+                "load_best_model_at_end": True,
+                "do_eval": True,
+                "evaluation_strategy": "steps",
+                "metric_for_best_model": "accuracy",
+            },
+            '"metric_for_best_model" = "accuracy" is not logged by this run',
+        ),
     ],
 )
 def test_mistakes_name_the_key_and_file(tmp_path, model_dir, data_file, extra, message) -> None:

@@ -121,17 +121,31 @@ RUN_IDENTITY = (
 )  # fmt: skip
 
 
+FINAL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
+
+
 def check_output_dir(args: RunArgs) -> None:
-    """Refuse to resume into a folder that holds another run, unless `overwrite_output_dir` is set."""
-    saved = Path(args.training.output_dir) / RUN_ARGS
-    if args.training.overwrite_output_dir or not saved.is_file():
+    """Refuse to resume into a folder that holds another run, and to train again into a finished one (its final
+    model is there and no checkpoint is left to continue from), unless `overwrite_output_dir` is set."""
+    t = args.training
+    out = Path(t.output_dir)
+    if t.overwrite_output_dir:
         return
-    old, new = json.loads(saved.read_text(encoding="utf-8")), args.to_dict()
-    changed = [k for k in RUN_IDENTITY if old.get(k) != new.get(k)]
-    if changed:
+    saved = out / RUN_ARGS
+    if saved.is_file():
+        old, new = json.loads(saved.read_text(encoding="utf-8")), args.to_dict()
+        changed = [k for k in RUN_IDENTITY if old.get(k) != new.get(k)]
+        if changed:
+            raise UserError(
+                f'output_dir "{t.output_dir}" holds a different run ({", ".join(changed)} differ from its '
+                'run_args.json). Choose another output_dir, or set "overwrite_output_dir": true to start over there.'
+            )
+    final = [name for name in FINAL_WEIGHTS if (out / name).is_file()]
+    if t.do_train and final and not t.resume_from_checkpoint and checkpoints.last_complete(out) is None:
         raise UserError(
-            f'output_dir "{args.training.output_dir}" holds a different run ({", ".join(changed)} differ from its '
-            'run_args.json). Choose another output_dir, or set "overwrite_output_dir": true to start over there.'
+            f'output_dir "{t.output_dir}" holds a finished run ({final[0]} is there and no checkpoint is left to '
+            'resume from); training again would overwrite its model. Set "overwrite_output_dir": true to train '
+            "it again from the start, or choose another output_dir."
         )
 
 
@@ -246,12 +260,12 @@ def set_projector_learning_rate(model: Any, adapter: ModelAdapter, rate: float, 
 
 
 def build_datasets(
-    args: RunArgs, processor: Any, adapter: ModelAdapter, config: Any, skips: SkipLog, resume_step: int = 0
+    args: RunArgs, processor: Any, adapter: ModelAdapter, config: Any, skips: SkipLog, consumed: int = 0
 ) -> tuple[Any, Any]:
     """Encoded train and eval datasets (eval is None without `dataset.eval` or `do_eval`).
 
-    With MIXToken the train set is a stream of packs; on resume it skips the packs the first `resume_step`
-    optimizer steps consumed (re-planned from lengths, nothing decoded).
+    With MIXToken the train set is a stream of packs; on resume it skips the `consumed` packs the checkpoint's
+    run trained (re-planned from lengths, nothing decoded).
     """
     encoder = build_encoder(adapter, processor, args.data)
     seed = args.training.seed
@@ -261,7 +275,6 @@ def build_datasets(
     if train is not None and args.data.packing:
         t = args.training
         group = t.per_device_train_batch_size * t.dataset_world_size
-        consumed = resume_step * group * t.gradient_accumulation_steps
         positions = adapter.position_fn(config)
         train = PackedDataset(train, args.data.max_length, positions, seed, args.data.pack_window, consumed, group)
     if train is not None:  # per-source `seen` counts what the trainer trains, not what the loader prefetches
@@ -276,7 +289,13 @@ def plan_packed_steps(training: Any, train_set: PackedDataset) -> int:
         training.per_device_train_batch_size * training.gradient_accumulation_steps * training.dataset_world_size
     )
     packs = train_set.packs_per_epoch()
-    steps = max(math.ceil(training.num_train_epochs * packs / per_step), 1)
+    epochs = training.num_train_epochs
+    total = epochs * packs
+    mix = train_set.encoded.mix
+    if any(rate % 1 for rate in mix.rates):  # a fresh draw each epoch: its packs are counted epoch by epoch
+        counts = [train_set.packs_per_epoch(e) for e in range(math.ceil(epochs))]
+        total = sum(counts[: int(epochs)]) + (epochs % 1) * (counts[-1] if epochs % 1 else 0)
+    steps = max(math.ceil(total / per_step), 1)
     logger.info(
         "MIXToken: %d packs per epoch, %d per optimizer step: num_train_epochs %g = max_steps %d",
         packs, per_step, training.num_train_epochs, steps,
@@ -519,10 +538,14 @@ def run_sft(args: RunArgs) -> dict[str, Any]:
     if recompute:
         logger.info("recompute %s on %d model configs", recompute, apply_recompute(model, recompute))
     config = base_model(model).config
-    resume_step = checkpoints.step_of(Path(resume)) if resume else 0
+    consumed = 0  # rows (samples, or packs with MIXToken) the checkpoint's run trained
+    if resume:
+        t = training
+        group = t.per_device_train_batch_size * t.gradient_accumulation_steps * t.dataset_world_size
+        consumed = checkpoints.progress(resume).get("rows", checkpoints.step_of(Path(resume)) * group)
     skip_file = out / SKIPPED if training.process_index == 0 else None
     skips = SkipLog(skip_file, args.data.max_skip_ratio)
-    train_set, eval_set = build_datasets(args, processor, adapter, config, skips, resume_step)
+    train_set, eval_set = build_datasets(args, processor, adapter, config, skips, consumed)
     if isinstance(train_set, PackedDataset) and training.max_steps <= 0 and training.do_train:
         training.max_steps = plan_packed_steps(training, train_set)
     if training.do_train or eval_set is not None:
@@ -552,11 +575,12 @@ def run_sft(args: RunArgs) -> dict[str, Any]:
     )
     # pipeline stages and tensor-parallel ranks all take part in gathering the saved model
     saves = training.process_index == 0 or is_pipeline_run(args) or tensor_parallel.current().enabled
-    if saves:
+    if saves and not training.load_best_model_at_end:  # else saved once the best is back
         trainer.add_callback(final)
     last_eval = LastEvalCallback()
     trainer.add_callback(last_eval)
     metrics: dict[str, Any] = {}
+    best = None
     try:
         if training.do_train:
             start = time.perf_counter()
@@ -565,11 +589,23 @@ def run_sft(args: RunArgs) -> dict[str, Any]:
             metrics.update(trained_counts(trainer, result.global_step, metrics.get("train_runtime", 0.0)))
             if args.runtime.benchmark:
                 metrics.update(benchmark_report(metrics, trainer, time.perf_counter() - start))
+            best = trainer.load_best_checkpoint()
+            if best:
+                name = training.metric_for_best_model
+                name = name if name.startswith("eval_") else f"eval_{name}"  # as paddleformers compares it
+                metrics["best_checkpoint"] = Path(best).name
+                metrics[f"best_{name}"] = trainer.state.best_metric
+                logger.info(
+                    "load_best_model_at_end: the final %s is %s (step %d, %s %.6g)",
+                    "adapter" if args.lora.lora else "model", Path(best).name, checkpoints.step_of(Path(best)),
+                    name, trainer.state.best_metric,
+                )  # fmt: skip
             if saves and not final.saved:
                 final.save()
                 final.saved = True
         if eval_set is not None:
-            metrics.update(last_eval.at(trainer.state.global_step) or trainer.evaluate())
+            reuse = {} if best else last_eval.at(trainer.state.global_step)  # the best weights are evaluated afresh
+            metrics.update(reuse or trainer.evaluate())
     except SystemError as err:
         raise worker_failure(err) or err from None
     metrics["skipped_by_source"] = skips.summary()  # includes the skips of data-loader workers
