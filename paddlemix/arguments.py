@@ -735,9 +735,8 @@ def validate(args: RunArgs, training: dict[str, Any], problems: Problems, world_
 
 def _validate_best_model(args: RunArgs, training: dict[str, Any], problems: Problems) -> None:
     """`load_best_model_at_end` needs evaluations to compare and checkpoints to go back to."""
-    no_eval = (
-        not (training.get("do_eval") and args.data.eval) or str(training.get("evaluation_strategy", "no")) == "no"
-    )
+    # paddleformers turns "do_eval" on for any "evaluation_strategy" but "no" (TrainingArguments.__post_init__)
+    no_eval = not args.data.eval or str(training.get("evaluation_strategy", "no")) == "no"
     if no_eval:
         problems.add(
             '"load_best_model_at_end": true needs evaluations to pick the best checkpoint, but this run never '
