@@ -1,6 +1,6 @@
 """The tensor-parallel slicing plan in one process: which slice each rank holds, that the slices go back together,
 and that ranks computing on their slices reproduce the whole layer (checked in numpy on a tiny model's weights).
-The 2-process runs are in tests/e2e/test_tensor_parallel.py and `test_every_family_splits_exactly` below."""
+The 2-process runs are in tests/e2e/test_tensor_parallel_runs.py and `test_every_family_splits_exactly` below."""
 
 from __future__ import annotations
 

@@ -68,7 +68,7 @@ def test_every_output_carries_the_trained_template(workspace: Path, run_tool) ->
         assert proc.returncode == 0, proc.stderr[-3000:]
         expected = "".join(text for text, _ in PaddleMixChatTemplate(SPEC).segments(full))
         assert json.loads((workspace / "hf.json").read_text()) == [
-            {"processor": expected, "tokenizer": expected, "assistant_text": None}]  # fmt: skip
+            {"processor": expected, "tokenizer": expected, "assistant_text": None, "ids": None}]  # fmt: skip
 
     (workspace / "other.jinja").write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
     infer = ("infer.py", "--model_name_or_path", "merged", "--question", "Hi?", "--max_new_tokens", "1")

@@ -39,7 +39,8 @@ def test_nan_loss_stops_with_step_samples_and_last_good_checkpoint(tiny_model_di
     raw = {"model_name_or_path": str(tiny_model_dir), "output_dir": str(out), "device": "cpu", "do_train": True,
            "dataset": {"train": [{"name": "chatml_dataset", "data_files": str(data)}]}, "max_steps": 8,
            "per_device_train_batch_size": 2, "max_length": 128, "save_steps": 100, "logging_steps": 1,
-           "report_to": "none", "seed": 1}  # fmt: skip
+           "report_to": "none", "seed": 1,
+           "split_special_tokens": False}  # fmt: skip
     with pytest.raises(NonFiniteLossError) as err:
         run_sft(arguments.parse(raw, "test"))
     message = str(err.value)
