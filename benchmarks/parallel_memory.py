@@ -11,9 +11,12 @@ Every process logs "rank R of N holds parameters P bytes, optimizer state S byte
 (paddlemix/distributed/memory.py); the table prints P and S per rank and their ratio to the single process. A mode
 that does not run prints its error instead of figures, so the script measures whatever modes the code supports.
 
-Memory: float32 training of the 2-layer 2B config holds about 7 GB in one process (the 151,936 x 2,048 embedding
-dominates); the 2-process modes need about as much again in total. `--model DIR` measures another model folder
-(for a quick check of the script on a tiny model).
+Memory: float32 training of the 2-layer 2B config (the 151,936 x 2,048 embedding dominates: 0.44 B parameters,
+weights + gradients + Adam moments about 7 GB) passed 12 GB RSS in one process before its first step ended on the
+CPU machine this was written on, so the 2-process modes need well over 20 GB; run it where that fits.
+`--model DIR` measures another model folder (on a tiny model the script checks itself in a few minutes). Sharding
+stage 3 splits only tensors of more than 2^20 elements (Paddle's `segment_size`), so a tiny model shows no stage-3
+saving; the 2B config's large tensors do.
 """
 
 from __future__ import annotations

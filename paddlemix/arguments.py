@@ -176,7 +176,10 @@ class DatasetSource:
 
     `image_placeholder`: the text that marks an image in string content of records that have images (default
     `<image>`; elsewhere it is plain text). `inline_images`: whether `<img>path</img>` in string content is an image
-    (unset = only in PaddleMIX's pair-list conversations; elsewhere it is plain text, as in HTML)."""
+    (unset = only in PaddleMIX's pair-list conversations; elsewhere it is plain text, as in HTML).
+    `keep_empty_think`: with a thinking chat template (Qwen3's), whether the empty `<think></think>` block it
+    writes before an answer without reasoning is trained (true, as the template renders it) or is part of the
+    prompt (false: prompts are rendered with `enable_thinking=False`, which writes that block)."""
 
     name: SourceName
     data_files: list[str]
@@ -186,6 +189,7 @@ class DatasetSource:
     prompt: str | None = None
     image_placeholder: str = "<image>"
     inline_images: bool | None = None
+    keep_empty_think: bool = True
 
 
 @dataclass(frozen=True)
@@ -693,13 +697,6 @@ def validate(args: RunArgs, training: dict[str, Any], problems: Problems, world_
             f"{args.lora.lora_dropout}.",
             "lora_rank",
         )
-    tp = max(training.get("tensor_model_parallel_size", 1) or 1, 1)
-    if args.lora.lora and tp > 1:
-        add(
-            f'"tensor_parallel_degree" = {tp} with "lora": true is not supported (the adapters are not split across '
-            'devices); set "tensor_parallel_degree": 1 and use data parallelism or sharding for LoRA runs.',
-            "tensor_parallel_degree",
-        )
     if args.lora.lora_path and not args.lora.lora:
         add('"lora_path" is set but "lora" is false; set "lora": true to continue an adapter.', "lora_path")
     if args.lora.lora_path and not Path(args.lora.lora_path).is_dir():
@@ -727,11 +724,42 @@ def validate(args: RunArgs, training: dict[str, Any], problems: Problems, world_
         add('"dataset.train" is empty; name at least one source.', "dataset")
     if training.get("do_eval") and not args.data.eval:
         add('"do_eval" is true but "dataset.eval" is empty.', "do_eval")
+    if training.get("load_best_model_at_end"):
+        _validate_best_model(args, training, problems)
     for split in DATA_SPLITS:
         for i, source in enumerate(getattr(args.data, split)):
             _validate_source(source, f"dataset.{split}[{i}]", problems)
     check_parallel(training, model_dir, problems, lora=args.lora.lora, world_size=world_size)
     check_pipeline(training, model_dir, problems, lora=args.lora.lora)
+
+
+def _validate_best_model(args: RunArgs, training: dict[str, Any], problems: Problems) -> None:
+    """`load_best_model_at_end` needs evaluations to compare and checkpoints to go back to."""
+    no_eval = (
+        not (training.get("do_eval") and args.data.eval) or str(training.get("evaluation_strategy", "no")) == "no"
+    )
+    if no_eval:
+        problems.add(
+            '"load_best_model_at_end": true needs evaluations to pick the best checkpoint, but this run never '
+            'evaluates; set "do_eval": true with a "dataset.eval" source and "evaluation_strategy": "steps" (or '
+            '"epoch"), or set "load_best_model_at_end": false.',
+            "load_best_model_at_end",
+        )
+    if str(training.get("save_strategy", "steps")) == "no":
+        problems.add(
+            '"load_best_model_at_end": true needs checkpoints to go back to, but "save_strategy" is "no"; save at '
+            'the evaluation steps ("save_strategy" equal to "evaluation_strategy") or set "load_best_model_at_end": '
+            "false.",
+            "load_best_model_at_end",
+        )
+    metric = str(training.get("metric_for_best_model") or "loss")
+    if metric.removeprefix("eval_") != "loss" and not args.runtime.eval_generation:
+        problems.add(
+            f'"metric_for_best_model" = "{metric}" is not logged by this run: without "eval_generation": true the '
+            'evaluation logs only "eval_loss"; use "eval_loss", or turn on "eval_generation" for "eval_accuracy" / '
+            '"eval_bleu4".',
+            "metric_for_best_model",
+        )
 
 
 def _validate_source(source: DatasetSource, key: str, problems: Problems) -> None:

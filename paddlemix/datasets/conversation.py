@@ -123,9 +123,11 @@ def check_turns(messages: list[Message]) -> None:
         raise SampleError("conversation starts with an assistant turn (no user turn before the first answer)")
     if any(m.role == "assistant" and IMAGE_PLACEHOLDER in m.content for m in messages):
         raise SampleError("<image> in an assistant turn (images can only be inputs, never trained targets)")
-    answers = [m for m in messages if m.role == "assistant" and m.content.strip()]
-    if not answers:
+    if not any(m.role == "assistant" for m in messages):
         raise SampleError("no assistant turn")
+    answers = [m for m in messages if m.role == "assistant" and m.content.strip()]
+    if not answers:  # an empty answer would teach the model to end at once; empty turns of other records stay context
+        raise SampleError("no assistant turn with an answer (every answer is empty)")
     if not any(m.loss for m in answers):
         raise SampleError('no assistant turn to train (every answer has "loss": false)')
 

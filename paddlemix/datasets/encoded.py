@@ -172,9 +172,9 @@ class EncodedDataset:
         self.skip_log = skip_log or SkipLog()
         self.split = split
         self.count_loaded = True
-        self._lengths: dict[int, int] = {}
+        self._lengths: dict[tuple[int, int], int] = {}  # keyed by (source, record): the same in every epoch
         self._counted: set[int] = set()  # eval items counted as seen: every evaluation reads them again
-        self._bad: set[int] = set()
+        self._bad: set[tuple[int, int]] = set()
         self._pending_skips: list[str] = []
 
     def take_skips(self) -> list[str]:
@@ -187,7 +187,7 @@ class EncodedDataset:
 
     def where(self, i: int) -> tuple[str, dict[str, Any]]:
         """Source name and {file, index} of item `i`, for skip reports."""
-        source, record = self.mix.index[i]
+        source, record = self.mix.pair(i)
         file, local = self.mix.datasets[source].locate(record)
         return self.mix.names[source], {"file": str(file.path), "index": local}
 
@@ -197,11 +197,11 @@ class EncodedDataset:
         by the next usable item (see `SkipLog.add`)."""
         name, record = self.where(i)
         try:
-            source, _ = self.mix.index[i]
+            source, _ = self.mix.pair(i)
             result = work(self.mix[i], self.templates[source])
         except Exception as err:
             skip = as_skip(err)
-            self._bad.add(i)
+            self._bad.add(self.mix.pair(i))
             self.skip_log.add(name, record, str(skip), replaced)
             # In a loader worker the skip log is a copy: the skip travels with the next sample to the trainer,
             # which records it and enforces the skip budget against the samples really trained.
@@ -223,9 +223,10 @@ class EncodedDataset:
 
     def length(self, i: int) -> int:
         """Token count of item `i` after image expansion, without decoding images; cached per item."""
-        if i not in self._lengths:
-            self._lengths[i] = self._attempt(i, self.processor.length, final=False)
-        return self._lengths[i]
+        key = self.mix.pair(i)
+        if key not in self._lengths:
+            self._lengths[key] = self._attempt(i, self.processor.length, final=False)
+        return self._lengths[key]
 
     def no_usable_sample(self) -> UserError:
         """The error for a split whose records were all skipped, with the first reason of each of its sources."""
@@ -247,12 +248,14 @@ class EncodedDataset:
         raise self.no_usable_sample()
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
-        """Item `i`, or the next usable one after it when it is skipped. Runs in the data loader: a spent skip
-        budget or data without any usable sample stops the run there (see `loader_guard`)."""
+        """Item `i`, or the next usable one after it (in the same epoch) when it is skipped. Runs in the data
+        loader: a spent skip budget or data without any usable sample stops the run there (see `loader_guard`)."""
         with stop_run_on_failure():
-            for attempt in range(len(self)):
-                k = (i + attempt) % len(self)
-                if k in self._bad:
+            n = len(self)
+            epoch_start = i - i % n
+            for attempt in range(n):
+                k = epoch_start + (i % n + attempt) % n
+                if self.mix.pair(k) in self._bad:
                     continue
                 try:
                     return {**self.encode(k, replaced=True), "skips": self.take_skips()}
@@ -289,5 +292,5 @@ def build_dataset(
     datasets = [SourceDataset(s) for s in sources]
     mix = MixDataset(datasets, [s.sampling_rate for s in sources], seed, source_names(sources))
     logger.info("%s data mix: %s", split, mix.describe())
-    templates = [template_for(processor, s.chat_template) for s in sources]
+    templates = [template_for(processor, s.chat_template, s.keep_empty_think) for s in sources]
     return EncodedDataset(mix, templates, encoder, skip_log, split)

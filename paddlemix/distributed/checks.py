@@ -114,6 +114,7 @@ def check_parallel(
     for name, degree, key in (
         ("num_attention_heads", tp, "tensor"),
         ("num_key_value_heads", tp, "tensor"),
+        ("intermediate_size", tp, "tensor"),
         ("vocab_size", tp, "tensor"),
         ("num_hidden_layers", pp, "pipeline"),
     ):
@@ -124,9 +125,8 @@ def check_parallel(
                 f"({model_dir / 'config.json'}); choose a degree that divides it.",
                 f"{key}_parallel_degree",
             )
-    # Tensor parallel: checks of LoRA targets that cannot be split belong here (paddlemix/distributed, tensor
-    # parallel plan), added with the split layers. Pipeline parallel: the "family has no pipeline description"
-    # check belongs here too, added with the pipeline descriptions; both append to `problems` like the above.
+    # Tensor parallel: LoRA targets that cannot be split are checked once they are resolved from the checkpoint's
+    # tensor names, still before the weights load (trainer/sft.py: tensor_parallel.check_lora_targets).
 
 
 PIPELINE_ALTERNATIVES = (

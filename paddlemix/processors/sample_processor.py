@@ -2,7 +2,9 @@
 
 Images are decoded here (in dataloader workers), each `<image>` placeholder becomes the model's vision tokens
 repeated once per visual token, and only assistant answers carry labels. Special-token strings a record types
-stay text unless `split_special_tokens` is off (paddlemix/processors/text_encoding.py).
+stay text unless `split_special_tokens` is off (paddlemix/processors/text_encoding.py). The ids start with the tokens the
+tokenizer puts first (Llama's BOS) unless the rendered text already does, as Hugging Face processors encode a
+rendered chat; prompts for inference are the training ids of the text before an answer.
 """
 
 from __future__ import annotations
@@ -38,6 +40,22 @@ class VisionTokens:
         """Visual tokens for one image of `grid_thw` patches after spatial merging."""
         t, h, w = (int(x) for x in grid_thw)
         return t * h * w // (self.merge_size**2) + self.extra_tokens
+
+
+def without_empty_answers(messages: Sequence[Message]) -> list[Message]:
+    """The turns with empty (or blank) answers kept as context but not trained, so no model learns to say nothing;
+    raises `SampleError` when no trained answer is left."""
+    out = [Message(m.role, m.content, False) if m.role == "assistant" and not m.content.strip() else m
+           for m in messages]  # fmt: skip
+    emptied = any(a.loss and not b.loss for a, b in zip(messages, out))
+    if emptied and not any(m.role == "assistant" and m.loss for m in out):
+        raise SampleError("every trained assistant answer is empty")
+    return out
+
+
+def prompt_segments(segments: Sequence[tuple[str, bool]]) -> list[tuple[str, bool]]:
+    """The segments of a generation prompt, all as context."""
+    return [(text, False) for text, _ in segments]
 
 
 class SampleProcessor:
@@ -91,10 +109,23 @@ class SampleProcessor:
     def encode_text(self, text: str) -> list[int]:
         return self.text_encoder.encode(text)
 
+    def leading_ids(self, text: str) -> list[int]:
+        """The ids the tokenizer puts before a text it encodes with special tokens (Llama's BOS; none for Qwen),
+        or none when `text` starts with the bos token already, as transformers' processors decide."""
+        bos = getattr(self.tokenizer, "bos_token", None)
+        if bos and text.startswith(bos):
+            return []
+        if not hasattr(self, "_leading"):
+            plain = self.encode_text("a")
+            full = list(self.tokenizer("a", add_special_tokens=True)["input_ids"])
+            at = next((i for i in range(len(full)) if full[i : i + len(plain)] == plain), 0)
+            self._leading = full[:at]
+        return list(self._leading)
+
     def _encode(self, sample: Sample, segments: list[tuple[str, bool]], vision: dict) -> tuple[list[int], list[int]]:
         counts = [self.vision.count(g) for g in vision.get("image_grid_thw", [])]
-        input_ids: list[int] = []
-        labels: list[int] = []
+        input_ids: list[int] = self.leading_ids(segments[0][0] if segments else "")
+        labels: list[int] = [IGNORE_INDEX] * len(input_ids)
         for text, is_label in segments:
             ids = self.encode_text(self.expand(text, counts))
             input_ids += ids
@@ -105,11 +136,15 @@ class SampleProcessor:
             raise TooLongError(len(input_ids), self.max_length)
         return input_ids, labels
 
+    def training_segments(self, sample: Sample, template: ChatTemplate) -> list[tuple[str, bool]]:
+        """The rendered (text, is_label) segments a sample trains on; empty answers are not trained."""
+        return template.segments(self.with_vision_tokens(without_empty_answers(sample.messages)))
+
     def __call__(self, sample: Sample, template: ChatTemplate) -> dict[str, np.ndarray]:
         """Encode a training sample. `labels[t]` is the target of position t (already shifted by one), because
         paddleformers' models do not shift labels themselves."""
         vision = self.images(sample.images)
-        input_ids, labels = self._encode(sample, template.segments(self.with_vision_tokens(sample.messages)), vision)
+        input_ids, labels = self._encode(sample, self.training_segments(sample, template), vision)
         if all(label == IGNORE_INDEX for label in labels[1:]):
             raise SampleError("no assistant tokens to learn from")
         targets = np.asarray(labels[1:] + [IGNORE_INDEX], dtype="int64")
@@ -118,15 +153,16 @@ class SampleProcessor:
     def length(self, sample: Sample, template: ChatTemplate) -> int:
         """The exact token count `__call__` would give, from image headers instead of decoded pixels."""
         grids = [self.vision.grid_for_size(*self.reader.size(r)) for r in sample.images]
-        segments = template.segments(self.with_vision_tokens(sample.messages))
+        segments = self.training_segments(sample, template)
         input_ids, labels = self._encode(sample, segments, {"image_grid_thw": grids})
         if all(label == IGNORE_INDEX for label in labels[1:]):
             raise SampleError("no assistant tokens to learn from")
         return len(input_ids)
 
     def encode_prompt(self, sample: Sample, template: ChatTemplate) -> dict[str, np.ndarray]:
-        """Encode a conversation up to the generation prompt, for inference."""
+        """Encode a conversation up to the generation prompt, for inference: segment by segment as training
+        encodes, so the ids are the training ids of the text before an answer."""
         vision = self.images(sample.images)
-        prompt = template.prompt(self.with_vision_tokens(sample.messages))
-        input_ids, _ = self._encode(sample, [(prompt, False)], vision)
+        segments = template.segments(self.with_vision_tokens(sample.messages), add_generation_prompt=True)
+        input_ids, _ = self._encode(sample, prompt_segments(segments), vision)
         return {"input_ids": np.asarray(input_ids, dtype="int64"), **vision}

@@ -94,13 +94,19 @@ def run_single_and_parallel(workspace: Path, config: Path, common: list[str], si
     return single, parallel
 
 
+def output_files(folder: Path) -> set[str]:
+    """The files of an output folder a user keeps: not checkpoints, launcher logs or staging folders."""
+    return {p.name for p in folder.iterdir() if not p.name.startswith(("checkpoint-", "launch_logs", "."))}
+
+
 def assert_same_training(single: Run, parallel: Run, base: Path | None = None, loss_tol: float = 1e-5,
                          weight_tol: float = 1e-4, files: tuple[str, ...] = ("model.safetensors",),
                          min_steps: int = 3) -> None:  # fmt: skip
     """Per-step losses equal within `loss_tol` (relative), saved tensors within `weight_tol` (absolute), the same
-    files and tensor names; with `base` (the starting model.safetensors) also that training really moved the
+    output files and tensor names; with `base` (the starting model.safetensors) also that training really moved the
     weights, so equality is not the equality of two no-ops."""
     assert len(single.steps) >= min_steps, single.steps
+    assert output_files(parallel.output_dir) == output_files(single.output_dir), "the output folders differ"
     assert sorted(parallel.steps) == sorted(single.steps), (sorted(parallel.steps), sorted(single.steps))
     for step, loss in single.losses().items():
         got = parallel.losses()[step]

@@ -25,6 +25,28 @@ from paddlemix import arguments
 from paddlemix.utils.errors import UserError, exit_on_user_error
 from paddlemix.utils.logging import quiet_console
 
+FIRST_RECORDS = 3  # records of each source whose training and inference encodings are compared
+
+
+def template_problems(sources: list, encoder: object, templates: list) -> dict[str, str | None]:
+    """Per source, the paragraph `template_report` gives for its template on a probe conversation and its first
+    records (None when training and inference encode alike)."""
+    from paddlemix.datasets.encoded import source_names
+    from paddlemix.datasets.sources import SourceDataset
+    from paddlemix.processors.template_check import template_report
+
+    out = {}
+    for name, source, template in zip(source_names(sources), sources, templates):
+        data = SourceDataset(source)
+        samples = []
+        for i in range(min(FIRST_RECORDS, len(data))):
+            try:
+                samples.append(data[i])
+            except Exception:  # noqa: BLE001 - unreadable records are counted by the skip checks
+                continue
+        out[name] = template_report(encoder, template, f'source "{name}"', samples)
+    return out
+
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
@@ -63,9 +85,10 @@ def main(argv: list[str] | None = None) -> None:
     with tqdm(total=total, desc="checking records", unit="rec", file=sys.stderr) as progress:
         for split, sources in splits.items():
             if sources:
-                templates = [template_for(processor, s.chat_template) for s in sources]
+                templates = [template_for(processor, s.chat_template, s.keep_empty_think) for s in sources]
                 report["splits"][split] = check_split(sources, encoder, templates, args.data.max_length,
                                                       args.data.pack_window, progress, args.data.packing)  # fmt: skip
+                report["splits"][split]["templates"] = template_problems(sources, encoder, templates)
     add_special_text_counts(report, splits, encoder)
     report["seconds"] = round(time.perf_counter() - start, 2)
     report["records"] = total
@@ -75,6 +98,10 @@ def main(argv: list[str] | None = None) -> None:
     out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     print(format_report(report))
     print(format_special_text(report, args.data.split_special_tokens))
+    for split in report["splits"].values():
+        for problem in split["templates"].values():
+            if problem:
+                print(f"warning: {problem}")
     print(f"{total} records checked in {report['seconds']} s; report: {out}")
     if show or dump:
         preview(args, adapter, processor, encoder, splits, show, dump)

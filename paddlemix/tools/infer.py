@@ -57,17 +57,6 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def trained_template_file(lora_path: str | None) -> str | None:
-    """The template an adapter folder carries (the one its training used), which prompts must follow rather than
-    the base model's."""
-    from pathlib import Path
-
-    from paddlemix.processors.template_files import JINJA_FILE
-
-    path = Path(lora_path or "") / JINJA_FILE
-    return str(path) if lora_path and path.is_file() else None
-
-
 def warn_on_other_template(model_dir: str, lora_path: str | None, chat_template: str) -> None:
     """Warn when --chat_template differs from the template the model (or its adapter) was trained with."""
     from paddlemix.models import adapter_for
@@ -137,8 +126,9 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError("give either --question (with --image) or --data_file.")
     if args.batch_size < 1:
         raise UserError(f"--batch_size must be at least 1, got {args.batch_size}.")
-    from paddlemix.datasets.conversation import SampleError
+    from paddlemix.datasets.conversation import SampleError, TooLongError
     from paddlemix.generation import EMPTY_ANSWER_HINT, Generator, evaluate_exact_match, question_message
+    from paddlemix.processors.template_files import trained_template_file
     from paddlemix.utils.device import resolve_device
 
     chat_template = args.chat_template or trained_template_file(args.lora_path)
@@ -160,6 +150,11 @@ def main(argv: list[str] | None = None) -> None:
         try:
             prompt = generator.encode([question_message(args.question, args.image)], args.image)
             answers = generator.generate_encoded([prompt], settings, seed=args.seed)
+        except TooLongError as err:
+            raise UserError(
+                f"command line: the prompt of --question is too long to answer: {err} (the model's "
+                "max_position_embeddings). Shorten the question, or pass fewer or smaller images (--image)."
+            ) from None
         except SampleError as err:
             images = ", ".join(args.image) or "none"
             raise UserError(

@@ -143,8 +143,13 @@ def pipeline_parallel() -> dict:
 
 def sharding() -> dict:
     """group_sharded_parallel stage 2 ("os_g") and stage 3 ("p_g_os") with global-norm clipping, 3 AdamW steps,
-    each rank on its half of the batch; stage 2's final weights are compared too."""
-    weights = [RNG.standard_normal((4, 4)).astype("float32") * 0.5 for _ in range(3)]
+    each rank on its half of the batch. The middle layer has more than 2^20 weights, so stage 3 really splits it
+    (smaller tensors stay whole); stage 2's final weights are compared too, and each rank's parameter and
+    optimizer bytes are returned as `bytes_*`."""
+    from paddlemix.distributed.memory import optimizer_state_bytes, parameter_bytes
+
+    sizes = [(4, 1024), (1024, 1025), (1025, 4)]
+    weights = [RNG.standard_normal(s).astype("float32") * (0.5 / np.sqrt(s[0])) for s in sizes]
     x, y = RNG.standard_normal((8, 4)).astype("float32"), RNG.standard_normal((8, 4)).astype("float32")
     if WORLD > 1:
         init(sharding_degree=WORLD)
@@ -152,12 +157,12 @@ def sharding() -> dict:
         x, y = x[rank * 4 : (rank + 1) * 4], y[rank * 4 : (rank + 1) * 4]
     out = {}
     for level in ("os_g", "p_g_os"):
-        model = paddle.nn.Sequential(*[paddle.nn.Linear(4, 4) for _ in range(3)])
+        model = paddle.nn.Sequential(*[paddle.nn.Linear(*s) for s in sizes])
         for layer, w in zip(model, weights):
             layer.weight.set_value(w)
-            layer.bias.set_value(np.zeros(4, "float32"))
+            layer.bias.set_value(np.zeros(w.shape[1], "float32"))
         clip = paddle.nn.ClipGradByGlobalNorm(0.5)
-        opt = paddle.optimizer.AdamW(0.1, parameters=model.parameters(), grad_clip=clip)
+        opt = paddle.optimizer.AdamW(0.01, parameters=model.parameters(), grad_clip=clip)
         if WORLD > 1:
             from paddle.distributed.sharding import group_sharded_parallel
 
@@ -176,8 +181,10 @@ def sharding() -> dict:
                 dist.all_reduce(t)
                 losses[i] = float(t) / WORLD
         out[level] = losses
+        out[f"bytes_{level}"] = [parameter_bytes(model), optimizer_state_bytes(opt)]
         if level == "os_g":
-            out["weights"] = np.concatenate([p.numpy().ravel() for p in model.parameters()]).tolist()
+            out["weights"] = [float(p.sum()) for p in model.parameters()]
+            out["weights_abs"] = [float(p.abs().sum()) for p in model.parameters()]
     return out
 
 
