@@ -26,10 +26,12 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
 
 
 def load_generator(args: argparse.Namespace) -> Any:
-    """The `Generator` of `args` (flags of `add_model_flags`), set up as infer.py sets it up."""
+    """The `Generator` of `args` (flags of `add_model_flags`): the one loading path of infer.py, serve.py and
+    evaluate.py."""
     from paddlemix.generation import Generator
     from paddlemix.processors.images import ImageReader
-    from paddlemix.tools.infer import trained_template_file, training_data_settings, warn_on_other_template
+    from paddlemix.processors.template_files import trained_template_file
+    from paddlemix.tools.infer import training_data_settings, warn_on_other_template
     from paddlemix.utils.device import resolve_device
 
     chat_template = args.chat_template or trained_template_file(args.lora_path)
@@ -40,8 +42,7 @@ def load_generator(args: argparse.Namespace) -> Any:
     generator = Generator.from_pretrained(
         args.model_name_or_path, args.lora_path, chat_template, resolve_device(args.device)
     )
-    generator.encoder.reader = ImageReader(
-        max_pixels=args.max_image_pixels, image_resolution=data_settings["image_resolution"]
-    )
+    max_pixels = getattr(args, "max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS)
+    generator.encoder.reader = ImageReader(max_pixels=max_pixels, image_resolution=data_settings["image_resolution"])
     generator.encoder.split_special_tokens = data_settings["split_special_tokens"]
     return generator

@@ -31,7 +31,9 @@ def _need(module: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise UserError(f"scoring needs {module.split('.')[0]}. Install the eval extra: pip install -e '.[eval]'.") from None
+        raise UserError(
+            f"scoring needs {module.split('.')[0]}. Install the eval extra: pip install -e '.[eval]'."
+        ) from None
 
 
 def normalize(text: str) -> str:

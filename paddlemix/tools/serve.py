@@ -24,7 +24,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
         from paddlemix.inference.server import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_TOKENS_LIMIT
     except ImportError as err:
-        raise UserError(f"serving needs FastAPI and uvicorn ({err}). Install them: pip install -e '.[serve]'.") from None
+        raise UserError(
+            f"serving needs FastAPI and uvicorn ({err}). Install them: pip install -e '.[serve]'."
+        ) from None
     from paddlemix.inference.loading import add_model_flags
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -65,7 +65,9 @@ def test_table_of_a_small_file() -> None:
     table = score_records(predictions, references)
     assert table["records"] == 4
     assert table["exact_match"] == pytest.approx(100 * 2 / 4)  # red, blue
-    assert table["relaxed_accuracy"] == pytest.approx(100 * 2 / 4)  # 105 within 5 %, blue; "red" != "Red"? no:
-    assert table["anls"] == pytest.approx(100 * (1 + 0 + 4 / 7 + 1) / 4)  # 105 vs 100: 1/3 -> 2/3
+    assert table["relaxed_accuracy"] == pytest.approx(100 * 3 / 4)  # red (case off), 105 within 5 %, blue
+    # ANLS: red 1, 105 vs 100 one edit in 3 -> 2/3, kitten 4/7, blue 1
+    assert table["anls"] == pytest.approx(100 * (1 + 2 / 3 + 4 / 7 + 1) / 4)
+    assert table["edit_distance"] == pytest.approx(100 * (0 + 1 / 3 + 3 / 7 + 0) / 4)
     # CER over the file, closest reference each: red/Red 1, 105/100 1, kitten/sitting 3, blue 0 -> 5 / (3+3+7+4)
     assert table["cer"] == pytest.approx(5 / 17)
