@@ -67,6 +67,26 @@ def questions(data: SourceDataset, done: set[int], skipped: list[dict[str, Any]]
             skipped.append({"index": i, "reason": str(err)})
 
 
+def check_same_data(output_dir: Path, data_file: str) -> None:
+    """Refuse to resume predictions that `output_dir/metrics.json` says were made for another data file."""
+    try:
+        earlier = json.loads((output_dir / METRICS_FILE).read_text(encoding="utf-8")).get("data_file")
+    except (OSError, ValueError, AttributeError):
+        return
+    if earlier and Path(earlier).resolve() != Path(data_file).resolve():
+        raise UserError(f"--output_dir {output_dir} holds predictions for {earlier}, not for --data_file "
+                        f"{data_file}; a rerun would mix them. Give another --output_dir, or delete that one.")  # fmt: skip
+
+
+def drop_torn_tail(path: Path) -> None:
+    """Cut a last line without its newline (the torn write of a killed run), so appended lines stay whole."""
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        path.write_bytes(data[: data.rfind(b"\n") + 1])
+
+
 def read_predictions(path: Path) -> dict[int, dict[str, Any]]:
     """index -> prediction line of an existing predictions.jsonl (a torn last line, from a killed run, is ignored)."""
     found = {}
@@ -186,25 +206,30 @@ def evaluate_file(data_file: str, source_name: str, answer: Answerer, output_dir
     data = SourceDataset(DatasetSource(name=source_name, data_files=[data_file], image_root=image_root))
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / PREDICTIONS
+    check_same_data(output_dir, data_file)
     done = read_predictions(path)
     count = len(data) if limit is None else min(limit, len(data))
     wanted = set(range(count))
-    skipped: list[dict[str, Any]] = []
-    todo = questions(data, set(done) | (set(range(len(data))) - wanted), skipped)
+    unreadable: list[dict[str, Any]] = []  # records the reader could not turn into a question
+    failed: list[dict[str, Any]] = []  # questions the model or server did not answer
+    todo = questions(data, set(done) | (set(range(len(data))) - wanted), unreadable)
+    drop_torn_tail(path)
     with open(path, "a", encoding="utf-8") as out, tqdm(total=len(wanted - set(done)), desc="answering",
                                                         unit="record") as bar:  # fmt: skip
         for batch in _batches(todo, max(batch_size, 1)):
             for q, text in zip(batch, answer(batch)):
                 if isinstance(text, Exception):
-                    skipped.append({"index": q.index, "reason": f"generation failed: {text}"})
+                    failed.append({"index": q.index, "reason": f"generation failed: {text}"})
                     continue
                 row = {"index": q.index, "prediction": text, "references": q.references}
                 done[q.index] = row
                 out.write(json.dumps(row, ensure_ascii=False) + "\n")
             out.flush()
             bar.update(len(batch))
+        bar.update(len(unreadable))  # the records skipped while reading count as done too
+    skipped = unreadable + failed
     rows = [done[i] for i in sorted(done) if i in wanted]
     table = score_records([r["prediction"] for r in rows], [r["references"] for r in rows])
-    report = {"data_file": str(data_file), "metrics": table, "skipped": sorted(skipped, key=lambda s: s["index"])}
+    report = {"data_file": str(Path(data_file).resolve()), "metrics": table, "skipped": sorted(skipped, key=lambda s: s["index"])}
     (output_dir / METRICS_FILE).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return report
