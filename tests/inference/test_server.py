@@ -189,3 +189,26 @@ def test_cli_refuses_a_missing_media_folder(tiny_model_dir) -> None:
                            str(tiny_model_dir), "--allowed_local_media_path", "/nonexistent/folder"],
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 2 and "--allowed_local_media_path" in proc.stderr and "Traceback" not in proc.stderr
+
+
+
+def test_eval_scores_the_same_at_batch_1_and_8_and_through_the_server(server, tiny_model_dir, shapes_data,
+                                                                       tmp_path) -> None:  # fmt: skip
+    """The evaluate tool's run with the tiny model loaded here, and with the server; the command line's own
+    checks are in tests/tools/test_evaluate_cli.py."""
+    from argparse import Namespace
+
+    from paddlemix.inference.evaluate import evaluate_file, model_answerer, server_answerer
+    from paddlemix.inference.loading import load_generator
+
+    flags = {"chat_template": None, "device": "cpu", "image_resolution": None, "split_special_tokens": None}
+    generator = load_generator(Namespace(model_name_or_path=str(tiny_model_dir), lora_path=None, **flags))
+    answerers = {"b1": (model_answerer(generator, NEW_TOKENS), 1), "b8": (model_answerer(generator, NEW_TOKENS), 8),
+                 "server": (server_answerer(f"{server}/v1", "tiny", KEY, NEW_TOKENS), 8)}  # fmt: skip
+    runs = {}
+    for name, (answer, batch_size) in answerers.items():
+        report = evaluate_file(str(shapes_data["eval"]), "chatml_dataset", answer, tmp_path / name, batch_size)
+        lines = (tmp_path / name / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
+        runs[name] = (report["metrics"], sorted(json.dumps(json.loads(line), sort_keys=True) for line in lines))
+    assert runs["b1"][0]["records"] == 8 and any(json.loads(line)["prediction"] for line in runs["b1"][1])
+    assert runs["b1"] == runs["b8"] == runs["server"]
