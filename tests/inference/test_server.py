@@ -138,8 +138,10 @@ def bad_requests(media: Path) -> dict[str, tuple[dict, int]]:
         return {"json": {**good, "messages": image_question(url, "What?")}}
 
     return {
-        "malformed JSON": ({"content": b'{"model": "tiny", "messages": [', "headers": {"content-type":
-                           "application/json"}}, 400),  # fmt: skip
+        "malformed JSON": (
+            {"content": b'{"model": "tiny", "messages": [', "headers": {"content-type": "application/json"}},
+            400,
+        ),  # fmt: skip
         "missing messages": ({"json": good}, 400),
         "message without role": ({"json": {**good, "messages": [{"content": "hi"}]}}, 400),
         "not an image": (with_image(not_image), 400),
@@ -151,8 +153,10 @@ def bad_requests(media: Path) -> dict[str, tuple[dict, int]]:
         "loopback URL": (with_image("http://127.0.0.1:8000/v1/models"), 400),
         "metadata URL": (with_image("http://169.254.169.254/latest/meta-data/"), 400),
         "private URL": (with_image("http://10.0.0.1/x.png"), 400),
-        "max_tokens 1e9": ({"json": {**good, "max_tokens": 10**9, "messages": [{"role": "user",
-                           "content": "hi"}]}}, 400),  # fmt: skip
+        "max_tokens 1e9": (
+            {"json": {**good, "max_tokens": 10**9, "messages": [{"role": "user", "content": "hi"}]}},
+            400,
+        ),  # fmt: skip
         "n = 2": ({"json": {**good, "n": 2, "messages": [{"role": "user", "content": "hi"}]}}, 400),
         "top_p 0": ({"json": {**good, "top_p": 0, "messages": [{"role": "user", "content": "hi"}]}}, 400),
         "unknown model": ({"json": {**good, "model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}}, 404),
@@ -184,12 +188,48 @@ def test_chat_page_is_served(server) -> None:
     assert page.status_code == 200 and "/v1/chat/completions" in page.text
 
 
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="no system Chromium at /usr/bin/chromium (apt-get install chromium)")
+def test_chat_page_in_headless_chromium(server, media) -> None:
+    """The page loads, takes the key and an uploaded image, and shows the streamed answer piece by piece; the
+    answer equals the API's."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (Python) is in the test extra")
+    image = media / "img3.png"
+    expected = client(server).chat.completions.create(model="tiny", messages=image_question(data_url(image), "Hi?"),
+                                                      temperature=0).choices[0].message.content  # fmt: skip
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                     args=["--no-sandbox", "--disable-gpu"])  # fmt: skip
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(120_000)
+            page.goto(f"{server}/")
+            page.fill("#key", KEY)
+            page.dispatch_event("#key", "change")
+            page.wait_for_function("document.getElementById('model').textContent === 'tiny'")
+            page.set_input_files("#image", str(image))
+            page.wait_for_selector("#preview[src^='data:image/png']", state="attached")
+            page.fill("#question", "Hi?")
+            page.evaluate("""() => { window.seen = []; new MutationObserver(() => window.seen.push(
+                document.querySelector('.assistant')?.textContent)).observe(document.getElementById('log'),
+                {childList: true, subtree: true, characterData: true}); }""")
+            page.click("#send")
+            page.wait_for_selector("#answer-1[data-done='true']")
+            shown = page.text_content("#answer-1")
+            seen = [t for t in page.evaluate("window.seen") if t]
+        finally:
+            browser.close()
+    assert shown == expected and expected
+    assert len(set(seen)) > 1 and all(expected.startswith(t) for t in seen)  # streamed: growing prefixes
+
+
 def test_cli_refuses_a_missing_media_folder(tiny_model_dir) -> None:
     proc = subprocess.run([sys.executable, str(REPO / "paddlemix/tools/serve.py"), "--model_name_or_path",
                            str(tiny_model_dir), "--allowed_local_media_path", "/nonexistent/folder"],
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 2 and "--allowed_local_media_path" in proc.stderr and "Traceback" not in proc.stderr
-
 
 
 def test_eval_scores_the_same_at_batch_1_and_8_and_through_the_server(server, tiny_model_dir, shapes_data,
