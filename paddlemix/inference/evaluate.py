@@ -230,6 +230,10 @@ def evaluate_file(data_file: str, source_name: str, answer: Answerer, output_dir
     skipped = unreadable + failed
     rows = [done[i] for i in sorted(done) if i in wanted]
     table = score_records([r["prediction"] for r in rows], [r["references"] for r in rows])
-    report = {"data_file": str(Path(data_file).resolve()), "metrics": table, "skipped": sorted(skipped, key=lambda s: s["index"])}
+    report = {
+        "data_file": str(Path(data_file).resolve()),
+        "metrics": table,
+        "skipped": sorted(skipped, key=lambda s: s["index"]),
+    }
     (output_dir / METRICS_FILE).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return report

@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError("command line: --model_name_or_path is required (a model folder).")
     import uvicorn
 
-    from paddlemix.inference.server import create_app
     from paddlemix.inference.loading import load_generator
+    from paddlemix.inference.server import create_app
     from paddlemix.utils.logging import quiet_console
 
     config = config_of(args)

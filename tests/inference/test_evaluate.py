@@ -98,9 +98,8 @@ def test_a_failed_answer_is_skipped_and_retried_next_run(tmp_path: Path) -> None
         return [RuntimeError("out of memory") if q.index == 1 else FakeModel()([q])[0] for q in batch]
 
     report = evaluate_file(data, "chatml_dataset", flaky, tmp_path / "out", 8)
-    assert report["metrics"]["records"] == 3 and {"index": 1, "reason": "generation failed: out of memory"} in (
-        report["skipped"]
-    )
+    assert report["metrics"]["records"] == 3
+    assert {"index": 1, "reason": "generation failed: out of memory"} in report["skipped"]
     retry = FakeModel()
     assert evaluate_file(data, "chatml_dataset", retry, tmp_path / "out", 8)["metrics"]["records"] == 4
     assert retry.asked == [1]
