@@ -212,9 +212,10 @@ def test_chat_page_in_headless_chromium(server, media) -> None:
             page.set_input_files("#image", str(image))
             page.wait_for_selector("#preview[src^='data:image/png']", state="attached")
             page.fill("#question", "Hi?")
-            page.evaluate("""() => { window.seen = []; new MutationObserver(() => window.seen.push(
-                document.querySelector('.assistant')?.textContent)).observe(document.getElementById('log'),
-                {childList: true, subtree: true, characterData: true}); }""")
+            # every text the answer line was given, delta by delta (each sets a new text node)
+            page.evaluate("""() => { window.seen = []; new MutationObserver((records) => records.forEach((r) => {
+                if (r.target.classList?.contains('assistant')) r.addedNodes.forEach((n) => window.seen.push(
+                n.textContent)); })).observe(document.getElementById('log'), {childList: true, subtree: true}); }""")
             page.click("#send")
             page.wait_for_selector("#answer-1[data-done='true']")
             shown = page.text_content("#answer-1")
