@@ -136,12 +136,15 @@ class Generator:
         settings: GenerationSettings | None = None,
         use_cache: bool = True,
         seed: int = 0,
+        on_step: Callable[[list[list[int]]], None] | None = None,
     ) -> Answers:
-        """Answer encoded prompts as one left-padded batch (see paddlemix/decoding.py)."""
+        """Answer encoded prompts as one left-padded batch (see paddlemix/decoding.py); `on_step` sees the tokens
+        of every row after each decoding step."""
         settings = settings or self.settings
         self.check_room(prompts, settings)
         batch = left_pad(prompts, settings.pad_token_id, self.positions)
-        generated = decode(base_model(self.model), batch, settings, use_cache, np.random.default_rng(seed))
+        rng = np.random.default_rng(seed)
+        generated = decode(base_model(self.model), batch, settings, use_cache, rng, on_step)
         eos = set(settings.eos_token_ids)
         texts = [self.tokenizer.decode([t for t in row if t not in eos], skip_special_tokens=True).strip()
                  for row in generated.tokens]  # fmt: skip

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,7 @@ class _Job:
     settings: GenerationSettings
     seed: int
     future: Future
+    on_tokens: Callable[[list[int]], None] | None = None
 
 
 class Batcher:
@@ -58,8 +60,11 @@ class Batcher:
         self._thread = threading.Thread(target=self._run, name="paddlemix-batcher", daemon=True)
         self._thread.start()
 
-    def submit(self, prompt: dict[str, np.ndarray], settings: GenerationSettings, seed: int = 0) -> Future:
-        job = _Job(prompt, settings, seed, Future())
+    def submit(self, prompt: dict[str, np.ndarray], settings: GenerationSettings, seed: int = 0,
+               on_tokens: Callable[[list[int]], None] | None = None) -> Future:  # fmt: skip
+        """Queue one encoded prompt; `on_tokens(tokens so far)` runs in the worker after every decoding step (for
+        streaming; it must be quick and must not raise). Raises QueueFull past `max_waiting`."""
+        job = _Job(prompt, settings, seed, Future(), on_tokens)
         try:
             self._queue.put_nowait(job)
         except queue.Full:
@@ -102,7 +107,8 @@ class Batcher:
             self.batches += 1
             self.largest_batch = max(self.largest_batch, len(batch))
             try:
-                answers = self.generator.generate_encoded([j.prompt for j in batch], first.settings, seed=first.seed)
+                answers = self.generator.generate_encoded([j.prompt for j in batch], first.settings, seed=first.seed,
+                                                          on_step=_streams(batch))  # fmt: skip
             except Exception as err:  # noqa: BLE001 - the failure goes to the waiting requests, the worker lives on
                 logger.exception("generation failed for a batch of %d requests", len(batch))
                 for job in batch:
@@ -111,3 +117,19 @@ class Batcher:
             for row, job in enumerate(batch):
                 answer = Answer(answers.texts[row], answers.generated.tokens[row], len(job.prompt["input_ids"]))
                 job.future.set_result(answer)
+
+
+def _streams(batch: list[_Job]) -> Callable[[list[list[int]]], None] | None:
+    """The `on_step` of a batch: each streaming job's row of tokens to its `on_tokens`; None when none streams."""
+    streaming = [(row, job.on_tokens) for row, job in enumerate(batch) if job.on_tokens is not None]
+    if not streaming:
+        return None
+
+    def on_step(tokens: list[list[int]]) -> None:
+        for row, send in streaming:
+            try:
+                send(list(tokens[row]))
+            except Exception:  # noqa: BLE001 - a gone client must not stop the batch
+                logger.debug("streaming callback failed", exc_info=True)
+
+    return on_step

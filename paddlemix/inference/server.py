@@ -7,8 +7,8 @@ OpenAI-style JSON error, `{"error": {"message", "type", "param", "code"}}`, and 
 serving. Limits: request body bytes, image bytes and pixels, `max_tokens`, prompt + answer tokens
 (`max_model_len`), waiting requests and seconds per request.
 
-Streaming sends the answer token by token once its batch has finished decoding (the decoding loop has no
-per-token hook), so a streamed answer always equals the non-streamed one.
+Streaming sends the answer while its batch decodes (the decoding loop reports every step); the pieces join to
+exactly the non-streamed answer.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -212,11 +213,14 @@ class ChatServer:
         stream = bool(_field(body, "stream", bool, False))
         return ChatRequest(prompt, settings, seed, stop, stream, bool(options.get("include_usage")))
 
-    async def answer(self, request: ChatRequest) -> Answer:
+    def submit(self, request: ChatRequest, on_tokens: Callable[[list[int]], None] | None = None) -> Future:
         try:
-            future = self.batcher.submit(request.prompt, request.settings, request.seed)
+            return self.batcher.submit(request.prompt, request.settings, request.seed, on_tokens)
         except QueueFull as err:
             raise ApiError(429, f"the server is busy ({err}); retry later", None, "too_many_requests") from None
+
+    async def answer(self, request: ChatRequest) -> Answer:
+        future = self.submit(request)
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), self.config.request_timeout)
         except asyncio.TimeoutError:
@@ -242,35 +246,74 @@ class ChatServer:
         return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
                 "model": self.config.served_model_name, "choices": [choice], "usage": self.usage(answer)}  # fmt: skip
 
-    def pieces(self, request: ChatRequest, answer: Answer, text: str) -> list[str]:
-        """`text` cut where each new token adds characters; the pieces join to exactly `text`."""
+    def visible(self, request: ChatRequest, tokens: list[int]) -> str:
+        """The part of the answer so far that can be sent now: `tokens` decoded as the final answer is (eos and
+        special tokens off, cut at a stop string), without an incomplete last character, trailing spaces (the final
+        answer is stripped) or a tail that may still become a stop string."""
         eos = set(request.settings.eos_token_ids)
-        tokens = [t for t in answer.tokens if t not in eos]
-        out, sent = [], ""
-        for n in range(1, len(tokens) + 1):
-            so_far = self.generator.tokenizer.decode(tokens[:n], skip_special_tokens=True).lstrip()
-            so_far = so_far[: len(text)]
-            if len(so_far) > len(sent) and text.startswith(so_far):
-                out.append(so_far[len(sent) :])
-                sent = so_far
-        if len(text) > len(sent):
-            out.append(text[len(sent) :])
-        return out
+        text = self.generator.tokenizer.decode([t for t in tokens if t not in eos], skip_special_tokens=True)
+        text, stopped = cut_at_stop(text.lstrip(), request.stop)
+        hold = 0 if stopped else max((len(s) - 1 for s in request.stop), default=0)
+        return text[: len(text) - hold].rstrip("\ufffd").rstrip()
 
-    async def events(self, request: ChatRequest, answer: Answer) -> AsyncIterator[str]:
-        """Server-sent events of a streamed completion, ending with `data: [DONE]`."""
-        text, reason = self.finish(request, answer)
+    def stream(self, request: ChatRequest) -> AsyncIterator[str]:
+        """Queue a streamed request now (a full queue is a 429 before any event) and return its server-sent events."""
+        loop = asyncio.get_running_loop()
+        updates: asyncio.Queue[list[int]] = asyncio.Queue()
+        future = self.submit(request, lambda tokens: loop.call_soon_threadsafe(updates.put_nowait, tokens))
+        return self.events(request, future, updates)
+
+    async def events(self, request: ChatRequest, future: Future, updates: asyncio.Queue) -> AsyncIterator[str]:
+        """Server-sent events of a streamed completion: text as the batch decodes it (the pieces join to exactly the
+        non-streamed answer), the finish reason, usage if asked, `data: [DONE]`. A failure after the first event is
+        an `error` event."""
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk", "created": int(time.time()),
                 "model": self.config.served_model_name}  # fmt: skip
 
-        def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
             choices = [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]
-            return f"data: {json.dumps({**head, 'choices': choices, **extra}, ensure_ascii=False)}\n\n"
+            return f"data: {json.dumps({**head, 'choices': choices}, ensure_ascii=False)}\n\n"
 
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.request_timeout
+        done = asyncio.wrap_future(future)
+        sent = ""
         yield chunk({"role": "assistant", "content": ""})
-        for piece in self.pieces(request, answer, text):
-            yield chunk({"content": piece})
-            await asyncio.sleep(0)
+        try:
+            while not done.done():
+                update = asyncio.ensure_future(updates.get())
+                ready, _ = await asyncio.wait({update, done}, timeout=max(deadline - loop.time(), 0),
+                                              return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+                if not ready:
+                    update.cancel()
+                    raise ApiError(504, f"no answer within {self.config.request_timeout} s", None, "timeout")
+                if update not in ready:
+                    update.cancel()
+                    continue
+                tokens = update.result()
+                while not updates.empty():
+                    tokens = updates.get_nowait()
+                text = self.visible(request, tokens)
+                if len(text) > len(sent) and text.startswith(sent):
+                    yield chunk({"content": text[len(sent) :]})
+                    sent = text
+            answer = done.result()
+        except ApiError as err:
+            yield f"data: {json.dumps(err.body())}\n\ndata: [DONE]\n\n"
+            return
+        except Exception as err:  # noqa: BLE001 - the stream has started: the failure becomes an error event
+            logger.exception("streamed request failed")
+            yield f"data: {json.dumps(ApiError(500, f'generation failed ({type(err).__name__})').body())}\n\n"
+            yield "data: [DONE]\n\n"
+            return
+        finally:
+            if not done.done():
+                future.cancel()  # the client left (or timed out) before its batch started
+        text, reason = self.finish(request, answer)
+        if text.startswith(sent) and len(text) > len(sent):
+            yield chunk({"content": text[len(sent) :]})
+        elif not text.startswith(sent):
+            logger.warning("streamed text %r is not a prefix of the answer %r", sent, text)
         yield chunk({}, reason)
         if request.include_usage:
             yield f"data: {json.dumps({**head, 'choices': [], 'usage': self.usage(answer)})}\n\n"
@@ -337,10 +380,9 @@ def create_app(generator: Any, config: ServerConfig) -> FastAPI:
         server.check_key(request.headers.get("authorization"))
         body = await read_body(request, config.max_body_bytes)
         chat = await run_in_threadpool(server.prepare, body)
-        answer = await server.answer(chat)
         if chat.stream:
-            return StreamingResponse(server.events(chat, answer), media_type="text/event-stream")
-        return server.completion(chat, answer)
+            return StreamingResponse(server.stream(chat), media_type="text/event-stream")
+        return server.completion(chat, await server.answer(chat))
 
     @app.on_event("shutdown")
     async def close() -> None:
