@@ -2,9 +2,9 @@
 OpenAI-compatible server, written to `predictions.jsonl` as they come, then scored (metrics.py).
 
 Records are read as training reads them (`chatml_dataset`, `coco_vqa`, `coco_caption`): the last assistant turn is
-the reference, unless the record lists several under `references`, `answers` (VQA) or `caption` (a list). A run
-skips records already in `predictions.jsonl` (resumable); the scores cover every record in that file, so they do
-not depend on the batch size or on how many runs wrote it.
+the reference, unless the record lists several under `references`, `answers`, `answer` (VQA, VQAv2 dicts too) or
+`caption` (a list). A run skips records already in `predictions.jsonl` (resumable); the scores cover every record
+in that file, so they do not depend on the batch size or on how many runs wrote it.
 """
 
 from __future__ import annotations
@@ -42,14 +42,29 @@ class Question:
     references: list[str]
 
 
+REFERENCE_KEYS = ("references", "answers", "answer", "caption")
+
+
 def references_of(record: Any, reference: str) -> list[str]:
-    """All references a raw record lists (`references`, `answers`, a `caption` list), else `reference`."""
+    """All references a raw record lists under `references`, `answers`, `answer` (VQA) or `caption`: strings,
+    numbers, or VQAv2's `{"answer": ...}` dicts, duplicates dropped in order; else `reference` alone."""
     if isinstance(record, dict):
-        for key in ("references", "answers", "caption"):
+        for key in REFERENCE_KEYS:
             value = record.get(key)
-            if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
-                return list(value)
+            if isinstance(value, list):
+                texts = [_reference_text(v) for v in value]
+                texts = [t for t in dict.fromkeys(texts) if t is not None]
+                if texts:
+                    return texts
     return [reference]
+
+
+def _reference_text(value: Any) -> str | None:
+    if isinstance(value, dict):
+        value = value.get("answer")
+    if isinstance(value, bool) or value is None:
+        return None
+    return str(value) if isinstance(value, (str, int, float)) else None
 
 
 def questions(data: SourceDataset, done: set[int], skipped: list[dict[str, Any]]) -> Iterator[Question]:

@@ -114,3 +114,18 @@ def test_predictions_of_another_file_are_not_resumed(tmp_path: Path) -> None:
     other.write_bytes(data.read_bytes())
     with pytest.raises(UserError, match="--output_dir"):
         evaluate_file(str(other), "chatml_dataset", FakeModel(), tmp_path / "out", 8)
+
+
+def test_references_in_the_shapes_vqa_files_bring(tmp_path: Path) -> None:
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    rows = [{"image": "a.png", "question": "q1?", "answer": ["yes", "yeah", "yes"]},  # VQA list, a duplicate
+            {"image": "a.png", "question": "q2?", "answers": [12, "twelve"]},  # DocVQA / ChartQA style
+            {"image": "a.png", "question": "q3?", "answers": [{"answer": "red", "answer_confidence": "yes"},
+                                                             {"answer": "dark red"}]},  # VQAv2 dicts
+            {"image": "a.png", "question": "q4?", "answer": "solo"}]  # fmt: skip
+    data = tmp_path / "vqa.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    evaluate_file(str(data), "coco_vqa", lambda batch: ["x"] * len(batch), tmp_path / "out", 8)
+    rows = read_predictions(tmp_path / "out" / PREDICTIONS)
+    assert [rows[i]["references"] for i in range(4)] == [["yes", "yeah"], ["12", "twelve"], ["red", "dark red"],
+                                                         ["solo"]]  # fmt: skip
