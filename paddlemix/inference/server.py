@@ -199,6 +199,8 @@ class ChatServer:
         settings = decoding_settings(body, self.generator.settings, self.config)
         stop = stop_strings(body)
         seed = _field(body, "seed", int, 0)
+        if not 0 <= seed < 2**63:
+            raise ApiError(400, f"seed must be between 0 and 2**63 - 1, got {seed}", "seed", "invalid_value")
         options = _field(body, "stream_options", dict, {})
         try:
             with self._encode_lock:

@@ -158,6 +158,27 @@ def bad_requests(media: Path) -> dict[str, tuple[dict, int]]:
             400,
         ),  # fmt: skip
         "n = 2": ({"json": {**good, "n": 2, "messages": [{"role": "user", "content": "hi"}]}}, 400),
+        "negative seed": ({"json": {**good, "seed": -1, "messages": [{"role": "user", "content": "hi"}]}}, 400),
+        "max_tokens as text": (
+            {"json": {**good, "max_tokens": "10", "messages": [{"role": "user", "content": "hi"}]}},
+            400,
+        ),  # fmt: skip
+        "image in an assistant turn": (
+            {
+                "json": {
+                    **good,
+                    "messages": [
+                        {
+                            "role": "assistant",
+                            "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}],
+                        },
+                        {"role": "user", "content": "hi"},
+                    ],
+                }
+            },
+            400,
+        ),  # fmt: skip
+        "svg data URL": (with_image("data:image/svg+xml;base64," + base64.b64encode(b"<svg/>").decode()), 400),
         "top_p 0": ({"json": {**good, "top_p": 0, "messages": [{"role": "user", "content": "hi"}]}}, 400),
         "unknown model": ({"json": {**good, "model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}}, 404),
     }
