@@ -65,11 +65,11 @@ def ask(base_url: str, messages: list[dict], **extra) -> openai.types.chat.ChatC
                                                     temperature=0, **extra)  # fmt: skip
 
 
-def infer_answer(model_dir: Path, image: Path, question: str) -> str:
+def infer_answer(model_dir: Path, image: Path, question: str, *extra: str) -> str:
     """tools/infer.py's greedy answer (stdout: the speed line, then the answer)."""
     proc = subprocess.run([sys.executable, str(REPO / "paddlemix/tools/infer.py"), "--model_name_or_path",
                            str(model_dir), "--image", str(image), "--question", question, "--max_new_tokens",
-                           str(NEW_TOKENS), "--do_sample", "false"], capture_output=True, text=True,
+                           str(NEW_TOKENS), "--do_sample", "false", *extra], capture_output=True, text=True,
                           timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout.split("\n", 1)[1].removesuffix("\n")
@@ -274,3 +274,24 @@ def test_eval_scores_the_same_at_batch_1_and_8_and_through_the_server(server, ti
         runs[name] = (report["metrics"], sorted(json.dumps(json.loads(line), sort_keys=True) for line in lines))
     assert runs["b1"][0]["records"] == 8 and any(json.loads(line)["prediction"] for line in runs["b1"][1])
     assert runs["b1"] == runs["b8"] == runs["server"]
+
+
+def test_base_plus_adapter_is_served_as_infer_py_answers_it(server, tiny_model_dir, media, tmp_path) -> None:
+    """An adapter made by PEFT (random, non-zero B) on the base: the server answers what infer.py answers with the
+    same --lora_path, and not what the base alone answers."""
+    from paddlemix.models import ADAPTERS
+    from paddlemix.testing.peft_adapter import write_peft_adapter
+
+    adapter = tmp_path / "adapter"
+    write_peft_adapter(adapter, tiny_model_dir, ADAPTERS["qwen2_5_vl"].parameter_name,
+                       ("q_proj", "v_proj", "down_proj"), rank=8, std=0.5)  # fmt: skip
+    image = media / "img5.png"
+    expected = infer_answer(tiny_model_dir, image, QUESTIONS[2], "--lora_path", str(adapter))
+    base = ask(server, image_question(data_url(image), QUESTIONS[2])).choices[0].message.content
+    assert expected != base  # the adapter changes the answer, so the comparison below can fail
+    args = ["--model_name_or_path", str(tiny_model_dir), "--lora_path", str(adapter), "--served_model_name", "tiny"]
+    with running_server(*args, log=tmp_path / "serve.log") as url:
+        reply = client(url, key="unused").chat.completions.create(
+            model="tiny", messages=image_question(data_url(image), QUESTIONS[2]), max_tokens=NEW_TOKENS, temperature=0
+        )
+    assert reply.choices[0].message.content == expected
