@@ -92,23 +92,46 @@ class MediaPolicy:
             infos = socket.getaddrinfo(host, parsed.port or (443 if parsed.scheme == "https" else 80))
         except (socket.gaierror, UnicodeError):
             raise MediaError(f"image URL host {host!r} does not resolve") from None
-        if not infos or not all(is_public_address(info[4][0]) for info in infos):
+        addresses = [info[4][0] for info in infos]
+        if not addresses or not all(is_public_address(address) for address in addresses):
             raise MediaError("image URL points to a loopback, link-local, private or reserved address")
-        return ImageBytes(self._download(url), origin=url)
+        return ImageBytes(self._download(url, addresses[0]), origin=url)
 
-    def _download(self, url: str) -> bytes:
-        import requests
+    def _download(self, url: str, address: str) -> bytes:
+        """GET `url` from `address`, the address checked above, never from a second DNS answer (which could name
+        an internal host: DNS rebinding); HTTPS still verifies the certificate against the URL's host name.
+        No redirects; at most `max_image_bytes`; REMOTE_TIMEOUT_SECONDS per connect and per read."""
+        import certifi
+        import urllib3
 
+        parsed = urlparse(url)
+        host, port = parsed.hostname or "", parsed.port or (443 if parsed.scheme == "https" else 80)
+        timeout = urllib3.Timeout(connect=REMOTE_TIMEOUT_SECONDS, read=REMOTE_TIMEOUT_SECONDS)
+        if parsed.scheme == "https":
+            pool = urllib3.HTTPSConnectionPool(address, port, timeout=timeout, retries=False, cert_reqs="CERT_REQUIRED",
+                                               ca_certs=certifi.where(), server_hostname=host, assert_hostname=host)  # fmt: skip
+        else:
+            pool = urllib3.HTTPConnectionPool(address, port, timeout=timeout, retries=False)
+        target = (parsed.path or "/") + (f"?{parsed.query}" if parsed.query else "")
+        name = f"[{host}]" if ":" in host else host
+        headers = {"Host": f"{name}:{parsed.port}" if parsed.port else name, "User-Agent": "paddlemix-serve"}
         try:
-            with requests.get(url, timeout=REMOTE_TIMEOUT_SECONDS, stream=True, allow_redirects=False) as response:
-                if response.is_redirect:
+            response = pool.urlopen("GET", target, headers=headers, redirect=False, retries=False,
+                                    preload_content=False)  # fmt: skip
+            try:
+                if 300 <= response.status < 400:
                     raise MediaError("image URL redirects; give the final URL")
-                response.raise_for_status()
+                if response.status >= 400:
+                    raise MediaError(f"image URL answered HTTP {response.status}")
                 data = bytearray()
-                for chunk in response.iter_content(1 << 16):
+                for chunk in response.stream(1 << 16):
                     data += chunk
                     if len(data) > self.max_image_bytes:
                         raise MediaError(f"image at the URL is larger than {self.max_image_bytes} bytes")
                 return bytes(data)
-        except requests.RequestException as err:
+            finally:
+                response.release_conn()
+        except urllib3.exceptions.HTTPError as err:
             raise MediaError(f"image URL could not be fetched ({type(err).__name__})") from None
+        finally:
+            pool.close()
