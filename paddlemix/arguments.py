@@ -729,6 +729,14 @@ def validate(args: RunArgs, training: dict[str, Any], problems: Problems, world_
     for split in DATA_SPLITS:
         for i, source in enumerate(getattr(args.data, split)):
             _validate_source(source, f"dataset.{split}[{i}]", problems)
+    captions = [s for s in args.data.eval if s.name == "coco_caption"]
+    if args.runtime.eval_generation and captions and importlib.util.find_spec("sacrebleu") is None:
+        add(
+            '"eval_generation" scores caption sources (dataset.eval: '
+            f"{', '.join(str(s.data_files[0]) for s in captions)}) with sacrebleu's BLEU, which is not installed; "
+            "install the eval extra (pip install -e '.[eval]') or turn \"eval_generation\" off.",
+            "eval_generation",
+        )
     check_parallel(training, model_dir, problems, lora=args.lora.lora, world_size=world_size)
     check_pipeline(training, model_dir, problems, lora=args.lora.lora)
 

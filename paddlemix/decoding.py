@@ -300,8 +300,10 @@ def decode(
     settings: GenerationSettings,
     use_cache: bool = True,
     rng: np.random.Generator | None = None,
+    on_step: Callable[[list[list[int]]], None] | None = None,
 ) -> Generated:
-    """Generate for every row of `batch` until its eos id or its token budget.
+    """Generate for every row of `batch` until its eos id or its token budget; `on_step(tokens)` (the tokens of
+    every row so far) runs after each step, for streaming.
 
     `model(input_ids, attention_mask, position_ids [P, B, L], pixel_values?, image_grid_thw?, past_key_values,
     use_cache, logits_to_keep)` is any family's model. With `use_cache` the prompt (and the vision tower) runs
@@ -334,6 +336,8 @@ def decode(
                 seen[row, chosen[row]] = True
             finished = finished | np.isin(chosen, eos) | (np.asarray([len(t) for t in tokens]) >= budgets)
             step += 1
+            if on_step is not None:
+                on_step(tokens)
             if finished.all():
                 break
             mask = np.concatenate([mask, np.ones((rows, 1), dtype="int64")], axis=1)

@@ -4,9 +4,6 @@ batched, KV-cached decoding (paddlemix/decoding.py) and exact-match / BLEU-4 eva
 from __future__ import annotations
 
 import logging
-import math
-import string
-from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,6 +23,7 @@ from paddlemix.decoding import (
     load_dtype,
     settings_for,
 )
+from paddlemix.inference.metrics import exact_match, sentence_bleu
 from paddlemix.models import adapter_for
 from paddlemix.peft.lora import base_model, load_adapter
 from paddlemix.peft.merge import check_adapter_base
@@ -138,12 +136,15 @@ class Generator:
         settings: GenerationSettings | None = None,
         use_cache: bool = True,
         seed: int = 0,
+        on_step: Callable[[list[list[int]]], None] | None = None,
     ) -> Answers:
-        """Answer encoded prompts as one left-padded batch (see paddlemix/decoding.py)."""
+        """Answer encoded prompts as one left-padded batch (see paddlemix/decoding.py); `on_step` sees the tokens
+        of every row after each decoding step."""
         settings = settings or self.settings
         self.check_room(prompts, settings)
         batch = left_pad(prompts, settings.pad_token_id, self.positions)
-        generated = decode(base_model(self.model), batch, settings, use_cache, np.random.default_rng(seed))
+        rng = np.random.default_rng(seed)
+        generated = decode(base_model(self.model), batch, settings, use_cache, rng, on_step)
         eos = set(settings.eos_token_ids)
         texts = [self.tokenizer.decode([t for t in row if t not in eos], skip_special_tokens=True).strip()
                  for row in generated.tokens]  # fmt: skip
@@ -181,30 +182,6 @@ def question_message(question: str, images: Sequence[str] = ()) -> Message:
     if IMAGE_PLACEHOLDER not in question:
         question = IMAGE_PLACEHOLDER * len(images) + question
     return Message("user", question)
-
-
-def normalize(text: str) -> str:
-    """Lowercase, trim and drop surrounding punctuation, as VQA exact-match scoring does."""
-    return text.strip().lower().strip(string.punctuation + " ")
-
-
-def bleu4(prediction: str, reference: str) -> float:
-    """Sentence BLEU-4 with add-one smoothing on the higher orders and the brevity penalty (whitespace tokens)."""
-    hyp, ref = normalize(prediction).split(), normalize(reference).split()
-    if not hyp:
-        return 0.0
-    log_precision = 0.0
-    for n in range(1, 5):
-        grams = Counter(tuple(hyp[i : i + n]) for i in range(len(hyp) - n + 1))
-        ref_grams = Counter(tuple(ref[i : i + n]) for i in range(len(ref) - n + 1))
-        overlap = sum(min(c, ref_grams[g]) for g, c in grams.items())
-        total = max(sum(grams.values()), 0)
-        smooth = 0 if n == 1 else 1
-        if overlap + smooth == 0:
-            return 0.0
-        log_precision += math.log((overlap + smooth) / (total + smooth)) / 4
-    brevity = min(0.0, 1 - len(ref) / len(hyp))
-    return math.exp(brevity + log_precision)
 
 
 @dataclass
@@ -268,7 +245,7 @@ def evaluate_generation(
     settings: GenerationSettings | None = None,
 ) -> dict[str, Any]:
     """Answer the last assistant turn of each record from the turns before it, `batch_size` records at a time
-    (greedy unless `settings` say otherwise); exact match for chat and VQA sources, BLEU-4 for caption sources.
+    (greedy unless `settings` say otherwise); exact match for chat and VQA sources, sacrebleu's sentence BLEU-4 for caption sources (metrics.py).
 
     Records that fail (unreadable, missing image, too long, a failing generation) are skipped and listed under
     `skipped_records` with their reason; they do not count in the scores.
@@ -283,7 +260,7 @@ def evaluate_generation(
         for prompt, prediction, generated in _answer(generator, batch, settings, skipped):
             runs[id(generated)] = generated
             reference = prompt.reference
-            score = bleu4(prediction, reference) if caption else float(normalize(prediction) == normalize(reference))
+            score = sentence_bleu(prediction, [reference]) if caption else exact_match(prediction, [reference])
             results.append({"index": prompt.index, "prediction": prediction, "reference": reference,
                             "score": score, "correct": score == 1.0})  # fmt: skip
     tokens = sum(g.new_tokens for g in runs.values())

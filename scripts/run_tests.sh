@@ -11,7 +11,8 @@ usage: bash scripts/run_tests.sh [PYTEST ARGS ...]
 Installs the package (into the active virtual environment, else ./.venv) and the parity environment .venv-ref,
 runs ruff, then the whole suite on two pytest workers, then the multiprocess tests alone. PYTEST ARGS go to both
 pytest passes. Environment: SKIP_PARITY=1 (no .venv-ref; parity tests skip), PADDLEMIX_REF_PYTHON=PATH (an
-existing reference Python), TORCH_CPU_INDEX=URL.
+existing reference Python), TORCH_CPU_INDEX=URL, SKIP_BROWSER=1 (no apt-get install of chromium, as root, for the
+chat page test).
 
 One test file or test, without reinstalling anything, in the installed environment:
   . .venv/bin/activate
@@ -40,6 +41,14 @@ if [ "${SKIP_PARITY:-0}" != "1" ] && [ -z "${PADDLEMIX_REF_PYTHON:-}" ]; then
     fi
     .venv-ref/bin/python -m pip install --quiet -r tests/parity/requirements-ref.txt
     export PADDLEMIX_REF_PYTHON="$PWD/.venv-ref/bin/python"
+fi
+# The chat page test drives the system's Chromium (never a browser downloaded at test time). Install Debian's
+# package when it is missing and this runs as root with apt-get; otherwise that one test skips with a reason.
+if [ ! -x /usr/bin/chromium ] && [ "${SKIP_BROWSER:-0}" != "1" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null
+then
+    echo "installing Debian's chromium for the chat page test (SKIP_BROWSER=1 skips this)"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium \
+        >/dev/null; } || echo "chromium could not be installed; the chat page test will skip"
 fi
 python -m ruff check .
 python -m ruff format --check .

@@ -219,3 +219,20 @@ def test_recompute_keys_are_accepted_and_reach_the_settings(tmp_path: Path, mode
     assert recompute_settings(theirs.runtime.recompute, theirs.training) == SUPPORTED
     off = arguments.load(write_args(tmp_path, model_dir, data_file))
     assert recompute_settings(off.runtime.recompute, off.training) is None
+
+
+def test_caption_scoring_without_sacrebleu_stops_before_the_model_loads(tmp_path, model_dir, data_file,
+                                                                        monkeypatch) -> None:  # fmt: skip
+    captions = tmp_path / "captions.jsonl"
+    captions.write_text('{"image": "a.png", "caption": "a red circle"}\n')
+    extra = {"do_eval": True, "evaluation_strategy": "steps", "eval_generation": True,
+             "dataset": {"train": [{"name": "chatml_dataset", "data_files": str(data_file)}],
+                         "eval": [{"name": "coco_caption", "data_files": str(captions)}]}}  # fmt: skip
+    path = write_args(tmp_path, model_dir, data_file, **extra)
+    arguments.load(path)  # sacrebleu is installed here
+    real = arguments.importlib.util.find_spec
+    monkeypatch.setattr(
+        arguments.importlib.util, "find_spec", lambda name: None if name == "sacrebleu" else real(name)
+    )
+    with pytest.raises(UserError, match=r"eval_generation.*sacrebleu.*pip install -e '\.\[eval\]'"):
+        arguments.load(path)

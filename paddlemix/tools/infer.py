@@ -127,24 +127,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.batch_size < 1:
         raise UserError(f"--batch_size must be at least 1, got {args.batch_size}.")
     from paddlemix.datasets.conversation import SampleError, TooLongError
-    from paddlemix.generation import EMPTY_ANSWER_HINT, Generator, evaluate_exact_match, question_message
-    from paddlemix.processors.template_files import trained_template_file
-    from paddlemix.utils.device import resolve_device
+    from paddlemix.generation import EMPTY_ANSWER_HINT, evaluate_exact_match, question_message
+    from paddlemix.inference.loading import load_generator
 
-    chat_template = args.chat_template or trained_template_file(args.lora_path)
-    if args.chat_template:
-        warn_on_other_template(args.model_name_or_path, args.lora_path, args.chat_template)
-    data_settings = training_data_settings(args)
-    check_images(args.image, data_settings["image_resolution"])
-    print("chat template:", chat_template or "the model folder's own", file=sys.stderr, flush=True)
-
-    generator = Generator.from_pretrained(
-        args.model_name_or_path, args.lora_path, chat_template, resolve_device(args.device)
-    )
-    from paddlemix.processors.images import ImageReader
-
-    generator.encoder.reader = ImageReader(image_resolution=data_settings["image_resolution"])
-    generator.encoder.split_special_tokens = data_settings["split_special_tokens"]
+    check_images(args.image, training_data_settings(args)["image_resolution"])
+    generator = load_generator(args)
     settings = generator.settings.with_requests(**overrides(args))
     if args.question:
         try:

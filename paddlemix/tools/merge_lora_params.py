@@ -71,6 +71,22 @@ def main(argv: list[str] | None = None) -> None:
     check_adapter_base(lora_path, base, lambda line: print(f"warning: {line}", file=sys.stderr, flush=True))
     merge_adapter(base, lora_path, out, max_shard_size, log=_print)
     print(f"merged model written to {out}", flush=True)
+    report_vllm(base, lora_path, out)
+
+
+def report_vllm(base: Path, lora_path: Path, out: Path) -> None:
+    """Say what vLLM would do with the adapter and whether it loads the merged folder (inference/vllm_export.py)."""
+    from paddlemix.inference.vllm_export import adapter_folder_notes, check_model_folder
+    from paddlemix.models import ADAPTERS
+
+    model_type = json.loads((base / "config.json").read_text(encoding="utf-8")).get("model_type")
+    for note in adapter_folder_notes(lora_path, ADAPTERS.get(model_type)):
+        print(f"note: served as an adapter by vLLM, {note}", file=sys.stderr, flush=True)
+    problems = check_model_folder(out)
+    for problem in problems:
+        print(f"warning: vLLM would not load {out} as it is: {problem}", file=sys.stderr, flush=True)
+    if not problems:
+        print(f"vLLM reads this folder: vllm serve {out} (see README, Serve)", flush=True)
 
 
 if __name__ == "__main__":

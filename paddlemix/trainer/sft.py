@@ -10,6 +10,7 @@ import math
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -227,6 +228,7 @@ def build_model(args: RunArgs, adapter: ModelAdapter) -> Any:
             model, modules, lora.lora_rank, lora.lora_alpha, lora.lora_dropout, plan.modules_to_save,
             seed=args.training.seed, use_rslora=lora.rslora, base_model_name_or_path=str(Path(path).resolve()),
         )  # fmt: skip
+        warn_for_vllm(lora.lora_rank, modules, plan.modules_to_save, adapter)
     base = model.one_process_view() if is_pipeline_run(args) else base_model(model)
     names = [n for n, _ in base.named_parameters()]
     for where, group in by_origin.items():
@@ -241,6 +243,14 @@ def build_model(args: RunArgs, adapter: ModelAdapter) -> Any:
     if tp.enabled:
         logger.info("%s", tensor_parallel.rank_summary(base, adapter.tensor_parallel_parts, adapter.module_groups, tp))
     return model
+
+
+def warn_for_vllm(rank: int, modules: list[str], modules_to_save: Sequence[str], adapter: ModelAdapter) -> None:
+    """Say before training what vLLM would ignore or refuse in the adapter this run saves (inference/vllm_export.py)."""
+    from paddlemix.inference.vllm_export import adapter_notes, family_vision_test
+
+    for note in adapter_notes(rank, modules, modules_to_save, family_vision_test(adapter)):
+        logger.warning("for vLLM: %s", note)
 
 
 def is_pipeline_run(args: RunArgs) -> bool:
