@@ -249,7 +249,26 @@ class RuntimeArgs:
     recompute: bool = False
 
 
-OWN_GROUPS = {"model": ModelArgs, "data": DataArgs, "lora": LoraArgs, "runtime": RuntimeArgs}
+@dataclass(frozen=True)
+class PreferenceArgs:
+    """`"stage": "dpo"` trains on preference pairs (README "Preference training (DPO)"). `pref_loss`: sigmoid (DPO),
+    ipo, hinge, simpo, orpo (the last two need no reference); `pref_beta`: beta (ORPO: its lambda);
+    `label_smoothing`: conservative DPO's epsilon; `pref_ftx`: weight of an SFT term on the chosen answer;
+    `ref_model_name_or_path`: the reference of a full fine-tuning run (default the starting model)."""
+
+    stage: Literal["sft", "dpo"] = "sft"
+    pref_loss: Literal["sigmoid", "ipo", "hinge", "simpo", "orpo"] = "sigmoid"
+    pref_beta: float = 0.1
+    simpo_gamma: float = 0.5
+    label_smoothing: float = 0.0
+    pref_ftx: float = 0.0
+    ref_model_name_or_path: str | None = None
+
+
+OWN_GROUPS = {"model": ModelArgs, "data": DataArgs, "lora": LoraArgs, "runtime": RuntimeArgs,
+              "preference": PreferenceArgs}  # fmt: skip
+# The preference keys under the names TRL and ms-swift use.
+PREFERENCE_ALIASES = {"loss_type": "pref_loss", "beta": "pref_beta", "rpo_alpha": "pref_ftx"}
 DATA_SPLITS = ("train", "eval")
 # TrainingArguments defaults that differ for multimodal fine-tuning.
 # `sharding: ""` makes several processes plain data parallel unless the user asks for sharding; `do_train` is on
@@ -267,6 +286,7 @@ class RunArgs:
     runtime: RuntimeArgs
     training: Any
     source_file: str
+    preference: PreferenceArgs = field(default_factory=PreferenceArgs)
     training_keys: tuple[str, ...] = ()
     # One line each about what the tool adjusted or ignored (PaddleMIX keys, CPU precision); logged by the run.
     notes: tuple[str, ...] = ()
@@ -280,7 +300,7 @@ class RunArgs:
     def to_dict(self) -> dict[str, Any]:
         """The fully resolved arguments in the JSON key space, as saved to run_args.json."""
         out: dict[str, Any] = {}
-        for group in (self.model, self.lora, self.runtime):
+        for group in (self.model, self.lora, self.runtime, self.preference):
             out.update(dataclasses.asdict(group))
         data = dataclasses.asdict(self.data)
         out["dataset"] = {split: data.pop(split) for split in DATA_SPLITS}
@@ -462,6 +482,7 @@ def parse(raw: dict[str, Any], where: str, cli_keys: set[str] | None = None) -> 
                     problems.add(f'"{key}" = {json.dumps(value)}: {foreign.refuse}.', key)
                 continue
             name = foreign.to
+        name = PREFERENCE_ALIASES.get(name, name)
         if name in translated:
             problems.add(f'"{key}" and "{translated[name]}" both set {name}; keep one of them.', key)
             continue
@@ -510,6 +531,7 @@ def parse(raw: dict[str, Any], where: str, cli_keys: set[str] | None = None) -> 
         data=DataArgs(**groups["data"]),
         lora=LoraArgs(**groups["lora"]),
         runtime=RuntimeArgs(**groups["runtime"]),
+        preference=PreferenceArgs(**groups["preference"]),
         training=None,
         source_file=where,
         cli_keys=frozenset(
@@ -517,6 +539,7 @@ def parse(raw: dict[str, Any], where: str, cli_keys: set[str] | None = None) -> 
         ),
     )
     validate(args, training, problems)
+    _validate_preference(args, set(translated), training, problems)
     problems.raise_if_any()
     kwargs, adjusted = training_kwargs_with_notes(training, args.runtime, args.data.packing)
     args.training = _build_training_arguments(training_cls, kwargs, where)
@@ -713,6 +736,45 @@ def validate(args: RunArgs, training: dict[str, Any], problems: Problems) -> Non
             _validate_source(source, f"dataset.{split}[{i}]", problems)
     if (model_dir / "config.json").is_file():
         _validate_parallel(training, model_dir, problems)
+
+
+def _validate_preference(args: RunArgs, given: set[str], training: dict[str, Any], problems: Problems) -> None:
+    """The preference keys: ranges, combinations, and no preference key in an SFT run (it would be ignored)."""
+    pref, add = args.preference, problems.add
+    keys = [k for k in _field_types(PreferenceArgs) if k != "stage" and k in given]
+    if pref.stage == "sft":
+        if keys:
+            add(f'{", ".join(keys)} only apply to preference training; add "stage": "dpo" or remove them.', keys[0])
+        return
+    if pref.pref_beta <= 0:
+        add(f'"pref_beta" must be positive, got {pref.pref_beta}.', "pref_beta")
+    if not 0 <= pref.label_smoothing < 0.5:
+        add(f'"label_smoothing" must be in [0, 0.5), got {pref.label_smoothing}.', "label_smoothing")
+    if pref.label_smoothing and pref.pref_loss not in ("sigmoid", "simpo"):
+        add(f'"label_smoothing" applies to the sigmoid and simpo losses, not "{pref.pref_loss}".', "label_smoothing")
+    if pref.pref_ftx < 0 or pref.simpo_gamma < 0:
+        add(f'"pref_ftx" and "simpo_gamma" must be >= 0, got {pref.pref_ftx} and {pref.simpo_gamma}.', "pref_ftx")
+    if pref.simpo_gamma != 0.5 and "simpo_gamma" in given and pref.pref_loss != "simpo":
+        add(f'"simpo_gamma" applies to "pref_loss": "simpo" only, not "{pref.pref_loss}".', "simpo_gamma")
+    ref = pref.ref_model_name_or_path
+    if ref is not None:
+        if pref.pref_loss in ("simpo", "orpo"):
+            add(f'"ref_model_name_or_path" is set but "{pref.pref_loss}" uses no reference model; remove it.',
+                "ref_model_name_or_path")  # fmt: skip
+        elif args.lora.lora:
+            add('"ref_model_name_or_path" with "lora": true: the reference of a LoRA run is the base model with its '
+                'adapters off (no second model); remove the key.', "ref_model_name_or_path")  # fmt: skip
+        elif not (Path(ref) / "config.json").is_file():
+            add(f'"ref_model_name_or_path" = "{ref}" is not a local model folder with a config.json.',
+                "ref_model_name_or_path")  # fmt: skip
+    for split in DATA_SPLITS:
+        for i, source in enumerate(getattr(args.data, split)):
+            if source.name != "chatml_dataset":
+                add(f'dataset.{split}[{i}]: "stage": "dpo" reads preference pairs from "chatml_dataset" sources '
+                    f'(ms-swift, LLaMA-Factory, TRL or PaddleFormers pair records), not "{source.name}".', "dataset")  # fmt: skip
+    if training.get("pipeline_model_parallel_size", 1) > 1:
+        add('"pipeline_parallel_degree" > 1 is not supported with "stage": "dpo" yet; use data parallelism.',
+            "pipeline_parallel_degree")  # fmt: skip
 
 
 def _validate_source(source: DatasetSource, key: str, problems: Problems) -> None:

@@ -16,7 +16,8 @@ get exactly nothing added.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 import numpy as np
 import paddle
@@ -53,6 +54,7 @@ class LoRALinear(paddle.nn.Layer):
         self.parts = list(parts)
         self.part_columns = {name: np.asarray(cols, dtype="int64") for name, cols in parts.items()}
         self.dropout = paddle.nn.Dropout(dropout) if dropout > 0 else None
+        self.disabled = False  # `adapters_off`: the base layer alone (preference training's reference)
         self.lora_A = paddle.nn.ParameterDict()
         self.lora_B = paddle.nn.ParameterDict()
         dtype = base.weight.dtype
@@ -84,6 +86,8 @@ class LoRALinear(paddle.nn.Layer):
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         out = F.linear(x, self.weight, self.bias)  # [..., out]
+        if self.disabled:
+            return out
         updates = []
         for p in self.parts:
             h = self.dropout(x) if self.dropout is not None else x
@@ -92,3 +96,17 @@ class LoRALinear(paddle.nn.Layer):
 
     def extra_repr(self) -> str:
         return f"in={self.weight.shape[0]}, out={self.weight.shape[1]}, parts={self.parts}, r={self.rank}"
+
+
+@contextmanager
+def adapters_off(model: paddle.nn.Layer) -> Iterator[int]:
+    """Within the block every `LoRALinear` of `model` computes its base layer only, so the model is its base
+    (bit for bit: the same `F.linear` on the same tensors) without a second copy; yields the layers switched."""
+    layers = [layer for layer in model.sublayers() if isinstance(layer, LoRALinear)]
+    for layer in layers:
+        layer.disabled = True
+    try:
+        yield len(layers)
+    finally:
+        for layer in layers:
+            layer.disabled = False

@@ -61,7 +61,9 @@ class SampleProcessor:
 
     def with_vision_tokens(self, messages: Sequence[Message]) -> list[Message]:
         """Replace `<image>` with the model's placeholder text (one image token, expanded after rendering)."""
-        return [Message(m.role, m.content.replace(IMAGE_PLACEHOLDER, self.vision.placeholder)) for m in messages]
+        return [
+            Message(m.role, m.content.replace(IMAGE_PLACEHOLDER, self.vision.placeholder), m.loss) for m in messages
+        ]
 
     def expand(self, text: str, counts: list[int]) -> str:
         """Repeat the image token of each placeholder by that image's visual-token count, in order."""

@@ -20,6 +20,8 @@ from paddlemix.datasets.collator import Collator
 from paddlemix.datasets.encoded import SkipLog, build_dataset, build_encoder
 from paddlemix.datasets.loader_guard import GuardedCollator, worker_failure
 from paddlemix.datasets.packing import PackedDataset
+from paddlemix.datasets.pair_packing import PairProcessor, join_pairs
+from paddlemix.datasets.pairs import PairSourceDataset
 from paddlemix.models import adapter_for
 from paddlemix.models.adapter import ModelAdapter
 from paddlemix.peft.freeze import (
@@ -105,7 +107,8 @@ def seed_everything(seed: int) -> None:
 
 # Keys that make two runs different runs; changing others (max_steps, save_steps, ...) continues the same run.
 RUN_IDENTITY = (
-    "model_name_or_path", "dataset", "train_type", "lora", "lora_rank", "lora_target_modules", "mixtoken", "max_length"
+    "model_name_or_path", "dataset", "train_type", "lora", "lora_rank", "lora_target_modules", "mixtoken", "max_length",
+    "stage", "pref_loss",
 )  # fmt: skip
 
 
@@ -229,16 +232,22 @@ def build_datasets(
     optimizer steps consumed (re-planned from lengths, nothing decoded).
     """
     encoder = build_encoder(adapter, processor, args.data)
+    positions = adapter.position_fn(config)
+    kind: dict[str, Any] = {}
+    if args.preference.stage == "dpo":  # pairs: one sequence each (see datasets.pair_packing)
+        encoder = PairProcessor(encoder, positions)
+        kind = {"source_type": PairSourceDataset}
     seed = args.training.seed
-    train = build_dataset(args.data.train, encoder, processor, seed, skips) if args.data.train else None
+    train = build_dataset(args.data.train, encoder, processor, seed, skips, **kind) if args.data.train else None
     evaluate = args.data.eval and args.training.do_eval
-    eval_set = build_dataset(args.data.eval, encoder, processor, seed, skips, "eval") if evaluate else None
+    eval_set = build_dataset(args.data.eval, encoder, processor, seed, skips, "eval", **kind) if evaluate else None
     if train is not None and args.data.packing:
         t = args.training
         group = t.per_device_train_batch_size * t.dataset_world_size
         consumed = resume_step * group * t.gradient_accumulation_steps
-        positions = adapter.position_fn(config)
-        train = PackedDataset(train, args.data.max_length, positions, seed, args.data.pack_window, consumed, group)
+        build = {"build": join_pairs} if kind else {}
+        train = PackedDataset(train, args.data.max_length, positions, seed, args.data.pack_window, consumed, group,
+                              **build)  # fmt: skip
     if train is not None:  # per-source `seen` counts what the trainer trains, not what the loader prefetches
         getattr(train, "encoded", train).count_loaded = False
     return train, eval_set
@@ -411,6 +420,36 @@ def generation_scorer(args: RunArgs, model: Any, processor: Any, adapter: ModelA
     return score
 
 
+def preference_stage(args: RunArgs, adapter: ModelAdapter, model: Any) -> Any:
+    """The loss of `"stage": "dpo"` with its reference model (None for SFT); the reference choice is logged with
+    its memory cost."""
+    pref = args.preference
+    if pref.stage != "dpo":
+        return None
+    from paddlemix.trainer.dpo_loss import PreferenceLoss
+    from paddlemix.trainer.preference import PreferenceStage, copy_reference, lora_reference
+
+    loss = PreferenceLoss(pref.pref_loss, pref.pref_beta, pref.simpo_gamma, pref.label_smoothing, pref.pref_ftx)
+    reference = None
+    if not loss.needs_reference:
+        logger.info("preference loss %s: no reference model", pref.pref_loss)
+    elif args.lora.lora:
+        reference = lora_reference
+        logger.info("preference loss %s: the reference is the base model with the adapters off (no extra memory)",
+                    pref.pref_loss)  # fmt: skip
+    else:
+        path = pref.ref_model_name_or_path or args.model.model_name_or_path
+        ref_model = adapter.load_model(path, dtype=load_dtype(args.training), device=args.training.device,
+                                       allow_pickle=args.model.allow_pickle_weights)  # fmt: skip
+        size = sum(int(p.numel()) * p.element_size() for p in ref_model.parameters())
+        logger.info("preference loss %s: the reference is a frozen copy of %s (%.1f MB more memory)",
+                    pref.pref_loss, path, size / 2**20)  # fmt: skip
+        reference = copy_reference(ref_model)
+    logger.info("preference training: pref_loss %s, pref_beta %g%s", pref.pref_loss, pref.pref_beta,
+                f", pref_ftx {pref.pref_ftx}" if pref.pref_ftx else "")  # fmt: skip
+    return PreferenceStage(loss, reference)
+
+
 def run_sft(args: RunArgs) -> dict[str, Any]:
     """Train per `args` and return the final metrics; resumes from the last complete checkpoint when present."""
     from paddlemix.trainer.trainer import MIXTrainer
@@ -460,6 +499,7 @@ def run_sft(args: RunArgs) -> dict[str, Any]:
         generation_eval=generation_scorer(args, model, processor, adapter),
         chat_template=chosen_template(templates, warn=training.process_index == 0),
         skip_log=skips,
+        stage=preference_stage(args, adapter, model),
         callbacks=[JsonlLogCallback(), SkipBudgetCallback(skips)],
     )
     # First in line, so the printer, the progress bar and the JSONL log all see the throughput fields.

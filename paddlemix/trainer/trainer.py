@@ -90,9 +90,10 @@ class MIXTrainer(Trainer):
     def __init__(
         self, *args: Any, image_token_id: int | None = None, head_owner: Any = None, loss_chunk_size: int = 0,
         generation_eval: Callable[[], dict[str, float]] | None = None, chat_template: str | None = None,
-        skip_log: Any = None, **kwargs: Any,
+        skip_log: Any = None, stage: Any = None, **kwargs: Any,
     ):  # fmt: skip
         super().__init__(*args, **kwargs)
+        self.stage = stage  # `"stage": "dpo"`: a `PreferenceStage` supplies the loss of pair batches
         self.chat_template = chat_template
         self.skip_log = skip_log
         self.step = StepLoss(self.args.world_size, self.args.dataset_world_size)
@@ -211,9 +212,11 @@ class MIXTrainer(Trainer):
         """Training: the sum of the micro-batch's token losses divided by the step's n0 (see `training_step`),
         through the chunked head + cross-entropy (no full [tokens, vocab] logits) when enabled. Evaluation, which
         may need logits, keeps the model's own loss."""
-        if return_outputs or not model.training:
+        if self.stage is not None and not return_outputs:
+            loss_sum = self.stage(model, inputs, training=model.training)  # summed over the batch's pairs
+        elif return_outputs or not model.training:
             return super().compute_loss(model, inputs, return_outputs, **kwargs)
-        if self.loss_chunk_size > 0 and self.head_owner is not None:
+        elif self.loss_chunk_size > 0 and self.head_owner is not None:
             loss_sum = lm_loss_without_full_logits(model, inputs, self.head_owner, self.loss_chunk_size, "sum")
         else:
             logits = model(**{k: v for k, v in inputs.items() if k != "labels"}).logits  # [B, L, vocab]
@@ -233,4 +236,19 @@ class MIXTrainer(Trainer):
     def prediction_step(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
         for key in BATCH_META:
             inputs.pop(key, None)
+        if self.stage is not None:  # pair batches: the mean loss of their pairs, metrics noted by the stage
+            inputs = self._prepare_inputs(inputs)
+            with paddle.no_grad():
+                pairs = max(int(inputs["pair_count"]), 1)
+                return self.stage(model, inputs, training=False).detach() / pairs, None, None
         return super().prediction_step(model, inputs, *args, **kwargs)
+
+    def log(self, logs: dict[str, float], **kwargs: Any) -> None:
+        """Add the stage's metrics (preference rewards and log-probs) to the training and evaluation logs, so the
+        console, train_log.jsonl, VisualDL/TensorBoard and the final plot all see them."""
+        if self.stage is not None:
+            if "loss" in logs:
+                logs.update(self.stage.pop_metrics("train"))
+            if "eval_loss" in logs:
+                logs.update(self.stage.pop_metrics("eval"))
+        super().log(logs, **kwargs)

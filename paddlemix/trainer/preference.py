@@ -1,0 +1,102 @@
+"""`"stage": "dpo"`: the loss and metrics of preference training on pair batches (see `datasets.pair_packing`).
+
+The trainer stays the one `MIXTrainer`; this stage only turns a pair batch into a summed loss over its pairs and
+keeps the metrics users expect (`rewards/chosen`, `rewards/rejected`, `rewards/accuracies`, `rewards/margins`,
+`logps/chosen`, `logps/rejected`, `sft_loss`), averaged over the pairs of each logging interval.
+
+The reference model: with LoRA it is the trained model with its adapters switched off (`adapters_off`, no copy);
+for full fine-tuning a frozen copy loaded from `ref_model_name_or_path` (default: the starting model); none for the
+reference-free losses (SimPO, ORPO).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import paddle
+import paddle.nn.functional as F
+
+from paddlemix.datasets.pair_packing import ANSWER_INDEX, ANSWER_SEGMENT, ANSWER_TARGETS, PAIR_COUNT, PAIR_KEYS
+from paddlemix.peft.layers import adapters_off
+from paddlemix.trainer.dpo_loss import PreferenceLoss
+
+METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
+           "logps/rejected", "sft_loss")  # fmt: skip
+
+
+def answer_logps(model: Any, inputs: dict[str, Any]) -> tuple[paddle.Tensor, paddle.Tensor]:
+    """Summed log-probabilities [2P] and scored token counts [2P] of every answer of a pair batch (index 2k the
+    chosen, 2k + 1 the rejected answer of pair k), float32. Only the scored rows of the logits are normalised."""
+    pairs = int(inputs[PAIR_COUNT])
+    forward = {k: v for k, v in inputs.items() if k not in PAIR_KEYS}
+    logits = model(**forward).logits  # [B, L, vocab]
+    picked = paddle.gather(logits.reshape([-1, logits.shape[-1]]), inputs[ANSWER_INDEX])  # [T, vocab]
+    logp = F.log_softmax(picked.astype("float32"), axis=-1)
+    token = paddle.take_along_axis(logp, inputs[ANSWER_TARGETS].unsqueeze(-1), axis=-1).squeeze(-1)  # [T]
+    onehot = F.one_hot(inputs[ANSWER_SEGMENT], 2 * pairs).astype("float32")  # [T, 2P]
+    return token @ onehot, onehot.sum(axis=0)
+
+
+class PreferenceStage:
+    """Callable by the trainer: `(model, inputs, training)` -> the sum over the batch's pairs of their losses.
+
+    `reference` computes the reference log-probs of a batch (None for reference-free losses); see
+    `lora_reference` and `copy_reference`.
+    """
+
+    def __init__(self, loss: PreferenceLoss, reference: Callable[[Any, dict[str, Any]], paddle.Tensor] | None):
+        self.loss = loss
+        self.reference = reference
+        self.sums: dict[str, dict[str, float]] = {"train": defaultdict(float), "eval": defaultdict(float)}
+
+    def __call__(self, model: Any, inputs: dict[str, Any], training: bool = True) -> paddle.Tensor:
+        logps, counts = answer_logps(model, inputs)
+        ref = None
+        if self.loss.needs_reference:
+            with paddle.no_grad():
+                ref = self.reference(model, inputs).detach()
+        losses, r_c, r_r, sft = self.loss(
+            logps[0::2], logps[1::2], None if ref is None else ref[0::2], None if ref is None else ref[1::2],
+            counts[0::2], counts[1::2],
+        )  # fmt: skip
+        self.note("train" if training else "eval", logps.detach(), r_c.detach(), r_r.detach(), sft.detach())
+        return losses.sum()
+
+    def note(self, split: str, logps: paddle.Tensor, r_c: paddle.Tensor, r_r: paddle.Tensor, sft: Any) -> None:
+        sums = self.sums[split]
+        sums["pairs"] += int(r_c.shape[0])
+        sums["rewards/chosen"] += float(r_c.sum())
+        sums["rewards/rejected"] += float(r_r.sum())
+        sums["rewards/accuracies"] += float((r_c > r_r).astype("float32").sum())
+        sums["rewards/margins"] += float((r_c - r_r).sum())
+        sums["logps/chosen"] += float(logps[0::2].sum())
+        sums["logps/rejected"] += float(logps[1::2].sum())
+        if self.loss.ftx > 0 or self.loss.kind == "orpo":
+            sums["sft_loss"] += float(sft.sum())
+
+    def pop_metrics(self, split: str = "train") -> dict[str, float]:
+        """The mean of each metric over the pairs seen since the last call (train) or in this evaluation."""
+        sums, self.sums[split] = self.sums[split], defaultdict(float)
+        pairs = sums.pop("pairs", 0)
+        prefix = "eval_" if split == "eval" else ""
+        return {f"{prefix}{k}": round(v / pairs, 6) for k, v in sums.items()} if pairs else {}
+
+
+def lora_reference(model: Any, inputs: dict[str, Any]) -> paddle.Tensor:
+    """The reference of a LoRA run: the same model with its adapters off (the base, bit for bit)."""
+    with adapters_off(model):
+        return answer_logps(model, inputs)[0]
+
+
+def copy_reference(reference_model: Any) -> Callable[[Any, dict[str, Any]], paddle.Tensor]:
+    """The reference of a full fine-tuning run: a frozen model of its own (eval mode, no gradients)."""
+    reference_model.eval()
+    for param in reference_model.parameters():
+        param.stop_gradient = True
+
+    def reference(model: Any, inputs: dict[str, Any]) -> paddle.Tensor:
+        return answer_logps(reference_model, inputs)[0]
+
+    return reference
