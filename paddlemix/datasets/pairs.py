@@ -120,6 +120,9 @@ def _raw_pair(record: dict[str, Any]) -> tuple[list[dict], Any, Any, list[dict] 
     if "chosen_response" in record:
         raise SampleError('no rejected answer ("chosen_response" without "rejected_response")')
     chosen, rejected = record.get("chosen"), record.get("rejected")
+    if chosen is None and turns and _is_assistant(turns[-1]) and rejected is None:
+        raise SampleError('no rejected answer (the conversation ends with an answer but the record has no '
+                          '"rejected_response", "rejected_messages" or "rejected")')  # fmt: skip
     if chosen is None or rejected is None:
         missing = "chosen" if chosen is None else "rejected"
         raise SampleError(f"no {missing} answer (expected a pair in the {PAIR_FORMATS} format)")
