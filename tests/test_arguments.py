@@ -213,3 +213,31 @@ def test_recompute_keys_are_accepted_and_reach_the_settings(tmp_path: Path, mode
     assert recompute_settings(theirs.runtime.recompute, theirs.training) == SUPPORTED
     off = arguments.load(write_args(tmp_path, model_dir, data_file))
     assert recompute_settings(off.runtime.recompute, off.training) is None
+
+
+def test_preference_keys_and_their_peer_names(tmp_path, model_dir, data_file) -> None:
+    path = write_args(tmp_path, model_dir, data_file, stage="dpo", loss_type="ipo", beta=0.3, rpo_alpha=0.5, lora=True)
+    args = arguments.load(path)
+    pref = args.preference
+    assert (pref.stage, pref.pref_loss, pref.pref_beta, pref.pref_ftx) == ("dpo", "ipo", 0.3, 0.5)
+    assert args.to_dict()["pref_loss"] == "ipo"
+    assert arguments.load(write_args(tmp_path, model_dir, data_file)).preference.stage == "sft"  # the default
+
+
+@pytest.mark.parametrize(
+    "extra, key",
+    [
+        ({"stage": "dpo", "pref_beta": 0}, "pref_beta"),
+        ({"stage": "dpo", "label_smoothing": 0.6}, "label_smoothing"),
+        ({"stage": "dpo", "pref_loss": "ipo", "label_smoothing": 0.1}, "label_smoothing"),
+        ({"stage": "dpo", "pref_loss": "kto"}, "pref_loss"),
+        ({"stage": "ppo"}, "stage"),
+        ({"pref_beta": 0.2}, "pref_beta"),  # a preference key in an SFT run
+        ({"stage": "dpo", "pref_loss": "simpo", "ref_model_name_or_path": "x"}, "ref_model_name_or_path"),
+        ({"stage": "dpo", "ref_model_name_or_path": "missing"}, "ref_model_name_or_path"),
+        ({"stage": "dpo", "pref_beta": 0.1, "beta": 0.2}, "beta"),
+    ],
+)
+def test_bad_preference_keys_fail_before_the_model_loads(tmp_path, model_dir, data_file, extra, key) -> None:
+    with pytest.raises(UserError, match=key):
+        arguments.load(write_args(tmp_path, model_dir, data_file, **extra))
