@@ -1,0 +1,63 @@
+"""`"stage": "dpo"` through the real tool: LoRA (reference = adapters off) with MIXToken and bad pairs skipped with
+their reasons, and full fine-tuning with a frozen reference copy; metrics reach train_log.jsonl."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from paddlemix.testing.pairs import write_bad_pairs, write_shape_pairs
+
+pytestmark = pytest.mark.slow
+CONFIG = Path(__file__).resolve().parents[2] / "paddlemix" / "config" / "tiny" / "lora_dpo_argument.json"
+METRICS = {"rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
+           "logps/rejected"}  # fmt: skip
+
+
+@pytest.fixture()
+def pair_workspace(workspace: Path, shapes_data: dict) -> Path:
+    (workspace / "pairs").mkdir()
+    write_shape_pairs(shapes_data["train"], workspace / "pairs" / "pairs_swift.jsonl", "swift")
+    write_shape_pairs(shapes_data["eval"], workspace / "pairs" / "pairs_eval.jsonl", "trl")
+    image = sorted((shapes_data["train"].parent / "images").glob("*.png"))[0]
+    write_bad_pairs(image, workspace / "pairs" / "bad.jsonl")
+    return workspace
+
+
+def records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+
+
+def test_lora_dpo_with_mixtoken_logs_preference_metrics(pair_workspace: Path, run_tool) -> None:
+    dataset = {"train": [{"name": "chatml_dataset", "data_files": ["pairs/pairs_swift.jsonl", "pairs/bad.jsonl"]}],
+               "eval": [{"name": "chatml_dataset", "data_files": "pairs/pairs_eval.jsonl"}]}  # fmt: skip
+    run_tool("supervised_finetune.py", str(CONFIG), "--dataset", json.dumps(dataset), "--mixtoken", "true",
+             "--max_length", "256", "--per_device_train_batch_size", "1", "--pref_ftx", "0.5",
+             "--max_skip_ratio", "0.5", "--output_dir", "out", cwd=pair_workspace)  # fmt: skip
+    out = pair_workspace / "out"
+    logged = records(out)
+    train = [r for r in logged if "loss" in r]
+    assert train[0]["loss"] == pytest.approx(0.6931472 + 0.5 * train[0]["sft_loss"], abs=1e-5)  # policy == reference
+    assert train[0]["rewards/chosen"] == 0.0 and METRICS | {"sft_loss"} <= set(train[0])
+    assert all(math.isfinite(r["loss"]) for r in train)
+    evals = [r for r in logged if "eval_loss" in r]
+    assert evals and {f"eval_{m}" for m in METRICS} <= set(evals[-1])
+    assert {"adapter_config.json", "adapter_model.safetensors", "loss_curve.png"} <= {p.name for p in out.iterdir()}
+    skipped = [json.loads(line)["reason"] for line in (out / "skipped_samples.jsonl").read_text().splitlines()]
+    assert any("identical" in r for r in skipped) and any("no rejected answer" in r for r in skipped)
+    assert any("max_length" in r for r in skipped) and any("2 images" in r for r in skipped)
+
+
+def test_full_dpo_uses_a_frozen_reference_copy(pair_workspace: Path, run_tool) -> None:
+    proc = run_tool("supervised_finetune.py", str(CONFIG), "--lora", "false", "--max_steps", "2", "--do_eval",
+                    "false", "--evaluation_strategy", "no", "--dataset",
+                    json.dumps({"train": [{"name": "chatml_dataset", "data_files": "pairs/pairs_swift.jsonl"}]}),
+                    "--output_dir", "full", cwd=pair_workspace)  # fmt: skip
+    assert "the reference is a frozen copy" in proc.stderr
+    train = [r for r in records(pair_workspace / "full") if "loss" in r]
+    assert train[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
+    assert train[1]["rewards/margins"] != 0.0
+    assert (pair_workspace / "full" / "model.safetensors").is_file()
