@@ -756,6 +756,11 @@ def _validate_preference(args: RunArgs, given: set[str], training: dict[str, Any
         add(f'"pref_ftx" and "simpo_gamma" must be >= 0, got {pref.pref_ftx} and {pref.simpo_gamma}.', "pref_ftx")
     if pref.simpo_gamma != 0.5 and "simpo_gamma" in given and pref.pref_loss != "simpo":
         add(f'"simpo_gamma" applies to "pref_loss": "simpo" only, not "{pref.pref_loss}".', "simpo_gamma")
+    m = args.model
+    if args.lora.lora and (m.train_type == "use_lora" or m.freeze_projector is False or m.freeze_vision is False):
+        add('"stage": "dpo" with LoRA trains the adapters only: its reference is the model with the adapters off, '
+            'which fully trained modules would change. Drop "train_type": "use_lora" / "freeze_projector": false / '
+            '"freeze_vision": false, or train without LoRA.', "train_type")  # fmt: skip
     ref = pref.ref_model_name_or_path
     if ref is not None:
         if pref.pref_loss in ("simpo", "orpo"):

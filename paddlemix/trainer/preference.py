@@ -2,7 +2,9 @@
 
 The trainer stays the one `MIXTrainer`; this stage only turns a pair batch into a summed loss over its pairs and
 keeps the metrics users expect (`rewards/chosen`, `rewards/rejected`, `rewards/accuracies`, `rewards/margins`,
-`logps/chosen`, `logps/rejected`, `sft_loss`), averaged over the pairs of each logging interval.
+`logps/chosen`, `logps/rejected`, `sft_loss`), averaged over the pairs of each logging interval, plus
+`logps/accuracies`: the fraction of pairs whose chosen answer is more likely than the rejected one under the
+policy alone (the held-out preference accuracy of the demo).
 
 The reference model: with LoRA it is the trained model with its adapters switched off (`adapters_off`, no copy);
 for full fine-tuning a frozen copy loaded from `ref_model_name_or_path` (default: the starting model); none for the
@@ -23,7 +25,7 @@ from paddlemix.peft.layers import adapters_off
 from paddlemix.trainer.dpo_loss import PreferenceLoss
 
 METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
-           "logps/rejected", "sft_loss")  # fmt: skip
+           "logps/rejected", "logps/accuracies", "sft_loss")  # fmt: skip
 
 
 def answer_logps(model: Any, inputs: dict[str, Any]) -> tuple[paddle.Tensor, paddle.Tensor]:
@@ -73,6 +75,7 @@ class PreferenceStage:
         sums["rewards/margins"] += float((r_c - r_r).sum())
         sums["logps/chosen"] += float(logps[0::2].sum())
         sums["logps/rejected"] += float(logps[1::2].sum())
+        sums["logps/accuracies"] += float((logps[0::2] > logps[1::2]).astype("float32").sum())
         if self.loss.ftx > 0 or self.loss.kind == "orpo":
             sums["sft_loss"] += float(sft.sum())
 
