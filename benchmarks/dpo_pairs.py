@@ -58,7 +58,7 @@ def run(mode: str, work: Path, pairs: int, batch: int, steps: int) -> dict:
     reset_peak()
     start, done = time.perf_counter(), 0
     for step in range(steps):
-        rows = features[(step * batch) % len(features):][:batch]
+        rows = features[(step * batch) % len(features) :][:batch]
         if mode == "two_rows":  # split each pair's two isolated sequences into rows of their own
             rows = [half for f in rows for half in split_pair(f)]
         inputs = to_tensors(collate(rows))

@@ -47,15 +47,21 @@ def main(argv: list[str] | None = None) -> None:
     adapter = adapter_for(args.model.model_name_or_path)
     processor = adapter.load_processor(args.model.model_name_or_path)
     encoder = build_encoder(adapter, processor, args.data)
+    source_type, unit = SourceDataset, "records"
+    if args.preference.stage == "dpo":  # preference pairs, measured as the one-sequence rows training builds
+        from paddlemix.datasets.pair_packing import PairProcessor
+        from paddlemix.datasets.pairs import PairSourceDataset
+
+        encoder, source_type, unit = PairProcessor(encoder, positions=None), PairSourceDataset, "pairs"
     splits = {"train": args.data.train, "eval": args.data.eval}
-    total = sum(len(SourceDataset(s)) for sources in splits.values() for s in sources)
-    report = {"max_length": args.data.max_length, "splits": {}}
+    total = sum(len(source_type(s)) for sources in splits.values() for s in sources)
+    report = {"max_length": args.data.max_length, "unit": unit, "splits": {}}
     with tqdm(total=total, desc="checking records", unit="rec", file=sys.stderr) as progress:
         for split, sources in splits.items():
             if sources:
                 templates = [template_for(processor, s.chat_template) for s in sources]
                 report["splits"][split] = check_split(sources, encoder, templates, args.data.max_length,
-                                                      args.data.pack_window, progress)  # fmt: skip
+                                                      args.data.pack_window, progress, source_type)  # fmt: skip
     report["seconds"] = round(time.perf_counter() - start, 2)
     report["records"] = total
     out = Path(report_path or Path(args.training.output_dir) / "data_report.json")

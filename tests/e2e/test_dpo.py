@@ -61,3 +61,15 @@ def test_full_dpo_uses_a_frozen_reference_copy(pair_workspace: Path, run_tool) -
     assert train[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
     assert train[1]["rewards/margins"] != 0.0
     assert (pair_workspace / "full" / "model.safetensors").is_file()
+
+
+def test_check_data_reports_pairs_and_bad_pair_reasons(pair_workspace: Path, run_tool) -> None:
+    dataset = {"train": [{"name": "chatml_dataset", "data_files": ["pairs/pairs_swift.jsonl", "pairs/bad.jsonl"]}]}
+    proc = run_tool("check_data.py", str(CONFIG), "--dataset", json.dumps(dataset), "--do_eval", "false",
+                    "--report", "report.json", cwd=pair_workspace)  # fmt: skip
+    report = json.loads((pair_workspace / "report.json").read_text())
+    source = next(iter(report["splits"]["train"]["sources"].values()))
+    assert report["unit"] == "pairs" and "pairs, 6 skipped" in proc.stdout
+    assert source["skip_reasons"] == {"no rejected answer": 3, "chosen and rejected answers are identical": 1,
+                                      "1 <image> placeholders but 2 images": 1, "longer than max_length": 1}  # fmt: skip
+    assert source["usable"] == source["records"] - 6
