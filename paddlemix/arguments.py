@@ -263,6 +263,9 @@ class PreferenceArgs:
     label_smoothing: float = 0.0
     pref_ftx: float = 0.0
     ref_model_name_or_path: str | None = None
+    # Full fine-tuning: reference log-probs computed once before training (output_dir/reference_logps.json)
+    # instead of a frozen copy kept in memory during training.
+    precompute_ref_log_probs: bool = False
 
 
 OWN_GROUPS = {"model": ModelArgs, "data": DataArgs, "lora": LoraArgs, "runtime": RuntimeArgs,
@@ -761,6 +764,9 @@ def _validate_preference(args: RunArgs, given: set[str], training: dict[str, Any
         add('"stage": "dpo" with LoRA trains the adapters only: its reference is the model with the adapters off, '
             'which fully trained modules would change. Drop "train_type": "use_lora" / "freeze_projector": false / '
             '"freeze_vision": false, or train without LoRA.', "train_type")  # fmt: skip
+    if pref.precompute_ref_log_probs and (args.lora.lora or pref.pref_loss in ("simpo", "orpo")):
+        add('"precompute_ref_log_probs" applies to full fine-tuning with a loss that has a reference (LoRA runs use '
+            "the adapters-off model, SimPO and ORPO none); remove it.", "precompute_ref_log_probs")  # fmt: skip
     ref = pref.ref_model_name_or_path
     if ref is not None:
         if pref.pref_loss in ("simpo", "orpo"):

@@ -36,7 +36,8 @@ ANSWER_INDEX = "answer_index"
 ANSWER_TARGETS = "answer_targets"
 ANSWER_SEGMENT = "answer_segment"
 PAIR_COUNT = "pair_count"
-PAIR_KEYS = (ANSWER_INDEX, ANSWER_TARGETS, ANSWER_SEGMENT, PAIR_COUNT)
+PAIR_IDS = "pair_ids"  # "file#index" of each pair in batch order (the key of precomputed reference log-probs)
+PAIR_KEYS = (ANSWER_INDEX, ANSWER_TARGETS, ANSWER_SEGMENT, PAIR_COUNT, PAIR_IDS)
 
 
 def answer_span(labels: Sequence[int]) -> tuple[int, int]:
@@ -127,6 +128,7 @@ class PairProcessor:
             out["pixel_values"] = np.concatenate([v["pixel_values"] for v in images])
             out["image_grid_thw"] = np.concatenate([v["image_grid_thw"] for v in images])
         out[PAIR_COUNT] = 1
+        out[PAIR_IDS] = [f"{pair.source}#{pair.index}"]
         return out
 
     def length(self, pair: Pair, template: ChatTemplate) -> int:
@@ -154,6 +156,7 @@ def join_pairs(pairs: Sequence[dict[str, Any]], positions: Any = None) -> dict[s
         ANSWER_TARGETS: np.concatenate([p[ANSWER_TARGETS] for p in pairs]),
         ANSWER_SEGMENT: np.concatenate([p[ANSWER_SEGMENT] + 2 * c for p, c in zip(pairs, counts)]),
         PAIR_COUNT: int(counts[-1]),
+        PAIR_IDS: [pid for p in pairs for pid in p.get(PAIR_IDS, ["?"])],
         "sample_ids": [sid for p in pairs for sid in (p.get("sample_ids") or [str(p.get("sample_id", "?"))])],
     }
     images = [p for p in pairs if "pixel_values" in p]
@@ -188,6 +191,7 @@ def pair_batch(rows: Sequence[dict[str, Any]], pad_token_id: int, length: int) -
     batch[ANSWER_TARGETS] = np.concatenate(targets).astype("int64")
     batch[ANSWER_SEGMENT] = np.concatenate(segments).astype("int64")
     batch[PAIR_COUNT] = np.asarray(pairs, dtype="int64")
+    batch[PAIR_IDS] = [pid for row in rows for pid in row.get(PAIR_IDS, ["?"] * int(row[PAIR_COUNT]))]
     images = [row for row in rows if "pixel_values" in row]
     if images:
         batch["pixel_values"] = np.concatenate([row["pixel_values"] for row in images]).astype("float32")

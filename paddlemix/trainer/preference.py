@@ -8,21 +8,39 @@ policy alone (the held-out preference accuracy of the demo).
 
 The reference model: with LoRA it is the trained model with its adapters switched off (`adapters_off`, no copy);
 for full fine-tuning a frozen copy loaded from `ref_model_name_or_path` (default: the starting model); none for the
-reference-free losses (SimPO, ORPO).
+reference-free losses (SimPO, ORPO); or, with `precompute_ref_log_probs`, the reference log-probs of every pair
+computed once by that copy before training, stored as `output_dir/reference_logps.json` and reused on resume (the
+copy is freed before training starts).
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 from collections import defaultdict
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import paddle
 import paddle.nn.functional as F
 
-from paddlemix.datasets.pair_packing import ANSWER_INDEX, ANSWER_SEGMENT, ANSWER_TARGETS, PAIR_COUNT, PAIR_KEYS
+from paddlemix.datasets.conversation import SampleError
+from paddlemix.datasets.pair_packing import (
+    ANSWER_INDEX,
+    ANSWER_SEGMENT,
+    ANSWER_TARGETS,
+    PAIR_COUNT,
+    PAIR_IDS,
+    PAIR_KEYS,
+)
 from paddlemix.peft.layers import adapters_off
 from paddlemix.trainer.dpo_loss import PreferenceLoss
+from paddlemix.utils.errors import UserError
+
+logger = logging.getLogger(__name__)
+REFERENCE_LOGPS = "reference_logps.json"
 
 METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
            "logps/rejected", "logps/accuracies", "sft_loss")  # fmt: skip
@@ -101,5 +119,60 @@ def copy_reference(reference_model: Any) -> Callable[[Any, dict[str, Any]], padd
 
     def reference(model: Any, inputs: dict[str, Any]) -> paddle.Tensor:
         return answer_logps(reference_model, inputs)[0]
+
+    return reference
+
+
+def precompute_reference(
+    reference_model: Any, datasets: list[Any], collate: Callable, batch_size: int, path: Path, write: bool
+) -> dict[str, list[float]]:
+    """{pair id: [chosen, rejected]} summed reference log-probs of every usable pair of `datasets` (encoded pair
+    datasets), read from `path` when an earlier run (or a resumed one) wrote it; written atomically by `write`."""
+    if path.is_file():
+        table = json.loads(path.read_text(encoding="utf-8"))
+        logger.info("reference log-probs of %d pairs read from %s", len(table), path)
+        return table
+    reference_model.eval()
+    table: dict[str, list[float]] = {}
+    for data in datasets:
+        items = []
+        for i in range(len(data)):
+            try:
+                items.append(data.encode(i))
+            except SampleError:
+                continue
+            if len(items) == batch_size or i == len(data) - 1:
+                batch = collate(items)
+                tensors = {k: paddle.to_tensor(v) if hasattr(v, "dtype") else v for k, v in batch.items()}
+                with paddle.no_grad():
+                    logps = answer_logps(reference_model, {k: tensors[k] for k in tensors if k in FORWARD_KEYS
+                                                           or k in PAIR_KEYS})[0].numpy()  # fmt: skip
+                for k, pair_id in enumerate(batch[PAIR_IDS]):
+                    table[pair_id] = [float(logps[2 * k]), float(logps[2 * k + 1])]
+                items = []
+    if write:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(table), encoding="utf-8")
+        tmp.replace(path)
+    logger.info("reference log-probs of %d pairs computed once and stored in %s", len(table), path)
+    return table
+
+
+FORWARD_KEYS = ("input_ids", "position_ids", "attn_mask_startend_row_indices", "pixel_values", "image_grid_thw")
+
+
+def table_reference(table: dict[str, list[float]], path: Path) -> Callable[[Any, dict[str, Any]], paddle.Tensor]:
+    """The reference of a run with precomputed log-probs: looked up by pair id, no model."""
+
+    def reference(model: Any, inputs: dict[str, Any]) -> paddle.Tensor:
+        try:
+            values = [v for pair_id in inputs[PAIR_IDS] for v in table[pair_id]]
+        except KeyError as err:
+            raise UserError(
+                f"{path} has no reference log-probs for pair {err}: the data changed since they were computed. "
+                f"Delete {path} (it is computed again) or use the data of the first run."
+            ) from None
+        return paddle.to_tensor(values, dtype="float32")
 
     return reference

@@ -130,7 +130,7 @@ def clear_run_outputs(out: Path) -> None:
     """For `overwrite_output_dir`: remove the checkpoints and logs of the earlier run, nothing else."""
     for path in checkpoints.checkpoints(out):
         shutil.rmtree(path, ignore_errors=True)
-    for name in (TRAIN_LOG, SKIPPED, "all_results.json", SUMMARY, LOSS_CURVE):
+    for name in (TRAIN_LOG, SKIPPED, "all_results.json", SUMMARY, LOSS_CURVE, "reference_logps.json"):
         (out / name).unlink(missing_ok=True)
 
 
@@ -420,14 +420,21 @@ def generation_scorer(args: RunArgs, model: Any, processor: Any, adapter: ModelA
     return score
 
 
-def preference_stage(args: RunArgs, adapter: ModelAdapter, model: Any) -> Any:
+def preference_stage(args: RunArgs, adapter: ModelAdapter, model: Any, datasets: list[Any], collate: Any) -> Any:
     """The loss of `"stage": "dpo"` with its reference model (None for SFT); the reference choice is logged with
-    its memory cost."""
+    its memory cost. `datasets` (encoded pair datasets) and `collate` serve `precompute_ref_log_probs`."""
     pref = args.preference
     if pref.stage != "dpo":
         return None
     from paddlemix.trainer.dpo_loss import PreferenceLoss
-    from paddlemix.trainer.preference import PreferenceStage, copy_reference, lora_reference
+    from paddlemix.trainer.preference import (
+        REFERENCE_LOGPS,
+        PreferenceStage,
+        copy_reference,
+        lora_reference,
+        precompute_reference,
+        table_reference,
+    )
 
     loss = PreferenceLoss(pref.pref_loss, pref.pref_beta, pref.simpo_gamma, pref.label_smoothing, pref.pref_ftx)
     reference = None
@@ -442,9 +449,18 @@ def preference_stage(args: RunArgs, adapter: ModelAdapter, model: Any) -> Any:
         ref_model = adapter.load_model(path, dtype=load_dtype(args.training), device=args.training.device,
                                        allow_pickle=args.model.allow_pickle_weights)  # fmt: skip
         size = sum(int(p.numel()) * p.element_size() for p in ref_model.parameters())
-        logger.info("preference loss %s: the reference is a frozen copy of %s (%.1f MB more memory)",
-                    pref.pref_loss, path, size / 2**20)  # fmt: skip
-        reference = copy_reference(ref_model)
+        if pref.precompute_ref_log_probs:
+            file = Path(args.training.output_dir) / REFERENCE_LOGPS
+            table = precompute_reference(ref_model, datasets, collate, args.training.per_device_eval_batch_size,
+                                         file, args.training.process_index == 0)  # fmt: skip
+            del ref_model
+            logger.info("preference loss %s: reference log-probs precomputed by %s (%.1f MB during the first pass "
+                        "only, none while training)", pref.pref_loss, path, size / 2**20)  # fmt: skip
+            reference = table_reference(table, file)
+        else:
+            logger.info("preference loss %s: the reference is a frozen copy of %s (%.1f MB more memory)",
+                        pref.pref_loss, path, size / 2**20)  # fmt: skip
+            reference = copy_reference(ref_model)
     logger.info("preference training: pref_loss %s, pref_beta %g%s", pref.pref_loss, pref.pref_beta,
                 f", pref_ftx {pref.pref_ftx}" if pref.pref_ftx else "")  # fmt: skip
     return PreferenceStage(loss, reference)
@@ -485,12 +501,13 @@ def run_sft(args: RunArgs) -> dict[str, Any]:
         preflight(train_set if training.do_train else None, skips, eval_set)
     image_token_id = processor.tokenizer.convert_tokens_to_ids(adapter.image_token)
     templates = trained_templates(args.data.train, args.model.model_name_or_path, adapter.vision_placeholder)
+    collator = Collator(processor.tokenizer.pad_token_id)
     trainer = MIXTrainer(
         model=model,
         args=training,
         train_dataset=train_set,
         eval_dataset=eval_set,
-        data_collator=GuardedCollator(Collator(processor.tokenizer.pad_token_id)),
+        data_collator=GuardedCollator(collator),
         image_token_id=image_token_id,
         head_owner=base_model(model),
         # Several processes: DataParallel's gradient reducer expects each parameter once per step, which the
@@ -499,7 +516,9 @@ def run_sft(args: RunArgs) -> dict[str, Any]:
         generation_eval=generation_scorer(args, model, processor, adapter),
         chat_template=chosen_template(templates, warn=training.process_index == 0),
         skip_log=skips,
-        stage=preference_stage(args, adapter, model),
+        stage=preference_stage(
+            args, adapter, model, [getattr(d, "encoded", d) for d in (train_set, eval_set) if d is not None], collator
+        ),  # fmt: skip
         callbacks=[JsonlLogCallback(), SkipBudgetCallback(skips)],
     )
     # First in line, so the printer, the progress bar and the JSONL log all see the throughput fields.

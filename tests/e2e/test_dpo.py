@@ -51,16 +51,23 @@ def test_lora_dpo_with_mixtoken_logs_preference_metrics(pair_workspace: Path, ru
     assert any("max_length" in r for r in skipped) and any("2 images" in r for r in skipped)
 
 
-def test_full_dpo_uses_a_frozen_reference_copy(pair_workspace: Path, run_tool) -> None:
-    proc = run_tool("supervised_finetune.py", str(CONFIG), "--lora", "false", "--max_steps", "2", "--do_eval",
-                    "false", "--evaluation_strategy", "no", "--dataset",
-                    json.dumps({"train": [{"name": "chatml_dataset", "data_files": "pairs/pairs_swift.jsonl"}]}),
-                    "--output_dir", "full", cwd=pair_workspace)  # fmt: skip
+def test_full_dpo_precomputed_reference_trains_like_the_frozen_copy(pair_workspace: Path, run_tool) -> None:
+    common = ["--lora", "false", "--max_steps", "2", "--do_eval", "false", "--evaluation_strategy", "no",
+              "--dataset", json.dumps({"train": [{"name": "chatml_dataset", "data_files": "pairs/pairs_swift.jsonl"}]})]  # fmt: skip
+    proc = run_tool("supervised_finetune.py", str(CONFIG), *common, "--output_dir", "copy", cwd=pair_workspace)
     assert "the reference is a frozen copy" in proc.stderr
-    train = [r for r in records(pair_workspace / "full") if "loss" in r]
-    assert train[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
-    assert train[1]["rewards/margins"] != 0.0
-    assert (pair_workspace / "full" / "model.safetensors").is_file()
+    proc = run_tool("supervised_finetune.py", str(CONFIG), *common, "--precompute_ref_log_probs", "true",
+                    "--output_dir", "pre", cwd=pair_workspace)  # fmt: skip
+    assert "reference log-probs precomputed" in proc.stderr
+    assert len(json.loads((pair_workspace / "pre" / "reference_logps.json").read_text())) == 32
+    copy = [r for r in records(pair_workspace / "copy") if "loss" in r]
+    pre = [r for r in records(pair_workspace / "pre") if "loss" in r]
+    assert copy[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
+    assert copy[1]["rewards/margins"] != 0.0
+    for a, b in zip(copy, pre):
+        for key in ("loss", *METRICS):
+            assert b[key] == pytest.approx(a[key], abs=1e-5), key
+    assert (pair_workspace / "pre" / "model.safetensors").is_file()
 
 
 def test_check_data_reports_pairs_and_bad_pair_reasons(pair_workspace: Path, run_tool) -> None:
