@@ -236,6 +236,8 @@ def test_preference_keys_and_their_peer_names(tmp_path, model_dir, data_file) ->
         ({"stage": "dpo", "pref_loss": "simpo", "ref_model_name_or_path": "x"}, "ref_model_name_or_path"),
         ({"stage": "dpo", "ref_model_name_or_path": "missing"}, "ref_model_name_or_path"),
         ({"stage": "dpo", "pref_beta": 0.1, "beta": 0.2}, "beta"),
+        ({"stage": "dpo", "lora": True, "precompute_ref_log_probs": True}, "precompute_ref_log_probs"),
+        ({"stage": "dpo", "lora": True, "train_type": "use_lora"}, "train_type"),
     ],
 )
 def test_bad_preference_keys_fail_before_the_model_loads(tmp_path, model_dir, data_file, extra, key) -> None:

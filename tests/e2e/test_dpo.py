@@ -80,3 +80,33 @@ def test_check_data_reports_pairs_and_bad_pair_reasons(pair_workspace: Path, run
     assert source["skip_reasons"] == {"no rejected answer": 3, "chosen and rejected answers are identical": 1,
                                       "1 <image> placeholders but 2 images": 1, "longer than max_length": 1}  # fmt: skip
     assert source["usable"] == source["records"] - 6
+
+
+@pytest.mark.multiprocess
+def test_two_process_data_parallel_dpo_matches_one_process(pair_workspace: Path, run_tool) -> None:
+    """The loss of a step is the mean over its pairs on all ranks: 2 processes x 2 pairs train like 1 x 4."""
+    import os
+    import subprocess
+
+    import numpy as np
+
+    from paddlemix.utils.io import load_safetensors
+
+    common = ["--dataset", json.dumps({"train": [{"name": "chatml_dataset", "data_files": "pairs/pairs_swift.jsonl"}]}),
+              "--do_eval", "false", "--evaluation_strategy", "no", "--max_steps", "2", "--dataloader_shuffle", "false",
+              "--save_steps", "100", "--learning_rate", "0.01", "--warmup_ratio", "0"]  # fmt: skip
+    run_tool("supervised_finetune.py", str(CONFIG), *common, "--per_device_train_batch_size", "4",
+             "--output_dir", "single", cwd=pair_workspace)  # fmt: skip
+    env = {**os.environ, "NPROC": "2"}
+    proc = subprocess.run(["sh", str(CONFIG.parents[2] / "paddlemix" / "tools" / "train.sh"), str(CONFIG), *common,
+                           "--per_device_train_batch_size", "2", "--output_dir", "dp"],
+                          cwd=pair_workspace, env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    single = [r["loss"] for r in records(pair_workspace / "single") if "loss" in r]
+    dp = [r["loss"] for r in records(pair_workspace / "dp") if "loss" in r]
+    np.testing.assert_allclose(dp, single, atol=1e-5)
+    a = load_safetensors(pair_workspace / "single" / "adapter_model.safetensors")
+    b = load_safetensors(pair_workspace / "dp" / "adapter_model.safetensors")
+    assert any(np.abs(v).max() > 0 for k, v in a.items() if "lora_B" in k)
+    for key in a:
+        np.testing.assert_allclose(b[key], a[key], atol=2e-5, err_msg=key)
