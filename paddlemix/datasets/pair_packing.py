@@ -99,8 +99,7 @@ class PairProcessor:
         self.max_length = encoder.max_length
 
     def _side(self, sample: Any, template: ChatTemplate, vision: dict) -> tuple[np.ndarray, tuple[int, int]]:
-        segments = template.segments(self.encoder.with_vision_tokens(sample.messages))
-        ids, labels = self.encoder._encode(sample, segments, vision)
+        ids, labels = self.encoder._encode(sample, self.encoder.training_segments(sample, template), vision)
         return np.asarray(ids, dtype="int64"), answer_span(labels)
 
     def _sides(self, pair: Pair, template: ChatTemplate, vision_c: dict, vision_r: dict) -> tuple:

@@ -18,11 +18,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import paddle
 import paddle.nn.functional as F
 
@@ -63,13 +63,19 @@ class PreferenceStage:
     """Callable by the trainer: `(model, inputs, training)` -> the sum over the batch's pairs of their losses.
 
     `reference` computes the reference log-probs of a batch (None for reference-free losses); see
-    `lora_reference` and `copy_reference`.
+    `lora_reference` and `copy_reference`. Metrics: training sums per optimizer step on this rank
+    (`finish_step` adds them over the ranks), then means per logging interval (`pop_metrics`); evaluation keeps
+    one row per pair id (`take_eval_rows`, gathered over the ranks by the trainer, then `eval_metrics`).
     """
 
     def __init__(self, loss: PreferenceLoss, reference: Callable[[Any, dict[str, Any]], paddle.Tensor] | None):
         self.loss = loss
         self.reference = reference
-        self.sums: dict[str, dict[str, float]] = {"train": defaultdict(float), "eval": defaultdict(float)}
+        self.names = METRICS if loss.ftx > 0 or loss.kind == "orpo" else METRICS[:-1]
+        self.step_sums = np.zeros(len(self.names) + 1)  # this rank, this optimizer step: [pairs, metric sums]
+        self.train_sums = np.zeros(len(self.names) + 1)  # all ranks, since the last log
+        self.eval_rows: dict[str, list[float]] = {}  # pair id -> metric values
+        self.last_losses: paddle.Tensor | None = None  # [P] of the last call
 
     def __call__(self, model: Any, inputs: dict[str, Any], training: bool = True) -> paddle.Tensor:
         logps, counts = answer_logps(model, inputs)
@@ -81,28 +87,46 @@ class PreferenceStage:
             logps[0::2], logps[1::2], None if ref is None else ref[0::2], None if ref is None else ref[1::2],
             counts[0::2], counts[1::2],
         )  # fmt: skip
-        self.note("train" if training else "eval", logps.detach(), r_c.detach(), r_r.detach(), sft.detach())
+        rows = self.pair_metrics(logps.detach(), r_c.detach(), r_r.detach(), sft.detach())  # [P, metrics]
+        if training:
+            self.step_sums += np.concatenate([[len(rows)], rows.sum(axis=0)])
+        else:
+            self.eval_rows.update(zip(inputs[PAIR_IDS], rows.tolist()))
+        self.last_losses = losses.detach()
         return losses.sum()
 
-    def note(self, split: str, logps: paddle.Tensor, r_c: paddle.Tensor, r_r: paddle.Tensor, sft: Any) -> None:
-        sums = self.sums[split]
-        sums["pairs"] += int(r_c.shape[0])
-        sums["rewards/chosen"] += float(r_c.sum())
-        sums["rewards/rejected"] += float(r_r.sum())
-        sums["rewards/accuracies"] += float((r_c > r_r).astype("float32").sum())
-        sums["rewards/margins"] += float((r_c - r_r).sum())
-        sums["logps/chosen"] += float(logps[0::2].sum())
-        sums["logps/rejected"] += float(logps[1::2].sum())
-        sums["logps/accuracies"] += float((logps[0::2] > logps[1::2]).astype("float32").sum())
-        if self.loss.ftx > 0 or self.loss.kind == "orpo":
-            sums["sft_loss"] += float(sft.sum())
+    def pair_metrics(self, logps: paddle.Tensor, r_c: paddle.Tensor, r_r: paddle.Tensor, sft: Any) -> np.ndarray:
+        """Each pair's metrics in the order of `self.names` ([P, metrics], float64)."""
+        chosen, rejected = logps[0::2], logps[1::2]
+        columns = {
+            "rewards/chosen": r_c, "rewards/rejected": r_r, "rewards/accuracies": (r_c > r_r).astype("float32"),
+            "rewards/margins": r_c - r_r, "logps/chosen": chosen, "logps/rejected": rejected,
+            "logps/accuracies": (chosen > rejected).astype("float32"), "sft_loss": sft,
+        }  # fmt: skip
+        return np.stack([columns[name].astype("float64").numpy() for name in self.names], axis=-1)
 
-    def pop_metrics(self, split: str = "train") -> dict[str, float]:
-        """The mean of each metric over the pairs seen since the last call (train) or in this evaluation."""
-        sums, self.sums[split] = self.sums[split], defaultdict(float)
-        pairs = sums.pop("pairs", 0)
-        prefix = "eval_" if split == "eval" else ""
-        return {f"{prefix}{k}": round(v / pairs, 6) for k, v in sums.items()} if pairs else {}
+    def finish_step(self, reduce: Callable[[list[float]], list[float]]) -> None:
+        """At the end of an optimizer step (every rank): add the step's sums of all ranks (`reduce`) to the
+        interval's."""
+        self.train_sums += np.asarray(reduce(self.step_sums.tolist()))
+        self.step_sums[:] = 0
+
+    def pop_metrics(self) -> dict[str, float]:
+        """The mean of each training metric over the pairs (of all ranks) since the last call."""
+        sums, self.train_sums = self.train_sums, np.zeros_like(self.train_sums)
+        pairs = sums[0]
+        return {k: round(float(v / pairs), 6) for k, v in zip(self.names, sums[1:])} if pairs else {}
+
+    def take_eval_rows(self) -> dict[str, list[float]]:
+        rows, self.eval_rows = self.eval_rows, {}
+        return rows
+
+    def eval_metrics(self, rows: dict[str, list[float]], prefix: str = "eval") -> dict[str, float]:
+        """The mean of each metric over the evaluated pairs, each counted once."""
+        if not rows:
+            return {}
+        means = np.asarray(list(rows.values()), dtype="float64").mean(axis=0)
+        return {f"{prefix}_{k}": round(float(v), 6) for k, v in zip(self.names, means)}
 
 
 def lora_reference(model: Any, inputs: dict[str, Any]) -> paddle.Tensor:
