@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
         for problem in split["templates"].values():
             if problem:
                 print(f"warning: {problem}")
-    print(f"{total} records checked in {report['seconds']} s; report: {out}")
+    print(f"{total} {unit} checked in {report['seconds']} s; report: {out}")
     if show or dump:
         preview(args, adapter, processor, encoder, splits, show, dump)
     sys.exit(print_verdict(report))

@@ -93,7 +93,7 @@ def test_shortened_dpo_demo_reaches_the_preference_target(tmp_path: Path, monkey
     monkeypatch.setattr(sys, "argv", [str(dpo_demo)])
     demo = runpy.run_path(str(dpo_demo))
     result = demo["main"](["--workdir", str(tmp_path), "--n_train", "240", "--n_eval", "40", "--num_train_epochs",
-                           "2", "--per_device_eval_batch_size", "40"])  # fmt: skip
+                           "3", "--per_device_eval_batch_size", "40"])  # fmt: skip
     assert result["preference_accuracy"] >= 0.95, result
     assert result["answer_accuracy_after"] >= result["answer_accuracy_before"], result
     assert demo["exit_code"](result) == 0

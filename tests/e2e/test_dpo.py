@@ -73,10 +73,11 @@ def test_full_dpo_precomputed_reference_trains_like_the_frozen_copy(pair_workspa
 def test_check_data_reports_pairs_and_bad_pair_reasons(pair_workspace: Path, run_tool) -> None:
     dataset = {"train": [{"name": "chatml_dataset", "data_files": ["pairs/pairs_swift.jsonl", "pairs/bad.jsonl"]}]}
     proc = run_tool("check_data.py", str(CONFIG), "--dataset", json.dumps(dataset), "--do_eval", "false",
-                    "--report", "report.json", cwd=pair_workspace)  # fmt: skip
+                    "--max_skip_ratio", "0.5", "--report", "report.json", cwd=pair_workspace)  # fmt: skip
     report = json.loads((pair_workspace / "report.json").read_text())
     source = next(iter(report["splits"]["train"]["sources"].values()))
-    assert report["unit"] == "pairs" and "pairs, 6 skipped" in proc.stdout
+    assert report["unit"] == "pairs" and "pairs, 6 skipped" in proc.stdout and "39 pairs checked" in proc.stdout
+    assert report["verdict"] == "warn"
     assert source["skip_reasons"] == {"no rejected answer": 3, "chosen and rejected answers are identical": 1,
                                       "1 <image> placeholders but 2 images": 1, "longer than max_length": 1}  # fmt: skip
     assert source["usable"] == source["records"] - 6
@@ -98,7 +99,7 @@ def test_two_process_data_parallel_dpo_matches_one_process(pair_workspace: Path,
     run_tool("supervised_finetune.py", str(CONFIG), *common, "--per_device_train_batch_size", "4",
              "--output_dir", "single", cwd=pair_workspace)  # fmt: skip
     env = {**os.environ, "NPROC": "2"}
-    proc = subprocess.run(["sh", str(CONFIG.parents[2] / "paddlemix" / "tools" / "train.sh"), str(CONFIG), *common,
+    proc = subprocess.run(["sh", str(CONFIG.parents[2] / "tools" / "train.sh"), str(CONFIG), *common,
                            "--per_device_train_batch_size", "2", "--output_dir", "dp"],
                           cwd=pair_workspace, env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
