@@ -280,6 +280,9 @@ OWN_GROUPS = {"model": ModelArgs, "data": DataArgs, "lora": LoraArgs, "runtime":
               "preference": PreferenceArgs}  # fmt: skip
 # The preference keys under the names TRL and ms-swift use.
 PREFERENCE_ALIASES = {"loss_type": "pref_loss", "beta": "pref_beta", "rpo_alpha": "pref_ftx"}
+# What a preference run logs per logging interval and evaluation (`eval_` prefix); `sft_loss` with an SFT term.
+PREFERENCE_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
+                      "logps/rejected", "logps/accuracies", "sft_loss")  # fmt: skip
 DATA_SPLITS = ("train", "eval")
 # TrainingArguments defaults that differ for multimodal fine-tuning.
 # `sharding: ""` makes several processes plain data parallel unless the user asks for sharding; `do_train` is on
@@ -780,7 +783,15 @@ def _validate_best_model(args: RunArgs, training: dict[str, Any], problems: Prob
             "load_best_model_at_end",
         )
     metric = str(training.get("metric_for_best_model") or "loss")
-    if metric.removeprefix("eval_") != "loss" and not args.runtime.eval_generation:
+    if args.preference.stage == "dpo":  # pair evaluations log the loss and the preference metrics
+        if metric.removeprefix("eval_") not in ("loss", *PREFERENCE_METRICS):
+            problems.add(
+                f'"metric_for_best_model" = "{metric}" is not logged by a preference run; use "eval_loss" or one of '
+                f'{", ".join("eval_" + m for m in PREFERENCE_METRICS)} (with "greater_is_better": true for accuracies, '
+                "rewards and margins).",
+                "metric_for_best_model",
+            )
+    elif metric.removeprefix("eval_") != "loss" and not args.runtime.eval_generation:
         problems.add(
             f'"metric_for_best_model" = "{metric}" is not logged by this run: without "eval_generation": true the '
             'evaluation logs only "eval_loss"; use "eval_loss", or turn on "eval_generation" for "eval_accuracy" / '
@@ -831,9 +842,14 @@ def _validate_preference(args: RunArgs, given: set[str], training: dict[str, Any
             if source.name != "chatml_dataset":
                 add(f'dataset.{split}[{i}]: "stage": "dpo" reads preference pairs from "chatml_dataset" sources '
                     f'(ms-swift, LLaMA-Factory, TRL or PaddleFormers pair records), not "{source.name}".', "dataset")  # fmt: skip
-    if training.get("pipeline_model_parallel_size", 1) > 1:
-        add('"pipeline_parallel_degree" > 1 is not supported with "stage": "dpo" yet; use data parallelism.',
-            "pipeline_parallel_degree")  # fmt: skip
+    if max(training.get("pipeline_model_parallel_size", 1) or 1, 1) > 1:
+        add('"pipeline_parallel_degree" > 1 is not supported with "stage": "dpo" (the pair loss needs the whole '
+            "model's logits of both answers in one place); use data parallelism, \"sharding\" or "
+            '"tensor_parallel_degree" instead, and set "pipeline_parallel_degree": 1.', "pipeline_parallel_degree")  # fmt: skip
+    if args.runtime.eval_generation:
+        add('"eval_generation" is not supported with "stage": "dpo" (eval records are preference pairs); the '
+            "evaluation logs the pair loss and eval_rewards/* and eval_logps/*. Score answers after training "
+            "with paddlemix/tools/infer.py on SFT-format records.", "eval_generation")  # fmt: skip
 
 
 def _validate_source(source: DatasetSource, key: str, problems: Problems) -> None:

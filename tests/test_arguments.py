@@ -244,8 +244,38 @@ def test_preference_keys_and_their_peer_names(tmp_path, model_dir, data_file) ->
         ({"stage": "dpo", "pref_beta": 0.1, "beta": 0.2}, "beta"),
         ({"stage": "dpo", "lora": True, "precompute_ref_log_probs": True}, "precompute_ref_log_probs"),
         ({"stage": "dpo", "lora": True, "train_type": "use_lora"}, "train_type"),
+        ({"stage": "dpo", "eval_generation": True}, "eval_generation"),
+        ({"stage": "dpo", "do_eval": True, "dataset": {"train": [], "eval": []}, "load_best_model_at_end": True,
+          "evaluation_strategy": "steps", "metric_for_best_model": "eval_accuracy"}, "metric_for_best_model"),
     ],
 )
 def test_bad_preference_keys_fail_before_the_model_loads(tmp_path, model_dir, data_file, extra, key) -> None:
+    if "dataset" in extra:
+        extra["dataset"] = {"train": [{"name": "chatml_dataset", "data_files": str(data_file)}],
+                            "eval": [{"name": "chatml_dataset", "data_files": str(data_file)}]}  # fmt: skip
     with pytest.raises(UserError, match=key):
         arguments.load(write_args(tmp_path, model_dir, data_file, **extra))
+
+
+def test_preference_metrics_may_pick_the_best_checkpoint(tmp_path, model_dir, data_file) -> None:
+    sources = {"train": [{"name": "chatml_dataset", "data_files": str(data_file)}],
+               "eval": [{"name": "chatml_dataset", "data_files": str(data_file)}]}  # fmt: skip
+    args = arguments.load(write_args(tmp_path, model_dir, data_file, stage="dpo", lora=True, dataset=sources,
+                                     do_eval=True, evaluation_strategy="steps", save_strategy="steps",
+                                     load_best_model_at_end=True, greater_is_better=True,
+                                     metric_for_best_model="eval_rewards/accuracies"))  # fmt: skip
+    assert args.training.metric_for_best_model == "eval_rewards/accuracies"
+
+
+def test_pipeline_parallel_preference_run_is_refused_in_one_message(tmp_path, model_dir, data_file, monkeypatch):
+    """Pipeline parallel with "stage": "dpo" (also with LoRA and evaluation, which pipeline runs refuse too) is one
+    problem that names the alternatives, not a list of pipeline problems."""
+    monkeypatch.setenv("PADDLE_TRAINERS_NUM", "2")
+    sources = {"train": [{"name": "chatml_dataset", "data_files": str(data_file)}],
+               "eval": [{"name": "chatml_dataset", "data_files": str(data_file)}]}  # fmt: skip
+    path = write_args(tmp_path, model_dir, data_file, stage="dpo", lora=True, dataset=sources, do_eval=True,
+                      pipeline_parallel_degree=2)  # fmt: skip
+    with pytest.raises(UserError) as err:
+        arguments.load(path)
+    message = str(err.value)
+    assert "problems" not in message and '"stage": "dpo"' in message and "tensor_parallel_degree" in message

@@ -26,6 +26,7 @@ import numpy as np
 import paddle
 import paddle.nn.functional as F
 
+from paddlemix.arguments import PREFERENCE_METRICS
 from paddlemix.datasets.conversation import SampleError
 from paddlemix.datasets.pair_packing import (
     ANSWER_INDEX,
@@ -33,7 +34,6 @@ from paddlemix.datasets.pair_packing import (
     ANSWER_TARGETS,
     PAIR_COUNT,
     PAIR_IDS,
-    PAIR_KEYS,
 )
 from paddlemix.peft.layers import adapters_off
 from paddlemix.trainer.dpo_loss import PreferenceLoss
@@ -42,15 +42,15 @@ from paddlemix.utils.errors import UserError
 logger = logging.getLogger(__name__)
 REFERENCE_LOGPS = "reference_logps.json"
 
-METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
-           "logps/rejected", "logps/accuracies", "sft_loss")  # fmt: skip
+FORWARD_KEYS = ("input_ids", "position_ids", "attn_mask_startend_row_indices", "pixel_values", "image_grid_thw")
+METRICS = PREFERENCE_METRICS
 
 
 def answer_logps(model: Any, inputs: dict[str, Any]) -> tuple[paddle.Tensor, paddle.Tensor]:
     """Summed log-probabilities [2P] and scored token counts [2P] of every answer of a pair batch (index 2k the
     chosen, 2k + 1 the rejected answer of pair k), float32. Only the scored rows of the logits are normalised."""
     pairs = int(inputs[PAIR_COUNT])
-    forward = {k: v for k, v in inputs.items() if k not in PAIR_KEYS}
+    forward = {k: inputs[k] for k in FORWARD_KEYS if k in inputs}  # not the bookkeeping entries of the batch
     logits = model(**forward).logits  # [B, L, vocab]
     picked = paddle.gather(logits.reshape([-1, logits.shape[-1]]), inputs[ANSWER_INDEX])  # [T, vocab]
     logp = F.log_softmax(picked.astype("float32"), axis=-1)
@@ -169,8 +169,7 @@ def precompute_reference(
                 batch = collate(items)
                 tensors = {k: paddle.to_tensor(v) if hasattr(v, "dtype") else v for k, v in batch.items()}
                 with paddle.no_grad():
-                    logps = answer_logps(reference_model, {k: tensors[k] for k in tensors if k in FORWARD_KEYS
-                                                           or k in PAIR_KEYS})[0].numpy()  # fmt: skip
+                    logps = answer_logps(reference_model, tensors)[0].numpy()
                 for k, pair_id in enumerate(batch[PAIR_IDS]):
                     table[pair_id] = [float(logps[2 * k]), float(logps[2 * k + 1])]
                 items = []
@@ -182,8 +181,6 @@ def precompute_reference(
     logger.info("reference log-probs of %d pairs computed once and stored in %s", len(table), path)
     return table
 
-
-FORWARD_KEYS = ("input_ids", "position_ids", "attn_mask_startend_row_indices", "pixel_values", "image_grid_thw")
 
 
 def table_reference(table: dict[str, list[float]], path: Path) -> Callable[[Any, dict[str, Any]], paddle.Tensor]:

@@ -19,7 +19,8 @@ from paddlemix.processors.sample_processor import IGNORE_INDEX
 from paddlemix.trainer.dpo_loss import PreferenceLoss
 from paddlemix.trainer.preference import answer_logps
 
-FAMILIES = {"qwen2_5_vl": "tiny_model_dir", "qwen3_vl": "tiny_qwen3_vl_dir", "qwen2_vl": "tiny_qwen2_vl_dir"}
+FAMILIES = {"qwen2_5_vl": "tiny_model_dir", "qwen3_vl": "tiny_qwen3_vl_dir", "qwen2_vl": "tiny_qwen2_vl_dir",
+            "llava": "tiny_llava_dir"}  # fmt: skip
 GRAD_PARAMS = ("lm_head.weight",)
 
 
