@@ -230,6 +230,11 @@ def test_preference_keys_and_their_peer_names(tmp_path, model_dir, data_file) ->
     assert arguments.load(write_args(tmp_path, model_dir, data_file)).preference.stage == "sft"  # the default
 
 
+# a preference run picking its best checkpoint by a generation metric it does not log (eval sources filled in)
+BEST_BY_GENERATION = {"stage": "dpo", "do_eval": True, "dataset": {}, "load_best_model_at_end": True,
+                      "evaluation_strategy": "steps", "metric_for_best_model": "eval_accuracy"}  # fmt: skip
+
+
 @pytest.mark.parametrize(
     "extra, key",
     [
@@ -245,8 +250,7 @@ def test_preference_keys_and_their_peer_names(tmp_path, model_dir, data_file) ->
         ({"stage": "dpo", "lora": True, "precompute_ref_log_probs": True}, "precompute_ref_log_probs"),
         ({"stage": "dpo", "lora": True, "train_type": "use_lora"}, "train_type"),
         ({"stage": "dpo", "eval_generation": True}, "eval_generation"),
-        ({"stage": "dpo", "do_eval": True, "dataset": {"train": [], "eval": []}, "load_best_model_at_end": True,
-          "evaluation_strategy": "steps", "metric_for_best_model": "eval_accuracy"}, "metric_for_best_model"),
+        (BEST_BY_GENERATION, "metric_for_best_model"),
     ],
 )
 def test_bad_preference_keys_fail_before_the_model_loads(tmp_path, model_dir, data_file, extra, key) -> None:

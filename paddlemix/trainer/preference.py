@@ -182,7 +182,6 @@ def precompute_reference(
     return table
 
 
-
 def table_reference(table: dict[str, list[float]], path: Path) -> Callable[[Any, dict[str, Any]], paddle.Tensor]:
     """The reference of a run with precomputed log-probs: looked up by pair id, no model."""
 
