@@ -27,7 +27,6 @@ import paddle
 import paddle.nn.functional as F
 
 from paddlemix.arguments import PREFERENCE_METRICS
-from paddlemix.datasets.conversation import SampleError
 from paddlemix.datasets.pair_packing import (
     ANSWER_INDEX,
     ANSWER_SEGMENT,
@@ -148,31 +147,43 @@ def copy_reference(reference_model: Any) -> Callable[[Any, dict[str, Any]], padd
 
 
 def precompute_reference(
-    reference_model: Any, datasets: list[Any], collate: Callable, batch_size: int, path: Path, write: bool
-) -> dict[str, list[float]]:
+    load_reference: Callable[[], tuple[Any, float]], datasets: list[Any], collate: Callable, batch_size: int,
+    path: Path, write: bool,
+) -> dict[str, list[float]]:  # fmt: skip
     """{pair id: [chosen, rejected]} summed reference log-probs of every usable pair of `datasets` (encoded pair
-    datasets), read from `path` when an earlier run (or a resumed one) wrote it; written atomically by `write`."""
+    datasets), read from `path` when an earlier run (or a resumed one) wrote it, else computed by the model
+    `load_reference` returns (with its size in MB), which is freed afterwards; written atomically by `write`."""
     if path.is_file():
         table = json.loads(path.read_text(encoding="utf-8"))
         logger.info("reference log-probs of %d pairs read from %s", len(table), path)
         return table
+    reference_model, size = load_reference()
+    logger.info("computing the reference log-probs of every pair once (%.1f MB for the reference model, freed "
+                "before training)", size)  # fmt: skip
     reference_model.eval()
     table: dict[str, list[float]] = {}
-    for data in datasets:
-        items = []
-        for i in range(len(data)):
-            try:
-                items.append(data.encode(i))
-            except SampleError:
-                continue
-            if len(items) == batch_size or i == len(data) - 1:
-                batch = collate(items)
-                tensors = {k: paddle.to_tensor(v) if hasattr(v, "dtype") else v for k, v in batch.items()}
-                with paddle.no_grad():
-                    logps = answer_logps(reference_model, tensors)[0].numpy()
-                for k, pair_id in enumerate(batch[PAIR_IDS]):
-                    table[pair_id] = [float(logps[2 * k]), float(logps[2 * k + 1])]
-                items = []
+
+    def add(items: list[dict[str, Any]]) -> None:
+        batch = collate(items)
+        tensors = {k: paddle.to_tensor(v) if hasattr(v, "dtype") else v for k, v in batch.items()}
+        with paddle.no_grad():
+            logps = answer_logps(reference_model, tensors)[0].numpy()  # [2P]
+        for k, pair_id in enumerate(batch[PAIR_IDS]):
+            table[pair_id] = [float(logps[2 * k]), float(logps[2 * k + 1])]
+
+    items: list[dict[str, Any]] = []
+    for data in datasets:  # every record of every source, whichever a fractional sampling_rate draws
+        for records, template in zip(data.mix.datasets, data.templates):
+            for i in range(len(records)):
+                try:
+                    items.append(data.processor(records[i], template))
+                except Exception:  # noqa: BLE001 - a bad pair is skipped (and reported) when training reads it
+                    continue
+                if len(items) == batch_size:
+                    add(items)
+                    items = []
+    if items:
+        add(items)
     if write:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")

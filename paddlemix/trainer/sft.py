@@ -547,20 +547,25 @@ def preference_stage(args: RunArgs, adapter: ModelAdapter, model: Any, datasets:
                     pref.pref_loss)  # fmt: skip
     else:
         path = pref.ref_model_name_or_path or args.model.model_name_or_path
-        ref_model = adapter.load_model(path, dtype=load_dtype(args.training), device=args.training.device,
-                                       allow_pickle=args.model.allow_pickle_weights)  # fmt: skip
-        size = sum(int(p.numel()) * p.element_size() for p in ref_model.parameters())
+
+        def load_reference() -> tuple[Any, float]:
+            """The frozen copy and its size in MB on this rank (split like the policy under tensor parallel)."""
+            copy = adapter.load_model(path, dtype=load_dtype(args.training), device=args.training.device,
+                                      allow_pickle=args.model.allow_pickle_weights,
+                                      tensor_parallel=tensor_parallel.current())  # fmt: skip
+            return copy, sum(int(p.numel()) * p.element_size() for p in copy.parameters()) / 2**20
+
         if pref.precompute_ref_log_probs:
             file = Path(args.training.output_dir) / REFERENCE_LOGPS
-            table = precompute_reference(ref_model, datasets, collate, args.training.per_device_eval_batch_size,
+            table = precompute_reference(load_reference, datasets, collate, args.training.per_device_eval_batch_size,
                                          file, args.training.process_index == 0)  # fmt: skip
-            del ref_model
-            logger.info("preference loss %s: reference log-probs precomputed by %s (%.1f MB during the first pass "
-                        "only, none while training)", pref.pref_loss, path, size / 2**20)  # fmt: skip
+            logger.info("preference loss %s: reference log-probs of %s precomputed once (no reference model in "
+                        "memory while training)", pref.pref_loss, path)  # fmt: skip
             reference = table_reference(table, file)
         else:
+            ref_model, size = load_reference()
             logger.info("preference loss %s: the reference is a frozen copy of %s (%.1f MB more memory)",
-                        pref.pref_loss, path, size / 2**20)  # fmt: skip
+                        pref.pref_loss, path, size)  # fmt: skip
             reference = copy_reference(ref_model)
     logger.info("preference training: pref_loss %s, pref_beta %g%s", pref.pref_loss, pref.pref_beta,
                 f", pref_ftx {pref.pref_ftx}" if pref.pref_ftx else "")  # fmt: skip

@@ -1,0 +1,55 @@
+"""Preference training over 2 CPU processes through train.sh equals one process on the same global batch: data
+parallel with sharding stage 1 (the loss of a step is the mean over its pairs on all ranks; optimizer state split)
+and tensor parallel degree 2 (LoRA; the reference, the adapters switched off, is split like the model). Per-step
+losses, the preference metrics (summed over the ranks) and the saved adapter agree; one run of each serves every
+assertion (CI time)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from paddlemix.testing.pairs import write_shape_pairs
+from paddlemix.testing.parallel_runs import assert_same_training, run_launched, run_single
+
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
+CONFIG = Path(__file__).resolve().parents[2] / "paddlemix" / "config" / "tiny" / "lora_dpo_argument.json"
+# Adam with a large epsilon (an SGD-like step), as the tensor-parallel SFT test: plain Adam turns float rounding
+# of near-zero gradients (split matmuls sum in another order) into full-size updates.
+COMMON = ["--do_eval", "false", "--evaluation_strategy", "no", "--max_steps", "3", "--dataloader_shuffle", "false",
+          "--save_steps", "100", "--learning_rate", "1.0", "--adam_epsilon", "10", "--weight_decay", "0",
+          "--warmup_ratio", "0", "--pref_ftx", "0.5"]  # fmt: skip
+METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
+           "logps/rejected", "sft_loss")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, shapes_data: dict) -> dict:
+    workspace = tmp_path_factory.mktemp("dpo_parallel")
+    (workspace / "tiny_qwen2_5_vl").symlink_to(tiny_model_dir)
+    write_shape_pairs(shapes_data["train"], workspace / "pairs.jsonl", "swift")
+    common = [str(a) for a in COMMON] + ["--dataset", json.dumps({"train": [{"name": "chatml_dataset",
+                                                                            "data_files": "pairs.jsonl"}]})]  # fmt: skip
+    return {
+        "single": run_single(workspace, CONFIG, [*common, "--per_device_train_batch_size", "4"], "single"),
+        "sharded": run_launched(
+            workspace, CONFIG, [*common, "--per_device_train_batch_size", "2", "--sharding", "stage1"], "sharded"
+        ),  # fmt: skip
+        "tp": run_launched(
+            workspace, CONFIG, [*common, "--per_device_train_batch_size", "4", "--tensor_parallel_degree", "2"], "tp"
+        ),  # fmt: skip
+    }
+
+
+@pytest.mark.parametrize("mode", ["sharded", "tp"])
+def test_two_process_dpo_trains_as_one_process(runs: dict, mode: str) -> None:
+    single, parallel = runs["single"], runs[mode]
+    assert_same_training(single, parallel, files=("adapter_model.safetensors",), weight_tol=5e-5)
+    for step, record in single.steps.items():
+        for key in METRICS:
+            assert parallel.steps[step][key] == pytest.approx(record[key], abs=1e-4), (step, key)
+    assert single.steps[1]["rewards/margins"] == 0.0 and single.steps[3]["rewards/margins"] > 0.0
+    adapter = parallel.weights("adapter_model.safetensors")
+    assert any("lora_B" in k and abs(v).max() > 1e-4 for k, v in adapter.items())
