@@ -10,7 +10,10 @@ Accepted record shapes (detected per record; images as in SFT records: `images` 
 - TRL: `prompt` (text or a list of messages) with `chosen` / `rejected` (text or a list with the assistant
   message); without `prompt`, `chosen` / `rejected` are whole conversations sharing every turn but the last.
 - PaddleFormers: `chosen_response` / `rejected_response` (text or a message) after `messages`, `conversations`,
-  `prompt` or `src` as the prompt.
+  `prompt` or `src` as the prompt; its ERNIEKit text form `src` (user turns) / `tgt` (earlier answers) with
+  `response` (two answers) and `sort` (the higher one is chosen).
+
+A top-level `system` text (ms-swift, LLaMA-Factory, ERNIEKit) becomes the system turn unless the turns hold one.
 
 Only the final answer of each side is scored; earlier assistant turns of the prompt are context (no loss).
 """
@@ -75,7 +78,22 @@ def _text(value: Any, side: str) -> str:
 
 
 def _prompt_turns(record: dict[str, Any]) -> list[dict[str, Any]]:
-    """The prompt turns of a record as {"role", "content"} dicts, whichever key holds them."""
+    """The prompt turns of a record as {"role", "content"} dicts, whichever key holds them, after the record's
+    `system` text when it has one and the turns do not."""
+    turns = _turns(record)
+    system = record.get("system")
+    if isinstance(system, str) and system.strip() and not (turns and ROLE_ALIASES.get(turns[0]["role"]) == "system"):
+        turns = [{"role": "system", "content": system}, *turns]
+    return turns
+
+
+def _turns(record: dict[str, Any]) -> list[dict[str, Any]]:
+    if record.get("src") is not None and record.get("tgt") is not None:  # ERNIEKit: src user turns, tgt answers
+        src, tgt = ([v] if isinstance(v, str) else list(v) for v in (record["src"], record["tgt"]))
+        if len(src) != len(tgt) + 1:
+            raise SampleError(f'"src" must hold one turn more than "tgt", got {len(src)} and {len(tgt)}')
+        answers = [{"role": "assistant", "content": t} for t in tgt] + [None]
+        return [turn for u, a in zip(src, answers) for turn in ({"role": "user", "content": u}, a) if turn]
     for key in ("messages", "conversations", "prompt", "src"):
         value = record.get(key)
         if value is None:
@@ -95,6 +113,23 @@ def _prompt_turns(record: dict[str, Any]) -> list[dict[str, Any]]:
         text = "\n".join(str(record[k]) for k in ("instruction", "input") if record.get(k))
         return [{"role": "user", "content": text}]
     return []
+
+
+def _ranked(response: Any, sort: Any) -> tuple[Any, Any]:
+    """(chosen, rejected) of ERNIEKit's `response` [a, b] and `sort` [score a, score b] (higher is chosen); each
+    answer is text or a one-answer session list."""
+    if not (isinstance(response, (list, tuple)) and len(response) == 2):
+        raise SampleError(f'"response" must hold two answers, got {response!r:.80}')
+    if not (isinstance(sort, (list, tuple)) and len(sort) == 2) or sort[0] == sort[1]:
+        raise SampleError(f'"sort" must hold two different scores, got {sort!r:.80}')
+    answers = []
+    for answer in response:
+        if isinstance(answer, (list, tuple)):
+            if len(answer) != 1:
+                raise SampleError("multi-turn response sessions are not supported (one answer per side)")
+            answer = answer[0]
+        answers.append(answer)
+    return (answers[0], answers[1]) if sort[0] > sort[1] else (answers[1], answers[0])
 
 
 def _is_assistant(turn: dict[str, Any]) -> bool:
@@ -117,6 +152,8 @@ def _raw_pair(record: dict[str, Any]) -> tuple[list[dict], Any, Any, list[dict] 
         else:
             raise SampleError('"rejected_response" without a chosen answer (last assistant turn or "chosen_response")')
         return turns, chosen, record["rejected_response"], None
+    if "response" in record and "sort" in record:  # ERNIEKit: two answers ranked by `sort`
+        return (turns, *_ranked(record["response"], record["sort"]), None)
     if "chosen_response" in record:
         raise SampleError('no rejected answer ("chosen_response" without "rejected_response")')
     chosen, rejected = record.get("chosen"), record.get("rejected")

@@ -67,3 +67,26 @@ def test_bad_pairs_raise_their_reason(shapes_data: dict, tmp_path: Path) -> None
             continue
         with pytest.raises(SampleError, match=reason):
             data[i]
+
+
+def test_paddleformers_erniekit_text_pairs_and_system_texts(tmp_path: Path) -> None:
+    """PaddleFormers' own DPO text records (src / tgt / response / sort, as its convertor reads them), its
+    converted form (chosen_response / rejected_response as lists of messages), and a top-level system text."""
+    ernie = read_pair({"src": ["Q1", "Q2"], "tgt": ["A1"], "response": ["bad", "good"], "sort": [0, 1],
+                       "system": "Be brief."}, tmp_path)  # fmt: skip
+    assert ernie.prompt == (Message("system", "Be brief."), Message("user", "Q1"),
+                            Message("assistant", "A1", loss=False), Message("user", "Q2"))  # fmt: skip
+    assert (ernie.chosen, ernie.rejected) == ("good", "bad")
+    sessions = read_pair({"src": "Q", "tgt": [], "response": [["first"], ["second"]], "sort": [2, 1]}, tmp_path)
+    assert (sessions.chosen, sessions.rejected) == ("first", "second")
+    converted = read_pair({"messages": [{"role": "user", "content": "Q"}],
+                           "chosen_response": [{"role": "assistant", "content": "A"}],
+                           "rejected_response": [{"role": "assistant", "content": "B"}]}, tmp_path)  # fmt: skip
+    assert (converted.chosen, converted.rejected) == ("A", "B")
+    for bad, reason in (({"src": "Q", "tgt": [], "response": ["a", "b"], "sort": [1, 1]}, "two different scores"),
+                        ({"src": "Q", "tgt": [], "response": ["a"], "sort": [1, 0]}, "two answers"),
+                        ({"src": ["Q"], "tgt": ["A"], "response": ["a", "b"], "sort": [1, 0]}, "one turn more"),
+                        ({"src": "Q", "tgt": [], "response": [["a", "q", "b"], ["c"]], "sort": [1, 0]},
+                         "multi-turn")):  # fmt: skip
+        with pytest.raises(SampleError, match=reason):
+            read_pair(bad, tmp_path)
