@@ -53,6 +53,9 @@ def _plot(ax: Any, records: list[dict[str, Any]], key: str, label: str) -> None:
         ax.plot(steps, values, marker="o" if key.startswith("eval_") else None, markersize=4, label=label)
 
 
+PREFERENCE_PREFIXES = ("eval_rewards/", "eval_logps/")
+
+
 def summarize(records: list[dict[str, Any]], metrics: dict[str, Any]) -> dict[str, Any]:
     """Runtime, throughput, final losses and skip counts in one dictionary."""
     train = [r for r in records if "loss" in r]
@@ -66,4 +69,6 @@ def summarize(records: list[dict[str, Any]], metrics: dict[str, Any]) -> dict[st
         "final_train_loss": train[-1]["loss"] if train else None,
         "final_eval_loss": evals[-1]["eval_loss"] if evals else metrics.get("eval_loss"),
         **{k: metrics[k] for k in keys if k in metrics},
+        # a preference run: the last evaluation's rewards and log-prob metrics (eval_rewards/accuracies, ...)
+        **{f"final_{k}": v for k, v in (evals[-1] if evals else {}).items() if k.startswith(PREFERENCE_PREFIXES)},
     }

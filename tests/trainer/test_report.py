@@ -43,3 +43,5 @@ def test_preference_run_plots_its_rewards_beside_the_loss(tmp_path: Path) -> Non
     assert labels == ["rewards/chosen", "rewards/rejected", "rewards/margins", "eval rewards/margins",
                       "rewards/accuracies", "eval rewards/accuracies"]  # fmt: skip
     assert list(fig.axes[1].get_lines()[2].get_ydata()) == [0.0, 0.4]
+    summary = summarize(records, {})
+    assert summary["final_eval_rewards/accuracies"] == 0.8 and summary["final_eval_rewards/margins"] == 0.3
