@@ -37,7 +37,8 @@ def test_lora_dpo_with_mixtoken_logs_preference_metrics(pair_workspace: Path, ru
                "eval": [{"name": "chatml_dataset", "data_files": "pairs/pairs_eval.jsonl"}]}  # fmt: skip
     run_tool("supervised_finetune.py", str(CONFIG), "--dataset", json.dumps(dataset), "--mixtoken", "true",
              "--max_length", "256", "--per_device_train_batch_size", "1", "--pref_ftx", "0.5",
-             "--max_skip_ratio", "0.5", "--output_dir", "out", cwd=pair_workspace)  # fmt: skip
+             "--max_skip_ratio", "0.5", "--load_best_model_at_end", "true", "--metric_for_best_model",
+             "eval_logps/accuracies", "--greater_is_better", "true", "--output_dir", "out", cwd=pair_workspace)  # fmt: skip
     out = pair_workspace / "out"
     logged = records(out)
     train = [r for r in logged if "loss" in r]
@@ -47,6 +48,13 @@ def test_lora_dpo_with_mixtoken_logs_preference_metrics(pair_workspace: Path, ru
     evals = [r for r in logged if "eval_loss" in r]
     assert evals and {f"eval_{m}" for m in METRICS} <= set(evals[-1])
     assert {"adapter_config.json", "adapter_model.safetensors", "loss_curve.png"} <= {p.name for p in out.iterdir()}
+    results = json.loads((out / "all_results.json").read_text())
+    best = max(r["eval_logps/accuracies"] for r in evals)
+    assert results["best_eval_logps/accuracies"] == best and results["best_checkpoint"].startswith("checkpoint-")
+    assert (
+        json.loads((out / "train_summary.json").read_text())["final_eval_rewards/accuracies"]
+        == evals[-1]["eval_rewards/accuracies"]
+    )
     skipped = [json.loads(line)["reason"] for line in (out / "skipped_samples.jsonl").read_text().splitlines()]
     assert any("identical" in r for r in skipped) and any("no rejected answer" in r for r in skipped)
     assert any("max_length" in r for r in skipped) and any("2 images" in r for r in skipped)
