@@ -52,6 +52,12 @@ class Pair:
         """True when both answers continue the same prompt and images (one sequence per pair)."""
         return self.rejected_prompt is None and self.rejected_images is None
 
+    @property
+    def messages(self) -> tuple[Message, ...]:
+        """Every message of the pair (prompts and both answers), for checks of its text."""
+        other = () if self.rejected_prompt is None else self.rejected_prompt
+        return (*self.prompt, Message("assistant", self.chosen), *other, Message("assistant", self.rejected))
+
     def chosen_sample(self) -> Sample:
         return Sample((*self.prompt, Message("assistant", self.chosen)), self.images, self.source, self.index)
 
@@ -218,3 +224,22 @@ class PairSourceDataset(SourceDataset):
         except KeyError as err:
             raise SampleError(f"missing field {err}") from None
         return replace(pair, source=str(file.path), index=local)
+
+
+class PairSidesDataset:
+    """The pairs of one source as the conversations they train: item 2k is pair k's chosen side, 2k + 1 its rejected
+    side, each an SFT-shaped `Sample` whose only trained answer is the one scored, so the SFT checks and previews
+    (check_data's --show / --dump, template checks) show exactly what a pair trains."""
+
+    def __init__(self, source: Any):
+        self.pairs = PairSourceDataset(source)
+
+    def __len__(self) -> int:
+        return 2 * len(self.pairs)
+
+    def locate(self, i: int) -> tuple[Any, int]:
+        return self.pairs.locate(i // 2)
+
+    def __getitem__(self, i: int) -> Sample:
+        pair = self.pairs[i // 2]
+        return pair.rejected_sample() if i % 2 else pair.chosen_sample()

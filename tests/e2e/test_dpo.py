@@ -95,7 +95,7 @@ def test_full_dpo_precomputed_reference_trains_like_the_frozen_copy(pair_workspa
 def test_check_data_reports_pairs_and_bad_pair_reasons(pair_workspace: Path, run_tool) -> None:
     dataset = {"train": [{"name": "chatml_dataset", "data_files": ["pairs/pairs_swift.jsonl", "pairs/bad.jsonl"]}]}
     proc = run_tool("check_data.py", str(CONFIG), "--dataset", json.dumps(dataset), "--do_eval", "false",
-                    "--max_skip_ratio", "0.5", "--report", "report.json", cwd=pair_workspace)  # fmt: skip
+                    "--max_skip_ratio", "0.5", "--report", "report.json", "--show", "2", cwd=pair_workspace)  # fmt: skip
     report = json.loads((pair_workspace / "report.json").read_text())
     source = next(iter(report["splits"]["train"]["sources"].values()))
     assert report["unit"] == "pairs" and "pairs, 6 skipped" in proc.stdout and "39 pairs checked" in proc.stdout
@@ -103,3 +103,10 @@ def test_check_data_reports_pairs_and_bad_pair_reasons(pair_workspace: Path, run
     assert source["skip_reasons"] == {"no rejected answer": 3, "chosen and rejected answers are identical": 1,
                                       "1 <image> placeholders but 2 images": 1, "longer than max_length": 1}  # fmt: skip
     assert source["usable"] == source["records"] - 6
+    # --show 2: the first pair as the conversations it trains, its chosen then its rejected answer labelled
+    first = json.loads((pair_workspace / "pairs" / "pairs_swift.jsonl").read_text().splitlines()[0])
+    shown = proc.stdout.split("--- ")[1:]
+    assert len(shown) == 2 and all(part.startswith(f"{next(iter(report['splits']['train']['sources']))} record #0")
+                                   for part in shown)  # fmt: skip
+    assert f"[[{first['messages'][-1]['content']}<|im_end|>]]" in shown[0]
+    assert f"[[{first['rejected_response']}<|im_end|>]]" in shown[1]
