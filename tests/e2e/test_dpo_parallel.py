@@ -2,7 +2,7 @@
 parallel with sharding stage 1 (the loss of a step is the mean over its pairs on all ranks; optimizer state split)
 and tensor parallel degree 2 (LoRA; the reference, the adapters switched off, is split like the model). Per-step
 losses, the preference metrics (summed over the ranks) and the saved adapter agree; one run of each serves every
-assertion (CI time)."""
+assertion (CI time). Evaluation runs on both ranks and gives the one-process figures."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 CONFIG = Path(__file__).resolve().parents[2] / "paddlemix" / "config" / "tiny" / "lora_dpo_argument.json"
 # Adam with a large epsilon (an SGD-like step), as the tensor-parallel SFT test: plain Adam turns float rounding
 # of near-zero gradients (split matmuls sum in another order) into full-size updates.
-COMMON = ["--do_eval", "false", "--evaluation_strategy", "no", "--max_steps", "3", "--dataloader_shuffle", "false",
+COMMON = ["--do_eval", "true", "--evaluation_strategy", "steps", "--eval_steps", "3", "--max_steps", "3", "--dataloader_shuffle", "false",
           "--save_steps", "100", "--learning_rate", "1.0", "--adam_epsilon", "10", "--weight_decay", "0",
           "--warmup_ratio", "0", "--pref_ftx", "0.5"]  # fmt: skip
 METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
@@ -30,8 +30,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, shapes_
     workspace = tmp_path_factory.mktemp("dpo_parallel")
     (workspace / "tiny_qwen2_5_vl").symlink_to(tiny_model_dir)
     write_shape_pairs(shapes_data["train"], workspace / "pairs.jsonl", "swift")
-    common = [str(a) for a in COMMON] + ["--dataset", json.dumps({"train": [{"name": "chatml_dataset",
-                                                                            "data_files": "pairs.jsonl"}]})]  # fmt: skip
+    write_shape_pairs(shapes_data["eval"], workspace / "eval.jsonl", "trl")
+    sources = {"train": [{"name": "chatml_dataset", "data_files": "pairs.jsonl"}],
+               "eval": [{"name": "chatml_dataset", "data_files": "eval.jsonl"}]}  # fmt: skip
+    common = [*COMMON, "--per_device_eval_batch_size", "3", "--dataset", json.dumps(sources)]
     return {
         "single": run_single(workspace, CONFIG, [*common, "--per_device_train_batch_size", "4"], "single"),
         "sharded": run_launched(
@@ -51,6 +53,13 @@ def test_two_process_dpo_trains_as_one_process(runs: dict, mode: str) -> None:
         for key in METRICS:
             assert parallel.steps[step][key] == pytest.approx(record[key], abs=1e-4), (step, key)
     assert single.steps[1]["rewards/margins"] == 0.0 and abs(single.steps[3]["rewards/margins"]) > 1e-3  # it trained
+    # evaluation: the mean over the 8 eval pairs, each once, whichever rank (and batch of 3) evaluated it
+    evals = [json.loads(line) for line in (parallel.output_dir / "train_log.jsonl").read_text().splitlines()]
+    one = [json.loads(line) for line in (single.output_dir / "train_log.jsonl").read_text().splitlines()]
+    evals, one = [r for r in evals if "eval_loss" in r], [r for r in one if "eval_loss" in r]
+    assert len(evals) == len(one) == 1
+    for key in ("eval_loss", *(f"eval_{k}" for k in METRICS)):
+        assert evals[0][key] == pytest.approx(one[0][key], abs=1e-4), key
     engaged = "tensor parallel rank 1/2" if mode == "tp" else "rank 1 of 2 holds parameters"
     assert engaged in "".join(parallel.worker_logs)
     adapter = parallel.weights("adapter_model.safetensors")
