@@ -837,6 +837,8 @@ def _validate_preference(args: RunArgs, given: set[str], training: dict[str, Any
         elif not (Path(ref) / "config.json").is_file():
             add(f'"ref_model_name_or_path" = "{ref}" is not a local model folder with a config.json.',
                 "ref_model_name_or_path")  # fmt: skip
+        else:
+            _check_same_family(Path(ref), Path(args.model.model_name_or_path), problems)
     for split in DATA_SPLITS:
         for i, source in enumerate(getattr(args.data, split)):
             if source.name != "chatml_dataset":
@@ -850,6 +852,25 @@ def _validate_preference(args: RunArgs, given: set[str], training: dict[str, Any
         add('"eval_generation" is not supported with "stage": "dpo" (eval records are preference pairs); the '
             "evaluation logs the pair loss and eval_rewards/* and eval_logps/*. Score answers after training "
             "with paddlemix/tools/infer.py on SFT-format records.", "eval_generation")  # fmt: skip
+
+
+def _check_same_family(ref: Path, model: Path, problems: Problems) -> None:
+    """The reference scores the policy's token ids: same model type and vocabulary, or the log-probs mean nothing."""
+    if not (model / "config.json").is_file():
+        return
+
+    def facts(folder: Path) -> tuple[Any, Any]:
+        config = read_json(folder / "config.json")
+        return config.get("model_type"), config.get("text_config", config).get("vocab_size", config.get("vocab_size"))
+
+    (ref_type, ref_vocab), (own_type, own_vocab) = facts(ref), facts(model)
+    if (ref_type, ref_vocab) != (own_type, own_vocab):
+        problems.add(
+            f'"ref_model_name_or_path" = "{ref}" is a {ref_type} model with a vocabulary of {ref_vocab}, but the '
+            f"trained model is {own_type} with {own_vocab}: the reference must score the same token ids. Point it "
+            "at a checkpoint of the same model (e.g. the SFT model), or remove it to use the starting model.",
+            "ref_model_name_or_path",
+        )
 
 
 def _validate_source(source: DatasetSource, key: str, problems: Problems) -> None:

@@ -261,6 +261,20 @@ def test_bad_preference_keys_fail_before_the_model_loads(tmp_path, model_dir, da
         arguments.load(write_args(tmp_path, model_dir, data_file, **extra))
 
 
+def test_reference_of_another_model_is_refused(tmp_path, model_dir, data_file) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"model_type": "llava", "text_config": {"vocab_size": 100}}))
+    with pytest.raises(
+        UserError, match="is a llava model with a vocabulary of 100, but the trained model is qwen2_5_vl"
+    ):
+        arguments.load(write_args(tmp_path, model_dir, data_file, stage="dpo", ref_model_name_or_path=str(other)))
+    args = arguments.load(
+        write_args(tmp_path, model_dir, data_file, stage="dpo", ref_model_name_or_path=str(model_dir))
+    )
+    assert args.preference.ref_model_name_or_path == str(model_dir)
+
+
 def test_preference_metrics_may_pick_the_best_checkpoint(tmp_path, model_dir, data_file) -> None:
     sources = {"train": [{"name": "chatml_dataset", "data_files": str(data_file)}],
                "eval": [{"name": "chatml_dataset", "data_files": str(data_file)}]}  # fmt: skip
