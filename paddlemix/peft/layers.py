@@ -138,8 +138,9 @@ class LoRALinear(paddle.nn.Layer):
 
 @contextmanager
 def adapters_off(model: paddle.nn.Layer) -> Iterator[int]:
-    """Within the block every `LoRALinear` of `model` computes its base layer only, so the model is its base
-    (bit for bit: the same `F.linear` on the same tensors) without a second copy; yields the layers switched."""
+    """Within the block every `LoRALinear` of `model` computes its base layer only (`F.linear`, or the split base
+    layer under tensor parallel, on the same tensors), so the model is its base bit for bit without a second copy;
+    yields the number of layers switched."""
     layers = [layer for layer in model.sublayers() if isinstance(layer, LoRALinear)]
     for layer in layers:
         layer.disabled = True
