@@ -6,7 +6,7 @@ two full conversations of a pair as separate rows (prompt and images twice, as L
 the one-sequence layout is `[prompt | chosen | rejected]`. Each layout runs in a fresh process so the peak
 resident memory (VmHWM after a reset) is its own.
 
-Usage: python benchmarks/dpo_pairs.py [--pairs 32] [--batch 4] [--steps 4] [--image 224]
+Usage: python benchmarks/dpo_pairs.py [--pairs 32] [--batch 4] [--steps 8] [--image 224]
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", type=int, default=32)
     parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--image", type=int, default=224)
     parser.add_argument("--mode", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
