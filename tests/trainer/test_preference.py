@@ -27,7 +27,7 @@ class RowModel(paddle.nn.Layer):
 
 
 def batch(rows: list[int]) -> dict:
-    """Pairs `rows`, each scored on tokens 1-2 (chosen) and 4-5 (rejected) of its row."""
+    """Pairs `rows`, each scored from the logits at positions 0-1 (chosen) and 3-4 (rejected) of its row."""
     index, targets, segments = [], [], []
     for r, row in enumerate(rows):
         for side, positions in enumerate(((0, 1), (3, 4))):
