@@ -2,15 +2,15 @@
 
 The trainer stays the one `MIXTrainer`; this stage only turns a pair batch into a summed loss over its pairs and
 keeps the metrics users expect (`rewards/chosen`, `rewards/rejected`, `rewards/accuracies`, `rewards/margins`,
-`logps/chosen`, `logps/rejected`, `sft_loss`), averaged over the pairs of each logging interval, plus
-`logps/accuracies`: the fraction of pairs whose chosen answer is more likely than the rejected one under the
-policy alone (the held-out preference accuracy of the demo).
+`logps/chosen`, `logps/rejected`, `sft_loss`), averaged over the pairs of each logging interval on all ranks (and
+over the eval pairs, each once), plus `logps/accuracies`: the fraction of pairs whose chosen answer is more likely
+than the rejected one under the policy alone (the held-out preference accuracy of the demo).
 
 The reference model: with LoRA it is the trained model with its adapters switched off (`adapters_off`, no copy);
 for full fine-tuning a frozen copy loaded from `ref_model_name_or_path` (default: the starting model); none for the
 reference-free losses (SimPO, ORPO); or, with `precompute_ref_log_probs`, the reference log-probs of every pair
-computed once by that copy before training, stored as `output_dir/reference_logps.json` and reused on resume (the
-copy is freed before training starts).
+computed once by that copy before training, stored as `output_dir/reference_logps.json` and reused on resume
+(the copy is freed before training starts, and not loaded at all when the file exists).
 """
 
 from __future__ import annotations
