@@ -47,11 +47,30 @@ METRICS = PREFERENCE_METRICS
 
 def answer_logps(model: Any, inputs: dict[str, Any]) -> tuple[paddle.Tensor, paddle.Tensor]:
     """Summed log-probabilities [2P] and scored token counts [2P] of every answer of a pair batch (index 2k the
-    chosen, 2k + 1 the rejected answer of pair k), float32. Only the scored rows of the logits are normalised."""
+    chosen, 2k + 1 the rejected answer of pair k), float32.
+
+    The LM head runs on the scored positions only: the model runs with its head swapped for identity (through any
+    wrapper's own forward) and the real head maps the gathered hidden states, so a batch never holds the
+    [B, L, vocab] logits. A trained head under a multi-process wrapper keeps the full logits instead: the
+    data-parallel gradient reducer accepts a parameter only inside the wrapper's forward.
+    """
     pairs = int(inputs[PAIR_COUNT])
     forward = {k: inputs[k] for k in FORWARD_KEYS if k in inputs}  # not the bookkeeping entries of the batch
-    logits = model(**forward).logits  # [B, L, vocab]
-    picked = paddle.gather(logits.reshape([-1, logits.shape[-1]]), inputs[ANSWER_INDEX])  # [T, vocab]
+    owner = model
+    while hasattr(owner, "_layers"):  # DataParallel / fleet wrappers
+        owner = owner._layers
+    head = getattr(owner, "lm_head", None)
+    reduced = owner is not model and paddle.is_grad_enabled()  # gradients synchronised by the wrapper
+    if head is None or (reduced and any(not p.stop_gradient for p in head.parameters())):
+        logits = model(**forward).logits  # [B, L, vocab]
+        picked = paddle.gather(logits.reshape([-1, logits.shape[-1]]), inputs[ANSWER_INDEX])  # [T, vocab]
+    else:
+        owner.lm_head = paddle.nn.Identity()
+        try:
+            hidden = model(**forward).logits  # [B, L, H]
+        finally:
+            owner.lm_head = head
+        picked = head(paddle.gather(hidden.reshape([-1, hidden.shape[-1]]), inputs[ANSWER_INDEX]))  # [T, vocab]
     logp = F.log_softmax(picked.astype("float32"), axis=-1)
     token = paddle.take_along_axis(logp, inputs[ANSWER_TARGETS].unsqueeze(-1), axis=-1).squeeze(-1)  # [T]
     onehot = F.one_hot(inputs[ANSWER_SEGMENT], 2 * pairs).astype("float32")  # [T, 2P]
