@@ -71,8 +71,12 @@ def test_one_sequence_logps_equal_separate_sequences(setup, packed: bool) -> Non
                                                for s in (pairs[0].chosen_sample(), pairs[0].rejected_sample()))  # fmt: skip
     rows = [join_pairs(features[:2]), join_pairs(features[2:])] if packed else features
     batch = to_tensors(Collator(pad_id)(rows))
+    head_rows = []
+    hook = model.lm_head.register_forward_pre_hook(lambda layer, args: head_rows.append(args[0].shape[0]))
     with paddle.no_grad():
         logps, counts = answer_logps(model, batch)
+    hook.remove()
+    assert head_rows == [int(counts.sum())]  # the LM head maps the scored positions only, never [B, L, vocab]
     expected = [v for p in pairs for v in oracle_logps(model, encoder, template, p)]
     np.testing.assert_allclose(logps.numpy(), expected, rtol=1e-5, atol=1e-5)
     assert int(batch["label_tokens"]) == len(pairs)
