@@ -1,8 +1,9 @@
 """Preference training over 2 CPU processes through train.sh equals one process on the same global batch: data
 parallel with sharding stage 1 (the loss of a step is the mean over its pairs on all ranks; optimizer state split)
-and tensor parallel degree 2 (LoRA; the reference, the adapters switched off, is split like the model). Per-step
-losses, the preference metrics (summed over the ranks) and the saved adapter agree; one run of each serves every
-assertion (CI time). Evaluation runs on both ranks and gives the one-process figures."""
+and tensor parallel degree 2 (LoRA; the reference, the adapters switched off, is split like the model), and plain
+data parallel with full fine-tuning (a trained LM head, a frozen reference copy per rank). Per-step losses, the
+preference metrics (summed over the ranks) and the saved weights agree; one run of each serves every assertion
+(CI time). Evaluation runs on both ranks and gives the one-process figures."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ CONFIG = Path(__file__).resolve().parents[2] / "paddlemix" / "config" / "tiny" /
 COMMON = ["--do_eval", "true", "--evaluation_strategy", "steps", "--eval_steps", "3", "--max_steps", "3", "--dataloader_shuffle", "false",
           "--save_steps", "100", "--learning_rate", "1.0", "--adam_epsilon", "10", "--weight_decay", "0",
           "--warmup_ratio", "0", "--pref_ftx", "0.5"]  # fmt: skip
+FULL = ["--lora", "false"]
 METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
            "logps/rejected", "sft_loss")  # fmt: skip
 
@@ -42,13 +44,20 @@ def runs(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, shapes_
         "tp": run_launched(
             workspace, CONFIG, [*common, "--per_device_train_batch_size", "4", "--tensor_parallel_degree", "2"], "tp"
         ),  # fmt: skip
+        # full fine-tuning, plain data parallel: a trained LM head and the frozen reference copy on every rank
+        "single_full": run_single(
+            workspace, CONFIG, [*common, *FULL, "--per_device_train_batch_size", "4"], "single_full"
+        ),  # fmt: skip
+        "dp_full": run_launched(workspace, CONFIG, [*common, *FULL, "--per_device_train_batch_size", "2"], "dp_full"),
     }
 
 
-@pytest.mark.parametrize("mode", ["sharded", "tp"])
+@pytest.mark.parametrize("mode", ["sharded", "tp", "dp_full"])
 def test_two_process_dpo_trains_as_one_process(runs: dict, mode: str) -> None:
-    single, parallel = runs["single"], runs[mode]
-    assert_same_training(single, parallel, files=("adapter_model.safetensors",), weight_tol=5e-5)
+    full = mode == "dp_full"
+    single, parallel = runs["single_full" if full else "single"], runs[mode]
+    weights = "model.safetensors" if full else "adapter_model.safetensors"
+    assert_same_training(single, parallel, files=(weights,), weight_tol=5e-5)
     for step, record in single.steps.items():
         for key in METRICS:
             assert parallel.steps[step][key] == pytest.approx(record[key], abs=1e-4), (step, key)
@@ -62,5 +71,6 @@ def test_two_process_dpo_trains_as_one_process(runs: dict, mode: str) -> None:
         assert evals[0][key] == pytest.approx(one[0][key], abs=1e-4), key
     engaged = "tensor parallel rank 1/2" if mode == "tp" else "rank 1 of 2 holds parameters"
     assert engaged in "".join(parallel.worker_logs)
-    adapter = parallel.weights("adapter_model.safetensors")
-    assert any("lora_B" in k and abs(v).max() > 1e-4 for k, v in adapter.items())
+    if not full:
+        adapter = parallel.weights(weights)
+        assert any("lora_B" in k and abs(v).max() > 1e-4 for k, v in adapter.items())
