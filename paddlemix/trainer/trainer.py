@@ -452,8 +452,9 @@ class MIXTrainer(Trainer):
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, **kwargs: Any) -> Any:
         """Training: the sum of the micro-batch's token losses divided by the step's n0 (see `training_step`),
-        through the chunked head + cross-entropy (no full [tokens, vocab] logits) when enabled. Evaluation, which
-        may need logits, keeps the model's own loss."""
+        through the chunked head + cross-entropy (no full [tokens, vocab] logits) when enabled; with a preference
+        stage, the sum of the micro-batch's pair losses, divided alike (n0 counts pairs). Evaluation, which may
+        need logits, keeps the model's own loss."""
         if self.stage is not None and not return_outputs:
             loss_sum = self.stage(model, inputs, training=model.training)  # summed over the batch's pairs
         elif return_outputs or not model.training:
