@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install (into the active virtual environment, or a new ./.venv) and run the coloured-shapes demo fine-tune.
 # Usage: bash examples/run_demo.sh [FAMILY] [shapes_demo.py options]   FAMILY: qwen2_5_vl (default), qwen2_vl, qwen3_vl or llava
+#        bash examples/run_demo.sh dpo [dpo_demo.py options]          preference training (DPO) on shapes pairs
 set -euo pipefail
 FAMILY=qwen2_5_vl
 if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then
@@ -8,4 +9,8 @@ if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then
     shift
 fi
 . "$(dirname "${BASH_SOURCE[0]}")/../scripts/install.sh"
-python examples/shapes_demo.py --family "$FAMILY" "$@"
+if [ "$FAMILY" = dpo ]; then
+    python examples/dpo_demo.py "$@"
+else
+    python examples/shapes_demo.py --family "$FAMILY" "$@"
+fi

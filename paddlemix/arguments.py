@@ -257,7 +257,32 @@ class RuntimeArgs:
     recompute: bool = False
 
 
-OWN_GROUPS = {"model": ModelArgs, "data": DataArgs, "lora": LoraArgs, "runtime": RuntimeArgs}
+@dataclass(frozen=True)
+class PreferenceArgs:
+    """`"stage": "dpo"` trains on preference pairs (README "Preference training (DPO)"). `pref_loss`: sigmoid (DPO),
+    ipo, hinge, simpo, orpo (the last two need no reference); `pref_beta`: beta (ORPO: its lambda);
+    `label_smoothing`: conservative DPO's epsilon; `pref_ftx`: weight of an SFT term on the chosen answer;
+    `ref_model_name_or_path`: the reference of a full fine-tuning run (default the starting model)."""
+
+    stage: Literal["sft", "dpo"] = "sft"
+    pref_loss: Literal["sigmoid", "ipo", "hinge", "simpo", "orpo"] = "sigmoid"
+    pref_beta: float = 0.1
+    simpo_gamma: float = 0.5
+    label_smoothing: float = 0.0
+    pref_ftx: float = 0.0
+    ref_model_name_or_path: str | None = None
+    # Full fine-tuning: reference log-probs computed once before training (output_dir/reference_logps.json)
+    # instead of a frozen copy kept in memory during training.
+    precompute_ref_log_probs: bool = False
+
+
+OWN_GROUPS = {"model": ModelArgs, "data": DataArgs, "lora": LoraArgs, "runtime": RuntimeArgs,
+              "preference": PreferenceArgs}  # fmt: skip
+# The preference keys under the names TRL and ms-swift use.
+PREFERENCE_ALIASES = {"loss_type": "pref_loss", "beta": "pref_beta", "rpo_alpha": "pref_ftx"}
+# What a preference run logs per logging interval and evaluation (`eval_` prefix); `sft_loss` with an SFT term.
+PREFERENCE_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
+                      "logps/rejected", "logps/accuracies", "sft_loss")  # fmt: skip
 DATA_SPLITS = ("train", "eval")
 # TrainingArguments defaults that differ for multimodal fine-tuning.
 # `sharding: ""` makes several processes plain data parallel unless the user asks for sharding; `do_train` is on
@@ -275,6 +300,7 @@ class RunArgs:
     runtime: RuntimeArgs
     training: Any
     source_file: str
+    preference: PreferenceArgs = field(default_factory=PreferenceArgs)
     training_keys: tuple[str, ...] = ()
     # One line each about what the tool adjusted or ignored (PaddleMIX keys, CPU precision); logged by the run.
     notes: tuple[str, ...] = ()
@@ -288,7 +314,7 @@ class RunArgs:
     def to_dict(self) -> dict[str, Any]:
         """The fully resolved arguments in the JSON key space, as saved to run_args.json."""
         out: dict[str, Any] = {}
-        for group in (self.model, self.lora, self.runtime):
+        for group in (self.model, self.lora, self.runtime, self.preference):
             out.update(dataclasses.asdict(group))
         data = dataclasses.asdict(self.data)
         out["dataset"] = {split: data.pop(split) for split in DATA_SPLITS}
@@ -471,6 +497,7 @@ def parse(raw: dict[str, Any], where: str, cli_keys: set[str] | None = None, wor
                     problems.add(f'"{key}" = {json.dumps(value)}: {foreign.refuse}.', key)
                 continue
             name = foreign.to
+        name = PREFERENCE_ALIASES.get(name, name)
         if name in translated:
             problems.add(f'"{key}" and "{translated[name]}" both set {name}; keep one of them.', key)
             continue
@@ -519,6 +546,7 @@ def parse(raw: dict[str, Any], where: str, cli_keys: set[str] | None = None, wor
         data=DataArgs(**groups["data"]),
         lora=LoraArgs(**groups["lora"]),
         runtime=RuntimeArgs(**groups["runtime"]),
+        preference=PreferenceArgs(**groups["preference"]),
         training=None,
         source_file=where,
         cli_keys=frozenset(
@@ -526,6 +554,7 @@ def parse(raw: dict[str, Any], where: str, cli_keys: set[str] | None = None, wor
         ),
     )
     validate(args, training, problems, world_size)
+    _validate_preference(args, set(translated), training, problems)
     problems.raise_if_any()
     kwargs, adjusted = training_kwargs_with_notes(training, args.runtime, args.data.packing)
     if kwargs["device"] == "cpu":  # GPU/NPU/XPU runs never import the stand-ins
@@ -738,7 +767,8 @@ def validate(args: RunArgs, training: dict[str, Any], problems: Problems, world_
             "eval_generation",
         )
     check_parallel(training, model_dir, problems, lora=args.lora.lora, world_size=world_size)
-    check_pipeline(training, model_dir, problems, lora=args.lora.lora)
+    if args.preference.stage == "sft":  # a preference run is refused with pipeline parallel in one message below
+        check_pipeline(training, model_dir, problems, lora=args.lora.lora)
 
 
 def _validate_best_model(args: RunArgs, training: dict[str, Any], problems: Problems) -> None:
@@ -760,12 +790,93 @@ def _validate_best_model(args: RunArgs, training: dict[str, Any], problems: Prob
             "load_best_model_at_end",
         )
     metric = str(training.get("metric_for_best_model") or "loss")
-    if metric.removeprefix("eval_") != "loss" and not args.runtime.eval_generation:
+    if args.preference.stage == "dpo":  # pair evaluations log the loss and the preference metrics
+        if metric.removeprefix("eval_") not in ("loss", *PREFERENCE_METRICS):
+            problems.add(
+                f'"metric_for_best_model" = "{metric}" is not logged by a preference run; use "eval_loss" or one of '
+                f'{", ".join("eval_" + m for m in PREFERENCE_METRICS)} (with "greater_is_better": true for accuracies, '
+                "rewards and margins).",
+                "metric_for_best_model",
+            )
+    elif metric.removeprefix("eval_") != "loss" and not args.runtime.eval_generation:
         problems.add(
             f'"metric_for_best_model" = "{metric}" is not logged by this run: without "eval_generation": true the '
             'evaluation logs only "eval_loss"; use "eval_loss", or turn on "eval_generation" for "eval_accuracy" / '
             '"eval_bleu4".',
             "metric_for_best_model",
+        )
+
+
+def _validate_preference(args: RunArgs, given: set[str], training: dict[str, Any], problems: Problems) -> None:
+    """The preference keys: ranges, combinations, and no preference key in an SFT run (it would be ignored)."""
+    pref, add = args.preference, problems.add
+    keys = [k for k in _field_types(PreferenceArgs) if k != "stage" and k in given]
+    if pref.stage == "sft":
+        if keys:
+            add(f'{", ".join(keys)} only apply to preference training; add "stage": "dpo" or remove them.', keys[0])
+        return
+    if pref.pref_beta <= 0:
+        add(f'"pref_beta" must be positive, got {pref.pref_beta}.', "pref_beta")
+    if not 0 <= pref.label_smoothing < 0.5:
+        add(f'"label_smoothing" must be in [0, 0.5), got {pref.label_smoothing}.', "label_smoothing")
+    if pref.label_smoothing and pref.pref_loss not in ("sigmoid", "simpo"):
+        add(f'"label_smoothing" applies to the sigmoid and simpo losses, not "{pref.pref_loss}".', "label_smoothing")
+    if pref.pref_ftx < 0 or pref.simpo_gamma < 0:
+        add(f'"pref_ftx" and "simpo_gamma" must be >= 0, got {pref.pref_ftx} and {pref.simpo_gamma}.', "pref_ftx")
+    if pref.simpo_gamma != 0.5 and "simpo_gamma" in given and pref.pref_loss != "simpo":
+        add(f'"simpo_gamma" applies to "pref_loss": "simpo" only, not "{pref.pref_loss}".', "simpo_gamma")
+    m = args.model
+    if args.lora.lora and (m.train_type == "use_lora" or m.freeze_projector is False or m.freeze_vision is False):
+        add('"stage": "dpo" with LoRA trains the adapters only: its reference is the model with the adapters off, '
+            'which fully trained modules would change. Drop "train_type": "use_lora" / "freeze_projector": false / '
+            '"freeze_vision": false, or train without LoRA.', "train_type")  # fmt: skip
+    if pref.precompute_ref_log_probs and (args.lora.lora or pref.pref_loss in ("simpo", "orpo")):
+        add('"precompute_ref_log_probs" applies to full fine-tuning with a loss that has a reference (LoRA runs use '
+            "the adapters-off model, SimPO and ORPO none); remove it.", "precompute_ref_log_probs")  # fmt: skip
+    ref = pref.ref_model_name_or_path
+    if ref is not None:
+        if pref.pref_loss in ("simpo", "orpo"):
+            add(f'"ref_model_name_or_path" is set but "{pref.pref_loss}" uses no reference model; remove it.',
+                "ref_model_name_or_path")  # fmt: skip
+        elif args.lora.lora:
+            add('"ref_model_name_or_path" with "lora": true: the reference of a LoRA run is the base model with its '
+                'adapters off (no second model); remove the key.', "ref_model_name_or_path")  # fmt: skip
+        elif not (Path(ref) / "config.json").is_file():
+            add(f'"ref_model_name_or_path" = "{ref}" is not a local model folder with a config.json.',
+                "ref_model_name_or_path")  # fmt: skip
+        else:
+            _check_same_family(Path(ref), Path(args.model.model_name_or_path), problems)
+    for split in DATA_SPLITS:
+        for i, source in enumerate(getattr(args.data, split)):
+            if source.name != "chatml_dataset":
+                add(f'dataset.{split}[{i}]: "stage": "dpo" reads preference pairs from "chatml_dataset" sources '
+                    f'(ms-swift, LLaMA-Factory, TRL or PaddleFormers pair records), not "{source.name}".', "dataset")  # fmt: skip
+    if max(training.get("pipeline_model_parallel_size", 1) or 1, 1) > 1:
+        add('"pipeline_parallel_degree" > 1 is not supported with "stage": "dpo" (the pair loss needs the whole '
+            "model's logits of both answers in one place); use data parallelism, \"sharding\" or "
+            '"tensor_parallel_degree" instead, and set "pipeline_parallel_degree": 1.', "pipeline_parallel_degree")  # fmt: skip
+    if args.runtime.eval_generation:
+        add('"eval_generation" is not supported with "stage": "dpo" (eval records are preference pairs); the '
+            "evaluation logs the pair loss and eval_rewards/* and eval_logps/*. Score answers after training "
+            "with paddlemix/tools/infer.py on SFT-format records.", "eval_generation")  # fmt: skip
+
+
+def _check_same_family(ref: Path, model: Path, problems: Problems) -> None:
+    """The reference scores the policy's token ids: same model type and vocabulary, or the log-probs mean nothing."""
+    if not (model / "config.json").is_file():
+        return
+
+    def facts(folder: Path) -> tuple[Any, Any]:
+        config = read_json(folder / "config.json")
+        return config.get("model_type"), config.get("text_config", config).get("vocab_size", config.get("vocab_size"))
+
+    (ref_type, ref_vocab), (own_type, own_vocab) = facts(ref), facts(model)
+    if (ref_type, ref_vocab) != (own_type, own_vocab):
+        problems.add(
+            f'"ref_model_name_or_path" = "{ref}" is a {ref_type} model with a vocabulary of {ref_vocab}, but the '
+            f"trained model is {own_type} with {own_vocab}: the reference must score the same token ids. Point it "
+            "at a checkpoint of the same model (e.g. the SFT model), or remove it to use the starting model.",
+            "ref_model_name_or_path",
         )
 
 

@@ -236,3 +236,81 @@ def test_caption_scoring_without_sacrebleu_stops_before_the_model_loads(tmp_path
     )
     with pytest.raises(UserError, match=r"eval_generation.*sacrebleu.*pip install -e '\.\[eval\]'"):
         arguments.load(path)
+
+
+def test_preference_keys_and_their_peer_names(tmp_path, model_dir, data_file) -> None:
+    path = write_args(tmp_path, model_dir, data_file, stage="dpo", loss_type="ipo", beta=0.3, rpo_alpha=0.5, lora=True)
+    args = arguments.load(path)
+    pref = args.preference
+    assert (pref.stage, pref.pref_loss, pref.pref_beta, pref.pref_ftx) == ("dpo", "ipo", 0.3, 0.5)
+    assert args.to_dict()["pref_loss"] == "ipo"
+    assert arguments.load(write_args(tmp_path, model_dir, data_file)).preference.stage == "sft"  # the default
+
+
+# a preference run picking its best checkpoint by a generation metric it does not log (eval sources filled in)
+BEST_BY_GENERATION = {"stage": "dpo", "do_eval": True, "dataset": {}, "load_best_model_at_end": True,
+                      "evaluation_strategy": "steps", "metric_for_best_model": "eval_accuracy"}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "extra, key",
+    [
+        ({"stage": "dpo", "pref_beta": 0}, "pref_beta"),
+        ({"stage": "dpo", "label_smoothing": 0.6}, "label_smoothing"),
+        ({"stage": "dpo", "pref_loss": "ipo", "label_smoothing": 0.1}, "label_smoothing"),
+        ({"stage": "dpo", "pref_loss": "kto"}, "pref_loss"),
+        ({"stage": "ppo"}, "stage"),
+        ({"pref_beta": 0.2}, "pref_beta"),  # a preference key in an SFT run
+        ({"stage": "dpo", "pref_loss": "simpo", "ref_model_name_or_path": "x"}, "ref_model_name_or_path"),
+        ({"stage": "dpo", "ref_model_name_or_path": "missing"}, "ref_model_name_or_path"),
+        ({"stage": "dpo", "pref_beta": 0.1, "beta": 0.2}, "beta"),
+        ({"stage": "dpo", "lora": True, "precompute_ref_log_probs": True}, "precompute_ref_log_probs"),
+        ({"stage": "dpo", "lora": True, "train_type": "use_lora"}, "train_type"),
+        ({"stage": "dpo", "eval_generation": True}, "eval_generation"),
+        (BEST_BY_GENERATION, "metric_for_best_model"),
+    ],
+)
+def test_bad_preference_keys_fail_before_the_model_loads(tmp_path, model_dir, data_file, extra, key) -> None:
+    if "dataset" in extra:
+        extra["dataset"] = {"train": [{"name": "chatml_dataset", "data_files": str(data_file)}],
+                            "eval": [{"name": "chatml_dataset", "data_files": str(data_file)}]}  # fmt: skip
+    with pytest.raises(UserError, match=key):
+        arguments.load(write_args(tmp_path, model_dir, data_file, **extra))
+
+
+def test_reference_of_another_model_is_refused(tmp_path, model_dir, data_file) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"model_type": "llava", "text_config": {"vocab_size": 100}}))
+    with pytest.raises(
+        UserError, match="is a llava model with a vocabulary of 100, but the trained model is qwen2_5_vl"
+    ):
+        arguments.load(write_args(tmp_path, model_dir, data_file, stage="dpo", ref_model_name_or_path=str(other)))
+    args = arguments.load(
+        write_args(tmp_path, model_dir, data_file, stage="dpo", ref_model_name_or_path=str(model_dir))
+    )
+    assert args.preference.ref_model_name_or_path == str(model_dir)
+
+
+def test_preference_metrics_may_pick_the_best_checkpoint(tmp_path, model_dir, data_file) -> None:
+    sources = {"train": [{"name": "chatml_dataset", "data_files": str(data_file)}],
+               "eval": [{"name": "chatml_dataset", "data_files": str(data_file)}]}  # fmt: skip
+    args = arguments.load(write_args(tmp_path, model_dir, data_file, stage="dpo", lora=True, dataset=sources,
+                                     do_eval=True, evaluation_strategy="steps", save_strategy="steps",
+                                     load_best_model_at_end=True, greater_is_better=True,
+                                     metric_for_best_model="eval_rewards/accuracies"))  # fmt: skip
+    assert args.training.metric_for_best_model == "eval_rewards/accuracies"
+
+
+def test_pipeline_parallel_preference_run_is_refused_in_one_message(tmp_path, model_dir, data_file, monkeypatch):
+    """Pipeline parallel with "stage": "dpo" (also with LoRA and evaluation, which pipeline runs refuse too) is one
+    problem that names the alternatives, not a list of pipeline problems."""
+    monkeypatch.setenv("PADDLE_TRAINERS_NUM", "2")
+    sources = {"train": [{"name": "chatml_dataset", "data_files": str(data_file)}],
+               "eval": [{"name": "chatml_dataset", "data_files": str(data_file)}]}  # fmt: skip
+    path = write_args(tmp_path, model_dir, data_file, stage="dpo", lora=True, dataset=sources, do_eval=True,
+                      pipeline_parallel_degree=2)  # fmt: skip
+    with pytest.raises(UserError) as err:
+        arguments.load(path)
+    message = str(err.value)
+    assert "problems" not in message and '"stage": "dpo"' in message and "tensor_parallel_degree" in message

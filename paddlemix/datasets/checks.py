@@ -36,10 +36,12 @@ def reason_kind(err: SampleError) -> str:
 
 
 def check_source(
-    source: DatasetSource, encoder: SampleProcessor, template: ChatTemplate, progress: Any = None
-) -> tuple[dict[str, Any], list[int]]:
-    """Per-source report and the lengths of its usable records."""
-    data = SourceDataset(source)
+    source: DatasetSource, encoder: SampleProcessor, template: ChatTemplate, progress: Any = None,
+    source_type: type[SourceDataset] = SourceDataset,
+) -> tuple[dict[str, Any], list[int]]:  # fmt: skip
+    """Per-source report and the lengths of its usable records (`source_type` / `encoder` for pairs: the pair
+    reader and `PairProcessor`, lengths of one-sequence pairs)."""
+    data = source_type(source)
     lengths, reasons, examples, skipped = [], Counter(), {}, []
     too_long = []
     for i in range(len(data)):
@@ -72,11 +74,12 @@ def check_source(
 def check_split(
     sources: Sequence[DatasetSource], encoder: SampleProcessor, templates: Sequence[ChatTemplate],
     max_length: int, window: int, progress: Any = None, packing: bool = True,
+    source_type: type[SourceDataset] = SourceDataset,
 ) -> dict[str, Any]:  # fmt: skip
     """Reports for every source of one split, plus (with `packing`) the MIXToken fill of all usable records."""
     reports, all_lengths = {}, []
     for name, source, template in zip(source_names(sources), sources, templates):
-        reports[name], lengths = check_source(source, encoder, template, progress)
+        reports[name], lengths = check_source(source, encoder, template, progress, source_type)
         all_lengths += lengths
     report = {
         "sources": reports,
@@ -126,7 +129,7 @@ def verdict(report: dict[str, Any], max_skip_ratio: float, do_train: bool, do_ev
 
 def format_report(report: dict[str, Any]) -> str:
     """A readable summary of `check_split` reports keyed by split."""
-    lines = []
+    lines, unit = [], report.get("unit", "records")
     for split, r in report["splits"].items():
         fill = ""
         if "mixtoken_fill" in r:  # only when packing is on
@@ -137,7 +140,7 @@ def format_report(report: dict[str, Any]) -> str:
             tokens = (
                 f"tokens min {t['min']} mean {t['mean']:.0f} p95 {t['p95']:.0f} max {t['max']}" if t else "no tokens"
             )
-            lines.append(f"  {name}: {s['records']} records, {s['skipped']} skipped, "
+            lines.append(f"  {name}: {s['records']} {unit}, {s['skipped']} skipped, "
                          f"{s['longer_than_max_length']} longer than max_length; {tokens}")  # fmt: skip
             for kind, n in s["skip_reasons"].items():
                 lines.append(f"    {n:>6} x {kind}   e.g. {s['examples'][kind]}")

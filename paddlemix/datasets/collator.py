@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from paddlemix.datasets.packing import pack_batch
+from paddlemix.datasets.pair_packing import ANSWER_INDEX, PAIR_COUNT, pair_batch
 from paddlemix.processors.sample_processor import IGNORE_INDEX
 
 REAL_TOKENS = "real_tokens"
@@ -65,12 +66,15 @@ class Collator:
         self.pad_to_multiple_of = pad_to_multiple_of
 
     def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        if "seq_lens" in features[0]:
+        if ANSWER_INDEX in features[0]:  # preference pairs (see pair_packing): the loss normaliser is the pairs
+            batch = pair_batch(features, self.pad_token_id, padded_length(features, self.pad_to_multiple_of))
+        elif "seq_lens" in features[0]:
             batch = pack_batch(features, self.pad_token_id, padded_length(features, self.pad_to_multiple_of))
         else:
             batch = pad_batch(features, self.pad_token_id, self.pad_to_multiple_of)
         batch[REAL_TOKENS] = np.asarray(sum(len(f["input_ids"]) for f in features), dtype="int64")
-        batch[LABEL_TOKENS] = np.asarray(int((batch["labels"] != IGNORE_INDEX).sum()), dtype="int64")
+        labelled = batch[PAIR_COUNT] if PAIR_COUNT in batch else (batch["labels"] != IGNORE_INDEX).sum()
+        batch[LABEL_TOKENS] = np.asarray(int(labelled), dtype="int64")
         batch[SAMPLE_IDS] = [sid for f in features for sid in sample_ids_of(f)]
         batch[SKIPS] = [line for f in features for line in f.get("skips", ())]
         return batch

@@ -286,10 +286,12 @@ def build_dataset(
     seed: int,
     skip_log: SkipLog | None = None,
     split: str = "train",
+    source_type: type[SourceDataset] = SourceDataset,
 ) -> EncodedDataset:
     """Read, mix and wrap the sources of one split (`dataset.train` or `dataset.eval`); `processor` is the
-    model's, whose chat template serves sources that name none."""
-    datasets = [SourceDataset(s) for s in sources]
+    model's, whose chat template serves sources that name none. `source_type` reads the records (preference
+    training: `PairSourceDataset`)."""
+    datasets = [source_type(s) for s in sources]
     mix = MixDataset(datasets, [s.sampling_rate for s in sources], seed, source_names(sources))
     logger.info("%s data mix: %s", split, mix.describe())
     templates = [template_for(processor, s.chat_template, s.keep_empty_think) for s in sources]

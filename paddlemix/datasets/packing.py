@@ -227,8 +227,10 @@ class PackedDataset(paddle.io.IterableDataset):
         window: int = 1000,
         skip_packs: int = 0,
         group_size: int = 1,
+        build: Callable[[Sequence[dict[str, Any]], PositionFn], dict[str, Any]] = build_pack,
     ):
         super().__init__()
+        self.build = build  # how encoded items join into one row (`pair_packing.join_pairs` for pairs)
         self.encoded = encoded
         self.max_length = max_length
         self.positions = positions
@@ -288,4 +290,4 @@ class PackedDataset(paddle.io.IterableDataset):
                 except SampleError:
                     continue
             if samples:
-                yield {**build_pack(samples, self.positions), "skips": self.encoded.take_skips()}
+                yield {**self.build(samples, self.positions), "skips": self.encoded.take_skips()}

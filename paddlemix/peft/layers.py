@@ -26,7 +26,8 @@ them once and saving gathers them into the one-process PEFT layout.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -72,6 +73,7 @@ class LoRALinear(paddle.nn.Layer):
         self.parts = list(parts)
         self.part_columns = {name: np.asarray(cols, dtype="int64") for name, cols in parts.items()}
         self.dropout = paddle.nn.Dropout(dropout) if dropout > 0 else None
+        self.disabled = False  # `adapters_off`: the base layer alone (preference training's reference)
         self.lora_A = paddle.nn.ParameterDict()
         self.lora_B = paddle.nn.ParameterDict()
         dtype = base.weight.dtype
@@ -109,6 +111,8 @@ class LoRALinear(paddle.nn.Layer):
 
         base = self.__dict__["base_layer"]
         out = base(x) if base is not None else F.linear(x, self.weight, self.bias)  # [..., out (local)]
+        if self.disabled:
+            return out
         updates = []
         for p in self.parts:
             h = self.dropout(x) if self.dropout is not None else x
@@ -130,3 +134,18 @@ class LoRALinear(paddle.nn.Layer):
 
     def extra_repr(self) -> str:
         return f"in={self.weight.shape[0]}, out={self.weight.shape[1]}, parts={self.parts}, r={self.rank}"
+
+
+@contextmanager
+def adapters_off(model: paddle.nn.Layer) -> Iterator[int]:
+    """Within the block every `LoRALinear` of `model` computes its base layer only (`F.linear`, or the split base
+    layer under tensor parallel, on the same tensors), so the model is its base bit for bit without a second copy;
+    yields the number of layers switched."""
+    layers = [layer for layer in model.sublayers() if isinstance(layer, LoRALinear)]
+    for layer in layers:
+        layer.disabled = True
+    try:
+        yield len(layers)
+    finally:
+        for layer in layers:
+            layer.disabled = False

@@ -28,16 +28,17 @@ from paddlemix.utils.logging import quiet_console
 FIRST_RECORDS = 3  # records of each source whose training and inference encodings are compared
 
 
-def template_problems(sources: list, encoder: object, templates: list) -> dict[str, str | None]:
+def template_problems(sources: list, encoder: object, templates: list, reader: Any = None) -> dict[str, str | None]:
     """Per source, the paragraph `template_report` gives for its template on a probe conversation and its first
-    records (None when training and inference encode alike)."""
+    records (None when training and inference encode alike). `reader` reads a source's conversations (default
+    `SourceDataset`; preference pairs: `PairSidesDataset`)."""
     from paddlemix.datasets.encoded import source_names
     from paddlemix.datasets.sources import SourceDataset
     from paddlemix.processors.template_check import template_report
 
     out = {}
     for name, source, template in zip(source_names(sources), sources, templates):
-        data = SourceDataset(source)
+        data = (reader or SourceDataset)(source)
         samples = []
         for i in range(min(FIRST_RECORDS, len(data))):
             try:
@@ -79,17 +80,25 @@ def main(argv: list[str] | None = None) -> None:
     adapter = adapter_for(args.model.model_name_or_path)
     processor = adapter.load_processor(args.model.model_name_or_path)
     encoder = build_encoder(adapter, processor, args.data)
+    measure, source_type, conversations, unit = encoder, SourceDataset, SourceDataset, "records"
+    if args.preference.stage == "dpo":  # preference pairs, measured as the one-sequence rows training builds
+        from paddlemix.datasets.pair_packing import PairProcessor
+        from paddlemix.datasets.pairs import PairSidesDataset, PairSourceDataset
+
+        measure, source_type, unit = PairProcessor(encoder, positions=None), PairSourceDataset, "pairs"
+        conversations = PairSidesDataset  # previews and template checks: each side as the conversation it trains
     splits = {"train": args.data.train, "eval": args.data.eval}
-    total = sum(len(SourceDataset(s)) for sources in splits.values() for s in sources)
-    report = {"max_length": args.data.max_length, "splits": {}}
+    total = sum(len(source_type(s)) for sources in splits.values() for s in sources)
+    report = {"max_length": args.data.max_length, "unit": unit, "splits": {}}
     with tqdm(total=total, desc="checking records", unit="rec", file=sys.stderr) as progress:
         for split, sources in splits.items():
             if sources:
                 templates = [template_for(processor, s.chat_template, s.keep_empty_think) for s in sources]
-                report["splits"][split] = check_split(sources, encoder, templates, args.data.max_length,
-                                                      args.data.pack_window, progress, args.data.packing)  # fmt: skip
-                report["splits"][split]["templates"] = template_problems(sources, encoder, templates)
-    add_special_text_counts(report, splits, encoder)
+                report["splits"][split] = check_split(sources, measure, templates, args.data.max_length,
+                                                      args.data.pack_window, progress, args.data.packing,
+                                                      source_type)  # fmt: skip
+                report["splits"][split]["templates"] = template_problems(sources, encoder, templates, conversations)
+    add_special_text_counts(report, splits, encoder, source_type)
     report["seconds"] = round(time.perf_counter() - start, 2)
     report["records"] = total
     report.update(verdict(report, args.data.max_skip_ratio, args.training.do_train, args.training.do_eval))
@@ -102,9 +111,9 @@ def main(argv: list[str] | None = None) -> None:
         for problem in split["templates"].values():
             if problem:
                 print(f"warning: {problem}")
-    print(f"{total} records checked in {report['seconds']} s; report: {out}")
+    print(f"{total} {unit} checked in {report['seconds']} s; report: {out}")
     if show or dump:
-        preview(args, adapter, processor, encoder, splits, show, dump)
+        preview(args, adapter, processor, encoder, splits, show, dump, conversations)
     sys.exit(print_verdict(report))
 
 
@@ -128,15 +137,16 @@ def preview_options(argv: list[str]) -> tuple[int, str | None]:
     return int(show or 0), dump
 
 
-def add_special_text_counts(report: dict, splits: dict, encoder: Any) -> None:
-    """Per source, the records whose text types special-token strings (`special_token_text` in the report)."""
+def add_special_text_counts(report: dict, splits: dict, encoder: Any, reader: Any = None) -> None:
+    """Per source, the records whose text types special-token strings (`special_token_text` in the report);
+    `reader` reads a source's records (default `SourceDataset`)."""
     from paddlemix.datasets.encoded import source_names
     from paddlemix.datasets.preview import special_text_records
     from paddlemix.datasets.sources import SourceDataset
 
     for split, sources in splits.items():
         for name, source in zip(source_names(sources), sources):
-            counts = special_text_records(SourceDataset(source), encoder.special_tokens)
+            counts = special_text_records((reader or SourceDataset)(source), encoder.special_tokens)
             report["splits"][split]["sources"][name]["special_token_text"] = counts
 
 
@@ -155,8 +165,10 @@ def format_special_text(report: dict, split_special_tokens: bool) -> str:
     return "\n".join(lines) or "no record types special-token text"
 
 
-def preview(args: Any, adapter: Any, processor: Any, encoder: Any, splits: dict, show: int, dump: str | None) -> None:
-    """Print (--show) and/or write (--dump) the first encoded samples of every source."""
+def preview(args: Any, adapter: Any, processor: Any, encoder: Any, splits: dict, show: int, dump: str | None,
+            reader: Any = None) -> None:  # fmt: skip
+    """Print (--show) and/or write (--dump) the first encoded samples of every source (`reader` reads them; a
+    preference pair shows as its chosen and its rejected conversation)."""
     from paddlemix.datasets.encoded import source_names
     from paddlemix.datasets.preview import DEFAULT_DUMP_SAMPLES, collapsed_tokens, encoded_preview, format_preview
     from paddlemix.datasets.sources import SourceDataset
@@ -169,7 +181,7 @@ def preview(args: Any, adapter: Any, processor: Any, encoder: Any, splits: dict,
         for name, source in zip(source_names(sources), sources):
             template = template_for(processor, source.chat_template)
             count = show or DEFAULT_DUMP_SAMPLES
-            samples = encoded_preview(SourceDataset(source), name, encoder, template, count, positions)
+            samples = encoded_preview((reader or SourceDataset)(source), name, encoder, template, count, positions)
             for entry in samples[:show]:
                 print(format_preview(entry, processor.tokenizer, collapse, encoder.special_tokens))
             entries += samples

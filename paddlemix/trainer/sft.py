@@ -22,6 +22,8 @@ from paddlemix.datasets.collator import Collator
 from paddlemix.datasets.encoded import SkipLog, build_dataset, build_encoder
 from paddlemix.datasets.loader_guard import GuardedCollator, worker_failure
 from paddlemix.datasets.packing import PackedDataset
+from paddlemix.datasets.pair_packing import PairProcessor, join_pairs
+from paddlemix.datasets.pairs import PairSourceDataset
 from paddlemix.decoding import add_stop_ids
 from paddlemix.distributed import tensor_parallel
 from paddlemix.models import adapter_for
@@ -118,7 +120,8 @@ def seed_everything(seed: int) -> None:
 
 # Keys that make two runs different runs; changing others (max_steps, save_steps, ...) continues the same run.
 RUN_IDENTITY = (
-    "model_name_or_path", "dataset", "train_type", "lora", "lora_rank", "lora_target_modules", "mixtoken", "max_length"
+    "model_name_or_path", "dataset", "train_type", "lora", "lora_rank", "lora_target_modules", "mixtoken", "max_length",
+    "stage", "pref_loss",
 )  # fmt: skip
 
 
@@ -154,7 +157,7 @@ def clear_run_outputs(out: Path) -> None:
     """For `overwrite_output_dir`: remove the checkpoints and logs of the earlier run, nothing else."""
     for path in checkpoints.checkpoints(out):
         shutil.rmtree(path, ignore_errors=True)
-    for name in (TRAIN_LOG, SKIPPED, "all_results.json", SUMMARY, LOSS_CURVE):
+    for name in (TRAIN_LOG, SKIPPED, "all_results.json", SUMMARY, LOSS_CURVE, "reference_logps.json"):
         (out / name).unlink(missing_ok=True)
 
 
@@ -278,15 +281,21 @@ def build_datasets(
     run trained (re-planned from lengths, nothing decoded).
     """
     encoder = build_encoder(adapter, processor, args.data)
+    positions = adapter.position_fn(config)
+    kind: dict[str, Any] = {}
+    if args.preference.stage == "dpo":  # pairs: one sequence each (see datasets.pair_packing)
+        encoder = PairProcessor(encoder, positions)
+        kind = {"source_type": PairSourceDataset}
     seed = args.training.seed
-    train = build_dataset(args.data.train, encoder, processor, seed, skips) if args.data.train else None
+    train = build_dataset(args.data.train, encoder, processor, seed, skips, **kind) if args.data.train else None
     evaluate = args.data.eval and args.training.do_eval
-    eval_set = build_dataset(args.data.eval, encoder, processor, seed, skips, "eval") if evaluate else None
+    eval_set = build_dataset(args.data.eval, encoder, processor, seed, skips, "eval", **kind) if evaluate else None
     if train is not None and args.data.packing:
         t = args.training
         group = t.per_device_train_batch_size * t.dataset_world_size
-        positions = adapter.position_fn(config)
-        train = PackedDataset(train, args.data.max_length, positions, seed, args.data.pack_window, consumed, group)
+        build = {"build": join_pairs} if kind else {}
+        train = PackedDataset(train, args.data.max_length, positions, seed, args.data.pack_window, consumed, group,
+                              **build)  # fmt: skip
     if train is not None:  # per-source `seen` counts what the trainer trains, not what the loader prefetches
         getattr(train, "encoded", train).count_loaded = False
     return train, eval_set
@@ -522,6 +531,57 @@ def generation_scorer(args: RunArgs, model: Any, processor: Any, adapter: ModelA
     return score
 
 
+def preference_stage(args: RunArgs, adapter: ModelAdapter, model: Any, datasets: list[Any], collate: Any) -> Any:
+    """The loss of `"stage": "dpo"` with its reference model (None for SFT); the reference choice is logged with
+    its memory cost. `datasets` (encoded pair datasets) and `collate` serve `precompute_ref_log_probs`."""
+    pref = args.preference
+    if pref.stage != "dpo":
+        return None
+    from paddlemix.trainer.dpo_loss import PreferenceLoss
+    from paddlemix.trainer.preference import (
+        REFERENCE_LOGPS,
+        PreferenceStage,
+        copy_reference,
+        lora_reference,
+        precompute_reference,
+        table_reference,
+    )
+
+    loss = PreferenceLoss(pref.pref_loss, pref.pref_beta, pref.simpo_gamma, pref.label_smoothing, pref.pref_ftx)
+    reference = None
+    if not loss.needs_reference:
+        logger.info("preference loss %s: no reference model", pref.pref_loss)
+    elif args.lora.lora:
+        reference = lora_reference
+        logger.info("preference loss %s: the reference is the base model with the adapters off (no extra memory)",
+                    pref.pref_loss)  # fmt: skip
+    else:
+        path = pref.ref_model_name_or_path or args.model.model_name_or_path
+
+        def load_reference() -> tuple[Any, float]:
+            """The frozen copy and its size in MB on this rank (split like the policy under tensor parallel)."""
+            copy = adapter.load_model(path, dtype=load_dtype(args.training), device=args.training.device,
+                                      allow_pickle=args.model.allow_pickle_weights,
+                                      tensor_parallel=tensor_parallel.current())  # fmt: skip
+            return copy, sum(int(p.numel()) * p.element_size() for p in copy.parameters()) / 2**20
+
+        if pref.precompute_ref_log_probs:
+            file = Path(args.training.output_dir) / REFERENCE_LOGPS
+            table = precompute_reference(load_reference, datasets, collate, args.training.per_device_eval_batch_size,
+                                         file, args.training.process_index == 0)  # fmt: skip
+            logger.info("preference loss %s: reference log-probs of %s precomputed once (no reference model in "
+                        "memory while training)", pref.pref_loss, path)  # fmt: skip
+            reference = table_reference(table, file)
+        else:
+            ref_model, size = load_reference()
+            logger.info("preference loss %s: the reference is a frozen copy of %s (%.1f MB more memory)",
+                        pref.pref_loss, path, size)  # fmt: skip
+            reference = copy_reference(ref_model)
+    logger.info("preference training: pref_loss %s, pref_beta %g%s", pref.pref_loss, pref.pref_beta,
+                f", pref_ftx {pref.pref_ftx}" if pref.pref_ftx else "")  # fmt: skip
+    return PreferenceStage(loss, reference)
+
+
 def run_sft(args: RunArgs) -> dict[str, Any]:
     """Train per `args` and return the final metrics; resumes from the last complete checkpoint when present."""
     from paddlemix.trainer.trainer import MIXTrainer
@@ -562,12 +622,13 @@ def run_sft(args: RunArgs) -> dict[str, Any]:
         preflight(train_set if training.do_train else None, skips, eval_set)
     image_token_id = processor.tokenizer.convert_tokens_to_ids(adapter.image_token)
     templates = trained_templates(args.data.train, args.model.model_name_or_path, adapter.vision_placeholder)
+    collator = Collator(processor.tokenizer.pad_token_id)
     trainer = MIXTrainer(
         model=model,
         args=training,
         train_dataset=train_set,
         eval_dataset=eval_set,
-        data_collator=GuardedCollator(Collator(processor.tokenizer.pad_token_id)),
+        data_collator=GuardedCollator(collator),
         image_token_id=image_token_id,
         head_owner=base_model(model),
         # Several processes: DataParallel's gradient reducer expects each parameter once per step, which the
@@ -576,6 +637,9 @@ def run_sft(args: RunArgs) -> dict[str, Any]:
         generation_eval=generation_scorer(args, model, processor, adapter),
         chat_template=chosen_template(templates, warn=training.process_index == 0),
         skip_log=skips,
+        stage=preference_stage(
+            args, adapter, model, [getattr(d, "encoded", d) for d in (train_set, eval_set) if d is not None], collator
+        ),  # fmt: skip
         callbacks=[JsonlLogCallback(), SkipBudgetCallback(skips)],
     )
     # First in line, so the printer, the progress bar and the JSONL log all see the throughput fields.

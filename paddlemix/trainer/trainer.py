@@ -14,13 +14,14 @@ import paddleformers.trainer.trainer as _pf_trainer
 from paddleformers.trainer import Trainer, TrainerCallback
 
 from paddlemix.datasets.collator import BATCH_META, LABEL_TOKENS, REAL_TOKENS, SAMPLE_IDS, SKIPS
+from paddlemix.datasets.pair_packing import PAIR_IDS
 from paddlemix.distributed import tensor_parallel
 from paddlemix.distributed.memory import optimizer_state_bytes, parameter_bytes
 from paddlemix.peft.lora import to_peft
 from paddlemix.peft.peft_format import write_adapter
 from paddlemix.processors.sample_processor import IGNORE_INDEX
 from paddlemix.processors.template_files import write_chat_template
-from paddlemix.trainer.accumulation import StepLoss, scale_gradients
+from paddlemix.trainer.accumulation import StepLoss, scale_gradients, sum_over_ranks
 from paddlemix.trainer.chunked_loss import lm_loss_without_full_logits, token_loss_sum
 from paddlemix.utils import checkpoints
 from paddlemix.utils.errors import UserError
@@ -173,9 +174,10 @@ class MIXTrainer(Trainer):
     def __init__(
         self, *args: Any, image_token_id: int | None = None, head_owner: Any = None, loss_chunk_size: int = 0,
         generation_eval: Callable[[], dict[str, float]] | None = None, chat_template: str | None = None,
-        skip_log: Any = None, **kwargs: Any,
+        skip_log: Any = None, stage: Any = None, **kwargs: Any,
     ):  # fmt: skip
         super().__init__(*args, **kwargs)
+        self.stage = stage  # `"stage": "dpo"`: a `PreferenceStage` supplies the loss of pair batches
         self.chat_template = chat_template
         self.skip_log = skip_log
         self.step = StepLoss(self.args.world_size, self.args.dataset_world_size)
@@ -223,7 +225,10 @@ class MIXTrainer(Trainer):
         self.step.add_loss_sum(self.last_loss_sum)
         if (step_control + 1) % self.args.gradient_accumulation_steps:
             return paddle.zeros([], dtype="float32")
-        return paddle.to_tensor(self.step.finish(), dtype="float32")
+        loss = self.step.finish()
+        if self.stage is not None:  # the step's preference metrics summed over the data-parallel ranks
+            self.stage.finish_step(lambda v: sum_over_ranks(v, self.args.world_size, self.args.dataset_world_size))
+        return paddle.to_tensor(loss, dtype="float32")
 
     def pipeline_loss(self, model: Any) -> Any:
         """The last stage's `TokenLoss` of a pipeline-parallel model (on every stage), else None."""
@@ -447,11 +452,14 @@ class MIXTrainer(Trainer):
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, **kwargs: Any) -> Any:
         """Training: the sum of the micro-batch's token losses divided by the step's n0 (see `training_step`),
-        through the chunked head + cross-entropy (no full [tokens, vocab] logits) when enabled. Evaluation, which
-        may need logits, keeps the model's own loss."""
-        if return_outputs or not model.training:
+        through the chunked head + cross-entropy (no full [tokens, vocab] logits) when enabled; with a preference
+        stage, the sum of the micro-batch's pair losses, divided alike (n0 counts pairs). Evaluation, which may
+        need logits, keeps the model's own loss."""
+        if self.stage is not None and not return_outputs:
+            loss_sum = self.stage(model, inputs, training=model.training)  # summed over the batch's pairs
+        elif return_outputs or not model.training:
             return super().compute_loss(model, inputs, return_outputs, **kwargs)
-        if self.loss_chunk_size > 0 and self.head_owner is not None:
+        elif self.loss_chunk_size > 0 and self.head_owner is not None:
             loss_sum = lm_loss_without_full_logits(model, inputs, self.head_owner, self.loss_chunk_size, "sum")
         else:
             logits = model(**{k: v for k, v in inputs.items() if k != "labels"}).logits  # [B, L, vocab]
@@ -476,20 +484,30 @@ class MIXTrainer(Trainer):
         loss = self.eval_token_mean()
         if loss is not None:
             output.metrics[f"{metric_key_prefix}_loss"] = loss
+        if self.stage is not None:  # preference metrics of every eval pair, each counted once
+            output.metrics.update(self.stage.eval_metrics(self.gather_ranks(self.stage.take_eval_rows()),
+                                                          metric_key_prefix))  # fmt: skip
         return output
+
+    def gather_ranks(self, part: dict[str, Any]) -> dict[str, Any]:
+        """The union of a per-sample dict over all ranks (a distributed eval sampler repeats samples to even out
+        the ranks; keyed by sample, each counts once)."""
+        if self.args.world_size <= 1:
+            return dict(part)
+        import paddle.distributed as dist
+
+        gathered: list[Any] = []
+        dist.all_gather_object(gathered, part)
+        merged: dict[str, Any] = {}
+        for each in gathered:
+            merged.update(each)
+        return merged
 
     def eval_token_mean(self) -> float | None:
         """Sum of the labelled-token losses over the eval set / their number, each sample counted once (a
         distributed sampler repeats samples to even out the ranks), the same for any batch size, order or
         process count."""
-        sums = dict(self.eval_sums)
-        if self.args.world_size > 1:
-            import paddle.distributed as dist
-
-            gathered: list[Any] = []
-            dist.all_gather_object(gathered, sums)
-            for part in gathered:
-                sums.update(part)
+        sums = self.gather_ranks(self.eval_sums)
         tokens = sum(n for _, n in sums.values())
         return sum(s for s, _ in sums.values()) / tokens if tokens else None
 
@@ -504,6 +522,8 @@ class MIXTrainer(Trainer):
         if self.skip_log is not None:  # eval skips met in loader workers are logged here, like training's
             for line in skips:
                 self.skip_log.add_line(line)
+        if self.stage is not None:  # pair batches: each pair's loss, metrics noted by the stage
+            return self.pair_prediction_step(model, inputs)
         labels = inputs.get("labels")
         if not prediction_loss_only or labels is None or self.args.pipeline_model_parallel_size > 1:
             return super().prediction_step(model, inputs, prediction_loss_only, *args, **kwargs)
@@ -517,3 +537,22 @@ class MIXTrainer(Trainer):
                 self.eval_sums[sample] = (loss_sum, tokens)
                 total, count = total + loss_sum, count + tokens
         return paddle.to_tensor(total / max(count, 1), dtype="float32"), None, None
+
+    def pair_prediction_step(self, model: Any, inputs: dict[str, Any]) -> Any:
+        """Evaluation of a pair batch: each pair's loss kept by pair id (the eval loss is the mean over the eval
+        set's pairs, each counted once, as `eval_token_mean` counts samples) and the batch's mean returned."""
+        inputs = self._prepare_inputs(inputs)
+        with paddle.no_grad():
+            self.stage(model, inputs, training=False)
+        losses = self.stage.last_losses.numpy().tolist()  # [P]
+        for pair_id, loss in zip(inputs[PAIR_IDS], losses):
+            self.eval_sums[pair_id] = (loss, 1)
+        return paddle.to_tensor(sum(losses) / max(len(losses), 1), dtype="float32"), None, None
+
+    def log(self, logs: dict[str, float], **kwargs: Any) -> None:
+        """Add the stage's training metrics (preference rewards and log-probs, over all ranks since the last log)
+        to the training logs, so the console, train_log.jsonl, VisualDL/TensorBoard and the final plot see them;
+        evaluation metrics come with the eval loss (`evaluation_loop`)."""
+        if self.stage is not None and "loss" in logs:
+            logs.update(self.stage.pop_metrics())
+        super().log(logs, **kwargs)

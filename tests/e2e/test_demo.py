@@ -84,3 +84,16 @@ def test_demo_below_target_says_why(monkeypatch, capsys) -> None:
     assert demo["exit_code"](0.625) == 1
     err = capsys.readouterr().err
     assert "62.5% is below the demo's target of 90%" in err and "--num_train_epochs" in err
+
+
+def test_shortened_dpo_demo_reaches_the_preference_target(tmp_path: Path, monkeypatch) -> None:
+    """`bash examples/run_demo.sh dpo` at reduced size: held-out preference accuracy >= 95 % and answers by
+    generation no worse than the starting model's."""
+    dpo_demo = DEMO.parent / "dpo_demo.py"
+    monkeypatch.setattr(sys, "argv", [str(dpo_demo)])
+    demo = runpy.run_path(str(dpo_demo))
+    result = demo["main"](["--workdir", str(tmp_path), "--n_train", "240", "--n_eval", "40", "--num_train_epochs",
+                           "3", "--per_device_eval_batch_size", "40"])  # fmt: skip
+    assert result["preference_accuracy"] >= 0.95, result
+    assert result["answer_accuracy_after"] >= result["answer_accuracy_before"], result
+    assert demo["exit_code"](result) == 0

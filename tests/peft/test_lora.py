@@ -218,3 +218,18 @@ def test_adapter_for_another_model_is_a_user_error(tiny_model_dir: Path, tiny_ll
     save_adapter(model, tmp_path)
     with pytest.raises(UserError, match="not a Linear layer of this model"):
         load_adapter(AutoModelMIX.from_pretrained(tiny_model_dir), tmp_path)
+
+
+def test_adapters_off_is_the_base_model_bit_for_bit(tiny_model_dir: Path, base_logits) -> None:
+    """Preference training's reference with LoRA: the trained model with its adapters switched off."""
+    from paddlemix.peft.layers import adapters_off
+    from paddlemix.peft.lora import lora_layers
+
+    model = lora_model(tiny_model_dir, ["all-linear"])
+    perturb(model)
+    assert not np.allclose(logits(model, batch()), base_logits, atol=1e-3)
+    with adapters_off(model) as switched:
+        off = logits(model, batch())
+    assert switched == len(lora_layers(model)) > 0
+    np.testing.assert_array_equal(off, base_logits)
+    assert not np.allclose(logits(model, batch()), base_logits, atol=1e-3)  # switched back on

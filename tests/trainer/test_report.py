@@ -29,3 +29,19 @@ def test_summary_steps_are_the_runs_not_the_last_logged() -> None:
     """logging_steps 10 and 492 steps: the last log is at step 490, the run has 492."""
     records = [{"step": s, "loss": 1.0} for s in range(10, 491, 10)]
     assert summarize(records, {"train_steps": 492})["steps"] == 492
+
+
+def test_preference_run_plots_its_rewards_beside_the_loss(tmp_path: Path) -> None:
+    records = [{"step": 1, "loss": 0.69, "rewards/chosen": 0.0, "rewards/rejected": 0.0, "rewards/margins": 0.0,
+                "rewards/accuracies": 0.0},
+               {"step": 2, "loss": 0.5, "rewards/chosen": 0.1, "rewards/rejected": -0.3, "rewards/margins": 0.4,
+                "rewards/accuracies": 0.75},
+               {"step": 2, "eval_loss": 0.55, "eval_rewards/margins": 0.3, "eval_rewards/accuracies": 0.8}]  # fmt: skip
+    fig = plot_loss_curve(records, tmp_path / "curve.png")
+    assert len(fig.axes) == 2
+    labels = [line.get_label() for line in fig.axes[1].get_lines()]
+    assert labels == ["rewards/chosen", "rewards/rejected", "rewards/margins", "eval rewards/margins",
+                      "rewards/accuracies", "eval rewards/accuracies"]  # fmt: skip
+    assert list(fig.axes[1].get_lines()[2].get_ydata()) == [0.0, 0.4]
+    summary = summarize(records, {})
+    assert summary["final_eval_rewards/accuracies"] == 0.8 and summary["final_eval_rewards/margins"] == 0.3
