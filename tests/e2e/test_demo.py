@@ -24,7 +24,9 @@ def test_shortened_demo_learns_colours(tmp_path: Path, monkeypatch, run_tool, fa
     monkeypatch.setattr(sys, "argv", [str(DEMO)])
     demo = runpy.run_path(str(DEMO))
     args = ["--family", family, "--workdir", str(tmp_path), "--n_train", "320", "--n_eval", "40"]
-    accuracy = demo["main"]([*args, "--num_train_epochs", "3"])
+    # the tiny Qwen3-VL needs one epoch more in this short run (0.325, 0.875, then 1.0 in the full demo)
+    epochs = "4" if family == "qwen3_vl" else "3"
+    accuracy = demo["main"]([*args, "--num_train_epochs", epochs])
     assert accuracy >= 0.9
     config = json.loads(demo["FAMILIES"][family][1].read_text())
     model = tmp_path / config["output_dir"]
