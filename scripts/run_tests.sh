@@ -1,26 +1,40 @@
 #!/usr/bin/env bash
 # Install everything from scratch and run the whole test suite (the command CI runs).
-# The parity tests compare with Hugging Face transformers 4.57.1 (PyTorch) in a separate environment, .venv-ref;
-# set SKIP_PARITY=1 to skip building it (those tests are then skipped with a reason).
+# The parity tests compare with Hugging Face transformers (PyTorch) in two separate environments, built once and
+# reused: .venv-ref (transformers 4.57.1, tests/parity/requirements-ref.txt, PADDLEMIX_REF_PYTHON) and .venv-ref5
+# (the current transformers 5.x, tests/parity/requirements-ref5.txt, PADDLEMIX_REF5_PYTHON). Set either variable to
+# use an existing Python instead; SKIP_PARITY=1 skips building both (those tests are then skipped with a reason).
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/install.sh"
 # PyTorch's own CPU index serves the CPU build (a 192 MB wheel); the default index resolves `torch` to the CUDA build
 # plus ~20 nvidia-* packages (several GB) on Linux. When that index cannot be reached (offline mirrors, proxies), the
 # probe fails within seconds and torch comes from the default index or the local wheel cache like everything else.
 TORCH_CPU_INDEX="${TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}"
-if [ "${SKIP_PARITY:-0}" != "1" ] && [ -z "${PADDLEMIX_REF_PYTHON:-}" ]; then
-    [ -x .venv-ref/bin/python ] || python3 -m venv .venv-ref
-    .venv-ref/bin/python -m pip install --quiet --upgrade pip
-    TORCH_PIN="$(grep -E '^torch==' tests/parity/requirements-ref.txt)"
+build_reference() {  # VENV_DIR REQUIREMENTS_FILE: create (or update) one reference environment
+    local venv="$1" requirements="$2" torch_pin
+    [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+    "$venv/bin/python" -m pip install --quiet --upgrade pip
+    torch_pin="$(grep -E '^torch==' "$requirements")"
     if python3 -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1] + '/torch/', timeout=5)" \
         "$TORCH_CPU_INDEX" 2>/dev/null; then
-        echo "installing $TORCH_PIN (CPU build) from $TORCH_CPU_INDEX"
-        .venv-ref/bin/python -m pip install --quiet --index-url "$TORCH_CPU_INDEX" "$TORCH_PIN"
+        echo "installing $torch_pin (CPU build) into $venv from $TORCH_CPU_INDEX"
+        "$venv/bin/python" -m pip install --quiet --index-url "$TORCH_CPU_INDEX" "$torch_pin"
     else
-        echo "$TORCH_CPU_INDEX is not reachable; installing $TORCH_PIN from the default index"
+        echo "$TORCH_CPU_INDEX is not reachable; installing $torch_pin into $venv from the default index"
     fi
-    .venv-ref/bin/python -m pip install --quiet -r tests/parity/requirements-ref.txt
-    export PADDLEMIX_REF_PYTHON="$PWD/.venv-ref/bin/python"
+    "$venv/bin/python" -m pip install --quiet -r "$requirements"
+}
+if [ "${SKIP_PARITY:-0}" != "1" ]; then
+    if [ -z "${PADDLEMIX_REF_PYTHON:-}" ]; then
+        build_reference .venv-ref tests/parity/requirements-ref.txt
+        export PADDLEMIX_REF_PYTHON="$PWD/.venv-ref/bin/python"
+    fi
+    if [ -z "${PADDLEMIX_REF5_PYTHON:-}" ]; then
+        build_reference .venv-ref5 tests/parity/requirements-ref5.txt
+        export PADDLEMIX_REF5_PYTHON="$PWD/.venv-ref5/bin/python"
+    fi
+else
+    unset PADDLEMIX_REF_PYTHON PADDLEMIX_REF5_PYTHON
 fi
 python -m ruff check .
 python -m ruff format --check .

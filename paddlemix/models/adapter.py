@@ -94,10 +94,12 @@ class ModelAdapter:
     paddlemix_names: Callable[[str], tuple[str, ...]] = no_aliases
 
     def load_config(self, path: str | Path, device: str = "cpu") -> Any:
+        from paddlemix.models.hf_config import read_rope
         from paddlemix.models.loading import local_folder_logs
 
         with local_folder_logs():
             config = import_object(self.config_class).from_pretrained(str(path))
+        read_rope(config, path)  # both transformers generations' keys (paddleformers reads only 4.x's)
         self.prepare_config(config, device)
         return config
 

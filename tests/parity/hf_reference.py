@@ -12,14 +12,17 @@ Writes the model inputs, the rendered text, the float32 logits and, if asked, th
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
 import transformers
 from PIL import Image
 from transformers import processing_utils
+from transformers.utils import PushToHubMixin
 from transformers.video_processing_utils import BaseVideoProcessor
 
 # config.json model_type -> the transformers class that loads such a folder.
@@ -39,9 +42,38 @@ class NoVideoProcessor(BaseVideoProcessor):
         return cls()
 
 
+class SavedVideoSettings(PushToHubMixin):
+    """transformers 5.x's stand-in for the video processor: keeps the folder's video settings (nested in
+    processor_config.json or in video_preprocessor_config.json) and writes them back unchanged."""
+
+    _auto_class = None
+
+    def __init__(self, settings: dict) -> None:
+        self.settings = settings
+
+    def to_dict(self) -> dict:
+        return dict(self.settings)
+
+    @classmethod
+    def from_pretrained(cls, folder, processor_config=None, return_unused_kwargs=False, **kwargs):
+        path = Path(folder) / "video_preprocessor_config.json"
+        settings = processor_config if isinstance(processor_config, dict) else {}
+        if not settings and path.is_file():
+            settings = json.loads(path.read_text(encoding="utf-8"))
+        return (cls(settings), kwargs) if return_unused_kwargs else cls(settings)
+
+
 def load_processor(model_dir: str):
-    for name in ("AutoVideoProcessor", "BaseVideoProcessor"):
-        setattr(processing_utils.transformers_module, name, NoVideoProcessor)
+    if transformers.__version__.startswith("4."):
+        for name in ("AutoVideoProcessor", "BaseVideoProcessor"):
+            setattr(processing_utils.transformers_module, name, NoVideoProcessor)
+        return transformers.AutoProcessor.from_pretrained(model_dir)
+    auto = importlib.import_module("transformers.models.auto.video_processing_auto")
+    auto.AutoVideoProcessor = processing_utils.transformers_module.AutoVideoProcessor = SavedVideoSettings
+    check = processing_utils.ProcessorMixin.check_argument_for_proper_class
+    processing_utils.ProcessorMixin.check_argument_for_proper_class = lambda self, name, arg: (
+        None if name == "video_processor" else check(self, name, arg)
+    )
     return transformers.AutoProcessor.from_pretrained(model_dir)
 
 

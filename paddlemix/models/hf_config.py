@@ -1,0 +1,127 @@
+"""config.json as either transformers generation writes it, read into the values paddleformers 1.2 expects.
+
+transformers 4.x writes a language model's rotary settings as `rope_theta` plus `rope_scaling` ({"rope_type" or
+"type", "mrope_section", "mrope_interleaved", "factor", ...}); 5.x writes one `rope_parameters` dict holding
+`rope_theta` too and no `rope_theta` / `rope_scaling`. paddleformers 1.2's config classes read the 4.x keys only
+(Qwen3-VL's and Qwen2's / Llama's set `rope_parameters = rope_scaling` and fall back to their default theta), so a
+5.x file would be read with another theta and mRoPE split, silently. `normalize_rope` reads both spellings, in the
+section itself and, for Qwen2-VL-style files, at the top level; values that disagree are an error.
+
+Other keys 5.x renamed or moved, checked key by key against 4.57.1 on tiny models of every family (tests/parity):
+`torch_dtype` -> `dtype` (read by `paddlemix.models.loading.checkpoint_dtype`), LLaVA's `image_token_index` ->
+`image_token_id` (read by `LlavaConfig`), Qwen2.5-VL's language-model keys only inside `text_config` (paddleformers
+reads them there), vision sections' `model_type` renamed (`qwen2_vl_vision`, ...; not read) and a vision
+`rope_parameters` of `{"rope_type": "axial", "rope_theta": 10000.0}`, the theta every family's vision tower uses.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from paddlemix.utils.errors import UserError
+from paddlemix.utils.io import read_json
+
+# Sections of config.json that hold a language model's settings, outermost first.
+TEXT_SECTIONS = ("", "text_config")
+# The rotary base every supported vision tower is built with (transformers hard-codes it in 4.x).
+VISION_ROPE_THETA = 10000.0
+
+
+def _section(raw: dict[str, Any], name: str) -> dict[str, Any] | None:
+    part = raw if not name else raw.get(name)
+    return part if isinstance(part, dict) else None
+
+
+def _rope_of(part: dict[str, Any], where: str) -> dict[str, Any]:
+    """The rotary settings one section states, merged from `rope_parameters`, `rope_scaling` and `rope_theta`,
+    with `type` read as `rope_type` and "mrope" as "default" (transformers' own reading); {} if none."""
+    merged: dict[str, Any] = {}
+    sources = [("rope_parameters", part.get("rope_parameters")), ("rope_scaling", part.get("rope_scaling"))]
+    if part.get("rope_theta") is not None:
+        sources.append(("rope_theta", {"rope_theta": part["rope_theta"]}))
+    for key, value in sources:
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            raise UserError(f'{where}: "{key}" is {value!r}; transformers writes it as a JSON object.')
+        value = dict(value)
+        kind = value.pop("type", None)
+        if kind is not None:
+            value.setdefault("rope_type", kind)
+        if value.get("rope_type") == "mrope":
+            value["rope_type"] = "default"
+        for name, setting in value.items():
+            if name in merged and merged[name] != setting and not _same_number(merged[name], setting):
+                raise UserError(
+                    f'{where}: "{key}" says {name} = {setting!r} but another key of the same section says '
+                    f"{merged[name]!r}. transformers 4.x writes rope_theta + rope_scaling, 5.x writes "
+                    "rope_parameters; keep one of them (or make them agree)."
+                )
+            merged.setdefault(name, setting)
+    return merged
+
+
+def _same_number(a: Any, b: Any) -> bool:
+    return isinstance(a, (int, float)) and isinstance(b, (int, float)) and float(a) == float(b)
+
+
+def normalize_rope(raw: dict[str, Any], where: str | Path) -> dict[str, dict[str, Any]]:
+    """Rotary settings per language-model section of a config.json dict: {"" or "text_config": settings}.
+
+    A section without settings of its own takes the top level's (Qwen2-VL and Qwen2.5-VL files of 4.x keep them
+    there); a section that states none (here or at the top) is left out, keeping the config class's defaults, as
+    transformers does. Each result holds `rope_theta` only if the file states one, `rope_type` ("default" if
+    unstated) and the rest as written (`mrope_section`, `mrope_interleaved`, `factor`, ...).
+
+    Raises:
+        UserError: two keys or two sections state different values for the same setting, or a vision section
+            asks for a rotary base other than `VISION_ROPE_THETA`.
+    """
+    top = _rope_of(raw, f'{where} (top level)') if raw else {}
+    out: dict[str, dict[str, Any]] = {}
+    for name in TEXT_SECTIONS:
+        part = _section(raw, name)
+        if part is None:
+            continue
+        own = top if not name else _rope_of(part, f"{where} ({name})")
+        for key, value in top.items():
+            if key in own and own[key] != value and not _same_number(own[key], value):
+                raise UserError(
+                    f'{where}: {key} is {own[key]!r} in "{name}" but {value!r} at the top level; these must agree '
+                    "(transformers reads the language model's value). Fix one of them."
+                )
+        settings = {**top, **own}
+        if settings:
+            settings.setdefault("rope_type", "default")
+            out[name] = settings
+    vision = _section(raw, "vision_config") or {}
+    theta = (vision.get("rope_parameters") or {}).get("rope_theta", VISION_ROPE_THETA)
+    if not _same_number(theta, VISION_ROPE_THETA):
+        raise UserError(
+            f'{where}: vision_config.rope_parameters.rope_theta = {theta!r}, but this model family\'s vision tower '
+            f"is built with {VISION_ROPE_THETA} (as in transformers); such a checkpoint cannot be read faithfully."
+        )
+    return out
+
+
+def apply_rope(config: Any, settings: dict[str, dict[str, Any]]) -> None:
+    """Set `rope_theta`, `rope_scaling` and `rope_parameters` of each loaded config section from `normalize_rope`,
+    the way paddleformers 1.2 holds a 4.x file (`rope_parameters` = `rope_scaling`, both with `rope_theta`)."""
+    for name, values in settings.items():
+        part = config if not name else getattr(config, name, None)
+        if part is None:
+            continue
+        theta = values.get("rope_theta", getattr(part, "rope_theta", None))
+        params = {**values, "rope_theta": theta} if theta is not None else dict(values)
+        if theta is not None:
+            part.rope_theta = theta
+        part.rope_scaling = dict(params)
+        part.rope_parameters = dict(params)
+
+
+def read_rope(config: Any, folder: str | Path) -> None:
+    """Make a config loaded by paddleformers from `folder` hold the rotary settings its config.json states, in
+    either transformers generation's spelling (see the module docstring)."""
+    path = Path(folder) / "config.json"
+    apply_rope(config, normalize_rope(read_json(path), path))
