@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import torch
 import transformers
-from hf_reference import load_processor, model_class
+from hf_reference import load_processor, model_class, video_settings
 
 
 def randomise(model: torch.nn.Module, seed: int) -> None:
@@ -34,6 +35,9 @@ def main() -> None:
     randomise(model, int(rest[0]) if rest else 0)
     model.save_pretrained(out, safe_serialization=True)
     load_processor(src).save_pretrained(out)
+    if transformers.__version__.startswith("4."):  # 4.x writes the video settings in a file of their own
+        settings = video_settings(src)
+        (Path(out) / "video_preprocessor_config.json").write_text(json.dumps(settings, indent=2), encoding="utf-8")
     print(json.dumps({"transformers": transformers.__version__}))
 
 

@@ -1,5 +1,5 @@
-"""Hugging Face PEFT side of the adapter round trip (runs in the reference environment: torch, transformers 4.57.1,
-peft).
+"""Hugging Face PEFT side of the adapter round trip (runs in a reference environment: torch, transformers 4.57.1 or
+5.x, and a PEFT release that works with it).
 
   python hf_peft.py load MODEL_DIR ADAPTER_DIR INPUTS.npz OUT.npz
       PeftModel.from_pretrained on the transformers model; OUT.npz gets the logits and the adapter keys PEFT
@@ -16,7 +16,7 @@ import sys
 
 import numpy as np
 import torch
-from hf_reference import model_class
+from hf_reference import model_class, with_mm_token_types
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import load_file
@@ -31,7 +31,7 @@ def base_model(model_dir: str):
 
 
 def logits(model, inputs_path: str) -> np.ndarray:
-    inputs = {k: torch.from_numpy(v) for k, v in np.load(inputs_path).items()}
+    inputs = with_mm_token_types(model, {k: torch.from_numpy(v) for k, v in np.load(inputs_path).items()})
     with torch.no_grad():
         return model(**inputs).logits.float().numpy()
 

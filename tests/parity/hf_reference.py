@@ -1,4 +1,4 @@
-"""Reference outputs from Hugging Face transformers 4.57 (PyTorch, CPU) for the parity tests.
+"""Reference outputs from Hugging Face transformers 4.57 or 5.x (PyTorch, CPU) for the parity tests.
 
 The model class comes from the folder's config.json `model_type` (HF_CLASSES).
 
@@ -56,11 +56,20 @@ class SavedVideoSettings(PushToHubMixin):
 
     @classmethod
     def from_pretrained(cls, folder, processor_config=None, return_unused_kwargs=False, **kwargs):
-        path = Path(folder) / "video_preprocessor_config.json"
-        settings = processor_config if isinstance(processor_config, dict) else {}
-        if not settings and path.is_file():
-            settings = json.loads(path.read_text(encoding="utf-8"))
+        settings = processor_config if isinstance(processor_config, dict) and processor_config else None
+        settings = settings or video_settings(folder)
         return (cls(settings), kwargs) if return_unused_kwargs else cls(settings)
+
+
+def video_settings(folder) -> dict:
+    """A folder's video processor settings: video_preprocessor_config.json, else the image processor's settings
+    under the video processor's type (how transformers fills in a folder saved without video settings)."""
+    path = Path(folder) / "video_preprocessor_config.json"
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    settings = json.loads((Path(folder) / "preprocessor_config.json").read_text(encoding="utf-8"))
+    kind = settings.pop("image_processor_type", "").replace("ImageProcessor", "VideoProcessor")
+    return {**settings, "video_processor_type": kind}
 
 
 def load_processor(model_dir: str):
@@ -82,6 +91,20 @@ def model_class(model_dir: str):
         return getattr(transformers, HF_CLASSES[json.load(file)["model_type"]])
 
 
+def with_mm_token_types(model, inputs: dict) -> dict:
+    """transformers 5.x's Qwen-VL models compute image mRoPE positions only when `mm_token_type_ids` (returned by
+    its processors: 1 on image tokens, 2 on video tokens) is passed, and plain positions otherwise; inputs made
+    elsewhere get it here. 4.x models and LLaVA take no such input."""
+    config = model.config
+    if transformers.__version__.startswith("4.") or "mm_token_type_ids" in inputs or "input_ids" not in inputs:
+        return inputs
+    if getattr(config, "vision_start_token_id", None) is None:
+        return inputs
+    ids = inputs["input_ids"]
+    types = (ids == config.image_token_id).long() + 2 * (ids == config.video_token_id).long()
+    return {**inputs, "mm_token_type_ids": types}
+
+
 def main() -> None:
     model_dir, request_path, out_path = sys.argv[1:4]
     request = json.loads(open(request_path, encoding="utf-8").read())
@@ -99,6 +122,7 @@ def main() -> None:
         images = [Image.open(p).convert("RGB") for p in request["images"]] or None
         inputs = processor(text=[text], images=images, return_tensors="pt")
     extra = {}
+    inputs = with_mm_token_types(model, inputs)
     with torch.no_grad():
         logits = model(**inputs).logits.float().numpy()
         if request.get("max_new_tokens"):
