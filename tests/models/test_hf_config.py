@@ -1,0 +1,162 @@
+"""config.json of both transformers generations read into the same values (paddlemix/models/hf_config.py), and the
+other file shapes 5.x writes: LLaVA's CLIP names without `vision_model.`, LoRA target regexes that hold in both
+module trees, LLaVA's image settings nested in processor_config.json."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from paddlemix.models import adapter_for
+from paddlemix.models.hf_config import normalize_rope
+from paddlemix.models.hf_layout import both_generations
+from paddlemix.models.llava import paddle_name as llava_paddle_name
+from paddlemix.models.llava.processor import image_processor_settings
+from paddlemix.peft.targets import peft_target_regex
+from paddlemix.utils.errors import UserError
+
+# Qwen3-VL-2B-Instruct's text and vision settings as transformers 5.x saves them (rope_parameters, no rope_theta).
+QWEN3_VL_2B_TEXT = {
+    "model_type": "qwen3_vl_text", "vocab_size": 151936, "hidden_size": 2048, "intermediate_size": 6144,
+    "num_hidden_layers": 28, "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 128,
+    "hidden_act": "silu", "max_position_embeddings": 262144, "rms_norm_eps": 1e-6, "tie_word_embeddings": True,
+    "attention_bias": False, "bos_token_id": 151643, "eos_token_id": 151645, "dtype": "bfloat16",
+    "rope_parameters": {"rope_theta": 5000000, "mrope_section": [24, 20, 20], "mrope_interleaved": True,
+                        "rope_type": "default"},
+}  # fmt: skip
+QWEN3_VL_2B_VISION = {
+    "model_type": "qwen3_vl_vision", "depth": 24, "hidden_size": 1024, "hidden_act": "gelu_pytorch_tanh",
+    "intermediate_size": 4096, "num_heads": 16, "in_channels": 3, "patch_size": 16, "spatial_merge_size": 2,
+    "temporal_patch_size": 2, "out_hidden_size": 2048, "num_position_embeddings": 2304,
+    "deepstack_visual_indexes": [5, 11, 17], "rope_parameters": {"rope_theta": 10000.0, "rope_type": "axial"},
+}  # fmt: skip
+
+
+def qwen3_vl_config(text: dict) -> dict:
+    return {"architectures": ["Qwen3VLForConditionalGeneration"], "model_type": "qwen3_vl", "text_config": text,
+            "vision_config": QWEN3_VL_2B_VISION, "tie_word_embeddings": True, "image_token_id": 151655,
+            "video_token_id": 151656, "vision_start_token_id": 151652, "vision_end_token_id": 151653,
+            "dtype": "bfloat16", "transformers_version": "5.25.0"}  # fmt: skip
+
+
+def write_config(folder: Path, config: dict) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def loaded_rope(folder: Path) -> tuple[float, dict]:
+    text = adapter_for(folder).load_config(folder).text_config
+    return text.rope_theta, text.rope_parameters
+
+
+def test_qwen3_vl_2b_saved_by_transformers_5_is_read_with_its_theta_and_sections(tmp_path: Path) -> None:
+    theta, params = loaded_rope(write_config(tmp_path / "hf5", qwen3_vl_config(QWEN3_VL_2B_TEXT)))
+    assert theta == 5000000 and params["rope_theta"] == 5000000  # paddleformers alone reads 1e6
+    assert params["mrope_section"] == [24, 20, 20] and params["mrope_interleaved"] is True
+
+
+def test_both_generations_of_the_same_config_load_alike(tmp_path: Path) -> None:
+    old = {k: v for k, v in QWEN3_VL_2B_TEXT.items() if k != "rope_parameters"}
+    rope = dict(QWEN3_VL_2B_TEXT["rope_parameters"])
+    old["rope_theta"] = rope.pop("rope_theta")
+    old["rope_scaling"] = rope
+    new = loaded_rope(write_config(tmp_path / "hf5", qwen3_vl_config(QWEN3_VL_2B_TEXT)))
+    assert loaded_rope(write_config(tmp_path / "hf4", qwen3_vl_config(old))) == new
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        # Qwen2-VL/2.5-VL 4.x: settings at the top level only; the original release's {"type": "mrope"}
+        ({"rope_theta": 1e6, "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]}, "text_config": {}},
+         {"rope_theta": 1e6, "rope_type": "default", "mrope_section": [16, 24, 24]}),
+        # Qwen2.5-VL 5.x: "type": "mrope" beside "rope_type": "default"
+        ({"text_config": {"rope_parameters": {"rope_theta": 1e6, "rope_type": "default", "type": "mrope",
+                                              "mrope_section": [2, 3, 3]}}},
+         {"rope_theta": 1e6, "rope_type": "default", "mrope_section": [2, 3, 3]}),
+        # a Llama LM with scaling in 5.x
+        ({"text_config": {"rope_parameters": {"rope_theta": 5e5, "rope_type": "llama3", "factor": 8.0}}},
+         {"rope_theta": 5e5, "rope_type": "llama3", "factor": 8.0}),
+    ],
+)  # fmt: skip
+def test_rope_settings_of_either_spelling(raw: dict, expected: dict) -> None:
+    assert normalize_rope(raw, "config.json")["text_config"] == expected
+
+
+def test_no_rope_settings_keep_the_class_defaults() -> None:
+    assert normalize_rope({"text_config": {"hidden_size": 8}}, "config.json") == {}
+
+
+@pytest.mark.parametrize(
+    "raw, key",
+    [
+        ({"text_config": {"rope_theta": 1e6, "rope_parameters": {"rope_theta": 5e6}}}, "rope_theta"),
+        ({"text_config": {"rope_scaling": {"mrope_section": [16, 24, 24]},
+                          "rope_parameters": {"mrope_section": [24, 20, 20]}}}, "mrope_section"),
+        ({"rope_theta": 1e6, "text_config": {"rope_parameters": {"rope_theta": 5e6}}}, "rope_theta"),
+        ({"vision_config": {"rope_parameters": {"rope_theta": 5e4}}, "text_config": {}}, "vision_config"),
+    ],
+)  # fmt: skip
+def test_conflicting_values_are_an_error_naming_the_key(raw: dict, key: str) -> None:
+    with pytest.raises(UserError, match=key):
+        normalize_rope(raw, "config.json")
+
+
+def test_same_values_in_both_spellings_are_accepted() -> None:
+    raw = {"text_config": {"rope_theta": 1000000, "rope_parameters": {"rope_theta": 1e6, "rope_type": "default"}}}
+    assert normalize_rope(raw, "config.json")["text_config"]["rope_theta"] == 1e6
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("vision_tower.vision_model.encoder.layers.0.mlp.fc2.weight",  # 4.x file
+         "model.vision_tower.vision_model.encoder.layers.0.mlp.fc2.weight"),
+        ("vision_tower.encoder.layers.0.mlp.fc2.weight",  # 5.x file
+         "model.vision_tower.vision_model.encoder.layers.0.mlp.fc2.weight"),
+        ("vision_tower.embeddings.class_embedding", "model.vision_tower.vision_model.embeddings.class_embedding"),
+        ("model.vision_tower.post_layernorm.bias", "model.vision_tower.vision_model.post_layernorm.bias"),  # 5.x
+        ("language_model.model.layers.0.mlp.up_proj.weight", "model.language_model.layers.0.mlp.up_proj.weight"),
+        ("language_model.lm_head.weight", "lm_head.weight"),
+    ],
+)  # fmt: skip
+def test_llava_names_of_both_generations(name: str, expected: str) -> None:
+    assert llava_paddle_name(name) == expected
+
+
+def test_lora_target_regex_holds_in_both_module_trees() -> None:
+    modules = [f"model.vision_tower.vision_model.encoder.layers.{i}.mlp.{p}" for i in range(2) for p in ("fc1", "fc2")]
+    modules += ["model.language_model.layers.0.self_attn.q_proj"]
+    pattern = peft_target_regex([m for m in modules if m.endswith("fc2")], modules)
+    for i in range(2):
+        assert re.fullmatch(pattern, f"model.vision_tower.vision_model.encoder.layers.{i}.mlp.fc2")  # 4.x
+        assert re.fullmatch(pattern, f"model.vision_tower.encoder.layers.{i}.mlp.fc2")  # 5.x
+        assert not re.fullmatch(pattern, f"model.vision_tower.encoder.layers.{i}.mlp.fc1")
+    assert both_generations(re.escape("model.visual.blocks.0.attn.qkv")) == re.escape("model.visual.blocks.0.attn.qkv")
+
+
+CLIP_SETTINGS = {"crop_size": {"height": 28, "width": 28}, "size": {"shortest_edge": 28}, "do_center_crop": True,
+                 "image_mean": [0.5] * 3, "image_std": [0.5] * 3, "resample": 3}  # fmt: skip
+
+
+def test_llava_image_settings_nested_in_processor_config(tmp_path: Path) -> None:
+    nested = {"image_processor": {**CLIP_SETTINGS, "image_processor_type": "CLIPImageProcessor"}, "patch_size": 14}
+    assert image_processor_settings(tmp_path, nested)["crop_size"] == {"height": 28, "width": 28}
+
+
+def test_llava_image_settings_that_disagree_are_an_error(tmp_path: Path) -> None:
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(CLIP_SETTINGS))
+    nested = {"image_processor": {**CLIP_SETTINGS, "size": {"shortest_edge": 336}}}
+    with pytest.raises(UserError, match="disagree on size"):
+        image_processor_settings(tmp_path, nested)
+    same = {"image_processor": {**CLIP_SETTINGS, "image_processor_type": "CLIPImageProcessorFast"}}
+    assert image_processor_settings(tmp_path, same) == CLIP_SETTINGS
+
+
+def test_llava_folder_without_image_settings_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="preprocessor_config.json"):
+        image_processor_settings(tmp_path, {"patch_size": 14})
