@@ -130,8 +130,10 @@ def check_peft_round_trip(model_dir: Path, inputs: dict, tmp_path: Path, targets
     assert np.abs(made["logits"] - base).max() > 1e-3, "the PEFT adapter must change the logits"
     diff = np.abs(paddle_logits(theirs, inputs) - made["logits"]).max()
     merged = np.abs(paddle_logits(fold_adapter(theirs), inputs) - made["logits"]).max()
-    print(f"{what}: max |paddle(PEFT adapter) - PEFT| = {diff:.2e}, merged {merged:.2e}")
-    assert diff <= LOGITS_ATOL and merged <= LOGITS_ATOL
+    merged_dir = merge_adapter(model_dir, tmp_path / "theirs", tmp_path / "theirs_merged")  # the merge tool's path
+    streamed = np.abs(paddle_logits(AutoModelMIX.from_pretrained(merged_dir), inputs) - made["logits"]).max()
+    print(f"{what}: max |paddle(PEFT adapter) - PEFT| = {diff:.2e}, merged {merged:.2e}, merge tool {streamed:.2e}")
+    assert diff <= LOGITS_ATOL and merged <= LOGITS_ATOL and streamed <= LOGITS_ATOL
 
 
 def chat(with_image: bool) -> list[dict]:

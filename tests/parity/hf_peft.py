@@ -36,10 +36,21 @@ def logits(model, inputs_path: str) -> np.ndarray:
         return model(**inputs).logits.float().numpy()
 
 
+def as_peft_reads(model, state: dict) -> dict:
+    """The adapter's tensors under the names PEFT loads them by: on transformers 5.x PEFT renames a file's keys by
+    the model's weight conversions first (e.g. LLaVA's `vision_tower.vision_model.*` -> `vision_tower.*`)."""
+    try:
+        from peft.utils.transformers_weight_conversion import convert_peft_adapter_state_dict_for_transformers
+    except ImportError:  # transformers 4.x: no conversions
+        return state
+    config = model.peft_config["default"]
+    return convert_peft_adapter_state_dict_for_transformers(model=model, peft_config=config, adapter_state_dict=state)
+
+
 def load(model_dir: str, adapter_dir: str, inputs_path: str, out_path: str) -> None:
     model = PeftModel.from_pretrained(base_model(model_dir), adapter_dir).eval()
     expected = set(get_peft_model_state_dict(model))
-    in_file = set(load_file(f"{adapter_dir}/adapter_model.safetensors"))
+    in_file = set(as_peft_reads(model, load_file(f"{adapter_dir}/adapter_model.safetensors")))
     np.savez(
         out_path,
         logits=logits(model, inputs_path),
