@@ -22,6 +22,7 @@ import os
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 from paddlemix.testing.shapes import make_shapes_dataset
@@ -38,6 +39,13 @@ FAMILIES = {
     "qwen2_vl": (build_tiny_qwen2_vl, CONFIGS / "qwen2_vl_shapes_sft_argument.json"),
     "qwen3_vl": (build_tiny_qwen3_vl, CONFIGS / "qwen3_vl_shapes_sft_argument.json"),
     "llava": (build_tiny_llava, CONFIGS / "llava_shapes_sft_argument.json"),
+    # Laid out as users' checkpoints often are: a base Qwen2.5-VL whose eos is <|endoftext|> (answers still end with
+    # <|im_end|>), and a LLaVA on a Llama LM with llava-hf's Vicuna template (answers end with no token of its own).
+    "qwen2_5_vl_base": (partial(build_tiny_qwen2_5_vl, base_layout=True), CONFIGS / "shapes_sft_argument.json"),
+    "llava_vicuna": (
+        partial(build_tiny_llava, language="llama", vicuna=True),
+        CONFIGS / "llava_shapes_sft_argument.json",
+    ),
 }
 TARGET_ACCURACY = 0.9
 

@@ -12,7 +12,6 @@ import dataclasses
 import enum
 import importlib.util
 import json
-import os
 import types
 import typing
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from paddlemix.distributed.checks import check_parallel, check_pipeline, parallel_degrees, sharding_notes
 from paddlemix.utils.errors import Problems, UserError, closest
 from paddlemix.utils.io import read_json
 
@@ -147,11 +147,6 @@ PADDLEMIX_KEYS: dict[str, ForeignKey] = {
     "resize_vocab": ForeignKey(
         why="off", inert=_off, refuse="resizing the vocabulary is not available here; set it to false"
     ),
-    "split_special_tokens": ForeignKey(
-        why="off",
-        inert=_off,
-        refuse="special tokens are always kept whole by the model's tokenizer here; set it to false",
-    ),
     "new_special_tokens": ForeignKey(
         why="none",
         inert=_off,
@@ -177,7 +172,14 @@ PADDLEMIX_SOURCE_KEYS = {"splits": PADDLEMIX_KEYS["splits"]}
 
 @dataclass(frozen=True)
 class DatasetSource:
-    """One entry of `dataset.train` / `dataset.eval`: a reader, its files and how much of it to use."""
+    """One entry of `dataset.train` / `dataset.eval`: a reader, its files and how much of it to use.
+
+    `image_placeholder`: the text that marks an image in string content of records that have images (default
+    `<image>`; elsewhere it is plain text). `inline_images`: whether `<img>path</img>` in string content is an image
+    (unset = only in PaddleMIX's pair-list conversations; elsewhere it is plain text, as in HTML).
+    `keep_empty_think`: with a thinking chat template (Qwen3's), whether the empty `<think></think>` block it
+    writes before an answer without reasoning is trained (true, as the template renders it) or is part of the
+    prompt (false: prompts are rendered with `enable_thinking=False`, which writes that block)."""
 
     name: SourceName
     data_files: list[str]
@@ -185,6 +187,9 @@ class DatasetSource:
     sampling_rate: float = 1.0
     image_root: str | None = None
     prompt: str | None = None
+    image_placeholder: str = "<image>"
+    inline_images: bool | None = None
+    keep_empty_think: bool = True
 
 
 @dataclass(frozen=True)
@@ -220,6 +225,9 @@ class DataArgs:
     image_cache_dir: str | None = None
     # PaddleMIX's Qwen2-VL key: the longer image side is scaled down to at most this (None = as stored).
     image_resolution: int | None = None
+    # Special-token strings typed in record text are plain text (transformers' `split_special_tokens`); false makes
+    # them control tokens.
+    split_special_tokens: bool = True
 
 
 @dataclass(frozen=True)
@@ -412,9 +420,10 @@ def _split_overrides(overrides: list[str]) -> dict[str, Any]:
     return out
 
 
-def load(path: str | Path, overrides: list[str] | None = None) -> RunArgs:
+def load(path: str | Path, overrides: list[str] | None = None, world_size: int | None = None) -> RunArgs:
     """Read the argument file and `--key value` overrides into RunArgs; raise one UserError listing every mistake
-    (those of an override name the command line, not the file)."""
+    (those of an override name the command line, not the file). `world_size`: the processes a launcher is about to
+    start (train.sh checks the file before launching), else those of this launch (PADDLE_TRAINERS_NUM)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"argument file {path} does not exist.")
@@ -423,7 +432,7 @@ def load(path: str | Path, overrides: list[str] | None = None) -> RunArgs:
         raise UserError(f"{path} must hold one JSON object of arguments.")
     cli = _split_overrides(overrides or [])
     raw.update(cli)
-    return parse(raw, str(path), set(cli))
+    return parse(raw, str(path), set(cli), world_size)
 
 
 def known_keys() -> set[str]:
@@ -438,7 +447,7 @@ def _suggest(key: str, training_types: dict[str, Any]) -> str:
     return closest(key, own) or closest(key, training_types)
 
 
-def parse(raw: dict[str, Any], where: str, cli_keys: set[str] | None = None) -> RunArgs:
+def parse(raw: dict[str, Any], where: str, cli_keys: set[str] | None = None, world_size: int | None = None) -> RunArgs:
     """Route each flat key to its dataclass, translate PaddleMIX's keys, check types, then check combinations (see
     `validate`); every problem found is reported in one UserError."""
     problems = Problems(where, cli_keys)
@@ -516,9 +525,14 @@ def parse(raw: dict[str, Any], where: str, cli_keys: set[str] | None = None) -> 
             k for key in cli_keys or () for k in (key, getattr(PADDLEMIX_KEYS.get(key), "to", None)) if k
         ),
     )
-    validate(args, training, problems)
+    validate(args, training, problems, world_size)
     problems.raise_if_any()
     kwargs, adjusted = training_kwargs_with_notes(training, args.runtime, args.data.packing)
+    if kwargs["device"] == "cpu":  # GPU/NPU/XPU runs never import the stand-ins
+        from paddlemix.distributed.cpu_collectives import install
+
+        # before TrainingArguments: building it initialises fleet for the parallel degrees
+        install("cpu", parallel_degrees(kwargs))
     args.training = _build_training_arguments(training_cls, kwargs, where)
     args.training_keys = tuple(dict.fromkeys((*training, *TRAINING_DEFAULTS)))
     args.notes = tuple(notes + adjusted)
@@ -619,6 +633,7 @@ def training_kwargs_with_notes(
         asked = f"{key} {kwargs.get('fp16_opt_level', 'O1')}"
         notes.append(f"precision: float32, not {asked}: {CPU_HALF_PRECISION.format(kind=kind)}")
         kwargs.update(bf16=False, fp16=False, amp_master_grad=False)
+    notes.extend(sharding_notes(kwargs))
     return kwargs, notes
 
 
@@ -628,6 +643,9 @@ def training_kwargs(training: dict[str, Any], runtime: RuntimeArgs, packing: boo
 
     kwargs = {**TRAINING_DEFAULTS, **training, "device": resolve_device(runtime.device)}
     kwargs.setdefault("amp_master_grad", bool(kwargs.get("fp16") or kwargs.get("bf16")))
+    if max(kwargs.get("pipeline_model_parallel_size", 1) or 1, 1) > 1:
+        # Micro-batches keep their own lengths (padding to the longest in the batch); the stages exchange shapes.
+        kwargs.setdefault("variable_seq_lengths", True)
     if packing:
         # The pack stream fast-forwards itself on resume; the trainer must not replay (and decode) skipped batches.
         kwargs["ignore_data_skip"] = True
@@ -641,7 +659,7 @@ def _build_training_arguments(cls: type, kwargs: dict[str, Any], where: str) -> 
         raise UserError(f"{where}: the training arguments do not fit together: {err}") from None
 
 
-def validate(args: RunArgs, training: dict[str, Any], problems: Problems) -> None:
+def validate(args: RunArgs, training: dict[str, Any], problems: Problems, world_size: int | None = None) -> None:
     """Check paths and cross-field combinations that would otherwise fail after the model is loaded; every
     problem is added to `problems`."""
     add = problems.add
@@ -658,6 +676,11 @@ def validate(args: RunArgs, training: dict[str, Any], problems: Problems) -> Non
             f"{args.data.image_resolution}; leave it unset to keep images as stored.",
             "image_resolution",
         )
+    for split in DATA_SPLITS:
+        for k, source in enumerate(getattr(args.data, split)):
+            if not source.image_placeholder.strip():
+                add(f'"dataset.{split}[{k}].image_placeholder" is empty; give the text that marks an image in the '
+                    'records (default "<image>").', "dataset")  # fmt: skip
     if training.get("fp16") and training.get("bf16"):
         add('"fp16" and "bf16" are both true; choose one.', "fp16")
     if training.get("fp16_opt_level") == "O2" and not (training.get("fp16") or training.get("bf16")):
@@ -673,13 +696,6 @@ def validate(args: RunArgs, training: dict[str, Any], problems: Problems) -> Non
             f'"lora_rank" must be >= 1 and "lora_dropout" in [0, 1), got {args.lora.lora_rank} and '
             f"{args.lora.lora_dropout}.",
             "lora_rank",
-        )
-    tp = max(training.get("tensor_model_parallel_size", 1) or 1, 1)
-    if args.lora.lora and tp > 1:
-        add(
-            f'"tensor_parallel_degree" = {tp} with "lora": true is not supported (the adapters are not split across '
-            'devices); set "tensor_parallel_degree": 1 and use data parallelism or sharding for LoRA runs.',
-            "tensor_parallel_degree",
         )
     if args.lora.lora_path and not args.lora.lora:
         add('"lora_path" is set but "lora" is false; set "lora": true to continue an adapter.', "lora_path")
@@ -708,11 +724,42 @@ def validate(args: RunArgs, training: dict[str, Any], problems: Problems) -> Non
         add('"dataset.train" is empty; name at least one source.', "dataset")
     if training.get("do_eval") and not args.data.eval:
         add('"do_eval" is true but "dataset.eval" is empty.', "do_eval")
+    if training.get("load_best_model_at_end"):
+        _validate_best_model(args, training, problems)
     for split in DATA_SPLITS:
         for i, source in enumerate(getattr(args.data, split)):
             _validate_source(source, f"dataset.{split}[{i}]", problems)
-    if (model_dir / "config.json").is_file():
-        _validate_parallel(training, model_dir, problems)
+    check_parallel(training, model_dir, problems, lora=args.lora.lora, world_size=world_size)
+    check_pipeline(training, model_dir, problems, lora=args.lora.lora)
+
+
+def _validate_best_model(args: RunArgs, training: dict[str, Any], problems: Problems) -> None:
+    """`load_best_model_at_end` needs evaluations to compare and checkpoints to go back to."""
+    no_eval = (
+        not (training.get("do_eval") and args.data.eval) or str(training.get("evaluation_strategy", "no")) == "no"
+    )
+    if no_eval:
+        problems.add(
+            '"load_best_model_at_end": true needs evaluations to pick the best checkpoint, but this run never '
+            'evaluates; set "do_eval": true with a "dataset.eval" source and "evaluation_strategy": "steps" (or '
+            '"epoch"), or set "load_best_model_at_end": false.',
+            "load_best_model_at_end",
+        )
+    if str(training.get("save_strategy", "steps")) == "no":
+        problems.add(
+            '"load_best_model_at_end": true needs checkpoints to go back to, but "save_strategy" is "no"; save at '
+            'the evaluation steps ("save_strategy" equal to "evaluation_strategy") or set "load_best_model_at_end": '
+            "false.",
+            "load_best_model_at_end",
+        )
+    metric = str(training.get("metric_for_best_model") or "loss")
+    if metric.removeprefix("eval_") != "loss" and not args.runtime.eval_generation:
+        problems.add(
+            f'"metric_for_best_model" = "{metric}" is not logged by this run: without "eval_generation": true the '
+            'evaluation logs only "eval_loss"; use "eval_loss", or turn on "eval_generation" for "eval_accuracy" / '
+            '"eval_bleu4".',
+            "metric_for_best_model",
+        )
 
 
 def _validate_source(source: DatasetSource, key: str, problems: Problems) -> None:
@@ -731,28 +778,3 @@ def _validate_source(source: DatasetSource, key: str, problems: Problems) -> Non
         )
     if source.image_root is not None and not Path(source.image_root).is_dir():
         add(f'"{key}.image_root" = "{source.image_root}" is not a folder.')
-
-
-def _validate_parallel(training: dict[str, Any], model_dir: Path, problems: Problems) -> None:
-    tp = max(training.get("tensor_model_parallel_size", 1), 1)
-    pp = max(training.get("pipeline_model_parallel_size", 1), 1)
-    sharding = max(training.get("sharding_parallel_size", 1), 1)
-    world = int(os.environ.get("PADDLE_TRAINERS_NUM", "1"))
-    if world % (tp * pp * sharding):
-        problems.add(
-            f"tensor x pipeline x sharding parallel degrees = {tp} x {pp} x {sharding} do not divide the "
-            f"{world} launched process(es); launch a multiple of {tp * pp * sharding} (see train.sh) or lower them.",
-            "tensor_parallel_degree",
-        )
-    if training.get("sharding") and sharding > 1 and training["sharding"] not in ("stage1", "stage2", "stage3"):
-        problems.add(f'"sharding" must be stage1, stage2 or stage3, got {training["sharding"]!r}.', "sharding")
-    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-    text = config.get("text_config", config)
-    for name, degree, key in (("num_attention_heads", tp, "tensor"), ("num_key_value_heads", tp, "tensor"),
-                              ("num_hidden_layers", pp, "pipeline")):  # fmt: skip
-        size = text.get(name) or config.get(name)
-        if degree > 1 and size and size % degree:
-            problems.add(
-                f'"{key}_parallel_degree" = {degree} does not divide the model\'s {name} = {size}.',
-                f"{key}_parallel_degree",
-            )

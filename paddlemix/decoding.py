@@ -161,6 +161,20 @@ def settings_for(model_dir: str | Path | None, model_config: Any = None, tokeniz
     return GenerationSettings(**chosen, eos_token_ids=eos, pad_token_id=int(pad), origin=origin)
 
 
+def add_stop_ids(path: str | Path, stop_ids: Sequence[int], model_config: Any = None) -> tuple[list, list] | None:
+    """Make generation_config.json at `path` list `stop_ids` among its eos ids, after the ones it has (else
+    config.json's); the file is created when missing. Returns (eos ids before, after) when it changed, else None."""
+    path = Path(path)
+    values = read_json_object(path)
+    before = list(token_ids(values.get("eos_token_id")) or token_ids(config_value(model_config, "eos_token_id")))
+    after = before + [int(i) for i in dict.fromkeys(stop_ids) if int(i) not in before]
+    if after == list(token_ids(values.get("eos_token_id"))):
+        return None
+    values["eos_token_id"] = after[0] if len(after) == 1 else after
+    path.write_text(json.dumps(values, indent=2) + "\n", encoding="utf-8")
+    return before, after
+
+
 def load_dtype(model_dir: str | Path, device: str) -> str:
     """The dtype to load a model in for inference: the checkpoint's (config.json `torch_dtype` or `dtype`, also
     inside `text_config`) on accelerators; float32 on CPU, which lacks bfloat16 kernels (e.g. conv2d of the patch

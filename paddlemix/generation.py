@@ -8,14 +8,14 @@ import math
 import string
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from paddlemix.arguments import DatasetSource
-from paddlemix.datasets.conversation import IMAGE_PLACEHOLDER, Message, Sample, SampleError
+from paddlemix.datasets.conversation import IMAGE_PLACEHOLDER, Message, Sample, SampleError, guard_text, plain_text
 from paddlemix.datasets.sources import SourceDataset
 from paddlemix.decoding import (
     Generated,
@@ -31,6 +31,8 @@ from paddlemix.peft.lora import base_model, load_adapter
 from paddlemix.peft.merge import check_adapter_base
 from paddlemix.processors.chat_template import ChatTemplate, template_for
 from paddlemix.processors.sample_processor import SampleProcessor
+from paddlemix.processors.template_files import trained_template_file
+from paddlemix.utils.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -74,16 +76,17 @@ class Generator:
         chat_template: str | None = None,
         model_dir: str | Path | None = None,
         max_length: int = 1 << 30,
+        keep_empty_think: bool = True,
     ) -> Generator:
         """A generator around an already loaded (possibly training or LoRA-wrapped) model; decoding defaults come
-        from `model_dir`'s generation_config.json (the base model's folder for an adapter). Prompts longer than
-        `max_length` tokens after image expansion, or than the model's `max_position_embeddings`, raise
-        `TooLongError`."""
+        from `model_dir`'s generation_config.json (the base model's folder for an adapter), and the token that ends
+        every answer of the chat template is a stop id too. Prompts longer than `max_length` tokens after image
+        expansion, or than the model's `max_position_embeddings`, raise `TooLongError`."""
         config = base_model(model).config
         positions_limit = config_value(config, "max_position_embeddings")
         encoder = adapter.sample_processor(processor, min(max_length, positions_limit or max_length))
-        settings = settings_for(model_dir, config, processor.tokenizer)
-        template = template_for(processor, chat_template)
+        template = template_for(processor, chat_template, keep_empty_think)
+        settings = with_stop_id(settings_for(model_dir, config, processor.tokenizer), template.stop_token_id)
         return cls(model, processor.tokenizer, encoder, template, settings, adapter.position_fn(config))
 
     @classmethod
@@ -94,10 +97,13 @@ class Generator:
         chat_template: str | None = None,
         device: str = "cpu",
     ) -> Generator:
-        """Load model (in the checkpoint's dtype on accelerators, float32 on CPU), processor and adapter weights."""
+        """Load model (in the checkpoint's dtype on accelerators, float32 on CPU), processor and adapter weights.
+        Without `chat_template`, prompts follow the template the adapter was trained with (the one `lora_path`
+        carries), else the model folder's own."""
         import paddle
 
         paddle.set_device(device)
+        chat_template = chat_template or trained_template_file(lora_path)
         if lora_path:
             check_adapter_base(lora_path, model_dir, logger.warning)
         adapter = adapter_for(model_dir)
@@ -113,6 +119,19 @@ class Generator:
         images or a prompt over the length limit."""
         return self.encoder.encode_prompt(Sample(tuple(messages), tuple(images)), self.template)
 
+    def check_room(self, prompts: Sequence[dict[str, np.ndarray]], settings: GenerationSettings) -> None:
+        """Raise UserError when a prompt leaves no room to answer under a `max_length` (prompt + answer, as
+        transformers counts it) and no `max_new_tokens` is set; transformers raises there too."""
+        if settings.max_new_tokens is not None:
+            return
+        longest = max((len(p["input_ids"]) for p in prompts), default=0)
+        if longest >= int(settings.max_length):
+            raise UserError(
+                f"{settings.origin}: max_length = {settings.max_length} counts the prompt too, and a prompt here "
+                f"has {longest} tokens (after image expansion), so no token is left to answer. Set max_new_tokens "
+                "(e.g. --max_new_tokens 64), or raise max_length above the prompt length, or shorten the prompt."
+            )
+
     def generate_encoded(
         self,
         prompts: Sequence[dict[str, np.ndarray]],
@@ -122,6 +141,7 @@ class Generator:
     ) -> Answers:
         """Answer encoded prompts as one left-padded batch (see paddlemix/decoding.py)."""
         settings = settings or self.settings
+        self.check_room(prompts, settings)
         batch = left_pad(prompts, settings.pad_token_id, self.positions)
         generated = decode(base_model(self.model), batch, settings, use_cache, np.random.default_rng(seed))
         eos = set(settings.eos_token_ids)
@@ -146,9 +166,19 @@ class Generator:
         return self.generate([question_message(question, images)], images, **overrides)
 
 
+def with_stop_id(settings: GenerationSettings, stop_id: int | None) -> GenerationSettings:
+    """`settings` with `stop_id` (the token that ends every trained answer) among the eos ids."""
+    if stop_id is None or stop_id in settings.eos_token_ids:
+        return settings
+    return replace(settings, eos_token_ids=(*settings.eos_token_ids, int(stop_id)))
+
+
 def question_message(question: str, images: Sequence[str] = ()) -> Message:
-    """A user turn asking `question`, with `<image>` placeholders in front when the question has none."""
-    if images and IMAGE_PLACEHOLDER not in question:
+    """A user turn asking `question`, with `<image>` placeholders in front when the question has none; without
+    images, an `<image>` in the question is text."""
+    if not images:
+        return Message("user", guard_text(question, (IMAGE_PLACEHOLDER,)))
+    if IMAGE_PLACEHOLDER not in question:
         question = IMAGE_PLACEHOLDER * len(images) + question
     return Message("user", question)
 
@@ -195,7 +225,8 @@ def _prompts(
         try:
             sample = data[i]
             last = max(k for k, m in enumerate(sample.messages) if m.role == "assistant")
-            yield _Prompt(i, generator.encode(sample.messages[:last], sample.images), sample.messages[last].content)
+            reference = plain_text(sample.messages[last].content)
+            yield _Prompt(i, generator.encode(sample.messages[:last], sample.images), reference)
         except Exception as err:  # noqa: BLE001 - any failure of one record is a skip, never the end of a run
             skipped.append({"index": i, "reason": str(err) if isinstance(err, SampleError) else repr(err)})
 
@@ -219,6 +250,8 @@ def _answer(
     try:
         answers = generator.generate_encoded([p.encoded for p in batch], settings)
         return [(p, text, answers.generated) for p, text in zip(batch, answers.texts)]
+    except UserError:  # the settings leave no room to answer: every record would fail alike
+        raise
     except Exception as err:  # noqa: BLE001
         if len(batch) == 1:
             skipped.append({"index": batch[0].index, "reason": f"generation failed: {err!r}"})

@@ -5,6 +5,25 @@
 # (the current transformers 5.x, tests/parity/requirements-ref5.txt, PADDLEMIX_REF5_PYTHON). Set either variable to
 # use an existing Python instead; SKIP_PARITY=1 skips building both (those tests are then skipped with a reason).
 set -euo pipefail
+case "${1:-}" in
+    -h|--help)
+        cat <<'USAGE'
+usage: bash scripts/run_tests.sh [PYTEST ARGS ...]
+
+Installs the package (into the active virtual environment, else ./.venv) and the parity environment .venv-ref,
+runs ruff, then the whole suite on two pytest workers, then the multiprocess tests alone. PYTEST ARGS go to both
+pytest passes. Environment: SKIP_PARITY=1 (no .venv-ref; parity tests skip), PADDLEMIX_REF_PYTHON=PATH (an
+existing reference Python), TORCH_CPU_INDEX=URL.
+
+One test file or test, without reinstalling anything, in the installed environment:
+  . .venv/bin/activate
+  python -m pytest tests/datasets/test_mixing.py -q
+  python -m pytest tests/tools/test_check_data_verdict.py -q -k budget
+  python -m pytest -q -m "not slow"          # the unit tests only
+USAGE
+        exit 0
+        ;;
+esac
 . "$(dirname "${BASH_SOURCE[0]}")/install.sh"
 # PyTorch's own CPU index serves the CPU build (a 192 MB wheel); the default index resolves `torch` to the CUDA build
 # plus ~20 nvidia-* packages (several GB) on Linux. When that index cannot be reached (offline mirrors, proxies), the

@@ -173,7 +173,7 @@ PLANTED = {  # record index in faulty.jsonl -> the skip reason it must produce
     1: "image not found",
     2: "image cannot be decoded",
     3: "image cannot be decoded",
-    4: "image side under 28 px",
+    4: "image too large",
     5: "image aspect ratio over 200",
     6: 'neither "messages" nor "conversations"',
     7: "no assistant turn",
@@ -181,6 +181,18 @@ PLANTED = {  # record index in faulty.jsonl -> the skip reason it must produce
     9: "malformed JSON line",
     10: "exceed max_length",
 }
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A width x height RGB PNG whose pixel data is missing: what a decompression bomb shows before it is decoded."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+    return b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
 
 
 @pytest.fixture(scope="session")
@@ -192,14 +204,14 @@ def faulty_data(tmp_path_factory: pytest.TempPathFactory, shapes_data: dict[str,
     good = sorted((shapes_data["train"].parent / "images").glob("train_*.png"))
     (folder / "random.png").write_bytes(bytes(range(256)) * 4)
     (folder / "truncated.png").write_bytes(good[0].read_bytes()[: good[0].stat().st_size // 2])
-    Image.new("RGB", (20, 20), (255, 0, 0)).save(folder / "tiny.png")
+    (folder / "bomb.png").write_bytes(png_header(30000, 30000))
     Image.new("RGB", (28, 6000), (255, 0, 0)).save(folder / "thin.png")
 
     def chat(image: str, question: str = "<image>What color is it?", answer: str = "red") -> str:
         return json.dumps({"images": [image], "messages": [{"role": "user", "content": question},
                                                            {"role": "assistant", "content": answer}]})  # fmt: skip
 
-    lines = [chat(str(good[0])), chat("missing.png"), chat("random.png"), chat("truncated.png"), chat("tiny.png"),
+    lines = [chat(str(good[0])), chat("missing.png"), chat("random.png"), chat("truncated.png"), chat("bomb.png"),
              chat("thin.png"), json.dumps({"text": "no conversation"}), chat(str(good[1]), answer=""),
              chat(str(good[2]), question="<image><image>Which?"), '{"messages": [broken',
              chat(str(good[3]), question="<image>" + "word " * 400)]  # fmt: skip

@@ -115,6 +115,20 @@ def test_train_type_sets_lora(tmp_path, model_dir, data_file) -> None:
         ({"lora": True, "freeze_llm": True}, '"freeze_llm": true leaves LoRA nothing to train'),
         ({"freeze_vision": "yes"}, 'key "freeze_vision" must be true or false'),
         ({"max_image_pixels": 100}, '"max_image_pixels" must be at least 784'),
+        ({"load_best_model_at_end": True}, '"load_best_model_at_end": true needs evaluations'),
+        (
+            {"load_best_model_at_end": True, "do_eval": True, "evaluation_strategy": "steps", "save_strategy": "no"},
+            '"load_best_model_at_end": true needs checkpoints to go back to',
+        ),
+        (
+            {
+                "load_best_model_at_end": True,
+                "do_eval": True,
+                "evaluation_strategy": "steps",
+                "metric_for_best_model": "accuracy",
+            },
+            '"metric_for_best_model" = "accuracy" is not logged by this run',
+        ),
     ],
 )
 def test_mistakes_name_the_key_and_file(tmp_path, model_dir, data_file, extra, message) -> None:
@@ -156,7 +170,11 @@ def test_bad_override_and_bad_json(tmp_path, model_dir, data_file) -> None:
             "4",
             '"tensor_parallel_degree" = 4 does not divide the model\'s num_key_value',
         ),
-        ({"sharding_parallel_degree": 2, "tensor_parallel_degree": 2}, "2", "2 x 1 x 2 do not divide the 2"),
+        (
+            {"sharding": "stage1", "sharding_parallel_degree": 2, "tensor_parallel_degree": 2},
+            "2",
+            "2 x 1 x 2 do not divide the 2",
+        ),
     ],
 )
 def test_parallel_degrees_checked_against_model_and_processes(
@@ -178,18 +196,6 @@ def test_parallel_strategy_is_handed_to_the_trainer() -> None:
     assert kwargs["sharding"] == "stage2" and kwargs["sharding_parallel_size"] == 2
     assert kwargs["ignore_data_skip"] is True and kwargs["remove_unused_columns"] is False
     assert arguments.training_kwargs({"output_dir": "x"}, arguments.RuntimeArgs(device="cpu"), False)["sharding"] == ""
-
-
-def test_lora_runs_only_without_tensor_parallelism(tiny_model_dir) -> None:
-    from paddlemix.auto import AutoModelMIX
-    from paddlemix.models import adapter_for
-    from paddlemix.peft.lora import apply_lora, lora_modules
-
-    modules = lora_modules(tiny_model_dir, adapter_for(tiny_model_dir), None)
-    model = apply_lora(AutoModelMIX.from_pretrained(tiny_model_dir), modules, 4, 8, tensor_parallel_degree=1)
-    assert model.lora_spec.modules == tuple(modules)
-    with pytest.raises(UserError, match='"tensor_parallel_degree" = 2'):
-        apply_lora(AutoModelMIX.from_pretrained(tiny_model_dir), modules, 4, 8, tensor_parallel_degree=2)
 
 
 def test_image_reading_keys(tmp_path, model_dir, data_file) -> None:

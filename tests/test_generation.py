@@ -113,7 +113,9 @@ def test_generation_config_eos_stops_generation(request, family, images, tmp_pat
     saved = json.loads((source / "generation_config.json").read_text())
     (copy / "generation_config.json").write_text(json.dumps({**saved, "eos_token_id": [tokens[stop], 1]}))
     generator = loaded(copy)
-    assert generator.settings.eos_token_ids == (tokens[stop], 1)
+    # the file's ids, then the token that ends every answer of the chat template
+    assert generator.settings.eos_token_ids == (tokens[stop], 1, generator.template.stop_token_id)
+    stop = next(k for k, t in enumerate(tokens) if t in generator.settings.eos_token_ids)
     answer = generator.generate_encoded([generator.encode(*conversations(images)[0])])
     assert answer.generated.tokens[0] == tokens[: stop + 1]
     assert answer.texts[0] == generator.tokenizer.decode(tokens[:stop], skip_special_tokens=True).strip()
@@ -177,3 +179,32 @@ def test_adapter_of_another_model_type_stops_before_loading(
     write_peft_adapter(tmp_path / "run", tiny_model_dir, ADAPTERS["qwen2_5_vl"].parameter_name, ("q_proj",))
     with pytest.raises(UserError, match="model_type 'qwen2_5_vl' vs 'llava'"):
         Generator.from_pretrained(str(tiny_llava_dir), str(tmp_path / "run"), None, "cpu")
+
+
+def test_prompt_that_leaves_no_room_under_max_length_is_an_error(tiny_model_dir: Path, images) -> None:
+    generator = loaded(tiny_model_dir)
+    prompt = generator.encode(*conversations(images)[0])
+    settings = generator.settings.with_overrides(max_length=len(prompt["input_ids"]))
+    from paddlemix.utils.errors import UserError
+
+    # transformers raises here too; before, the answer was "" with a hint that the model "ended at once"
+    with pytest.raises(UserError, match=r"max_length = \d+ counts the prompt too.*Set max_new_tokens"):
+        generator.generate_encoded([prompt], settings)
+    room = settings.with_overrides(max_length=len(prompt["input_ids"]) + 2)
+    assert len(generator.generate_encoded([prompt], room).generated.tokens[0]) <= 2
+
+
+def test_python_api_with_lora_path_prompts_with_the_trained_template(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from paddlemix.models import ADAPTERS
+    from paddlemix.processors.chat_template import JinjaChatTemplate
+    from paddlemix.processors.template_files import write_chat_template
+    from paddlemix.testing.peft_adapter import write_peft_adapter
+
+    trained = "{% for m in messages %}{{ m.role }}: {{ m.content }}<|im_end|>\n{% endfor %}" \
+              "{% if add_generation_prompt %}assistant:{% endif %}"  # fmt: skip
+    write_peft_adapter(tmp_path / "run", tiny_model_dir, ADAPTERS["qwen2_5_vl"].parameter_name, ("q_proj",))
+    write_chat_template(tmp_path / "run", trained)
+    generator = Generator.from_pretrained(str(tiny_model_dir), str(tmp_path / "run"), None, "cpu")
+    question = [Message("user", "What color?")]
+    assert generator.template.prompt(question) == JinjaChatTemplate(trained).prompt(question) == \
+        "user: What color?<|im_end|>\nassistant:"  # fmt: skip

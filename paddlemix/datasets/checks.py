@@ -11,7 +11,7 @@ import numpy as np
 
 from paddlemix.arguments import DatasetSource
 from paddlemix.datasets.conversation import SampleError, TooLongError, as_skip
-from paddlemix.datasets.encoded import source_names
+from paddlemix.datasets.encoded import MIN_SEEN_FOR_BUDGET, MISFORMAT_PROBE, source_names
 from paddlemix.datasets.packing import BestFitPacker, fill_ratio
 from paddlemix.datasets.sources import SourceDataset
 from paddlemix.processors.chat_template import ChatTemplate
@@ -71,30 +71,67 @@ def check_source(
 
 def check_split(
     sources: Sequence[DatasetSource], encoder: SampleProcessor, templates: Sequence[ChatTemplate],
-    max_length: int, window: int, progress: Any = None,
+    max_length: int, window: int, progress: Any = None, packing: bool = True,
 ) -> dict[str, Any]:  # fmt: skip
-    """Reports for every source of one split, plus the packing fill of all usable records together."""
+    """Reports for every source of one split, plus (with `packing`) the MIXToken fill of all usable records."""
     reports, all_lengths = {}, []
     for name, source, template in zip(source_names(sources), sources, templates):
         reports[name], lengths = check_source(source, encoder, template, progress)
         all_lengths += lengths
-    packs = list(BestFitPacker(max_length, window).pack(enumerate(all_lengths)))
-    return {
+    report = {
         "sources": reports,
+        "records": sum(r["records"] for r in reports.values()),
         "usable": len(all_lengths),
         "skipped": sum(r["skipped"] for r in reports.values()),
         "tokens": length_stats(all_lengths),
-        "mixtoken_fill": fill_ratio(packs, all_lengths, max_length) if packs else 0.0,
-        "mixtoken_rows": len(packs),
     }
+    if packing:
+        packs = list(BestFitPacker(max_length, window).pack(enumerate(all_lengths)))
+        report["mixtoken_fill"] = fill_ratio(packs, all_lengths, max_length) if packs else 0.0
+        report["mixtoken_rows"] = len(packs)
+    return report
+
+
+def verdict(report: dict[str, Any], max_skip_ratio: float, do_train: bool, do_eval: bool) -> dict[str, Any]:
+    """Whether training would stop on this data, by the rules the run applies (see `encoded.SkipLog` and
+    `sft.preflight`): "fail" with the reasons when it would, "warn" when records would be skipped but training
+    goes on, else "pass"."""
+    problems, warnings = [], []
+    splits = report["splits"]
+    train = splits.get("train")
+    if do_train and train is not None:
+        if train["usable"] == 0:
+            problems.append(f"no usable training record: all {train['records']} would be skipped")
+        elif train["records"] and train["skipped"] / train["records"] > max_skip_ratio:
+            share = f"{train['skipped']} of {train['records']} training records would be skipped"
+            if train["records"] >= MIN_SEEN_FOR_BUDGET:
+                problems.append(f"{share}, more than max_skip_ratio {max_skip_ratio:g}")
+            else:
+                warnings.append(f"{share}, more than max_skip_ratio {max_skip_ratio:g} (a run checks the share "
+                                f"once {MIN_SEEN_FOR_BUDGET} samples were read, more than this data holds)")  # fmt: skip
+    eval_split = splits.get("eval")
+    if do_eval and eval_split is not None and eval_split["usable"] == 0:
+        problems.append(f"no usable eval record (all {eval_split['records']} would be skipped) while eval is on")
+    for split, r in splits.items():
+        for name, s in r["sources"].items():
+            if s["usable"] == 0 and s["skipped"] >= MISFORMAT_PROBE:
+                problems.append(
+                    f'{split} source "{name}": all its records fail, e.g. {next(iter(s["examples"].values()))}'
+                )
+            elif s["skipped"]:
+                warnings.append(f'{split} source "{name}": {s["skipped"]} of {s["records"]} records would be skipped')
+    return {"verdict": "fail" if problems else "warn" if warnings else "pass", "problems": problems,
+            "warnings": warnings}  # fmt: skip
 
 
 def format_report(report: dict[str, Any]) -> str:
     """A readable summary of `check_split` reports keyed by split."""
     lines = []
     for split, r in report["splits"].items():
-        lines.append(f"{split}: {r['usable']} usable, {r['skipped']} skipped; MIXToken fill {r['mixtoken_fill']:.3f}"
-                     f" in {r['mixtoken_rows']} rows of {report['max_length']}")  # fmt: skip
+        fill = ""
+        if "mixtoken_fill" in r:  # only when packing is on
+            fill = f"; MIXToken fill {r['mixtoken_fill']:.3f} in {r['mixtoken_rows']} rows of {report['max_length']}"
+        lines.append(f"{split}: {r['usable']} usable, {r['skipped']} skipped{fill}")
         for name, s in r["sources"].items():
             t = s["tokens"]
             tokens = (

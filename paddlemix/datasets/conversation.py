@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 IMAGE_PLACEHOLDER = "<image>"
+# Written after the first character of a marker string that a record's text quotes (`<image>` in a text part, a
+# typed `<|im_end|>`), so no reader, template or tokenizer takes it for an image or a control token; the encoder
+# drops it and tokenizes the marker as plain text (see paddlemix/processors/text_encoding.py).
+TEXT_GUARD = "\ue003"
 Role = Literal["system", "user", "assistant"]
 
 
@@ -34,7 +40,40 @@ class ImageBytes:
         return f"{self.origin} ({len(self.data)} bytes)"
 
 
-# An image of a sample: an absolute path, an http(s) URL, or inline bytes.
+class RelativeImagePath(str):
+    """The path of an image a record gives relative to a folder, joined to that folder (`root`): a str like any
+    other path, which also remembers what the record wrote and why that folder, so a missing image can say where
+    it was looked for and how to point elsewhere (`not_found_hint`)."""
+
+    written: str
+    root: str
+    root_from: str  # '"image_root"', or "the data file's folder"
+
+    def __new__(cls, written: str, root: str, root_from: str) -> RelativeImagePath:
+        self = super().__new__(cls, str(Path(root) / written))
+        self.written, self.root, self.root_from = written, root, root_from
+        return self
+
+    def __getnewargs__(self) -> tuple[str, str, str]:  # data-loader workers receive samples pickled
+        return self.written, self.root, self.root_from
+
+    def not_found_hint(self) -> str:
+        """Where the relative path was looked for and the fix: `image_root`, naming the working directory when
+        the image is there (a common LLaVA habit: paths relative to where the training is started)."""
+        where = f'relative path "{self.written}" looked up in {self.root}, {self.root_from}'
+        cwd = Path.cwd()
+        if Path(self.root).resolve() != cwd and (cwd / self.written).exists():
+            return f'{where}; it exists under the working directory: set "image_root": "{cwd}" on this source'
+        if self.root_from == '"image_root"':
+            return f'{where}; check this source\'s "image_root"'
+        return (
+            f'{where}; relative paths never resolve against the working directory: set "image_root" on this '
+            "source to the folder they are relative to"
+        )
+
+
+# An image of a sample: an absolute path (a RelativeImagePath when the record's was relative), an http(s) URL, or
+# inline bytes.
 ImageRef = str | ImageBytes
 
 
@@ -60,6 +99,20 @@ class TooLongError(SampleError):
         self.length = length
 
 
+def guard_text(text: str, markers: Sequence[str]) -> str:
+    """`text` with every occurrence of each marker string guarded (TEXT_GUARD after its first character), longest
+    markers first, so the marker is read as text: `guard_text("a <image>", ["<image>"])` -> "a <\\ue003image>"."""
+    for marker in sorted(markers, key=len, reverse=True):
+        if marker and marker in text:
+            text = text.replace(marker, marker[0] + TEXT_GUARD + marker[1:])
+    return text
+
+
+def plain_text(text: str) -> str:
+    """The text as the record wrote it (guards removed), for references, logs and reports."""
+    return text.replace(TEXT_GUARD, "")
+
+
 def check_turns(messages: list[Message]) -> None:
     """Require a conversation that starts with the user, has no image in an answer, and trains at least one
     non-empty assistant turn, so every sample carries loss and no image token ever becomes a target."""
@@ -70,9 +123,11 @@ def check_turns(messages: list[Message]) -> None:
         raise SampleError("conversation starts with an assistant turn (no user turn before the first answer)")
     if any(m.role == "assistant" and IMAGE_PLACEHOLDER in m.content for m in messages):
         raise SampleError("<image> in an assistant turn (images can only be inputs, never trained targets)")
-    answers = [m for m in messages if m.role == "assistant" and m.content.strip()]
-    if not answers:
+    if not any(m.role == "assistant" for m in messages):
         raise SampleError("no assistant turn")
+    answers = [m for m in messages if m.role == "assistant" and m.content.strip()]
+    if not answers:  # an empty answer would teach the model to end at once; empty turns of other records stay context
+        raise SampleError("no assistant turn with an answer (every answer is empty)")
     if not any(m.loss for m in answers):
         raise SampleError('no assistant turn to train (every answer has "loss": false)')
 

@@ -54,20 +54,24 @@ class SkipLog:
         self.usable[source] += 1
         self.check(source)  # the budget applies once MIN_SEEN_FOR_BUDGET samples were seen, good ones included
 
-    def add(self, source: str, record: dict[str, Any], reason: str) -> None:
-        """Count and log a skipped record once, however many epochs meet it again."""
+    def add(self, source: str, record: dict[str, Any], reason: str, replaced: bool = False) -> None:
+        """Count and log a skipped record once, however many epochs meet it again. `replaced`: the next usable
+        sample took its place in the epoch and is counted as seen instead (so a 32-record file is 32 seen)."""
         key = (source, record.get("file"), record.get("index"))
         if key in self._recorded:
             return
         self._recorded.add(key)
-        self.seen[source] += 1
+        self.seen[source] += 0 if replaced else 1
         self.skipped[source] += 1
         self.first_reason.setdefault(source, reason)
+        if in_loader_worker():  # the skip travels with the next sample; the training process logs and writes it
+            self.check(source)
+            return
         if self.skipped[source] <= WARNINGS_PER_SOURCE:
             logger.warning("skipped %s record %s: %s", source, record.get("index"), reason)
             if self.skipped[source] == WARNINGS_PER_SOURCE:
                 logger.warning("further skips of %s go to skipped_samples.jsonl only", source)
-        if self.path is not None and not in_loader_worker():
+        if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             line = json.dumps({"source": source, **record, "reason": reason, "pid": os.getpid()})
             with open(self.path, "a", encoding="utf-8") as f:
@@ -81,10 +85,7 @@ class SkipLog:
             return
         where = f" See {self.path} for every skipped record." if self.path else ""
         if self.skipped[source] == MISFORMAT_PROBE and not self.usable[source]:
-            self.error = (
-                f'data source "{source}" looks mis-formatted: its first {MISFORMAT_PROBE} records all failed, '
-                f"e.g. {self.first_reason[source]}. Check the file against the formats in the README.{where}"
-            )
+            self.error = unusable_source_message(source, self.first_reason[source]) + where
         seen, skipped = sum(self.seen.values()), sum(self.skipped.values())
         if not self.error and seen >= MIN_SEEN_FOR_BUDGET and skipped / seen > self.max_skip_ratio:
             per_source = ", ".join(f"{s}: {n}/{self.seen[s]}" for s, n in self.skipped.items())
@@ -96,8 +97,8 @@ class SkipLog:
     def add_line(self, line: str) -> None:
         """Record a skip carried by a batch (a `skip_line`); one already recorded here is not counted twice."""
         entry = json.loads(line)
-        source, reason = entry.pop("source"), entry.pop("reason")
-        self.add(source, entry, reason)
+        source, reason, replaced = entry.pop("source"), entry.pop("reason"), entry.pop("replaced", False)
+        self.add(source, entry, reason, replaced)
 
     def raise_if_exceeded(self) -> None:
         """Stop the run (from the main thread) once `check` has found the data unusable."""
@@ -121,6 +122,21 @@ class SkipLog:
         return {s: {"seen": max(self.seen[s], skipped[s]), "skipped": skipped[s]} for s in {**self.seen, **skipped}}
 
 
+def unusable_source_message(source: str, first_reason: str) -> str:
+    """Why a source whose first MISFORMAT_PROBE records all failed stops the run: missing images (almost always
+    image paths relative to another folder than the one they resolve against) or a mis-formatted file."""
+    if first_reason.startswith("image not found"):
+        return (
+            f'data source "{source}": the images of its first {MISFORMAT_PROBE} records are all missing, e.g. '
+            f'{first_reason}. Relative image paths resolve against the source\'s "image_root", else the data '
+            "file's folder (README, Data)."
+        )
+    return (
+        f'data source "{source}" looks mis-formatted: its first {MISFORMAT_PROBE} records all failed, e.g. '
+        f"{first_reason}. Check the file against the formats in the README."
+    )
+
+
 def in_loader_worker() -> bool:
     """True inside a data-loader worker process, whose counters never reach the trainer: there skips travel with
     the next sample (`skips`) and the training process records them."""
@@ -129,9 +145,9 @@ def in_loader_worker() -> bool:
     return paddle.io.get_worker_info() is not None
 
 
-def skip_line(source: str, record: dict[str, Any], reason: str) -> str:
+def skip_line(source: str, record: dict[str, Any], reason: str, replaced: bool = False) -> str:
     """One skip as the JSON line a batch carries to the trainer (read back by `SkipLog.add_line`)."""
-    return json.dumps({"source": source, **record, "reason": reason})
+    return json.dumps({"source": source, **record, "reason": reason, **({"replaced": True} if replaced else {})})
 
 
 class EncodedDataset:
@@ -156,8 +172,9 @@ class EncodedDataset:
         self.skip_log = skip_log or SkipLog()
         self.split = split
         self.count_loaded = True
-        self._lengths: dict[int, int] = {}
-        self._bad: set[int] = set()
+        self._lengths: dict[tuple[int, int], int] = {}  # keyed by (source, record): the same in every epoch
+        self._counted: set[int] = set()  # eval items counted as seen: every evaluation reads them again
+        self._bad: set[tuple[int, int]] = set()
         self._pending_skips: list[str] = []
 
     def take_skips(self) -> list[str]:
@@ -170,42 +187,46 @@ class EncodedDataset:
 
     def where(self, i: int) -> tuple[str, dict[str, Any]]:
         """Source name and {file, index} of item `i`, for skip reports."""
-        source, record = self.mix.index[i]
+        source, record = self.mix.pair(i)
         file, local = self.mix.datasets[source].locate(record)
         return self.mix.names[source], {"file": str(file.path), "index": local}
 
-    def _attempt(self, i: int, work: Callable[[Any, ChatTemplate], Any], final: bool) -> Any:
+    def _attempt(self, i: int, work: Callable[[Any, ChatTemplate], Any], final: bool, replaced: bool = False) -> Any:
         """Run `work` on item `i`; skips are always logged, successes only when `final` (the sample's last
-        check), so a sample that is measured and then encoded counts once."""
+        check), so a sample that is measured and then encoded counts once. `replaced`: a skip here is replaced
+        by the next usable item (see `SkipLog.add`)."""
         name, record = self.where(i)
         try:
-            source, _ = self.mix.index[i]
+            source, _ = self.mix.pair(i)
             result = work(self.mix[i], self.templates[source])
         except Exception as err:
             skip = as_skip(err)
-            self._bad.add(i)
-            self.skip_log.add(name, record, str(skip))
+            self._bad.add(self.mix.pair(i))
+            self.skip_log.add(name, record, str(skip), replaced)
             # In a loader worker the skip log is a copy: the skip travels with the next sample to the trainer,
             # which records it and enforces the skip budget against the samples really trained.
-            self._pending_skips.append(skip_line(name, record, str(skip)))
+            self._pending_skips.append(skip_line(name, record, str(skip), replaced))
             raise skip from None
-        if final and self.count_loaded:
+        if final and self.count_loaded and i not in self._counted:
             self.skip_log.ok(name)
+            if self.split != "train":  # an eval record is seen once, however many evaluations read it
+                self._counted.add(i)
         else:  # measured (planning) or counted later by the trainer: still proves the source is readable
             self.skip_log.usable[name] += 1
         return result
 
-    def encode(self, i: int) -> dict[str, Any]:
+    def encode(self, i: int, replaced: bool = False) -> dict[str, Any]:
         """Encode item `i` (with a readable `sample_id`), or log the skip and raise `SampleError`."""
-        out = self._attempt(i, self.processor, final=True)
+        out = self._attempt(i, self.processor, final=True, replaced=replaced)
         name, record = self.where(i)
         return {**out, "sample_id": f"{name}#{record['index']}"}
 
     def length(self, i: int) -> int:
         """Token count of item `i` after image expansion, without decoding images; cached per item."""
-        if i not in self._lengths:
-            self._lengths[i] = self._attempt(i, self.processor.length, final=False)
-        return self._lengths[i]
+        key = self.mix.pair(i)
+        if key not in self._lengths:
+            self._lengths[key] = self._attempt(i, self.processor.length, final=False)
+        return self._lengths[key]
 
     def no_usable_sample(self) -> UserError:
         """The error for a split whose records were all skipped, with the first reason of each of its sources."""
@@ -227,15 +248,17 @@ class EncodedDataset:
         raise self.no_usable_sample()
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
-        """Item `i`, or the next usable one after it when it is skipped. Runs in the data loader: a spent skip
-        budget or data without any usable sample stops the run there (see `loader_guard`)."""
+        """Item `i`, or the next usable one after it (in the same epoch) when it is skipped. Runs in the data
+        loader: a spent skip budget or data without any usable sample stops the run there (see `loader_guard`)."""
         with stop_run_on_failure():
-            for attempt in range(len(self)):
-                k = (i + attempt) % len(self)
-                if k in self._bad:
+            n = len(self)
+            epoch_start = i - i % n
+            for attempt in range(n):
+                k = epoch_start + (i % n + attempt) % n
+                if self.mix.pair(k) in self._bad:
                     continue
                 try:
-                    return {**self.encode(k), "skips": self.take_skips()}
+                    return {**self.encode(k, replaced=True), "skips": self.take_skips()}
                 except SampleError:
                     continue
             raise self.no_usable_sample()
@@ -248,9 +271,11 @@ def source_names(sources: Sequence[DatasetSource]) -> list[str]:
 
 
 def build_encoder(adapter: Any, processor: Any, data: DataArgs) -> SampleProcessor:
-    """The model family's sample encoder, reading images with the run's pixel limit and URL cache."""
+    """The model family's sample encoder, reading images with the run's pixel limit and URL cache, and record text
+    as `split_special_tokens` says."""
     encoder = adapter.sample_processor(processor, data.max_length)
     encoder.reader = ImageReader(data.max_image_pixels, data.image_cache_dir, image_resolution=data.image_resolution)
+    encoder.split_special_tokens = data.split_special_tokens
     return encoder
 
 
@@ -267,5 +292,5 @@ def build_dataset(
     datasets = [SourceDataset(s) for s in sources]
     mix = MixDataset(datasets, [s.sampling_rate for s in sources], seed, source_names(sources))
     logger.info("%s data mix: %s", split, mix.describe())
-    templates = [template_for(processor, s.chat_template) for s in sources]
+    templates = [template_for(processor, s.chat_template, s.keep_empty_think) for s in sources]
     return EncodedDataset(mix, templates, encoder, skip_log, split)

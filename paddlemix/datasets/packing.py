@@ -245,18 +245,22 @@ class PackedDataset(paddle.io.IterableDataset):
                 continue
 
     def packs_per_epoch(self, epoch: int = 0) -> int:
-        """How many packs one epoch of the stream makes, planned from sample lengths alone (no image decoded)."""
-        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.encoded))
-        return sum(1 for _ in BestFitPacker(self.max_length, self.window).pack(self._lengths(order)))
+        """How many packs `epoch` of the stream makes, planned from sample lengths alone (no image decoded)."""
+        return sum(1 for _ in BestFitPacker(self.max_length, self.window).pack(self._lengths(self.epoch_order(epoch))))
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """The items of `epoch` in packing order: a seeded permutation of that epoch's own draw of the mix (item
+        numbers past one epoch's length name later epochs, whose fractional `sampling_rate` draws differ)."""
+        n = len(self.encoded)
+        return epoch * n + np.random.default_rng([self.seed, epoch]).permutation(n)
 
     def plans(self) -> Iterator[list[int]]:
         """Pack plans (lists of item ids) in packing order, epoch after epoch."""
         epoch = 0
         while True:
-            order = np.random.default_rng([self.seed, epoch]).permutation(len(self.encoded))
             packer = BestFitPacker(self.max_length, self.window)
             empty = True
-            for plan in packer.pack(self._lengths(order)):
+            for plan in packer.pack(self._lengths(self.epoch_order(epoch))):
                 empty = False
                 yield plan
             if empty:

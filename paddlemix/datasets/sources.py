@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import bisect
+import logging
 import re
 from collections import Counter
 from collections.abc import Callable
@@ -20,25 +21,28 @@ from typing import Any
 from paddlemix.arguments import DatasetSource
 from paddlemix.datasets.conversation import (
     IMAGE_PLACEHOLDER,
+    TEXT_GUARD,
     ImageBytes,
     ImageRef,
     Message,
+    RelativeImagePath,
     Sample,
     SampleError,
     check_turns,
+    guard_text,
 )
 from paddlemix.datasets.records import RecordFile
 
-# `<image>` placeholders and PaddleMIX's inline `<img>path</img>`, in text order.
-IMAGE_MARK = re.compile(r"<image>|<img>(.*?)</img>")
 ROLE_ALIASES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "model": "assistant",
                 "system": "system"}  # fmt: skip
 IMAGE_PART_TYPES = ("image", "image_url", "input_image")
 # Base64 text of PNG, JPEG, GIF and WebP files starts with these (their magic numbers), as in ms-swift exports.
 BASE64_IMAGE_STARTS = ("iVBORw0KGgo", "/9j/", "R0lGOD", "UklGR")
 DEFAULT_CAPTION_PROMPT = "Describe the image briefly."
+DATA_FILE_FOLDER = "the data file's folder"
 
 __all__ = ["RecordFile", "SourceDataset", "image_ref"]
+logger = logging.getLogger(__name__)
 
 
 def _b64(text: str, origin: str) -> ImageBytes:
@@ -48,8 +52,9 @@ def _b64(text: str, origin: str) -> ImageBytes:
         raise SampleError(f"{origin} is not valid base64") from None
 
 
-def image_ref(value: Any, root: Path) -> ImageRef:
-    """One image reference of a record as a path (relative ones resolved against `root`), URL or inline bytes.
+def image_ref(value: Any, root: Path, root_from: str = DATA_FILE_FOLDER) -> ImageRef:
+    """One image reference of a record as a path (relative ones resolved against `root`: `root_from` says which
+    folder that is, for the message when the image is missing), URL or inline bytes.
 
     Accepts a path, `file://` path, http(s) URL, `data:image/...;base64,` URI, bare base64 of a PNG/JPEG/GIF/WebP
     file, raw bytes, or a dict with `bytes` (raw or base64) and/or `path`, `url`, `image_url`, `image`.
@@ -63,7 +68,7 @@ def image_ref(value: Any, root: Path) -> ImageRef:
             return ImageBytes(bytes(data), origin) if isinstance(data, (bytes, bytearray)) else _b64(data, origin)
         for key in ("path", "url", "image_url", "image"):
             if value.get(key) is not None:
-                return image_ref(value[key], root)
+                return image_ref(value[key], root, root_from)
         raise SampleError(f"image entry has neither bytes nor a path (keys: {', '.join(sorted(value))})")
     if not isinstance(value, str) or not value.strip():
         raise SampleError(f"bad image reference {value!r:.60}")
@@ -77,7 +82,7 @@ def image_ref(value: Any, root: Path) -> ImageRef:
     if value.startswith(BASE64_IMAGE_STARTS) and len(value) > 64:
         return _b64(value, "base64 image")
     path = Path(value.removeprefix("file://"))
-    return str(path if path.is_absolute() else root / path)
+    return str(path) if path.is_absolute() else RelativeImagePath(str(path), str(root), root_from)
 
 
 def record_images(record: dict[str, Any], key: str = "image") -> list[Any]:
@@ -119,11 +124,21 @@ def _raw_turns(record: dict[str, Any]) -> list[tuple[Any, Any, bool]]:
 
 
 class _Images:
-    """Collects a record's images in placeholder order: inline ones where they appear, record-level ones by
-    consuming the record's list in order."""
+    """Collects a record's images in placeholder order and writes `<image>` where each one goes.
 
-    def __init__(self, record_level: list[Any], root: Path):
+    Where images come from (README "Text is text"): typed content takes images only from its image parts, and its
+    text parts are plain text; string content of a record with record-level images takes the source's
+    `placeholder` as an image mark; `<img>path</img>` is an image only when `inline` (PaddleMIX's pair-list records,
+    or the source's `inline_images`). Everything else that looks like a mark is guarded as text (`guard_text`).
+    A mark's file is never looked up here: a missing image is reported missing when it is read.
+    """
+
+    def __init__(
+        self, record_level: list[Any], root: Path, placeholder: str = IMAGE_PLACEHOLDER, inline: bool = False
+    ):
         self.pending, self.root = list(record_level), root
+        self.placeholder, self.inline_marks = placeholder, inline
+        self.has_images = bool(record_level)
         self.ordered: list[Any] = []
         self.placeholders = 0
         self.inline = 0
@@ -137,15 +152,29 @@ class _Images:
             self.ordered.append(self.pending.pop(0))
         return IMAGE_PLACEHOLDER
 
+    def plain(self, text: str) -> str:
+        """Text whose marks are all text (a typed text part; string content without images)."""
+        return guard_text(text, (self.placeholder, IMAGE_PLACEHOLDER))
+
     def text(self, text: str) -> str:
-        return IMAGE_MARK.sub(lambda m: self.take(m.group(1)), text)
+        """String content: marks become images where the record and the source say images are (see the class)."""
+        marks = [r"<img>(?P<path>.*?)</img>"] if self.inline_marks else []
+        if self.has_images:
+            marks.append(re.escape(self.placeholder))
+        if not marks:
+            return self.plain(text)
+        out, pos = [], 0
+        for m in re.finditer("|".join(marks), text):
+            out += [self.plain(text[pos : m.start()]), self.take(m.groupdict().get("path"))]
+            pos = m.end()
+        return "".join(out) + self.plain(text[pos:])
 
     def part(self, part: Any) -> str:
         if isinstance(part, str):
-            return self.text(part)
+            return self.plain(part)
         kind = part.get("type") if isinstance(part, dict) else None
         if kind == "text":
-            return self.text(part.get("text") or "")
+            return self.plain(part.get("text") or "")
         if kind in IMAGE_PART_TYPES:
             inline = next((part[k] for k in ("image", "image_url", "url", "path") if part.get(k) is not None), None)
             return self.take(inline)
@@ -168,13 +197,24 @@ class _Images:
                 messages[k] = Message("user", IMAGE_PLACEHOLDER * len(self.ordered) + m.content, m.loss)
         if self.pending or len(self.ordered) < self.placeholders:
             total = len(self.ordered) + len(self.pending)
-            raise SampleError(f"{self.placeholders} <image> placeholders but {total} images")
+            raise SampleError(f"{self.placeholders} {self.placeholder} placeholders but {total} images")
         return messages, tuple(image_ref(v, self.root) for v in self.ordered)
 
 
-def chatml_sample(record: dict[str, Any], root: Path) -> tuple[list[Message], tuple[ImageRef, ...]]:
-    """Messages with `<image>` placeholders and the images in their order, from any chatml record shape."""
-    images = _Images(record_images(record), root)
+def is_pair_list(record: dict[str, Any]) -> bool:
+    """PaddleMIX's own shape: "conversations" as [user, assistant] pairs of strings."""
+    conv = record.get("conversations")
+    return record.get("messages") is None and bool(conv) and isinstance(conv[0], (list, tuple))
+
+
+def chatml_sample(
+    record: dict[str, Any], root: Path, placeholder: str = IMAGE_PLACEHOLDER, inline_images: bool | None = None
+) -> tuple[list[Message], tuple[ImageRef, ...]]:
+    """Messages with `<image>` placeholders and the images in their order, from any chatml record shape.
+
+    `inline_images` None: `<img>path</img>` is an image in PaddleMIX's pair-list records only."""
+    inline = is_pair_list(record) if inline_images is None else inline_images
+    images = _Images(record_images(record), root, placeholder, inline)
     messages = []
     for role, content, loss in _raw_turns(record):
         if role not in ROLE_ALIASES:
@@ -201,24 +241,30 @@ def most_frequent(values: Any) -> str:
 
 def _single_image(record: dict[str, Any], root: Path, prompt: str, answer: str):
     images = _Images(record_images(record), root)
-    messages = [Message("user", images.text(prompt)), Message("assistant", answer)]
+    messages = [Message("user", images.text(prompt)), Message("assistant", images.plain(answer))]
     return images.resolve(messages)
 
 
-def caption_sample(record: dict[str, Any], root: Path, prompt: str) -> tuple[list[Message], tuple[ImageRef, ...]]:
+def caption_sample(
+    record: dict[str, Any], root: Path, source: DatasetSource
+) -> tuple[list[Message], tuple[ImageRef, ...]]:
     caption = record["caption"]
     caption = caption[0] if isinstance(caption, (list, tuple)) and caption else caption
-    return _single_image(record, root, prompt, caption)
+    return _single_image(record, root, source.prompt or DEFAULT_CAPTION_PROMPT, caption)
 
 
-def vqa_sample(record: dict[str, Any], root: Path, prompt: str) -> tuple[list[Message], tuple[ImageRef, ...]]:
+def vqa_sample(
+    record: dict[str, Any], root: Path, source: DatasetSource
+) -> tuple[list[Message], tuple[ImageRef, ...]]:
     answer = record["answer"] if record.get("answer") is not None else record["answers"]
     return _single_image(record, root, record["question"], most_frequent(answer))
 
 
-Reader = Callable[[dict[str, Any], Path, str], tuple[list[Message], tuple[ImageRef, ...]]]
+Reader = Callable[[dict[str, Any], Path, DatasetSource], tuple[list[Message], tuple[ImageRef, ...]]]
 READERS: dict[str, Reader] = {
-    "chatml_dataset": lambda record, root, prompt: chatml_sample(record, root),
+    "chatml_dataset": lambda record, root, source: chatml_sample(
+        record, root, source.image_placeholder, source.inline_images
+    ),
     "coco_caption": caption_sample,
     "coco_vqa": vqa_sample,
 }
@@ -237,7 +283,7 @@ class SourceDataset:
             total += len(f)
         self._len = total
         self._read = READERS[source.name]
-        self.prompt = source.prompt or DEFAULT_CAPTION_PROMPT
+        self._said_marks_are_text = False
 
     def __len__(self) -> int:
         return self._len
@@ -254,8 +300,15 @@ class SourceDataset:
             raise SampleError("record is not a JSON object")
         root = Path(self.source.image_root) if self.source.image_root else file.path.parent
         try:
-            messages, images = self._read(record, root, self.prompt)
+            messages, images = self._read(record, root, self.source)
         except KeyError as err:
             raise SampleError(f"missing field {err}") from None
+        if self.source.image_root:
+            images = tuple(RelativeImagePath(i.written, i.root, '"image_root"') if isinstance(i, RelativeImagePath)
+                           else i for i in images)  # fmt: skip
         check_turns(messages)
+        if not images and not self._said_marks_are_text and any(TEXT_GUARD in m.content for m in messages):
+            self._said_marks_are_text = True
+            logger.info('%s #%d has no images: its "%s" (or <img>) stays text, as in every such record of this '
+                        "source", file.path, local, self.source.image_placeholder)  # fmt: skip
         return Sample(tuple(messages), images, source=str(file.path), index=local)

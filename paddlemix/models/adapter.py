@@ -8,10 +8,12 @@ from __future__ import annotations
 import importlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from paddlemix.distributed.tensor_parallel import SINGLE, TensorParallel
+from paddlemix.models.hf_layout import TENSOR_PARALLEL_PARTS
 from paddlemix.processors.sample_processor import SampleProcessor, VisionTokens
 from paddlemix.utils.errors import UserError
 
@@ -92,6 +94,13 @@ class ModelAdapter:
     parameter_name: Callable[[str], str] = same_name
     # PaddleMIX's names for one of our parameters, so freeze patterns written for PaddleMIX's models still apply.
     paddlemix_names: Callable[[str], tuple[str, ...]] = no_aliases
+    # The classes of the family's pipeline-parallel stages (`paddlemix.distributed.pipeline.PipelineParts`), or
+    # None for a family without a pipeline description (refused with `pipeline_parallel_degree` > 1).
+    pipeline: Callable[[], Any] | None = None
+    # Tensor parallel: fused layer name -> parts cut separately (see paddlemix.distributed.tensor_parallel). Every
+    # family here runs paddleformers' language models, whose gate/up are stored one after the other (2 parts) and
+    # whose q/k/v are interleaved per KV group (1 part).
+    tensor_parallel_parts: dict[str, int] = field(default_factory=lambda: dict(TENSOR_PARALLEL_PARTS))
 
     def load_config(self, path: str | Path, device: str = "cpu") -> Any:
         from paddlemix.models.hf_config import read_rope
@@ -104,7 +113,12 @@ class ModelAdapter:
         return config
 
     def load_model(
-        self, path: str | Path, dtype: str | None = "float32", device: str = "cpu", allow_pickle: bool = False
+        self,
+        path: str | Path,
+        dtype: str | None = "float32",
+        device: str = "cpu",
+        allow_pickle: bool = False,
+        tensor_parallel: TensorParallel = SINGLE,
     ) -> Any:
         """The family's model with the folder's safetensors weights, streamed in (see `paddlemix.models.loading`).
 
@@ -112,6 +126,7 @@ class ModelAdapter:
             dtype: dtype of the floating parameters; None keeps the checkpoint's (config.json `torch_dtype`/`dtype`).
             allow_pickle: let a folder with only pickle-based weights pass `check_safe_weights`; such weights are
                 still not loaded by this loader, which reads safetensors only.
+            tensor_parallel: this process's degree and rank; above 1 the language model holds this rank's slices.
 
         Raises:
             UserError: no safetensors weights, or weights that do not fit config.json.
@@ -120,8 +135,27 @@ class ModelAdapter:
 
         check_safe_weights(path, allow_pickle)
         config = self.load_config(path, device)
-        model = load_weights_into(import_object(self.model_class), config, path, self.import_state_dict, dtype)
+        cls = import_object(self.model_class)
+        parts = self.tensor_parallel_parts
+        model = load_weights_into(cls, config, path, self.import_state_dict, dtype, tensor_parallel, parts)
         logger.info("loaded %s from %s", self.model_type, path)
+        return model
+
+    def load_pipeline_stage(self, path: str | Path, dtype: str | None = "float32", device: str = "cpu") -> Any:
+        """This process's stages of the family's pipeline (`paddlemix.distributed.pipeline`), filled from the
+        folder's safetensors with only the tensors of the layers they hold. Needs an initialised fleet with a
+        pipeline degree above 1 and a family whose `pipeline` is set."""
+        from paddle.distributed import fleet
+
+        from paddlemix.distributed.pipeline import QwenVLPipeline
+        from paddlemix.models.loading import load_pipeline_stage
+
+        check_safe_weights(path)
+        config = self.load_config(path, device)
+        parts, topology = self.pipeline(), fleet.get_hybrid_communicate_group().topology()
+        model = load_pipeline_stage(lambda c: QwenVLPipeline(c, parts, topology), config, path,
+                                    self.import_state_dict, self.parameter_name, dtype)  # fmt: skip
+        logger.info("loaded %s pipeline stage %d from %s", self.model_type, model._stage_id, path)
         return model
 
     def load_processor(self, path: str | Path) -> Any:

@@ -59,6 +59,10 @@ FUSED_LAYERS: dict[str, tuple[str, ...]] = {
     "up_gate_proj": ("gate_proj", "up_proj"),
 }
 
+# Tensor parallel: the fused layers whose output holds parts that are split one by one. gate/up lie one after the
+# other; q/k/v are interleaved per KV group, so one contiguous block per rank holds whole groups (1 part, unlisted).
+TENSOR_PARALLEL_PARTS: dict[str, int] = {"up_gate_proj": 2}
+
 
 def fused_columns(fused: str, config: Any) -> dict[str, np.ndarray]:
     """Which output columns of a fused layer belong to each Hugging Face layer: `{"q_proj": int64 array, ...}`.

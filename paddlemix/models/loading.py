@@ -17,12 +17,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from paddlemix.distributed.tensor_parallel import SINGLE, TensorParallel, configure, split_of
 from paddlemix.utils.errors import UserError
 from paddlemix.utils.io import read_json
 from paddlemix.utils.safetensors_stream import (
@@ -241,17 +242,29 @@ class SafetensorsSource(ArraySource):
 
 
 def fill_parameters(
-    model: Any, groups: list[list[str]], source: ArraySource, import_state_dict: ImportFn, folder: Path
+    model: Any,
+    groups: list[list[str]],
+    source: ArraySource,
+    import_state_dict: ImportFn,
+    folder: Path,
+    state: dict[str, Any] | None = None,
+    tp: TensorParallel = SINGLE,
+    parts: Mapping[str, int] | None = None,
 ) -> None:
     """Fill every parameter and persistable buffer of `model` from the checkpoint, one group of checkpoint names at
-    a time (see `module_groups`).
+    a time (see `module_groups`). Under tensor parallelism each split parameter gets only this rank's slice of the
+    converted tensor (`paddlemix.distributed.tensor_parallel`), so a rank holds about 1/degree of the language model.
+
+    Args:
+        state: the tensors to fill by their one-process names; default `model.state_dict()`. A pipeline stage
+            passes only its own (and only the groups it holds).
 
     Raises:
         UserError: a checkpoint tensor has no parameter, a parameter has no checkpoint tensor, or shapes differ.
     """
     import paddle
 
-    state = model.state_dict()
+    state = model.state_dict() if state is None else state
     # The head is left out of the target so a group without the embeddings never tries to tie it (tied below).
     target = set(state) - {HEAD}
     filled: set[int] = set()
@@ -265,6 +278,9 @@ def fill_parameters(
                 if param is None:
                     unexpected.append(name)
                     continue
+                split = split_of(name, param, parts or {}) if tp.enabled else None
+                if split is not None:
+                    value = split.take(value, tp)  # this rank's slice of the full tensor
                 if list(value.shape) != list(param.shape):
                     raise UserError(
                         f"{folder}: tensor {name} has shape {list(value.shape)} but the model built from config.json "
@@ -295,13 +311,22 @@ def read_generation_config(model: Any, folder: Path) -> None:
 
 
 def load_weights_into(
-    cls: Any, config: Any, folder: str | Path, import_state_dict: ImportFn, dtype: str | None
+    cls: Any,
+    config: Any,
+    folder: str | Path,
+    import_state_dict: ImportFn,
+    dtype: str | None,
+    tp: TensorParallel = SINGLE,
+    parts: Mapping[str, int] | None = None,
 ) -> Any:
     """Build `cls(config)` without initialisation and fill it from `folder`'s safetensors.
 
     Args:
         dtype: "float32", "bfloat16" or "float16" for floating parameters; None keeps the checkpoint's dtype
             (`checkpoint_dtype`). Integer tensors keep their own dtype.
+        tp: this process's tensor-parallel degree and rank; above degree 1 the language model is built from
+            parallel layers (`tensor_parallel.configure`) and each rank keeps its slices.
+        parts: fused layer name -> number of separately split parts (`ModelAdapter.tensor_parallel_parts`).
     """
     folder = Path(folder)
     tensors = checkpoint_tensors(folder)
@@ -310,12 +335,50 @@ def load_weights_into(
         raise UserError(
             f'dtype "{dtype}" is not supported for loading {folder}; use one of {", ".join(FLOAT_DTYPES)}.'
         )
+    if tp.enabled:
+        configure(config, tp)
     model = build_model(cls, config, dtype)
     if tensors:
-        fill_parameters(model, module_groups(tensors), SafetensorsSource(tensors), import_state_dict, folder)
+        groups, source = module_groups(tensors), SafetensorsSource(tensors)
     else:  # pickle-only weights, allowed by the caller (`check_safe_weights`): one group, read whole
         arrays = pickled_tensors(folder)
-        fill_parameters(model, [list(arrays)], ArraySource(arrays.pop), import_state_dict, folder)
+        groups, source = [list(arrays)], ArraySource(arrays.pop)
+    fill_parameters(model, groups, source, import_state_dict, folder, tp=tp, parts=parts)
     read_generation_config(model, folder)
     logger.info("loaded %d tensors from %s as %s", len(tensors), folder, dtype)
+    return model
+
+
+def load_pipeline_stage(
+    build: Callable[[Any], Any],
+    config: Any,
+    folder: str | Path,
+    import_state_dict: ImportFn,
+    parameter_name: Callable[[str], str],
+    dtype: str | None,
+) -> Any:
+    """Build this process's pipeline stages (`build(config)`, a `QwenVLPipeline`) without initialisation and fill
+    them from `folder`'s safetensors, reading only the tensors of the modules this stage holds.
+
+    Args:
+        parameter_name: checkpoint name -> one-process parameter name (the family adapter's), to pick the
+            checkpoint groups of this stage before they are read.
+    """
+    folder = Path(folder)
+    tensors = checkpoint_tensors(folder)
+    if not tensors:
+        raise UserError(f"{folder}: pipeline parallel loads safetensors weights only; convert the folder first.")
+    dtype = dtype or checkpoint_dtype(read_json(folder / "config.json"), tensors)
+    if dtype not in FLOAT_DTYPES:
+        raise UserError(
+            f'dtype "{dtype}" is not supported for loading {folder}; use one of {", ".join(FLOAT_DTYPES)}.'
+        )
+    model = build_model(build, config, dtype)
+    owned = model.owned_prefixes()
+    groups = [[n for n in group if parameter_name(n).startswith(owned)] for group in module_groups(tensors)]
+    groups = [group for group in groups if group]
+    state = model.one_process_state_dict()
+    fill_parameters(model, groups, SafetensorsSource(tensors), import_state_dict, folder, state)
+    logger.info("pipeline stage: loaded %d of %d tensors from %s as %s", sum(map(len, groups)), len(tensors), folder,
+                dtype)  # fmt: skip
     return model

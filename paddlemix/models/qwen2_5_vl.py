@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from paddlemix.models.adapter import ModelAdapter
 from paddlemix.models.hf_layout import LM_LORA_TARGETS, to_hf_layout
 from paddlemix.models.qwen_vl_common import SHARED_ADAPTER_FIELDS, mrope_positions
+
+if TYPE_CHECKING:
+    from paddlemix.distributed.pipeline import PipelineParts
 
 
 def hf_name(name: str) -> str:
@@ -32,6 +35,21 @@ def positions(config: Any, input_ids: np.ndarray, grid_thw: np.ndarray | None) -
     return mrope_positions(Qwen2_5_VLModel.get_rope_index, config, input_ids, grid_thw)
 
 
+def pipeline_parts() -> PipelineParts:
+    """The classes of Qwen2.5-VL's pipeline stages (paddleformers' own layers)."""
+    from paddleformers.transformers.qwen2_5_vl import modeling as m
+
+    from paddlemix.distributed.pipeline import PipelineParts
+
+    return PipelineParts(
+        model_class=m.Qwen2_5_VLModel,
+        text_model_class=m.Qwen2_5_VLTextModel,
+        decoder_layer_class=m.Qwen2_5_VLDecoderLayer,
+        rotary_class=m.Qwen2_5_VLRotaryEmbedding,
+        build_vision=m.Qwen2_5_VisionTransformerPretrainedModel._from_config,
+    )
+
+
 ADAPTER = ModelAdapter(
     model_type="qwen2_5_vl",
     config_class="paddleformers.transformers:Qwen2_5_VLConfig",
@@ -45,5 +63,6 @@ ADAPTER = ModelAdapter(
     },
     export_state_dict=to_hf_state_dict,
     positions=positions,
+    pipeline=pipeline_parts,
     **SHARED_ADAPTER_FIELDS,
 )

@@ -11,12 +11,23 @@ with W [in, out] (Paddle's Linear layout), A_p [in, r], B_p [r, len(part p)] and
 columns where the fused layer keeps them (paddleformers interleaves q/k/v per KV group; see
 `paddlemix.models.hf_layout.fused_columns`). Columns of parts without an adapter (k when only q and v are targeted)
 get exactly nothing added.
+
+Under tensor parallelism the adapter is split the way its layer is (Megatron's rule, as PEFT's TP LoRA does):
+
+    column-parallel layer (q/k/v, gate/up; output columns split): A [in, r] whole on every rank, B [r, cols of this
+        rank]; h = x @ A is summed over ranks in backward (c_identity), so A gets the full gradient on every rank.
+    row-parallel layer (o, down; input rows split, output summed over ranks): A [rows of this rank, r], B [r, out]
+        whole; h = x_r @ A_r is summed over ranks in forward (allreduce), so B sees the whole h.
+
+The split matrices carry `is_distributed` and `split_axis` like the layer's own weight, so gradient clipping counts
+them once and saving gathers them into the one-process PEFT layout.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import paddle
@@ -33,6 +44,8 @@ class LoRALinear(paddle.nn.Layer):
             one part covering every column for an unfused layer.
         rank, alpha: LoRA rank r and alpha; scaling = alpha / r, or alpha / sqrt(r) with `use_rslora` (PEFT's rule).
         dropout: dropout probability on the adapter input (one independent mask per part, as separate layers get).
+        parallel: "column" or "row" when `base` is a tensor-parallel layer (then A or B is this rank's slice; the
+            caller gives `in_features`/part columns of the local layer), None for a plain Linear.
     """
 
     def __init__(
@@ -43,8 +56,14 @@ class LoRALinear(paddle.nn.Layer):
         alpha: float,
         dropout: float = 0.0,
         use_rslora: bool = False,
+        parallel: str | None = None,
     ):
         super().__init__()
+        self.parallel = parallel
+        # The parallel base layer computes its own output (with its collectives); kept outside the sublayers so the
+        # parameter names stay `<layer>.weight` / `<layer>.bias`.
+        self.__dict__["base_layer"] = base if parallel else None
+        self.group = getattr(base, "model_parallel_group", None) if parallel else None
         self.weight = base.weight
         self.bias = base.bias
         in_features, out_features = base.weight.shape
@@ -61,6 +80,9 @@ class LoRALinear(paddle.nn.Layer):
             width = len(self.part_columns[name])
             self.lora_A[name] = self.create_parameter([in_features, rank], dtype=dtype, default_initializer=zeros)
             self.lora_B[name] = self.create_parameter([rank, width], dtype=dtype, default_initializer=zeros)
+            split = {"column": (self.lora_B[name], 1), "row": (self.lora_A[name], 0)}.get(parallel)
+            if split is not None:
+                split[0].is_distributed, split[0].split_axis = True, split[1]
         # Where each fused output column takes its update from: the concatenated part updates, or a zero column.
         concat = np.concatenate([self.part_columns[p] for p in self.parts])
         source = np.full(out_features, len(concat), dtype="int64")
@@ -83,12 +105,28 @@ class LoRALinear(paddle.nn.Layer):
         return paddle.index_select(delta, self.column_source, axis=delta.ndim - 1)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        out = F.linear(x, self.weight, self.bias)  # [..., out]
+        from paddle.distributed.fleet.layers.mpu import mp_ops
+
+        base = self.__dict__["base_layer"]
+        out = base(x) if base is not None else F.linear(x, self.weight, self.bias)  # [..., out (local)]
         updates = []
         for p in self.parts:
             h = self.dropout(x) if self.dropout is not None else x
-            updates.append((h @ self.lora_A[p]) @ self.lora_B[p])  # [..., len(part)]
+            h = h @ self.lora_A[p]  # [..., r]
+            if self.parallel == "column":  # forward: as is; backward: dL/dh summed over the ranks' column slices
+                h = mp_ops._c_identity(h, group=self.group)
+            elif self.parallel == "row":  # forward: the ranks' partial x_r @ A_r summed; backward: as is
+                h = mp_ops._mp_allreduce(h, group=self.group, use_calc_stream=True, use_model_parallel=True)
+            updates.append(h @ self.lora_B[p])  # [..., len(part)]
         return out + self._scatter(updates) * self.scaling
+
+    def sharded_state_dict(self, structured_name_prefix: str = "") -> dict[str, Any]:
+        """What flex checkpoints save and load: each split tensor (the base weight, and A or B of a parallel layer)
+        as this rank's slice along its `split_axis`, so a resumed run gives every rank its own slice back."""
+        from paddle.distributed.flex_checkpoint.dcp.sharded_weight import build_sharded_state_dict
+
+        rules = {name: int(p.split_axis) for name, p in self.named_parameters() if getattr(p, "is_distributed", False)}
+        return build_sharded_state_dict(self.state_dict(structured_name_prefix=""), rules, structured_name_prefix)
 
     def extra_repr(self) -> str:
         return f"in={self.weight.shape[0]}, out={self.weight.shape[1]}, parts={self.parts}, r={self.rank}"

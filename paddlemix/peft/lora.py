@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from paddlemix.models.hf_layout import FUSED_LAYERS, fused_columns, is_linear_weight
+from paddlemix.distributed import tensor_parallel
+from paddlemix.models.hf_layout import FUSED_LAYERS, TENSOR_PARALLEL_PARTS, fused_columns, is_linear_weight
 from paddlemix.peft.peft_format import (
     ADAPTER_WEIGHTS,
     LORA_A,
@@ -76,13 +77,31 @@ def lora_modules(model_dir: str | Path, family: Any, targets: Sequence[str] | No
     return resolve_targets(list(targets), modules, family.module_groups, where)
 
 
+def _linear_classes() -> tuple[type, ...]:
+    """Layer classes LoRA can adapt: Paddle's Linear and fleet's tensor-parallel Linear layers."""
+    import paddle
+    from paddle.distributed.fleet.meta_parallel import ColumnParallelLinear, RowParallelLinear
+
+    return paddle.nn.Linear, ColumnParallelLinear, RowParallelLinear
+
+
+def parallel_kind(layer: Any) -> str | None:
+    """How a tensor-parallel Linear is split: "column" (output columns), "row" (input rows), or None for a layer
+    every rank holds whole (a plain Linear, or a parallel one at degree 1)."""
+    from paddle.distributed.fleet.meta_parallel import ColumnParallelLinear, RowParallelLinear
+
+    if not getattr(layer.weight, "is_distributed", False):
+        return None
+    if isinstance(layer, ColumnParallelLinear):
+        return "column"
+    return "row" if isinstance(layer, RowParallelLinear) else None
+
+
 def _all_linear(model: Any) -> list[str]:
     """The unfused in-memory paths of every Linear of a loaded model (fused layers counted as their parts)."""
-    import paddle
-
     out = []
     for name, layer in model.named_sublayers():
-        if not isinstance(layer, paddle.nn.Linear | _lora_layer_class()):
+        if not isinstance(layer, (*_linear_classes(), _lora_layer_class())):
             continue
         parent, _, leaf = name.rpartition(".")
         out.extend(f"{parent}.{part}" for part in FUSED_LAYERS.get(leaf, (leaf,)))
@@ -97,34 +116,19 @@ def _lora_layer_class() -> type:
 
 def _placements(model: Any, modules: Sequence[str]) -> dict[str, dict[str, str]]:
     """Paddle layer path -> {part name: module path} for each module, found as itself or inside a fused layer."""
-    import paddle
-
     layers = dict(model.named_sublayers())
     placed: dict[str, dict[str, str]] = {}
     for module in modules:
         parent, _, leaf = module.rpartition(".")
         fused = next((f for f, parts in FUSED_LAYERS.items() if leaf in parts and f"{parent}.{f}" in layers), None)
         path = module if module in layers else f"{parent}.{fused}" if fused else None
-        if path is None or not isinstance(layers[path], paddle.nn.Linear):
+        if path is None or not isinstance(layers[path], _linear_classes()):
             raise UserError(
                 f"LoRA target {module} is not a Linear layer of this model (examples of its layers: "
                 f"{', '.join(_all_linear(model)[:4])}); the adapter was made for another model."
             )
         placed.setdefault(path, {})[leaf] = module
     return placed
-
-
-def check_tensor_parallel(degree: int) -> None:
-    """LoRA layers here are not split across tensor-parallel ranks, so a LoRA run must keep degree 1.
-
-    Raises:
-        UserError: degree > 1.
-    """
-    if degree > 1:
-        raise UserError(
-            f'"tensor_parallel_degree" = {degree} with "lora": true is not supported (the adapters are not split '
-            'across devices); set "tensor_parallel_degree": 1 and use data parallelism or sharding for LoRA runs.'
-        )
 
 
 def check_not_fully_trained(modules: Sequence[str], modules_to_save: Sequence[str]) -> None:
@@ -148,7 +152,6 @@ def apply_lora(
     alpha: float,
     dropout: float = 0.0,
     modules_to_save: Sequence[str] = (),
-    tensor_parallel_degree: int = 1,
     seed: int = 42,
     use_rslora: bool = False,
     base_model_name_or_path: str | None = None,
@@ -160,17 +163,18 @@ def apply_lora(
     Init follows PEFT: A ~ U(-1/sqrt(in), 1/sqrt(in)) (kaiming-uniform with a = sqrt(5)), B = 0, so a fresh adapter
     changes nothing. A is drawn by paddle's uniform op with an explicit seed derived from `seed` and the
     adapter's position in sorted module order: the same seed and targets give the same adapter on any device,
-    without touching the global random state.
+    without touching the global random state. On a tensor-parallel layer each rank keeps its slice of the same
+    adapter (see paddlemix.peft.layers), so any degree starts from the one-process adapter.
 
     Raises:
-        UserError: tensor_parallel_degree > 1 (not supported with LoRA), a module is not in the model, or a module
-            is also inside `modules_to_save` (PEFT cannot hold both).
+        UserError: a module is not in the model, or a module is also inside `modules_to_save` (PEFT cannot hold
+            both).
     """
     import paddle
 
     from paddlemix.peft.layers import LoRALinear
 
-    check_tensor_parallel(tensor_parallel_degree)
+    tp = tensor_parallel.current()
     check_not_fully_trained(modules, modules_to_save)
     config = base_model(model).config
     layers = dict(model.named_sublayers())
@@ -180,16 +184,18 @@ def apply_lora(
     draw = 0
     for path, parts in sorted(placements.items()):
         parent_path, _, leaf = path.rpartition(".")
-        columns = fused_columns(leaf, config) if leaf in FUSED_LAYERS else None
-        order = FUSED_LAYERS.get(leaf, (leaf,))
-        cols = {p: columns[p] if columns else np.arange(layers[path].weight.shape[1]) for p in order if p in parts}
-        layer = LoRALinear(layers[path], cols, rank, alpha, dropout, use_rslora)
+        kind = parallel_kind(layers[path])
+        cols = _part_columns(layers[path], leaf, parts, config, kind, tp)
+        layer = LoRALinear(layers[path], cols, rank, alpha, dropout, use_rslora, kind)
         layer.part_modules = {p: parts[p] for p in cols}
-        bound = 1.0 / float(np.sqrt(layer.weight.shape[0]))
+        in_features = layer.weight.shape[0] * (tp.degree if kind == "row" else 1)
+        bound = 1.0 / float(np.sqrt(in_features))
+        rows = tensor_parallel.Split(0).indices(in_features, tp.degree, tp.rank) if kind == "row" else None
         for p in layer.parts:
             draw += 1
             a = layer.lora_A[p]
-            a.set_value(paddle.uniform(a.shape, "float32", -bound, bound, seed=_seed(seed, draw)).astype(a.dtype))
+            full = paddle.uniform([in_features, rank], "float32", -bound, bound, seed=_seed(seed, draw))
+            a.set_value((full if rows is None else paddle.gather(full, paddle.to_tensor(rows))).astype(a.dtype))
         layers[parent_path]._sub_layers[leaf] = layer
     saved = tuple(sorted(modules_to_save))
     for name, param in model.named_parameters():
@@ -202,6 +208,38 @@ def apply_lora(
     )  # fmt: skip
     logger.info("LoRA r=%d alpha=%s on %d modules, e.g. %s", rank, alpha, len(modules), ", ".join(sorted(modules)[:3]))
     return model
+
+
+def _part_columns(
+    base: Any, leaf: str, parts: dict[str, str], config: Any, kind: str | None, tp: tensor_parallel.TensorParallel
+) -> dict[str, np.ndarray]:
+    """Output columns of `base` (its local columns on a column-parallel layer) each adapted part owns, in the
+    Hugging Face layer's order: {part: int64 array}.
+
+    On a column-parallel layer rank r's columns of part p must be the r-th contiguous block of p's rows in the
+    Hugging Face layer (true of every fused layout paddleformers uses), so gathering B by rank gives PEFT's matrix.
+
+    Raises:
+        UserError: a fused layout that a rank does not hold in whole blocks.
+    """
+    local_out = base.weight.shape[1]
+    full_out = local_out * (tp.degree if kind == "column" else 1)
+    full = fused_columns(leaf, config) if leaf in FUSED_LAYERS else {leaf: np.arange(full_out)}
+    order = [p for p in FUSED_LAYERS.get(leaf, (leaf,)) if p in parts]
+    if kind != "column":
+        return {p: full[p] for p in order}
+    held = tensor_parallel.Split(1, tensor_parallel.parts_of(f"{leaf}.weight", TENSOR_PARALLEL_PARTS))
+    position = {int(g): j for j, g in enumerate(held.indices(full_out, tp.degree, tp.rank))}
+    out = {}
+    for p in order:
+        mine = [k for k, g in enumerate(full[p]) if int(g) in position]
+        block = len(full[p]) // tp.degree
+        if mine != list(range(tp.rank * block, (tp.rank + 1) * block)):
+            raise UserError(
+                f"LoRA on {leaf} cannot be split over {tp.degree} ranks: its {p} columns are not in blocks."
+            )
+        out[p] = np.asarray([position[int(full[p][k])] for k in mine], dtype="int64")
+    return out
 
 
 def _seed(seed: int, draw: int) -> int:
@@ -227,13 +265,14 @@ def _torch_layout(name: str, value: np.ndarray) -> np.ndarray:
 def to_peft(model: Any) -> PeftAdapter:
     """The model's adapter in PEFT's terms (torch layout, split per Hugging Face module)."""
     spec: LoraSpec = model.lora_spec
+    tp = tensor_parallel.current()
     lora_a, lora_b = {}, {}
     for layer in lora_layers(model).values():
         for part, module in layer.part_modules.items():
-            lora_a[module] = to_numpy(layer.lora_A[part]).T  # [r, in]
-            lora_b[module] = to_numpy(layer.lora_B[part]).T  # [out_part, r]
+            lora_a[module] = _whole(layer.lora_A[part], tp).T  # [r, in]
+            lora_b[module] = _whole(layer.lora_B[part], tp).T  # [out_part, r]
     saved = {
-        name: _torch_layout(name, to_numpy(param))
+        name: _torch_layout(name, _whole(param, tp, name))
         for name, param in model.named_parameters()
         if any(name.startswith(m + ".") for m in spec.modules_to_save)
     }
@@ -241,6 +280,14 @@ def to_peft(model: Any) -> PeftAdapter:
         lora_a, lora_b, saved, spec.rank, spec.alpha, spec.dropout, spec.use_rslora, spec.target_modules,
         list(spec.modules_to_save), spec.base_model_name_or_path,
     )  # fmt: skip
+
+
+def _whole(param: Any, tp: tensor_parallel.TensorParallel, name: str = "") -> np.ndarray:
+    """A parameter as a numpy array, gathered from every tensor-parallel rank when it is split (collective: all
+    ranks of the group call it in the same order)."""
+    split = tensor_parallel.split_of(name, param, TENSOR_PARALLEL_PARTS) if tp.enabled else None
+    value = to_numpy(param)
+    return split.join(tensor_parallel.all_gather(value, tp)) if split else value
 
 
 def adapter_state_dict(model: Any) -> dict[str, np.ndarray]:
@@ -299,9 +346,13 @@ def load_adapter(model: Any, folder: str | Path, trainable: bool = True, modules
         model, sorted(lora_a), adapter.r, adapter.lora_alpha, adapter.lora_dropout, to_save,
         use_rslora=adapter.use_rslora, base_model_name_or_path=adapter.base_model_name_or_path,
     )  # fmt: skip
+    tp = tensor_parallel.current()
     for layer in lora_layers(model).values():
         for part, module in layer.part_modules.items():
             for store, value in ((layer.lora_A[part], lora_a[module].T), (layer.lora_B[part], lora_b[module].T)):
+                split = tensor_parallel.split_of("", store, {}) if tp.enabled else None
+                if split is not None and value.shape[split.axis] == store.shape[split.axis] * tp.degree:
+                    value = split.take(value, tp)  # this rank's slice of an adapter saved whole
                 if tuple(store.shape) != value.shape:
                     raise UserError(
                         f"adapter {folder}: {module} has LoRA shape {value.T.shape} (torch layout), this model "
@@ -309,8 +360,10 @@ def load_adapter(model: Any, folder: str | Path, trainable: bool = True, modules
                     )
                 store.set_value(paddle.to_tensor(np.ascontiguousarray(value)).astype(store.dtype))
     for name, value in saved.items():
-        param = params[name]
-        param.set_value(paddle.to_tensor(np.ascontiguousarray(_torch_layout(name, value))).astype(param.dtype))
+        param, value = params[name], _torch_layout(name, value)
+        split = tensor_parallel.split_of(name, param, TENSOR_PARALLEL_PARTS) if tp.enabled else None
+        value = split.take(value, tp) if split is not None else value
+        param.set_value(paddle.to_tensor(np.ascontiguousarray(value)).astype(param.dtype))
     if not trainable:
         for param in model.parameters():
             param.stop_gradient = True

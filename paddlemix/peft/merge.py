@@ -355,6 +355,25 @@ def write_shards(
             handle.close()
 
 
+def add_trained_stop_ids(adapter_dir: Path, out: Path, config: dict[str, Any], log: Callable[[str], None]) -> None:
+    """List the ids that ended the adapter's trained answers (`stop_token_ids` of its run_args.json) among the eos
+    ids of the merged folder's generation_config.json, so the merged model stops where it was trained to."""
+    run_args = adapter_dir / "run_args.json"
+    stops = read_json(run_args).get("stop_token_ids") if run_args.is_file() else None
+    if not stops:
+        return
+    from types import SimpleNamespace
+
+    from paddlemix.decoding import add_stop_ids
+
+    eos = config.get("eos_token_id")
+    if eos is None and isinstance(config.get("text_config"), dict):  # Qwen3-VL and LLaVA keep it there
+        eos = config["text_config"].get("eos_token_id")
+    changed = add_stop_ids(out / "generation_config.json", stops, SimpleNamespace(eos_token_id=eos))
+    if changed:
+        log(f"generation_config.json: eos_token_id {changed[0]} -> {changed[1]} (the ids ending the trained answers)")
+
+
 def merge_checkpoint(
     base_dir: str | Path,
     adapter_dir: str | Path,
@@ -395,6 +414,7 @@ def merge_checkpoint(
     with atomic_dir(out_dir) as tmp:
         copy_side_files(base_dir, tmp)
         copy_side_files(adapter_dir, tmp, skip=("config.json", "generation_config.json"))
+        add_trained_stop_ids(adapter_dir, tmp, config, log)
         write_json(set_config_dtype(config, dtype) if dtype else config, tmp / "config.json")
         write_shards(tmp, entries, actions, adapter, limit, log)
     return out_dir

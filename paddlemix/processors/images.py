@@ -4,6 +4,12 @@ EXIF orientation applied, first frame of an animation, every mode brought to 8-b
 Sizes for planning come from file headers (after EXIF orientation and the `image_resolution` bound), so lengths
 are known without decoding pixels; the decoded image of the same file always has that size. Every problem with one image raises `SampleError` with a
 reason (the record is skipped, never the run).
+
+Small and thin images (a 332x27 text-line crop, a 27x29 icon) are kept: the model's image processor resizes them as
+transformers' `smart_resize` does (Qwen-VL: each side rounded to the patch factor, scaled up to `min_pixels` and
+down to `max_pixels`) or as `CLIPImageProcessor` does (LLaVA: shortest edge to `size`, then the centre crop).
+Only what those processors cannot take is refused: an aspect ratio over 200 (`smart_resize` raises on it) and
+images over the pixel limit (decompression bombs).
 """
 
 from __future__ import annotations
@@ -19,9 +25,8 @@ from pathlib import Path
 
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from paddlemix.datasets.conversation import ImageBytes, ImageRef, SampleError
+from paddlemix.datasets.conversation import ImageBytes, ImageRef, RelativeImagePath, SampleError
 
-MIN_IMAGE_SIDE = 28
 MAX_ASPECT_RATIO = 200
 # Pillow's decompression-bomb threshold (Image.MAX_IMAGE_PIXELS, 89,478,485 px); the `max_image_pixels` default.
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
@@ -41,22 +46,22 @@ def is_url(ref: ImageRef) -> bool:
 
 
 def check_size(ref: ImageRef, width: int, height: int, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> None:
-    """Reject sizes a vision tower cannot use: too many pixels, a side under 28 px, an aspect ratio over 200."""
+    """Reject sizes the image processors cannot take: more pixels than `max_pixels` (a decompression bomb) or an
+    aspect ratio over 200 (transformers' `smart_resize` raises on it). Small sides are fine: they are resized up."""
     if max_pixels is not None and width * height > max_pixels:
         raise SampleError(f"image too large ({width}x{height}): {ref} has more than max_image_pixels {max_pixels}")
-    if min(width, height) < MIN_IMAGE_SIDE:
-        raise SampleError(f"image side under {MIN_IMAGE_SIDE} px: {ref} is {width}x{height}")
     if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
         raise SampleError(f"image aspect ratio over {MAX_ASPECT_RATIO}: {ref} is {width}x{height}")
 
 
 def bounded_size(width: int, height: int, image_resolution: int | None) -> tuple[int, int]:
     """The size after PaddleMIX's Qwen2-VL `image_resolution` rule: when the longer side exceeds it, both sides are
-    scaled by `image_resolution / longer side` and truncated to integers (800x400 at 512 -> 512x256)."""
+    scaled by `image_resolution / longer side` and truncated to integers (800x400 at 512 -> 512x256; a 690x15420
+    screenshot at 512 -> 22x512), never below 1 px (the processor then resizes small sides up)."""
     if image_resolution is None or max(width, height) <= image_resolution:
         return width, height
     factor = image_resolution / max(width, height)
-    return int(width * factor), int(height * factor)
+    return max(1, int(width * factor)), max(1, int(height * factor))
 
 
 def exif_orientation(image: Image.Image) -> int:
@@ -162,7 +167,8 @@ class ImageReader:
                 finally:
                     Image.MAX_IMAGE_PIXELS = saved
         except FileNotFoundError:
-            raise SampleError(f"image not found: {ref}") from None
+            hint = f" ({ref.not_found_hint()})" if isinstance(ref, RelativeImagePath) else ""
+            raise SampleError(f"image not found: {ref}{hint}") from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
             raise SampleError(f"image cannot be decoded: {ref} ({err})") from None
         with image:

@@ -1,11 +1,15 @@
 """Turn one `Sample` into model inputs: token ids, per-turn labels, pixel values and image grids.
 
 Images are decoded here (in dataloader workers), each `<image>` placeholder becomes the model's vision tokens
-repeated once per visual token, and only assistant answers carry labels.
+repeated once per visual token, and only assistant answers carry labels. Special-token strings a record types
+stay text unless `split_special_tokens` is off (paddlemix/processors/text_encoding.py). The ids start with the tokens the
+tokenizer puts first (Llama's BOS) unless the rendered text already does, as Hugging Face processors encode a
+rendered chat; prompts for inference are the training ids of the text before an answer.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +19,7 @@ import numpy as np
 from paddlemix.datasets.conversation import IMAGE_PLACEHOLDER, ImageRef, Message, Sample, SampleError, TooLongError
 from paddlemix.processors.chat_template import ChatTemplate
 from paddlemix.processors.images import ImageReader
+from paddlemix.processors.text_encoding import TextEncoder, guard_special_text, special_token_strings
 
 IGNORE_INDEX = -100
 
@@ -37,21 +42,41 @@ class VisionTokens:
         return t * h * w // (self.merge_size**2) + self.extra_tokens
 
 
+def without_empty_answers(messages: Sequence[Message]) -> list[Message]:
+    """The turns with empty (or blank) answers kept as context but not trained, so no model learns to say nothing;
+    raises `SampleError` when no trained answer is left."""
+    out = [Message(m.role, m.content, False) if m.role == "assistant" and not m.content.strip() else m
+           for m in messages]  # fmt: skip
+    emptied = any(a.loss and not b.loss for a, b in zip(messages, out))
+    if emptied and not any(m.role == "assistant" and m.loss for m in out):
+        raise SampleError("every trained assistant answer is empty")
+    return out
+
+
+def prompt_segments(segments: Sequence[tuple[str, bool]]) -> list[tuple[str, bool]]:
+    """The segments of a generation prompt, all as context."""
+    return [(text, False) for text, _ in segments]
+
+
 class SampleProcessor:
     """Callable that encodes a `Sample`; raises `SampleError` with a reason for samples that must be skipped.
 
     `reader` opens the sample's images (pixel limit, URL cache); the data settings of a run replace the default.
+    `split_special_tokens` (default on) encodes special-token strings in message text as plain text.
     """
 
     def __init__(
         self, tokenizer: Any, image_processor: Any, vision: VisionTokens, max_length: int,
-        reader: ImageReader | None = None,
+        reader: ImageReader | None = None, split_special_tokens: bool = True,
     ):  # fmt: skip
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.vision = vision
         self.max_length = max_length
         self.reader = reader or ImageReader()
+        self.split_special_tokens = split_special_tokens
+        self.special_tokens = special_token_strings(tokenizer)
+        self.text_encoder = TextEncoder(tokenizer)
 
     def images(self, refs: Sequence[ImageRef]) -> dict[str, np.ndarray]:
         if not refs:
@@ -59,9 +84,17 @@ class SampleProcessor:
         out = self.image_processor(images=[self.reader.load(r) for r in refs], return_tensors="np")
         return {"pixel_values": np.asarray(out["pixel_values"]), "image_grid_thw": np.asarray(out["image_grid_thw"])}
 
+    def message_text(self, content: str) -> str:
+        """A message's text for rendering: special-token strings it types guarded (unless `split_special_tokens` is
+        off), then each `<image>` replaced with the model's placeholder text (one image token, expanded after
+        rendering)."""
+        pieces = content.split(IMAGE_PLACEHOLDER)
+        if self.split_special_tokens:
+            pieces = [guard_special_text(piece, self.special_tokens) for piece in pieces]
+        return self.vision.placeholder.join(pieces)
+
     def with_vision_tokens(self, messages: Sequence[Message]) -> list[Message]:
-        """Replace `<image>` with the model's placeholder text (one image token, expanded after rendering)."""
-        return [Message(m.role, m.content.replace(IMAGE_PLACEHOLDER, self.vision.placeholder)) for m in messages]
+        return [dataclasses.replace(m, content=self.message_text(m.content)) for m in messages]
 
     def expand(self, text: str, counts: list[int]) -> str:
         """Repeat the image token of each placeholder by that image's visual-token count, in order."""
@@ -74,12 +107,25 @@ class SampleProcessor:
         return "".join(out)
 
     def encode_text(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return self.text_encoder.encode(text)
+
+    def leading_ids(self, text: str) -> list[int]:
+        """The ids the tokenizer puts before a text it encodes with special tokens (Llama's BOS; none for Qwen),
+        or none when `text` starts with the bos token already, as transformers' processors decide."""
+        bos = getattr(self.tokenizer, "bos_token", None)
+        if bos and text.startswith(bos):
+            return []
+        if not hasattr(self, "_leading"):
+            plain = self.encode_text("a")
+            full = list(self.tokenizer("a", add_special_tokens=True)["input_ids"])
+            at = next((i for i in range(len(full)) if full[i : i + len(plain)] == plain), 0)
+            self._leading = full[:at]
+        return list(self._leading)
 
     def _encode(self, sample: Sample, segments: list[tuple[str, bool]], vision: dict) -> tuple[list[int], list[int]]:
         counts = [self.vision.count(g) for g in vision.get("image_grid_thw", [])]
-        input_ids: list[int] = []
-        labels: list[int] = []
+        input_ids: list[int] = self.leading_ids(segments[0][0] if segments else "")
+        labels: list[int] = [IGNORE_INDEX] * len(input_ids)
         for text, is_label in segments:
             ids = self.encode_text(self.expand(text, counts))
             input_ids += ids
@@ -90,11 +136,15 @@ class SampleProcessor:
             raise TooLongError(len(input_ids), self.max_length)
         return input_ids, labels
 
+    def training_segments(self, sample: Sample, template: ChatTemplate) -> list[tuple[str, bool]]:
+        """The rendered (text, is_label) segments a sample trains on; empty answers are not trained."""
+        return template.segments(self.with_vision_tokens(without_empty_answers(sample.messages)))
+
     def __call__(self, sample: Sample, template: ChatTemplate) -> dict[str, np.ndarray]:
         """Encode a training sample. `labels[t]` is the target of position t (already shifted by one), because
         paddleformers' models do not shift labels themselves."""
         vision = self.images(sample.images)
-        input_ids, labels = self._encode(sample, template.segments(self.with_vision_tokens(sample.messages)), vision)
+        input_ids, labels = self._encode(sample, self.training_segments(sample, template), vision)
         if all(label == IGNORE_INDEX for label in labels[1:]):
             raise SampleError("no assistant tokens to learn from")
         targets = np.asarray(labels[1:] + [IGNORE_INDEX], dtype="int64")
@@ -103,15 +153,16 @@ class SampleProcessor:
     def length(self, sample: Sample, template: ChatTemplate) -> int:
         """The exact token count `__call__` would give, from image headers instead of decoded pixels."""
         grids = [self.vision.grid_for_size(*self.reader.size(r)) for r in sample.images]
-        segments = template.segments(self.with_vision_tokens(sample.messages))
+        segments = self.training_segments(sample, template)
         input_ids, labels = self._encode(sample, segments, {"image_grid_thw": grids})
         if all(label == IGNORE_INDEX for label in labels[1:]):
             raise SampleError("no assistant tokens to learn from")
         return len(input_ids)
 
     def encode_prompt(self, sample: Sample, template: ChatTemplate) -> dict[str, np.ndarray]:
-        """Encode a conversation up to the generation prompt, for inference."""
+        """Encode a conversation up to the generation prompt, for inference: segment by segment as training
+        encodes, so the ids are the training ids of the text before an answer."""
         vision = self.images(sample.images)
-        prompt = template.prompt(self.with_vision_tokens(sample.messages))
-        input_ids, _ = self._encode(sample, [(prompt, False)], vision)
+        segments = template.segments(self.with_vision_tokens(sample.messages), add_generation_prompt=True)
+        input_ids, _ = self._encode(sample, prompt_segments(segments), vision)
         return {"input_ids": np.asarray(input_ids, dtype="int64"), **vision}

@@ -45,6 +45,13 @@ def read_folder_template(folder: str | Path) -> str | None:
     return None
 
 
+def trained_template_file(lora_path: str | Path | None) -> str | None:
+    """The template file an adapter folder carries (the one its training used), which prompts must follow rather
+    than the base model's; None without one."""
+    path = Path(lora_path or "") / JINJA_FILE
+    return str(path) if lora_path and path.is_file() else None
+
+
 def write_chat_template(folder: str | Path, template: str) -> list[str]:
     """Make `folder` carry `template`: write chat_template.jinja, and set the `chat_template` of the
     chat_template.json, tokenizer_config.json and processor_config.json already there. Returns the files written."""

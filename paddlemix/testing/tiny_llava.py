@@ -43,6 +43,19 @@ LLAMA_TOKENIZER = {  # tokenizer_config.json of a tokenizer.json-only Llama 3-st
 }  # fmt: skip
 FAMILIES = {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM"}
 TOKENS = {"qwen2": ADDED_TOKENS, "llama": LLAMA_TOKENS}
+# llava-hf's Vicuna format (llava-1.5-*-hf): typed content, images first, each text part followed by a space, the
+# answer in a {% generation %} block and no end-of-turn token; the generation prompt is "ASSISTANT:".
+VICUNA_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': ' }}{% endif %}"
+    "{% for part in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
+    "{% for part in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{% if message['role'] == 'assistant' %}{% generation %}{{ part['text'] + ' ' }}{% endgeneration %}"
+    "{% else %}{{ part['text'] + ' ' }}{% endif %}{% endfor %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+# A Llama 2 / Vicuna tokenizer: <s> and </s>, and <s> put first by the tokenizer itself (add_special_tokens).
+VICUNA_TOKENS: tuple[tuple[str, bool], ...] = (("<s>", True), ("</s>", True), ("<|pad|>", True))
+VICUNA_TOKENIZER = {**LLAMA_TOKENIZER, "bos_token": "<s>", "eos_token": "</s>", "chat_template": VICUNA_TEMPLATE}
 
 
 def _clip_vision_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
@@ -118,6 +131,27 @@ def _write_llama_tokenizer(out: Path, ids: dict[str, int]) -> dict[str, int]:
     return {"bos": ids["<|begin_of_text|>"], "eos": ids["<|im_end|>"], "pad": ids["<|pad|>"]}
 
 
+def _write_vicuna_tokenizer(out: Path, ids: dict[str, int]) -> dict[str, int]:
+    """Turn the tokenizer files just written into a Vicuna (Llama 2) one whose tokenizer.json puts <s> first."""
+    decoder = json.loads((out / "tokenizer_config.json").read_text(encoding="utf-8"))["added_tokens_decoder"]
+    write_json({"added_tokens_decoder": decoder, **VICUNA_TOKENIZER}, out / "tokenizer_config.json")
+    flags = {"lstrip": False, "normalized": False, "rstrip": False, "single_word": False}
+    special = {k: {"content": VICUNA_TOKENIZER[k], **flags} for k in ("bos_token", "eos_token", "pad_token")}
+    write_json(special, out / "special_tokens_map.json")
+    for name in ("vocab.json", "merges.txt"):
+        (out / name).unlink()
+    tokenizer = json.loads((out / "tokenizer.json").read_text(encoding="utf-8"))
+    bos = {"SpecialToken": {"id": "<s>", "type_id": 0}}
+    tokenizer["post_processor"] = {
+        "type": "TemplateProcessing",
+        "single": [bos, {"Sequence": {"id": "A", "type_id": 0}}],
+        "pair": [bos, {"Sequence": {"id": "A", "type_id": 0}}, bos, {"Sequence": {"id": "B", "type_id": 1}}],
+        "special_tokens": {"<s>": {"id": "<s>", "ids": [ids["<s>"]], "tokens": ["<s>"]}},
+    }
+    write_json(tokenizer, out / "tokenizer.json")
+    return {"bos": ids["<s>"], "eos": ids["</s>"], "pad": ids["<|pad|>"]}
+
+
 def _write_qwen2_tokenizer(out: Path, ids: dict[str, int]) -> dict[str, int]:
     return {"bos": ids["<|endoftext|>"], "eos": ids["<|im_end|>"], "pad": ids["<|endoftext|>"]}
 
@@ -134,15 +168,22 @@ def build_tiny_causal_lm(
     tie_word_embeddings: bool = False,
     seed: int = 0,
     corpus: Iterable[str] | None = None,
+    vicuna: bool = False,
 ) -> Path:
     """Write a random-weight HF `Qwen2ForCausalLM` (q/k/v biases) or `LlamaForCausalLM` folder with a trained BPE
-    tokenizer, a ChatML chat template and a pad token; the vocabulary is the tokenizer's size rounded up to 64."""
-    if family not in FAMILIES:
-        raise ValueError(f"family must be one of {sorted(FAMILIES)}, got {family!r}")
+    tokenizer, a ChatML chat template and a pad token; the vocabulary is the tokenizer's size rounded up to 64.
+    `vicuna` (Llama only): laid out as llava-hf's Vicuna LM, with <s>/</s>, an automatic <s> and the Vicuna
+    template (`VICUNA_TEMPLATE`)."""
+    if family not in FAMILIES or (vicuna and family != "llama"):
+        raise ValueError(f"family must be one of {sorted(FAMILIES)} (llama for vicuna), got {family!r}")
     if hidden_size % num_heads or num_heads % num_kv_heads or (hidden_size // num_heads) % 2:
         raise ValueError("heads must divide hidden_size, kv heads the heads, and head_dim must be even")
-    out, tok, ids = _tokenized_folder(out_dir, corpus, 600, TOKENS[family], CHATML_TEMPLATE)
-    ids = (_write_qwen2_tokenizer if family == "qwen2" else _write_llama_tokenizer)(out, ids)
+    if vicuna:
+        out, tok, ids = _tokenized_folder(out_dir, corpus, 600, VICUNA_TOKENS, VICUNA_TEMPLATE)
+        ids = _write_vicuna_tokenizer(out, ids)
+    else:
+        out, tok, ids = _tokenized_folder(out_dir, corpus, 600, TOKENS[family], CHATML_TEMPLATE)
+        ids = (_write_qwen2_tokenizer if family == "qwen2" else _write_llama_tokenizer)(out, ids)
     (out / "chat_template.json").unlink()  # LM folders keep the template in tokenizer_config.json only
     # fmt: off
     config = {
@@ -181,9 +222,11 @@ def build_tiny_llava(
     vision_depth: int = 2,
     vision_heads: int = 2,
     seed: int = 0,
+    vicuna: bool = False,
 ) -> Path:
     """A tiny LLaVA folder made as a user makes one: a CLIP tower and an LM, joined by `build_llava` (the keyword
-    names follow `build_tiny_qwen2_5_vl`, so one size table serves every family)."""
+    names follow `build_tiny_qwen2_5_vl`, so one size table serves every family). `vicuna`: a Llama LM laid out as
+    llava-hf's (see `build_tiny_causal_lm`)."""
     import tempfile
 
     from paddlemix.models.llava.build import build_llava
@@ -201,5 +244,6 @@ def build_tiny_llava(
             num_kv_heads=num_kv_heads,
             intermediate_size=intermediate_size,
             seed=seed + 1,
+            vicuna=vicuna,
         )
         return build_llava(clip, lm, out_dir, seed=seed)

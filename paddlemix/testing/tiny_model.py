@@ -95,8 +95,9 @@ def _train_tokenizer(
 
 
 def _write_tokenizer(
-    out: Path, tok: Tokenizer, chat_template: str = CHAT_TEMPLATE, added: tuple[tuple[str, bool], ...] = ADDED_TOKENS
-) -> dict[str, int]:
+    out: Path, tok: Tokenizer, chat_template: str = CHAT_TEMPLATE, added: tuple[tuple[str, bool], ...] = ADDED_TOKENS,
+    eos_token: str = "<|im_end|>",
+) -> dict[str, int]:  # fmt: skip
     tok.save(str(out / "tokenizer.json"))
     tok.model.save(str(out))  # vocab.json + merges.txt for the slow Qwen2Tokenizer
     ids = {content: tok.token_to_id(content) for content, _ in added}
@@ -112,7 +113,7 @@ def _write_tokenizer(
             "bos_token": None,
             "chat_template": chat_template,
             "clean_up_tokenization_spaces": False,
-            "eos_token": "<|im_end|>",
+            "eos_token": eos_token,
             "errors": "replace",
             "model_max_length": MAX_LENGTH,
             "pad_token": "<|endoftext|>",
@@ -122,7 +123,7 @@ def _write_tokenizer(
         },
         out / "tokenizer_config.json",
     )
-    special_map = {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}
+    special_map = {"eos_token": eos_token, "pad_token": "<|endoftext|>"}
     write_json(
         {"additional_special_tokens": extra, **{k: {"content": v, **flags} for k, v in special_map.items()}},
         out / "special_tokens_map.json",
@@ -137,13 +138,14 @@ def _tokenized_folder(
     vocab_size: int,
     added: tuple[tuple[str, bool], ...] = ADDED_TOKENS,
     chat_template: str = CHAT_TEMPLATE,
+    eos_token: str = "<|im_end|>",
 ) -> tuple[Path, Tokenizer, dict[str, int]]:
     """Create `out_dir` and write into it a BPE tokenizer trained on `default_corpus()` plus `corpus` (every tiny
     builder's first step): returns the folder, the tokenizer and the ids of the `added` tokens."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok = _train_tokenizer([*default_corpus(), *(corpus or [])], vocab_size, added)
-    return out, tok, _write_tokenizer(out, tok, chat_template, added)
+    return out, tok, _write_tokenizer(out, tok, chat_template, added, eos_token)
 
 
 def _check_vl_sizes(
@@ -259,12 +261,15 @@ def _image_processor_config(processor_class: str, patch_size: int, mean: list[fl
 
 
 def _write_model(
-    out: Path, config: dict, preprocessor: dict, ids: dict[str, int], weights: dict[str, np.ndarray]
-) -> Path:
-    """Write config.json, generation_config.json, preprocessor_config.json and model.safetensors into `out`."""
+    out: Path, config: dict, preprocessor: dict, ids: dict[str, int], weights: dict[str, np.ndarray],
+    base_layout: bool = False,
+) -> Path:  # fmt: skip
+    """Write config.json, generation_config.json, preprocessor_config.json and model.safetensors into `out`; with
+    `base_layout` the eos ids are `<|endoftext|>` alone, as in a base (pretrained, not chat) checkpoint."""
     eot, im_end = ids["<|endoftext|>"], ids["<|im_end|>"]
     write_json(config, out / "config.json")
-    generation = {"bos_token_id": eot, "pad_token_id": eot, "eos_token_id": [im_end, eot], "do_sample": False}
+    eos = eot if base_layout else [im_end, eot]
+    generation = {"bos_token_id": eot, "pad_token_id": eot, "eos_token_id": eos, "do_sample": False}
     write_json(generation, out / "generation_config.json")
     write_json(preprocessor, out / "preprocessor_config.json")
     save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
@@ -285,15 +290,19 @@ def build_tiny_qwen2_5_vl(
     corpus: Iterable[str] | None = None,
     vocab_size: int = 600,
     seed: int = 0,
+    base_layout: bool = False,
 ) -> Path:
     """Write a random-weight Qwen2.5-VL checkpoint (config, safetensors, trained BPE tokenizer, processor files).
 
     ``vocab_size`` is the BPE training target; the model's vocabulary is the tokenizer's size rounded up to 64.
+    ``base_layout``: laid out like a base checkpoint, whose config, generation_config.json and tokenizer name
+    `<|endoftext|>` as eos (the chat template still ends answers with `<|im_end|>`).
     """
     head_dim = hidden_size // num_heads
     if hidden_size % num_heads or num_heads % num_kv_heads or head_dim % 2 or vision_hidden % vision_heads:
         raise ValueError("heads must divide the hidden sizes, kv heads the heads, and head_dim must be even")
-    out, tok, ids = _tokenized_folder(out_dir, corpus, vocab_size)
+    eos_token = "<|endoftext|>" if base_layout else "<|im_end|>"
+    out, tok, ids = _tokenized_folder(out_dir, corpus, vocab_size, eos_token=eos_token)
     eot, im_end = ids["<|endoftext|>"], ids["<|im_end|>"]
     hw_section = 3 * (head_dim // 2) // 8  # Qwen's [16, 24, 24] split of head_dim / 2, scaled down
     # fmt: off
@@ -306,7 +315,7 @@ def build_tiny_qwen2_5_vl(
     }
     config = {
         "architectures": ["Qwen2_5_VLForConditionalGeneration"], "model_type": "qwen2_5_vl",
-        "bos_token_id": eot, "eos_token_id": im_end, "pad_token_id": eot,
+        "bos_token_id": eot, "eos_token_id": eot if base_layout else im_end, "pad_token_id": eot,
         "vision_start_token_id": ids["<|vision_start|>"], "vision_end_token_id": ids["<|vision_end|>"],
         "vision_token_id": ids["<|vision_pad|>"], "image_token_id": ids["<|image_pad|>"],
         "video_token_id": ids["<|video_pad|>"],
@@ -320,4 +329,5 @@ def build_tiny_qwen2_5_vl(
     }
     # fmt: on
     preprocessor = _image_processor_config("Qwen2_5_VLProcessor", 14, CLIP_MEAN, CLIP_STD)
-    return _write_model(out, config, preprocessor, ids, _random_weights(_weight_shapes(config), seed))
+    weights = _random_weights(_weight_shapes(config), seed)
+    return _write_model(out, config, preprocessor, ids, weights, base_layout)

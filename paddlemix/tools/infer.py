@@ -44,18 +44,17 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--repetition_penalty", type=float)
     p.add_argument("--seed", type=int, default=0, help="seed of sampling")
     p.add_argument("--device", default="cpu", choices=["cpu", "gpu", "npu", "xpu"])
+    p.add_argument(
+        "--image_resolution",
+        type=int,
+        help="bound the longer image side as training did (default: the training's run_args.json)",
+    )
+    p.add_argument(
+        "--split_special_tokens",
+        type=_bool,
+        help="special-token strings in the question are text (default: the training's, else true)",
+    )
     return p.parse_args(argv)
-
-
-def trained_template_file(lora_path: str | None) -> str | None:
-    """The template an adapter folder carries (the one its training used), which prompts must follow rather than
-    the base model's."""
-    from pathlib import Path
-
-    from paddlemix.processors.template_files import JINJA_FILE
-
-    path = Path(lora_path or "") / JINJA_FILE
-    return str(path) if lora_path and path.is_file() else None
 
 
 def warn_on_other_template(model_dir: str, lora_path: str | None, chat_template: str) -> None:
@@ -68,12 +67,28 @@ def warn_on_other_template(model_dir: str, lora_path: str | None, chat_template:
         print(f"warning: {warning}", file=sys.stderr, flush=True)
 
 
-def check_images(images: list[str]) -> None:
+def training_data_settings(args: argparse.Namespace) -> dict:
+    """`image_resolution` and `split_special_tokens` as the training used them (run_args.json of --lora_path, else
+    of the model folder), unless given on the command line; a folder without run_args.json gives the defaults."""
+    from pathlib import Path
+
+    saved = {}
+    for folder in (args.lora_path, args.model_name_or_path):
+        path = Path(folder or "") / "run_args.json"
+        if folder and path.is_file():
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            break
+    settings = {"image_resolution": saved.get("image_resolution"),
+                "split_special_tokens": saved.get("split_special_tokens", True)}  # fmt: skip
+    return {k: v if getattr(args, k) is None else getattr(args, k) for k, v in settings.items()}
+
+
+def check_images(images: list[str], image_resolution: int | None = None) -> None:
     """Fail before the model loads when an --image file is missing or its header cannot be read."""
     from paddlemix.datasets.conversation import SampleError
     from paddlemix.processors.images import ImageReader
 
-    reader = ImageReader()
+    reader = ImageReader(image_resolution=image_resolution)
     for image in images:
         try:
             reader.size(image)
@@ -111,24 +126,35 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError("give either --question (with --image) or --data_file.")
     if args.batch_size < 1:
         raise UserError(f"--batch_size must be at least 1, got {args.batch_size}.")
-    from paddlemix.datasets.conversation import SampleError
+    from paddlemix.datasets.conversation import SampleError, TooLongError
     from paddlemix.generation import EMPTY_ANSWER_HINT, Generator, evaluate_exact_match, question_message
+    from paddlemix.processors.template_files import trained_template_file
     from paddlemix.utils.device import resolve_device
 
     chat_template = args.chat_template or trained_template_file(args.lora_path)
     if args.chat_template:
         warn_on_other_template(args.model_name_or_path, args.lora_path, args.chat_template)
-    check_images(args.image)
+    data_settings = training_data_settings(args)
+    check_images(args.image, data_settings["image_resolution"])
     print("chat template:", chat_template or "the model folder's own", file=sys.stderr, flush=True)
 
     generator = Generator.from_pretrained(
         args.model_name_or_path, args.lora_path, chat_template, resolve_device(args.device)
     )
+    from paddlemix.processors.images import ImageReader
+
+    generator.encoder.reader = ImageReader(image_resolution=data_settings["image_resolution"])
+    generator.encoder.split_special_tokens = data_settings["split_special_tokens"]
     settings = generator.settings.with_requests(**overrides(args))
     if args.question:
         try:
             prompt = generator.encode([question_message(args.question, args.image)], args.image)
             answers = generator.generate_encoded([prompt], settings, seed=args.seed)
+        except TooLongError as err:
+            raise UserError(
+                f"command line: the prompt of --question is too long to answer: {err} (the model's "
+                "max_position_embeddings). Shorten the question, or pass fewer or smaller images (--image)."
+            ) from None
         except SampleError as err:
             images = ", ".join(args.image) or "none"
             raise UserError(

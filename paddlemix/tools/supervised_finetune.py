@@ -16,7 +16,10 @@ from paddlemix.utils.logging import quiet_console
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
+        quiet_console()
+        from paddlemix.arguments_help import help_text
+
+        print(help_text())
         return
     if not argv[0].endswith(".json"):
         raise UserError(f"command line: the first argument must be the JSON argument file, got {argv[0]!r}.")

@@ -10,6 +10,7 @@ import math
 import shutil
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ from paddlemix.datasets.collator import Collator
 from paddlemix.datasets.encoded import SkipLog, build_dataset, build_encoder
 from paddlemix.datasets.loader_guard import GuardedCollator, worker_failure
 from paddlemix.datasets.packing import PackedDataset
+from paddlemix.decoding import add_stop_ids
+from paddlemix.distributed import tensor_parallel
 from paddlemix.models import adapter_for
 from paddlemix.models.adapter import ModelAdapter
 from paddlemix.peft.freeze import (
@@ -34,12 +37,12 @@ from paddlemix.peft.lora import (
     apply_lora,
     base_model,
     check_not_fully_trained,
-    check_tensor_parallel,
     load_adapter,
     lora_modules,
-    save_adapter,
+    to_peft,
 )
 from paddlemix.peft.merge import ADAPTER_CONFIG, check_adapter_base
+from paddlemix.peft.peft_format import write_adapter
 from paddlemix.processors.template_files import (
     chosen_template,
     read_folder_template,
@@ -77,10 +80,19 @@ def setup_runtime(args: RunArgs) -> None:
         if key.startswith("FLAGS_"):
             paddle.set_flags({key: value})
     paddle.set_device(args.training.device)
+    if is_pipeline_run(args):
+        from paddlemix.distributed.cpu_collectives import install_pipeline
+
+        install_pipeline(args.training.device, args.training.pipeline_model_parallel_size)
     # paddleformers' checkpoint loader needs an initialised fleet, also in a single process. Its init writes a
     # "Modified FLAGS detected" banner straight to stderr (flags paddleformers set, not the user); errors still raise.
-    with contextlib.redirect_stderr(io.StringIO()):
-        fleet.init(is_collective=True)
+    # For hybrid parallelism (TP/PP/sharding) paddleformers' arguments have already initialised it with their
+    # strategy (pipeline micro-batches, degrees); a second init would replace that strategy with the default one.
+    from paddle.distributed.fleet.base import topology
+
+    if topology._HYBRID_PARALLEL_GROUP is None:
+        with contextlib.redirect_stderr(io.StringIO()):
+            fleet.init(is_collective=True)
     seed_everything(args.training.seed)
     logger.info(
         "device %s, world size %d, seed %d", args.training.device, args.training.world_size, args.training.seed
@@ -109,17 +121,31 @@ RUN_IDENTITY = (
 )  # fmt: skip
 
 
+FINAL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
+
+
 def check_output_dir(args: RunArgs) -> None:
-    """Refuse to resume into a folder that holds another run, unless `overwrite_output_dir` is set."""
-    saved = Path(args.training.output_dir) / RUN_ARGS
-    if args.training.overwrite_output_dir or not saved.is_file():
+    """Refuse to resume into a folder that holds another run, and to train again into a finished one (its final
+    model is there and no checkpoint is left to continue from), unless `overwrite_output_dir` is set."""
+    t = args.training
+    out = Path(t.output_dir)
+    if t.overwrite_output_dir:
         return
-    old, new = json.loads(saved.read_text(encoding="utf-8")), args.to_dict()
-    changed = [k for k in RUN_IDENTITY if old.get(k) != new.get(k)]
-    if changed:
+    saved = out / RUN_ARGS
+    if saved.is_file():
+        old, new = json.loads(saved.read_text(encoding="utf-8")), args.to_dict()
+        changed = [k for k in RUN_IDENTITY if old.get(k) != new.get(k)]
+        if changed:
+            raise UserError(
+                f'output_dir "{t.output_dir}" holds a different run ({", ".join(changed)} differ from its '
+                'run_args.json). Choose another output_dir, or set "overwrite_output_dir": true to start over there.'
+            )
+    final = [name for name in FINAL_WEIGHTS if (out / name).is_file()]
+    if t.do_train and final and not t.resume_from_checkpoint and checkpoints.last_complete(out) is None:
         raise UserError(
-            f'output_dir "{args.training.output_dir}" holds a different run ({", ".join(changed)} differ from its '
-            'run_args.json). Choose another output_dir, or set "overwrite_output_dir": true to start over there.'
+            f'output_dir "{t.output_dir}" holds a finished run ({final[0]} is there and no checkpoint is left to '
+            'resume from); training again would overwrite its model. Set "overwrite_output_dir": true to train '
+            "it again from the start, or choose another output_dir."
         )
 
 
@@ -178,14 +204,21 @@ def build_model(args: RunArgs, adapter: ModelAdapter) -> Any:
         note_adapter_overrides(lora, args.source_file)
     if lora.lora and not lora.lora_path:
         modules = lora_modules(path, adapter, lora.lora_target_modules, f"{args.origin('lora_target_modules')}: ")
-        check_tensor_parallel(max(args.training.tensor_model_parallel_size, 1))
         check_not_fully_trained(modules, plan.modules_to_save)
-    model = adapter.load_model(
-        path,
-        dtype=load_dtype(args.training),
-        device=args.training.device,
-        allow_pickle=args.model.allow_pickle_weights,
-    )
+    tp = tensor_parallel.current()
+    unsplittable = tensor_parallel.check_lora_targets(modules or [], adapter.lora_targets, tp.degree)
+    if unsplittable:
+        raise UserError(" ".join(unsplittable))
+    if is_pipeline_run(args):
+        model = adapter.load_pipeline_stage(path, dtype=load_dtype(args.training), device=args.training.device)
+    else:
+        model = adapter.load_model(
+            path,
+            dtype=load_dtype(args.training),
+            device=args.training.device,
+            allow_pickle=args.model.allow_pickle_weights,
+            tensor_parallel=tp,
+        )
     logger.info("train_type %s: frozen groups %s", m.train_type or "(not set)", plan.frozen_groups or "none")
     if lora.lora_path:
         model = load_adapter(model, lora.lora_path, modules_to_save=plan.modules_to_save)
@@ -194,7 +227,7 @@ def build_model(args: RunArgs, adapter: ModelAdapter) -> Any:
             model, modules, lora.lora_rank, lora.lora_alpha, lora.lora_dropout, plan.modules_to_save,
             seed=args.training.seed, use_rslora=lora.rslora, base_model_name_or_path=str(Path(path).resolve()),
         )  # fmt: skip
-    base = base_model(model)
+    base = model.one_process_view() if is_pipeline_run(args) else base_model(model)
     names = [n for n, _ in base.named_parameters()]
     for where, group in by_origin.items():
         if any(group.values()):
@@ -205,7 +238,13 @@ def build_model(args: RunArgs, adapter: ModelAdapter) -> Any:
     if m.mm_projector_lr is not None:
         set_projector_learning_rate(base, adapter, m.mm_projector_lr, args.training.learning_rate)
     logger.info("trainable parameters:\n%s", trainable_table(base))
+    if tp.enabled:
+        logger.info("%s", tensor_parallel.rank_summary(base, adapter.tensor_parallel_parts, adapter.module_groups, tp))
     return model
+
+
+def is_pipeline_run(args: RunArgs) -> bool:
+    return args.training.pipeline_model_parallel_size > 1
 
 
 def set_projector_learning_rate(model: Any, adapter: ModelAdapter, rate: float, learning_rate: float) -> None:
@@ -221,12 +260,12 @@ def set_projector_learning_rate(model: Any, adapter: ModelAdapter, rate: float, 
 
 
 def build_datasets(
-    args: RunArgs, processor: Any, adapter: ModelAdapter, config: Any, skips: SkipLog, resume_step: int = 0
+    args: RunArgs, processor: Any, adapter: ModelAdapter, config: Any, skips: SkipLog, consumed: int = 0
 ) -> tuple[Any, Any]:
     """Encoded train and eval datasets (eval is None without `dataset.eval` or `do_eval`).
 
-    With MIXToken the train set is a stream of packs; on resume it skips the packs the first `resume_step`
-    optimizer steps consumed (re-planned from lengths, nothing decoded).
+    With MIXToken the train set is a stream of packs; on resume it skips the `consumed` packs the checkpoint's
+    run trained (re-planned from lengths, nothing decoded).
     """
     encoder = build_encoder(adapter, processor, args.data)
     seed = args.training.seed
@@ -236,7 +275,6 @@ def build_datasets(
     if train is not None and args.data.packing:
         t = args.training
         group = t.per_device_train_batch_size * t.dataset_world_size
-        consumed = resume_step * group * t.gradient_accumulation_steps
         positions = adapter.position_fn(config)
         train = PackedDataset(train, args.data.max_length, positions, seed, args.data.pack_window, consumed, group)
     if train is not None:  # per-source `seen` counts what the trainer trains, not what the loader prefetches
@@ -251,7 +289,13 @@ def plan_packed_steps(training: Any, train_set: PackedDataset) -> int:
         training.per_device_train_batch_size * training.gradient_accumulation_steps * training.dataset_world_size
     )
     packs = train_set.packs_per_epoch()
-    steps = max(math.ceil(training.num_train_epochs * packs / per_step), 1)
+    epochs = training.num_train_epochs
+    total = epochs * packs
+    mix = train_set.encoded.mix
+    if any(rate % 1 for rate in mix.rates):  # a fresh draw each epoch: its packs are counted epoch by epoch
+        counts = [train_set.packs_per_epoch(e) for e in range(math.ceil(epochs))]
+        total = sum(counts[: int(epochs)]) + (epochs % 1) * (counts[-1] if epochs % 1 else 0)
+    steps = max(math.ceil(total / per_step), 1)
     logger.info(
         "MIXToken: %d packs per epoch, %d per optimizer step: num_train_epochs %g = max_steps %d",
         packs, per_step, training.num_train_epochs, steps,
@@ -324,8 +368,59 @@ class FinalSaveCallback(TrainerCallback):
             self.saved = True
 
 
-def save_final(model: Any, args: RunArgs, adapter: ModelAdapter, processor_dir: str) -> None:
-    """Write the output folder's model (HF layout) or adapter, plus the processor files, atomically per file set."""
+def settle_templates(args: RunArgs, processor: Any, adapter: ModelAdapter) -> list[int]:
+    """Check every training source's chat template before the model loads and return the ids that end their
+    answers (the stop ids written into the output's generation_config.json). A template whose answers end with no
+    token is a UserError here; one that encodes training and inference prompts differently is a warning."""
+    from paddlemix.datasets.encoded import source_names
+    from paddlemix.processors.chat_template import template_for
+    from paddlemix.processors.template_check import template_report
+
+    encoder = build_encoder(adapter, processor, args.data)
+    stops: list[int] = []
+    for name, source in zip(source_names(args.data.train), args.data.train):
+        template = template_for(processor, source.chat_template, source.keep_empty_think)
+        if template.stop_token_id is not None and template.stop_token_id not in stops:
+            stops.append(template.stop_token_id)
+        problem = template_report(encoder, template, f'dataset.train source "{name}" ({args.source_file})')
+        if problem and args.training.process_index == 0:
+            logger.warning(problem)
+    return stops
+
+
+def write_stop_ids(folder: Path, stop_ids: list[int], config: Any, tokenizer: Any) -> None:
+    """Add the trained answers' end ids to `folder`'s generation_config.json, saying so in one line."""
+    changed = add_stop_ids(folder / "generation_config.json", stop_ids, config)
+    if changed:
+        names = ", ".join(tokenizer.convert_ids_to_tokens(int(i)) for i in stop_ids)
+        logger.info(
+            "generation_config.json: eos_token_id %s -> %s (%s ends every trained answer, so generation stops there)",
+            changed[0], changed[1], names,
+        )  # fmt: skip
+
+
+def save_final(
+    model: Any, args: RunArgs, adapter: ModelAdapter, processor_dir: str, stop_ids: list[int] | None = None,
+    tokenizer: Any = None,
+) -> None:  # fmt: skip
+    """Write the output folder's model (HF layout) or adapter, plus the processor files, atomically per file set;
+    a full model's generation_config.json lists `stop_ids` among its eos ids.
+
+    Under tensor parallelism every rank calls it: the split tensors are gathered (a collective) into the same
+    single-file layout one process writes, and process 0 writes it. Under pipeline parallelism every stage hands
+    its part over the same way."""
+    tp = tensor_parallel.current()
+    if args.lora.lora:
+        weights = to_peft(model)
+    elif is_pipeline_run(args):
+        from paddlemix.distributed.pipeline import gather_one_process_state
+
+        weights = adapter.export_state_dict(gather_one_process_state(model, to_numpy), model.config)
+    else:
+        state = tensor_parallel.gather_state(model, adapter.tensor_parallel_parts, tp)
+        weights = adapter.export_state_dict(state, model.config)
+    if args.training.process_index != 0:
+        return
     out = Path(args.training.output_dir)
     templates = trained_templates(args.data.train, processor_dir, adapter.vision_placeholder)
     with tempfile.TemporaryDirectory(dir=out, prefix=".final-") as staging:
@@ -337,11 +432,15 @@ def save_final(model: Any, args: RunArgs, adapter: ModelAdapter, processor_dir: 
         if args.lora.lora:
             (tmp / "config.json").unlink(missing_ok=True)
             (tmp / "generation_config.json").unlink(missing_ok=True)
-            save_adapter(model, tmp, str(Path(args.model.model_name_or_path).resolve()))
+            write_adapter(
+                replace(weights, base_model_name_or_path=str(Path(args.model.model_name_or_path).resolve())), tmp
+            )
         else:
-            state = {k: to_numpy(v) for k, v in model.state_dict().items()}
-            save_safetensors(adapter.export_state_dict(state, model.config), tmp / "model.safetensors")
-        write_json({**args.to_dict(), "chat_templates": templates}, tmp / RUN_ARGS)
+            save_safetensors(weights, tmp / "model.safetensors")
+            if stop_ids:
+                write_stop_ids(tmp, stop_ids, base_model(model).config, tokenizer)
+        # stop_token_ids: what ends the trained answers, for the merged model's generation_config.json
+        write_json({**args.to_dict(), "chat_templates": templates, "stop_token_ids": stop_ids or []}, tmp / RUN_ARGS)
         for file in tmp.iterdir():
             file.replace(out / file.name)
     logger.info("saved %s to %s", "LoRA adapter" if args.lora.lora else "model", out)
@@ -397,8 +496,10 @@ def generation_scorer(args: RunArgs, model: Any, processor: Any, adapter: ModelA
         single = len(args.data.eval) == 1
         for name, source in zip(source_names(args.data.eval), args.data.eval):
             generator = Generator.from_parts(model, processor, adapter, source.chat_template,
-                                             args.model.model_name_or_path, args.data.max_length)  # fmt: skip
+                                             args.model.model_name_or_path, args.data.max_length,
+                                             source.keep_empty_think)  # fmt: skip
             generator.encoder.reader = reader  # images read as in training (image_resolution, pixel limit, cache)
+            generator.encoder.split_special_tokens = args.data.split_special_tokens  # record text as in training
             result = evaluate_generation(generator, source, args.runtime.eval_generation_samples,
                                          batch_size=args.training.per_device_eval_batch_size)  # fmt: skip
             prefix = "eval" if single else f"eval_{Path(name.split(':')[-1]).stem}"
@@ -432,14 +533,19 @@ def run_sft(args: RunArgs) -> dict[str, Any]:
     recompute = recompute_settings(args.runtime.recompute, training, args.source_file)
     adapter = adapter_for(args.model.model_name_or_path)
     processor = adapter.load_processor(args.model.model_name_or_path)
+    stop_ids = settle_templates(args, processor, adapter)
     model = build_model(args, adapter)
     if recompute:
         logger.info("recompute %s on %d model configs", recompute, apply_recompute(model, recompute))
     config = base_model(model).config
-    resume_step = checkpoints.step_of(Path(resume)) if resume else 0
+    consumed = 0  # rows (samples, or packs with MIXToken) the checkpoint's run trained
+    if resume:
+        t = training
+        group = t.per_device_train_batch_size * t.gradient_accumulation_steps * t.dataset_world_size
+        consumed = checkpoints.progress(resume).get("rows", checkpoints.step_of(Path(resume)) * group)
     skip_file = out / SKIPPED if training.process_index == 0 else None
     skips = SkipLog(skip_file, args.data.max_skip_ratio)
-    train_set, eval_set = build_datasets(args, processor, adapter, config, skips, resume_step)
+    train_set, eval_set = build_datasets(args, processor, adapter, config, skips, consumed)
     if isinstance(train_set, PackedDataset) and training.max_steps <= 0 and training.do_train:
         training.max_steps = plan_packed_steps(training, train_set)
     if training.do_train or eval_set is not None:
@@ -464,12 +570,17 @@ def run_sft(args: RunArgs) -> dict[str, Any]:
     )
     # First in line, so the printer, the progress bar and the JSONL log all see the throughput fields.
     trainer.callback_handler.callbacks.insert(0, ThroughputCallback(trainer, skips))
-    final = FinalSaveCallback(lambda: save_final(model, args, adapter, args.model.model_name_or_path))
-    if training.process_index == 0:
+    final = FinalSaveCallback(
+        lambda: save_final(model, args, adapter, args.model.model_name_or_path, stop_ids, processor.tokenizer)
+    )
+    # pipeline stages and tensor-parallel ranks all take part in gathering the saved model
+    saves = training.process_index == 0 or is_pipeline_run(args) or tensor_parallel.current().enabled
+    if saves and not training.load_best_model_at_end:  # else saved once the best is back
         trainer.add_callback(final)
     last_eval = LastEvalCallback()
     trainer.add_callback(last_eval)
     metrics: dict[str, Any] = {}
+    best = None
     try:
         if training.do_train:
             start = time.perf_counter()
@@ -478,11 +589,23 @@ def run_sft(args: RunArgs) -> dict[str, Any]:
             metrics.update(trained_counts(trainer, result.global_step, metrics.get("train_runtime", 0.0)))
             if args.runtime.benchmark:
                 metrics.update(benchmark_report(metrics, trainer, time.perf_counter() - start))
-            if training.process_index == 0 and not final.saved:
+            best = trainer.load_best_checkpoint()
+            if best:
+                name = training.metric_for_best_model
+                name = name if name.startswith("eval_") else f"eval_{name}"  # as paddleformers compares it
+                metrics["best_checkpoint"] = Path(best).name
+                metrics[f"best_{name}"] = trainer.state.best_metric
+                logger.info(
+                    "load_best_model_at_end: the final %s is %s (step %d, %s %.6g)",
+                    "adapter" if args.lora.lora else "model", Path(best).name, checkpoints.step_of(Path(best)),
+                    name, trainer.state.best_metric,
+                )  # fmt: skip
+            if saves and not final.saved:
                 final.save()
                 final.saved = True
         if eval_set is not None:
-            metrics.update(last_eval.at(trainer.state.global_step) or trainer.evaluate())
+            reuse = {} if best else last_eval.at(trainer.state.global_step)  # the best weights are evaluated afresh
+            metrics.update(reuse or trainer.evaluate())
     except SystemError as err:
         raise worker_failure(err) or err from None
     metrics["skipped_by_source"] = skips.summary()  # includes the skips of data-loader workers

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -13,12 +14,18 @@ import paddleformers.trainer.trainer as _pf_trainer
 from paddleformers.trainer import Trainer, TrainerCallback
 
 from paddlemix.datasets.collator import BATCH_META, LABEL_TOKENS, REAL_TOKENS, SAMPLE_IDS, SKIPS
-from paddlemix.peft.lora import save_adapter
+from paddlemix.distributed import tensor_parallel
+from paddlemix.distributed.memory import optimizer_state_bytes, parameter_bytes
+from paddlemix.peft.lora import to_peft
+from paddlemix.peft.peft_format import write_adapter
+from paddlemix.processors.sample_processor import IGNORE_INDEX
 from paddlemix.processors.template_files import write_chat_template
 from paddlemix.trainer.accumulation import StepLoss, scale_gradients
 from paddlemix.trainer.chunked_loss import lm_loss_without_full_logits, token_loss_sum
 from paddlemix.utils import checkpoints
 from paddlemix.utils.errors import UserError
+
+logger = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(UserError):
@@ -29,6 +36,13 @@ class NonFiniteLossError(UserError):
 # a placeholder class keeps evaluation working without paddlefleet (nothing is an instance of it).
 if not hasattr(_pf_trainer, "GPTModel"):
     _pf_trainer.GPTModel = type("GPTModel", (), {})
+
+
+class _AttributeSink:
+    """An object that only holds the attributes set on it (see MIXTrainer._wrap_distributed_optimizer)."""
+
+    def __init__(self, **attributes: Any):
+        self.__dict__.update(attributes)
 
 
 @contextmanager
@@ -81,6 +95,75 @@ class RestoreRngOnResume(TrainerCallback):
         checkpoint = getattr(self.trainer, "resume_checkpoint", None)
         if checkpoint and args.ignore_data_skip:
             self.trainer._load_rng_state(checkpoint)
+        step = getattr(self.trainer, "rescaled_step", None)
+        scheduler = getattr(self.trainer, "lr_scheduler", None)
+        if step is not None and scheduler is not None:  # the schedule continues at the step in the new units
+            scheduler.last_epoch = step - 1
+            scheduler.step()
+
+
+@contextmanager
+def resumed_at_step(step: int | None) -> Iterator[None]:
+    """Within the block, the trainer state read from a checkpoint says `step` (when not None): after a change of
+    the global batch, the step that many samples make in the new batch size (see `MIXTrainer.resumed_step`)."""
+    if step is None:
+        yield
+        return
+    state_cls = _pf_trainer.TrainerState
+    originals = {name: state_cls.__dict__[name] for name in ("load", "load_from_json") if name in state_cls.__dict__}
+
+    def at_step(original: Any) -> Any:
+        def load(cls: type, path: str) -> Any:
+            state = original.__func__(cls, path)
+            state.global_step = step
+            return state
+
+        return classmethod(load)
+
+    for name, original in originals.items():
+        setattr(state_cls, name, at_step(original))
+    try:
+        yield
+    finally:
+        for name, original in originals.items():
+            setattr(state_cls, name, original)
+
+
+class EpochIndexed:
+    """Batch-sampler mixin that adds `epoch * epoch_size` to every index, so the dataset reads the epoch from the
+    index (see `paddlemix.datasets.mixing`): data-loader workers keep their dataset copy across epochs and would
+    never see an epoch set on the main process's copy."""
+
+    epoch_size = 0
+
+    def __iter__(self) -> Iterator[list[int]]:
+        offset = getattr(self, "epoch", 0) * self.epoch_size
+        for batch in super().__iter__():
+            yield [offset + int(i) for i in batch]
+
+
+_EPOCH_SAMPLERS: dict[type, type] = {}
+
+
+def epoch_indexed(sampler: Any, epoch_size: int) -> Any:
+    """A copy of `sampler` as its `EpochIndexed` subclass (same state and base class, so paddleformers' resume and
+    per-epoch reseeding still apply to it)."""
+    cls = type(sampler)
+    if cls not in _EPOCH_SAMPLERS:
+        _EPOCH_SAMPLERS[cls] = type(f"EpochIndexed{cls.__name__}", (EpochIndexed, cls), {})
+    indexed = object.__new__(_EPOCH_SAMPLERS[cls])
+    indexed.__dict__.update(vars(sampler))
+    indexed.epoch_size = epoch_size
+    return indexed
+
+
+class LogLastStep(TrainerCallback):
+    """Log the last optimizer step even when it is not a multiple of `logging_steps`: otherwise a run shorter than
+    `logging_steps` logs no step loss at all, and a longer one loses the loss of its last steps."""
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.max_steps > 0 and state.global_step >= state.max_steps:
+            control.should_log = True
 
 
 class MIXTrainer(Trainer):
@@ -98,6 +181,8 @@ class MIXTrainer(Trainer):
         self.step = StepLoss(self.args.world_size, self.args.dataset_world_size)
         self.samples = 0  # trained samples (all ranks), for samples/s
         self.rows = 0  # trained rows (all ranks); a MIXToken row holds several samples
+        self.rows_before = 0  # rows the checkpoint this run resumed from had consumed
+        self.rescaled_step: int | None = None
         self.loss_divisor = 1.0
         self.last_loss_sum = float("nan")
         self.generation_eval = generation_eval
@@ -108,7 +193,12 @@ class MIXTrainer(Trainer):
         self.image_tokens = 0
         self.slots = 0
         self.grad_norm: float | None = None
+        self.checkpoint_adapter: Any = None
+        self.memory_logged = False
+        self.eval_sums: dict[str, tuple[float, int]] = {}  # sample id -> (loss sum, labelled tokens)
+        self.keep_best = bool(self.args.load_best_model_at_end)  # see `train` and `load_best_checkpoint`
         self.callback_handler.add_callback(RestoreRngOnResume(self))
+        self.callback_handler.add_callback(LogLastStep())
 
     def training_step(self, model: Any, inputs: dict[str, Any], step_control: int = 0) -> Any:
         """Backpropagate this micro-batch's loss sum / n0 and return its share of the logged step loss: 0 until the
@@ -122,7 +212,12 @@ class MIXTrainer(Trainer):
         self.count_trained(sample_ids, skips)
         self.loss_divisor = self.step.begin_micro_batch(labelled, len(sample_ids), int(inputs["input_ids"].shape[0]))
         self.last_loss_sum = float("nan")
+        pipeline_loss = self.pipeline_loss(model)
+        if pipeline_loss is not None:
+            pipeline_loss.divisor = self.loss_divisor
         backpropagated = float(super().training_step(model, inputs))
+        if pipeline_loss is not None:
+            self.last_loss_sum = self.pipeline_loss_sum(pipeline_loss)
         if not (math.isfinite(backpropagated) and math.isfinite(self.last_loss_sum)):
             self.stop_on_non_finite(model, backpropagated, sample_ids)
         self.step.add_loss_sum(self.last_loss_sum)
@@ -130,9 +225,84 @@ class MIXTrainer(Trainer):
             return paddle.zeros([], dtype="float32")
         return paddle.to_tensor(self.step.finish(), dtype="float32")
 
+    def pipeline_loss(self, model: Any) -> Any:
+        """The last stage's `TokenLoss` of a pipeline-parallel model (on every stage), else None."""
+        if self.args.pipeline_model_parallel_size <= 1:
+            return None
+        layers = getattr(model, "_layers", model)
+        return getattr(layers, "token_loss", None)
+
+    def pipeline_loss_sum(self, pipeline_loss: Any) -> float:
+        """This rank's share of the step's loss sum under pipeline parallelism: the pipeline runs all micro-batches
+        of a step at its last one, and only the last stage computes losses. `StepLoss` sums over all ranks and
+        divides by the ranks that hold the same batch, so the last stage counts its sums once per stage."""
+        sums = pipeline_loss.take_sums()
+        if not sums:  # a buffered micro-batch, or a stage without the loss
+            return 0.0
+        return sum(sums) * self.args.pipeline_model_parallel_size
+
     def train(self, resume_from_checkpoint: str | None = None, **kwargs: Any) -> Any:
         self.resume_checkpoint = resume_from_checkpoint
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        self.rows_before, self.rescaled_step = 0, None
+        if resume_from_checkpoint:
+            self.rows_before, self.rescaled_step = self.resumed_step(Path(resume_from_checkpoint))
+        # paddleformers' own best-model loading at the end of its loop looks for `model_state.pdparams`, which
+        # flex checkpoints do not write, and only warns; `load_best_checkpoint` loads the flex checkpoint instead.
+        self.args.load_best_model_at_end = False
+        try:
+            with resumed_at_step(self.rescaled_step):
+                return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        finally:
+            self.args.load_best_model_at_end = self.keep_best
+
+    def global_batch(self) -> int:
+        a = self.args
+        return a.per_device_train_batch_size * a.gradient_accumulation_steps * a.dataset_world_size
+
+    def epoch_rows(self) -> int | None:
+        """Rows one epoch feeds the trainer (the distributed sampler drops the remainder over the ranks); None for
+        a pack stream, which has no epochs the trainer sees."""
+        if self.train_dataset is None or isinstance(self.train_dataset, paddle.io.IterableDataset):
+            return None
+        n, ranks = len(self.train_dataset), max(self.args.dataset_world_size, 1)
+        return n // ranks * ranks if self.args.world_size > 1 else n
+
+    def resumed_step(self, checkpoint: Path) -> tuple[int, int | None]:
+        """(rows the checkpoint's run consumed, the step to resume at, None when it is the checkpoint's own).
+
+        paddleformers continues at `global_step x global batch` samples, which is wrong once the global batch
+        changed. The checkpoint records the rows (samples, or packs with MIXToken) it consumed; the run resumes
+        at the step that ends exactly there, or stops with a UserError when no step of the new batch does."""
+        record, step = checkpoints.progress(checkpoint), checkpoints.step_of(checkpoint)
+        batch = self.global_batch()
+        old_batch = int(record.get("global_batch", batch))
+        rows = int(record.get("rows", step * old_batch))
+        if old_batch == batch:
+            return rows, None
+        epoch_rows = self.epoch_rows()
+        done_epochs, offset = divmod(rows, epoch_rows) if epoch_rows else (0, rows)
+        a = self.args
+        settings = (f"per_device_train_batch_size {a.per_device_train_batch_size} x gradient_accumulation_steps "
+                    f"{a.gradient_accumulation_steps} x {a.dataset_world_size} data-parallel processes")  # fmt: skip
+        problem = ""
+        if epoch_rows and (record.get("epoch_rows") or epoch_rows) != epoch_rows:
+            problem = f"an epoch now holds {epoch_rows} rows instead of {record['epoch_rows']}"
+        elif offset % batch:
+            where = f"{offset} rows into epoch {done_epochs}" if epoch_rows else f"{offset} rows (MIXToken packs)"
+            problem = f"it stopped {where}, which is not a whole number of steps of {batch}"
+        if problem:
+            raise UserError(
+                f"{checkpoint} was trained with a global batch of {old_batch} and cannot be resumed exactly with "
+                f"{batch} ({settings}): {problem}. Resume with a global batch that divides it (e.g. the old "
+                f'{old_batch}), or set "overwrite_output_dir": true to start over.'
+            )
+        steps_per_epoch = max(len(self._get_train_sampler()) // a.gradient_accumulation_steps, 1) if epoch_rows else 0
+        new_step = done_epochs * steps_per_epoch + offset // batch
+        logger.info(
+            "resuming %s (%d rows at global batch %d) at step %d of global batch %d", checkpoint.name, rows,
+            old_batch, new_step, batch,
+        )  # fmt: skip
+        return rows, new_step
 
     def count_trained(self, sample_ids: list[str], skips: list[str]) -> None:
         """Per-source `seen`: the samples of a batch when it is trained, and the skips met while reading it."""
@@ -154,19 +324,49 @@ class MIXTrainer(Trainer):
                 )
             self.samples += int(self.step.total[2])
             self.rows += int(self.step.total[3])
-        if args.logging_steps > 0 and (self.state.global_step + 1) % args.logging_steps == 0:
+        step = self.state.global_step + 1
+        if args.logging_steps > 0 and (step % args.logging_steps == 0 or step >= self.state.max_steps > 0):
             self.grad_norm = self.gradient_norm(model)
         self.step.reset()
         super().optimizer_step(args, model=model, parameters_list=parameters_list)
+        if not self.memory_logged:  # after the first update, when the optimizer state exists
+            self.memory_logged = True
+            logger.info(
+                "rank %d of %d holds parameters %d bytes, optimizer state %d bytes", args.process_index,
+                args.world_size, parameter_bytes(model), optimizer_state_bytes(self.optimizer),
+            )  # fmt: skip
 
-    @staticmethod
-    def gradient_norm(model: Any) -> float:
+    def _wrap_distributed_optimizer(self, optimizer: Any) -> Any:
+        """paddleformers 1.2 wraps `optimizer` for hybrid parallel (tensor, pipeline, sharding stage 1) and, when
+        `max_grad_norm` > 0, installs its global-norm logger with `self.optimizer._inner_opt._grad_clip... = ...`:
+        `self.optimizer` is still the unwrapped optimizer there (AttributeError `_inner_opt`), on every device.
+        The method it builds is bound to the wrapped optimizer's clip already; only the target is wrong. During the
+        call `self.optimizer` is a stand-in that catches the assignment, which then lands on the wrapped optimizer."""
+        catcher = _AttributeSink()
+        self.optimizer = _AttributeSink(_inner_opt=_AttributeSink(_grad_clip=catcher))
+        try:
+            wrapped = super()._wrap_distributed_optimizer(optimizer)
+        finally:
+            self.optimizer = optimizer
+        if "_global_norm" in vars(catcher):
+            wrapped._inner_opt._grad_clip._global_norm = catcher._global_norm
+        return wrapped
+
+    def gradient_norm(self, model: Any) -> float:
         """L2 norm of the step's gradients as the optimizer gets them (before clipping; `main_grad` under
-        master-grad AMP), computed only for steps that log."""
-        grads = [getattr(p, "main_grad", None) if getattr(p, "main_grad", None) is not None else p.grad
-                 for p in model.parameters()]  # fmt: skip
+        master-grad AMP), computed only for steps that log; under pipeline parallelism over all stages."""
+        grads = [
+            getattr(p, "main_grad", None) if getattr(p, "main_grad", None) is not None else p.grad
+            for p in model.parameters()
+            if getattr(p, "is_firstly_shared", True)
+        ]  # tied: counted once
         squares = [(g.astype("float32") ** 2).sum() for g in grads if g is not None]
-        return float(paddle.add_n(squares).sqrt()) if squares else 0.0
+        total = paddle.add_n(squares) if squares else paddle.zeros([], dtype="float32")
+        if self.args.pipeline_model_parallel_size > 1:
+            from paddle.distributed import fleet
+
+            paddle.distributed.all_reduce(total, group=fleet.get_hybrid_communicate_group().get_pipe_parallel_group())
+        return float(total.sqrt())
 
     def stop_on_non_finite(self, model: Any, loss: float, sample_ids: list[str]) -> None:
         """Save the weights of the last completed step (the optimizer has not applied this batch) and stop."""
@@ -178,6 +378,16 @@ class MIXTrainer(Trainer):
             "rate, check these samples, or train in float32, then rerun the same command to resume from it."
         )
 
+    def _save_checkpoint(self, model: Any, metrics: Any = None) -> None:
+        """Gather a tensor-parallel LoRA adapter on every rank before paddleformers saves (only process 0 then
+        writes it, in `_rotate_checkpoints`, where a collective would wait forever for the other ranks)."""
+        gather = hasattr(self.model, "lora_spec") and tensor_parallel.current().enabled
+        self.checkpoint_adapter = to_peft(self.model) if gather else None
+        try:
+            super()._save_checkpoint(model, metrics)
+        finally:
+            self.checkpoint_adapter = None
+
     def _rotate_checkpoints(self, use_mtime: bool = False, output_dir: str | None = None) -> None:
         """Called once the checkpoint of this step is on disk: add the LoRA adapter in PEFT format (so any
         checkpoint loads in PEFT, vLLM or as `lora_path`), mark it complete, then rotate among complete checkpoints
@@ -188,9 +398,28 @@ class MIXTrainer(Trainer):
             if self.chat_template and self.args.process_index == 0:  # checkpoints carry the trained template too
                 write_chat_template(current, self.chat_template)
             if hasattr(self.model, "lora_spec"):
-                save_adapter(self.model, current)
-            checkpoints.mark_complete(current, self.state.global_step)
-            checkpoints.prune(folder, self.args.save_total_limit)
+                write_adapter(self.checkpoint_adapter or to_peft(self.model), current)
+            rows = self.rows_before + self.rows
+            checkpoints.mark_complete(current, self.state.global_step, rows=rows, global_batch=self.global_batch(),
+                                      epoch_rows=self.epoch_rows() or 0)  # fmt: skip
+            best = self.state.best_model_checkpoint if self.keep_best else None
+            checkpoints.prune(folder, self.args.save_total_limit, protect=best)
+
+    def load_best_checkpoint(self) -> str | None:
+        """For `load_best_model_at_end`: put the weights of the best checkpoint back into the model (the trainable
+        tensors of a LoRA run) and return its folder; None when no evaluation chose one."""
+        best = self.state.best_model_checkpoint
+        if not (self.keep_best and best and Path(best).is_dir()):
+            return None
+        self._load_flex_checkpoint(best)
+        return best
+
+    def _get_train_sampler(self) -> Any:
+        # Fractional sampling_rate: each epoch draws its own subset of the mix; the index carries the epoch.
+        sampler = super()._get_train_sampler()
+        if sampler is not None and hasattr(self.train_dataset, "mix"):
+            return epoch_indexed(sampler, len(self.train_dataset))
+        return sampler
 
     # LoRA runs: paddleformers' flex checkpoints would hold the whole model (the frozen base included, as large as
     # the model itself) although only the adapters and fully trained modules change. Saving and resuming see the
@@ -204,6 +433,15 @@ class MIXTrainer(Trainer):
             super()._save_flex_optimizer_state(output_dir)
 
     def _load_flex_checkpoint(self, resume_from_checkpoint: str) -> Any:
+        # Sharding stage 2: the state lives in the wrapped optimizer (`_optim`, this rank's parameters), which
+        # creates its moments lazily at its first step. paddleformers prepares the wrapper's moments only, so the
+        # loaded optimizer state would find nothing to fill and the run would restart Adam from zero (any device).
+        inner = getattr(self.optimizer, "_optim", None)
+        if inner is not None and hasattr(inner, "_create_accumulators"):
+            block = paddle.base.framework.default_main_program().global_block()
+            entries = inner._parameter_list or []  # parameters, or groups of them ({"params": [...], ...})
+            params = [p for e in entries for p in (e["params"] if isinstance(e, dict) else [e])]
+            inner._create_accumulators(block, [p for p in params if not p.stop_gradient])
         with trainable_state_only(self.model):
             return super()._load_flex_checkpoint(resume_from_checkpoint)
 
@@ -230,7 +468,52 @@ class MIXTrainer(Trainer):
             self.log(scores)
         return metrics
 
-    def prediction_step(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+    def evaluation_loop(self, *args: Any, metric_key_prefix: str = "eval", **kwargs: Any) -> Any:
+        """paddleformers' loop averages per-batch mean losses, which depends on the eval batch size; the reported
+        loss is replaced by the token-weighted mean over every eval sample of all ranks (`eval_token_mean`)."""
+        self.eval_sums = {}
+        output = super().evaluation_loop(*args, metric_key_prefix=metric_key_prefix, **kwargs)
+        loss = self.eval_token_mean()
+        if loss is not None:
+            output.metrics[f"{metric_key_prefix}_loss"] = loss
+        return output
+
+    def eval_token_mean(self) -> float | None:
+        """Sum of the labelled-token losses over the eval set / their number, each sample counted once (a
+        distributed sampler repeats samples to even out the ranks), the same for any batch size, order or
+        process count."""
+        sums = dict(self.eval_sums)
+        if self.args.world_size > 1:
+            import paddle.distributed as dist
+
+            gathered: list[Any] = []
+            dist.all_gather_object(gathered, sums)
+            for part in gathered:
+                sums.update(part)
+        tokens = sum(n for _, n in sums.values())
+        return sum(s for s, _ in sums.values()) / tokens if tokens else None
+
+    def prediction_step(self, model: Any, inputs: dict[str, Any], prediction_loss_only: bool, *args: Any,
+                        **kwargs: Any) -> Any:  # fmt: skip
+        """Evaluation: keep each sample's loss sum and labelled-token count (for `eval_token_mean`) and return the
+        batch's token mean; pipeline-parallel runs and prediction (logits wanted) keep paddleformers' step."""
+        skips = inputs.get(SKIPS, [])
+        sample_ids = inputs.pop(SAMPLE_IDS, [])
         for key in BATCH_META:
             inputs.pop(key, None)
-        return super().prediction_step(model, inputs, *args, **kwargs)
+        if self.skip_log is not None:  # eval skips met in loader workers are logged here, like training's
+            for line in skips:
+                self.skip_log.add_line(line)
+        labels = inputs.get("labels")
+        if not prediction_loss_only or labels is None or self.args.pipeline_model_parallel_size > 1:
+            return super().prediction_step(model, inputs, prediction_loss_only, *args, **kwargs)
+        with paddle.no_grad():
+            logits = model(**{k: v for k, v in inputs.items() if k != "labels"}).logits  # [B, L, vocab]
+            total, count = 0.0, 0
+            for row in range(labels.shape[0]):
+                loss_sum = float(token_loss_sum(logits[row], labels[row]))
+                tokens = int((labels[row] != IGNORE_INDEX).sum())
+                sample = sample_ids[row] if row < len(sample_ids) else f"batch{len(self.eval_sums)}#{row}"
+                self.eval_sums[sample] = (loss_sum, tokens)
+                total, count = total + loss_sum, count + tokens
+        return paddle.to_tensor(total / max(count, 1), dtype="float32"), None, None

@@ -33,29 +33,49 @@ def is_complete(path: Path) -> bool:
     return (path / COMPLETE).is_file()
 
 
-def mark_complete(path: Path, step: int) -> None:
-    """Write the marker via a temporary file and a rename, so the marker itself is never half-written."""
+def mark_complete(path: Path, step: int, **progress: int) -> None:
+    """Write the marker via a temporary file and a rename, so the marker itself is never half-written. `progress`
+    records where the data stream stands (`rows` consumed, the `global_batch` and `epoch_rows` they were read
+    with), so a resume with other batch settings continues at the next unseen sample."""
     tmp = path / f"{COMPLETE}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps({"step": step, "time": time.time()}))
+    tmp.write_text(json.dumps({"step": step, "time": time.time(), **progress}))
     tmp.replace(path / COMPLETE)
 
 
-def last_complete(folder: str | Path) -> Path | None:
+def progress(path: str | Path) -> dict:
+    """The marker's record of a complete checkpoint ({} for a checkpoint without one)."""
+    marker = Path(path) / COMPLETE
+    try:
+        return json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def complete_in_order(folder: str | Path) -> list[Path]:
+    """Complete checkpoints, oldest first by the data they consumed (`rows` in the marker), then by step: after a
+    resume with another global batch the step numbers restart on another scale, the consumed rows do not."""
     done = [p for p in checkpoints(folder) if is_complete(p)]
+    return sorted(done, key=lambda p: (progress(p).get("rows", -1), step_of(p)))
+
+
+def last_complete(folder: str | Path) -> Path | None:
+    done = complete_in_order(folder)
     return done[-1] if done else None
 
 
-def prune(folder: str | Path, keep: int | None) -> list[Path]:
-    """Keep the newest `keep` complete checkpoints; drop older complete ones and partial leftovers older than
-    the newest complete checkpoint. Returns the deleted folders."""
+def prune(folder: str | Path, keep: int | None, protect: str | Path | None = None) -> list[Path]:
+    """Keep the newest `keep` complete checkpoints, plus `protect` (the best one, for `load_best_model_at_end`)
+    outside that count; drop older complete ones and partial leftovers older than the newest complete
+    checkpoint. Returns the deleted folders."""
     all_ = checkpoints(folder)
-    done = [p for p in all_ if is_complete(p)]
+    done = complete_in_order(folder)
     if not done:
         return []
-    newest = step_of(done[-1])
+    newest = max(step_of(p) for p in done)
     doomed = [p for p in all_ if not is_complete(p) and step_of(p) < newest]
     if keep is not None and keep > 0:
-        doomed += done[:-keep]
+        kept = Path(protect).resolve() if protect else None
+        doomed += [p for p in done[:-keep] if p.resolve() != kept]
     for path in doomed:
         shutil.rmtree(path, ignore_errors=True)
     return doomed

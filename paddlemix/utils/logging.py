@@ -56,6 +56,20 @@ WARNING_NOISE = (
     r"Current global rank \d+ is not in group",
     r"The input state dict is empty",
 )
+# Lines in the log of a launched process that the single-process tool never prints, dropped from the console that
+# train.sh shows (the process's log file keeps them): the FLAGS banner and the parallel-environment notices of
+# Paddle's distributed start, and the compiler-cache notice of Paddle's import. Bytes, as the logs are read.
+LAUNCH_NOISE = (
+    rb"^=+ Modified FLAGS detected =+$",
+    rb"^FLAGS\(name=",
+    rb"^=+$",
+    rb"fleet\.py:\d+ - The dygraph (hybrid )?parallel environment has been initialized",
+    rb"No ccache found",
+    rb"^  warnings\.warn\(warning_message\)$",
+)
+# Paddle's C++ (glog) lines: gloo/NCCL set-up, the data-parallel reducer's advice. They start anywhere, even right
+# behind a progress bar that is being redrawn ("I1207 06:12:20.984134 13861 tcp_store.cc:336] ...").
+GLOG_LINE = rb"[IWE]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ [\w.]+:\d+\] "
 # Paddle's fleet logger: topology, checkpoint metadata and resharding details at INFO on every save and load (a
 # filter, not a level: Paddle sets the level itself when it creates the logger).
 FLEET_LOGGER = "paddle.distributed.fleet.utils.log_util"
@@ -96,6 +110,7 @@ def quiet_console() -> None:
     _filter_logger("PaddleFormers", MessageFilter(PADDLEFORMERS_NOISE, PADDLEFORMERS_ONCE, logging.INFO))
     _filter_logger("transformers", MessageFilter(TRANSFORMERS_NOISE))
     _filter_logger(FLEET_LOGGER, MessageFilter(min_level=logging.WARNING))
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # its font cache is built once, at the first plot
 
 
 def _filter_logger(name: str, new: MessageFilter) -> None:

@@ -130,3 +130,64 @@ def test_eval_set_without_usable_record_stops_before_training(
     with pytest.raises(UserError, match="no usable sample in the eval data"):
         preflight(train, log, dataset(tiny_model_dir, [path], log, split="eval"))
     preflight(train, log, dataset(tiny_model_dir, [faulty_data], log, split="eval"))
+
+
+def test_one_missing_image_is_one_warning_and_32_seen_of_32(
+    tiny_model_dir: Path, shapes_data: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The bad record's slot of the epoch goes to the next usable sample, which is what is counted as seen there:
+    an epoch over a 32-record file with one missing image is 32 seen, 1 skipped, one warning (not 33 and two)."""
+    images = sorted((shapes_data["train"].parent / "images").glob("train_*.png"))[:32]
+    lines = [chat_line(str(p)) for p in images]
+    lines[5] = chat_line("imgs/missing.png")
+    path = tmp_path / "one_missing.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    log = SkipLog(tmp_path / "skipped_samples.jsonl", max_skip_ratio=1.0)
+    data = dataset(tiny_model_dir, [path], log)
+    data.count_loaded = False  # as in training: the trainer counts the samples it trains, with their skips
+    for i in range(len(data)):
+        sample = data[i]
+        log.ok(sample["sample_id"].split("#")[0])
+        for line in sample["skips"]:
+            log.add_line(line)
+    assert log.summary() == {"chatml_dataset:one_missing.jsonl": {"seen": 32, "skipped": 1}}
+    warnings = [r.getMessage() for r in caplog.records if "skipped chatml" in r.getMessage()]
+    assert len(warnings) == 1 and len(log.path.read_text().splitlines()) == 1
+    assert f'relative path "imgs/missing.png" looked up in {tmp_path}, the data file\'s folder' in warnings[0]
+    assert 'set "image_root" on this source' in warnings[0]
+
+
+def test_paths_relative_to_the_working_directory_name_image_root(
+    tiny_model_dir: Path, shapes_data: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LLaVA files often hold paths relative to where training starts; here they resolve against the data file's
+    folder (data/data/images/...), so every record fails: the message names the folder looked in, that the image
+    exists under the working directory, and the image_root that fixes it (not "looks mis-formatted")."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "images").symlink_to(shapes_data["train"].parent / "images")
+    records = [chat_line(f"data/images/train_{i:05d}.png") for i in range(MISFORMAT_PROBE + 5)]
+    (tmp_path / "data" / "llava.jsonl").write_text("\n".join(records) + "\n")
+    log = SkipLog(max_skip_ratio=1.0)
+    encode_all(dataset(tiny_model_dir, [Path("data/llava.jsonl")], log))
+    with pytest.raises(UserError) as err:
+        log.raise_if_exceeded()
+    message = str(err.value)
+    assert "looks mis-formatted" not in message and f"the images of its first {MISFORMAT_PROBE} records" in message
+    assert "image not found: data/data/images/train_" in message
+    assert 'looked up in data, the data file\'s folder; it exists under the working directory: set "image_root": ' \
+        f'"{tmp_path}"' in message  # fmt: skip
+    fixed = SkipLog(max_skip_ratio=1.0)
+    source = DatasetSource(name="chatml_dataset", data_files=["data/llava.jsonl"], image_root=str(tmp_path))
+    processor = AutoProcessorMIX.from_pretrained(tiny_model_dir)
+    encoder = adapter_for(tiny_model_dir).sample_processor(processor, 128)
+    encode_all(build_dataset([source], encoder, processor, seed=0, skip_log=fixed))
+    assert fixed.summary() == {"chatml_dataset:llava.jsonl": {"seen": MISFORMAT_PROBE + 5, "skipped": 0}}
+
+
+def test_an_eval_record_is_seen_once_however_many_evaluations(tiny_model_dir: Path, faulty_data: Path) -> None:
+    log = SkipLog(max_skip_ratio=1.0)
+    data = dataset(tiny_model_dir, [faulty_data], log, split="eval")
+    for _ in range(3):  # three evaluations
+        encode_all(data)
+    assert log.summary() == {"chatml_dataset:faulty.jsonl": {"seen": len(data), "skipped": len(PLANTED)}}

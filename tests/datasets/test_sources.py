@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from paddlemix.arguments import DatasetSource
-from paddlemix.datasets.conversation import ImageBytes, Message, SampleError
+from paddlemix.datasets.conversation import TEXT_GUARD, ImageBytes, Message, SampleError
 from paddlemix.datasets.sources import SourceDataset, image_ref
 from paddlemix.testing.wild_images import png_bytes
 
@@ -102,8 +102,10 @@ B64 = base64.b64encode(PNG).decode()
 
 
 def test_typed_content_lists_with_inline_and_record_level_images(tmp_path: Path) -> None:
+    """Images come from image parts only (inline, else the record's list in order); a text part is text, even where
+    it quotes `<image>`."""
     record = {
-        "images": ["r1.png", "r2.png"],
+        "images": ["r1.png"],
         "messages": [
             {"role": "system", "content": [{"type": "text", "text": "S"}]},
             {"role": "user", "content": [
@@ -119,12 +121,10 @@ def test_typed_content_lists_with_inline_and_record_level_images(tmp_path: Path)
     sample = chatml(write_jsonl(tmp_path / "d.jsonl", [record]))[0]
     assert sample.messages == (
         Message("system", "S"),
-        Message("user", "<image>Q1 <image><image>and <image>?"),
+        Message("user", "<image>Q1 <image><image>and <" + TEXT_GUARD + "image>?"),
         Message("assistant", "A"),
     )
-    assert sample.images == (
-        str(tmp_path / "r1.png"), str(tmp_path / "inline.jpg"), "https://example.com/x.png", str(tmp_path / "r2.png")
-    )  # fmt: skip
+    assert sample.images == (str(tmp_path / "r1.png"), str(tmp_path / "inline.jpg"), "https://example.com/x.png")
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,10 @@ pytestmark = pytest.mark.slow
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "shapes_demo.py"
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava"])
+# qwen2_5_vl_base: a base checkpoint's layout (eos <|endoftext|>, answers end with <|im_end|>); llava_vicuna: a Llama
+# LM with llava-hf's Vicuna template (no end token of its own, <s> put first by the tokenizer). Before issue 19 both
+# trained to a low eval loss and scored 0 by generation: they never stopped.
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava", "qwen2_5_vl_base", "llava_vicuna"])
 def test_shortened_demo_learns_colours(tmp_path: Path, monkeypatch, run_tool, family: str) -> None:
     monkeypatch.setattr(sys, "argv", [str(DEMO)])
     demo = runpy.run_path(str(DEMO))
@@ -26,6 +29,12 @@ def test_shortened_demo_learns_colours(tmp_path: Path, monkeypatch, run_tool, fa
     config = json.loads(demo["FAMILIES"][family][1].read_text())
     model = tmp_path / config["output_dir"]
     assert (model / "model.safetensors").is_file()
+    from paddlemix.models import adapter_for
+    from paddlemix.processors.chat_template import template_for
+
+    stop = template_for(adapter_for(model).load_processor(model)).stop_token_id  # the token ending every answer
+    eos = json.loads((model / "generation_config.json").read_text())["eos_token_id"]
+    assert stop in (eos if isinstance(eos, list) else [eos])
     record = json.loads((tmp_path / "demo_run" / "shapes" / "eval.jsonl").read_text().splitlines()[0])
     image = tmp_path / "demo_run" / "shapes" / record["images"][0]
     question = record["messages"][0]["content"].replace("<image>", "")

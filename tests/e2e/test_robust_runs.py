@@ -36,8 +36,10 @@ def test_skip_budget_exits_2_with_a_summary(workspace: Path, faulty_data: Path, 
 
 def test_check_data_reports_every_reason(workspace: Path, faulty_data: Path, run_tool) -> None:
     proc = run_tool("check_data.py", str(CONFIG), *SHORT, "--dataset", FAULTY % faulty_data, "--max_length", "128",
-                    "--report", "report.json", cwd=workspace)  # fmt: skip
+                    "--mixtoken", "true", "--report", "report.json", cwd=workspace, check=False)  # fmt: skip
+    assert proc.returncode == 1, "9 of 37 records skipped is over max_skip_ratio 0.05: training would stop"
     report = json.loads((workspace / "report.json").read_text())
+    assert report["verdict"] == "fail" and "Traceback" not in proc.stderr
     source = report["splits"]["train"]["sources"]["chatml_dataset:faulty.jsonl"]
     # Headers only: a file truncated after its header is caught when the trainer decodes it, not here.
     assert source["skipped"] == len(PLANTED) - 1 and source["longer_than_max_length"] == 1
@@ -166,3 +168,24 @@ def test_final_model_is_saved_even_when_the_last_evaluation_fails(
     assert "no usable sample in the eval data" in proc.stderr
     out = workspace / "checkpoints" / "tiny_sft"
     assert (out / "model.safetensors").is_file() and (out / "run_args.json").is_file()
+
+
+def test_one_missing_image_warns_once_with_loader_workers(workspace: Path, shapes_data, run_tool) -> None:
+    """A data-loader worker meets the bad record first; the training process alone warns and counts it: one
+    warning naming image_root, and an epoch of the 32-record file is 32 seen, 1 skipped (not two warnings, 33)."""
+    records = shapes_data["train"].read_text().splitlines()
+    assert len(records) == 32
+    bad = json.loads(records[5])
+    bad["images"] = ["images/missing.png"]
+    records = [json.dumps({**r, "images": [str(shapes_data["train"].parent / i) for i in r["images"]]})
+               if n != 5 else json.dumps(bad) for n, r in enumerate(map(json.loads, records))]  # fmt: skip
+    path = workspace / "one_missing.jsonl"
+    path.write_text("\n".join(records) + "\n")
+    proc = run_tool("supervised_finetune.py", str(CONFIG), *SHORT, "--dataset", FAULTY % path, "--max_steps", "-1",
+                    "--num_train_epochs", "1", "--dataloader_num_workers", "1", "--max_skip_ratio", "0.5",
+                    cwd=workspace)  # fmt: skip
+    warnings = [line for line in proc.stderr.replace("\r", "\n").splitlines() if "skipped chatml_dataset" in line]
+    assert len(warnings) == 1, warnings
+    assert 'relative path "images/missing.png" looked up in' in warnings[0] and '"image_root"' in warnings[0]
+    results = json.loads((workspace / "checkpoints" / "tiny_sft" / "all_results.json").read_text())
+    assert results["skipped_by_source"] == {"chatml_dataset:one_missing.jsonl": {"seen": 32, "skipped": 1}}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from hf_parity import REF_PYTHON, requires_reference
 
-from paddlemix.datasets.conversation import Message
+from paddlemix.datasets.conversation import Message, Sample
 from paddlemix.processors.chat_template import JinjaChatTemplate, PaddleMixChatTemplate, paddlemix_to_jinja
 from paddlemix.processors.template_files import write_chat_template
 
@@ -93,3 +93,49 @@ def test_transformers_renders_the_trained_template(tiny_model_dir: Path, tmp_pat
             # token boundaries may add whitespace at span edges; the spans' text must be the same
             assert "".join(result["assistant_text"].split()) == "".join(labels.split()), name
             assert "red" in labels and "blue" in labels
+
+
+TEXT_CHAT = (Message("user", "What color is the circle?"), Message("assistant", "red"),
+             Message("user", "And the square?"), Message("assistant", "A blue square."))  # fmt: skip
+
+
+@requires_reference
+def test_training_ids_equal_transformers_ids_for_each_family_own_template(
+    request, tmp_path: Path, tiny_model_dir: Path, tiny_qwen2_vl_dir: Path, tiny_qwen3_vl_dir: Path,
+    tiny_llava_dir: Path,
+) -> None:  # fmt: skip
+    """Each family's own template: our training ids of a whole conversation and our prompt ids equal what
+    transformers' processor `apply_chat_template(..., tokenize=True)` gives (BOS included as it adds it). llava-hf's
+    Vicuna template ends answers with no token, so training appends </s> there: its prompts are compared."""
+    from paddlemix.models import adapter_for
+    from paddlemix.processors.chat_template import template_for
+    from paddlemix.testing.tiny_llava import build_tiny_llava
+
+    vicuna = build_tiny_llava(tmp_path / "vicuna", language="llama", vicuna=True)
+    folders = {"qwen2_5_vl": tiny_model_dir, "qwen2_vl": tiny_qwen2_vl_dir, "qwen3_vl": tiny_qwen3_vl_dir,
+               "llava": tiny_llava_dir, "llava_vicuna": vicuna}  # fmt: skip
+    cases, ours = [], []
+    for name, folder in folders.items():
+        adapter = adapter_for(folder)
+        processor = adapter.load_processor(folder)
+        template, encoder = template_for(processor), adapter.sample_processor(processor, 4096)
+        # HF messages as the template reads them: typed parts, or strings for a template that shows strings
+        typed = hf_messages("<image>", TEXT_CHAT) if template.typed_content else [
+            {"role": m.role, "content": m.content} for m in TEXT_CHAT
+        ]  # fmt: skip
+        full = encoder(Sample(TEXT_CHAT, ()), template)["input_ids"].tolist()
+        prompt = encoder.encode_prompt(Sample(TEXT_CHAT[:1], ()), template)["input_ids"].tolist()
+        if name != "llava_vicuna":
+            cases.append({"folder": str(folder), "messages": typed, "add_generation_prompt": False, "mask": False,
+                          "ids": True})  # fmt: skip
+            ours.append((name, "training", full))
+        cases.append({"folder": str(folder), "messages": typed[:1], "add_generation_prompt": True, "mask": False,
+                      "ids": True})  # fmt: skip
+        ours.append((name, "prompt", prompt))
+    request_file, out = tmp_path / "request.json", tmp_path / "out.json"
+    request_file.write_text(json.dumps(cases))
+    proc = subprocess.run([REF_PYTHON, str(HERE / "hf_chat_template.py"), str(request_file), str(out)],
+                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for (name, kind, ids), result in zip(ours, json.loads(out.read_text())):
+        assert ids == result["ids"], (name, kind)

@@ -213,11 +213,6 @@ def test_lora_inside_a_fully_trained_module_is_refused(tiny_model_dir: Path) -> 
         lora_model(tiny_model_dir, ["q_proj", "model.visual.merger.*"], modules_to_save=["model.visual.merger"])
 
 
-def test_tensor_parallel_lora_is_refused(tiny_model_dir: Path) -> None:
-    with pytest.raises(UserError, match="tensor_parallel_degree"):
-        lora_model(tiny_model_dir, tensor_parallel_degree=2)
-
-
 def test_adapter_for_another_model_is_a_user_error(tiny_model_dir: Path, tiny_llava_dir: Path, tmp_path) -> None:
     model = lora_model(tiny_llava_dir, ["fc1"])
     save_adapter(model, tmp_path)

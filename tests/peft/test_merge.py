@@ -120,6 +120,20 @@ def test_float32_rslora_merge_and_single_output_file(tiny_model_dir: Path, tmp_p
     assert json.loads((out / "config.json").read_text())["torch_dtype"] == "float32"
 
 
+def test_merged_model_stops_on_the_ids_that_ended_the_trained_answers(tiny_model_dir: Path, tmp_path: Path) -> None:
+    base_dir = tmp_path / "base"  # laid out as a base checkpoint: generation_config.json's eos is one id
+    base_dir.mkdir()
+    for file in tiny_model_dir.iterdir():
+        if file.name != "generation_config.json":
+            (base_dir / file.name).symlink_to(file)
+    (base_dir / "generation_config.json").write_text(json.dumps({"eos_token_id": 7, "do_sample": False}))
+    write_peft_adapter(tmp_path / "adapter", base_dir, ADAPTERS["qwen2_5_vl"].parameter_name, ("q_proj",))
+    (tmp_path / "adapter" / "run_args.json").write_text(json.dumps({"stop_token_ids": [9]}))
+    out = merge_checkpoint(base_dir, tmp_path / "adapter", tmp_path / "merged")
+    assert json.loads((out / "generation_config.json").read_text()) == {"eos_token_id": [7, 9], "do_sample": False}
+    assert json.loads((base_dir / "generation_config.json").read_text())["eos_token_id"] == 7
+
+
 def tree_digest(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*")
             if p.is_file()}  # fmt: skip

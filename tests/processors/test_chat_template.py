@@ -175,6 +175,7 @@ def test_typed_content_template_renders_and_masks_per_turn() -> None:
     assert template.typed_content and template.image_text == "<image>\n"
     assert template.render(IMAGE_CHAT, False) == "USER: <image>\nWhat color?\nASSISTANT: red</s>\nUSER: And now?\n" \
         "ASSISTANT: blue</s>\n"  # fmt: skip
+    # the generation prompt "ASSISTANT: " is the training text before each answer
     assert [text for text, label in template.segments(IMAGE_CHAT) if label] == ["red</s>", "blue</s>"]
     assert template.prompt(IMAGE_CHAT[:1]) == "USER: <image>\nWhat color?\nASSISTANT: "
 
@@ -183,10 +184,11 @@ def test_generation_tag_spans_are_the_labels() -> None:
     template = JinjaChatTemplate(GENERATION_TEMPLATE)
     # trim_blocks (as transformers renders) drops the newline right after {% endgeneration %}
     assert template.segments(IMAGE_CHAT) == [
-        ("User:<image> What color?<end_of_utterance>\nAssistant: ", False),
-        ("red<end_of_utterance>", True),
-        ("User: And now?<end_of_utterance>\nAssistant: ", False),
-        ("blue<end_of_utterance>", True),
+        # the generation prompt ends at "Assistant:", so the space starts the answer
+        ("User:<image> What color?<end_of_utterance>\nAssistant:", False),
+        (" red<end_of_utterance>", True),
+        ("User: And now?<end_of_utterance>\nAssistant:", False),
+        (" blue<end_of_utterance>", True),
     ]
     assert template.prompt(IMAGE_CHAT[:3]).endswith("User: And now?<end_of_utterance>\nAssistant:")
     assert "\ue000" not in template.render(IMAGE_CHAT, False)

@@ -89,8 +89,7 @@ def test_too_long_and_bad_images_are_sample_errors(encoder, tmp_path: Path) -> N
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     with pytest.raises(SampleError, match="cannot be decoded"):
         ImageReader().load(str(tmp_path / "broken.png"))
-    with pytest.raises(SampleError, match="side under 28"):
-        ImageReader().load(image(tmp_path, (20, 100), "small.png"))
+    assert ImageReader().load(image(tmp_path, (20, 100), "small.png")).size == (20, 100)  # resized up later
     with pytest.raises(SampleError, match="aspect ratio"):
         ImageReader().load(image(tmp_path, (30, 6100), "thin.png"))
 

@@ -35,3 +35,12 @@ def test_empty_answer_is_never_a_blank_line() -> None:
 def test_speed_line_says_token_for_one() -> None:
     assert speed_line(1, 1.0, 0.1).startswith("generated 1 token in ")
     assert speed_line(2, 1.0, 0.1).startswith("generated 2 tokens in ")
+
+
+def test_question_past_the_model_positions_is_one_paragraph(tiny_model_dir, tmp_path, run_tool) -> None:
+    proc = run_tool("infer.py", "--model_name_or_path", str(tiny_model_dir), "--question", "red " * 5000,
+                    cwd=tmp_path, check=False)  # fmt: skip
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "the prompt of --question is too long to answer: 5020 tokens after image expansion exceed max_length " \
+           "4096 (the model's max_position_embeddings)" in proc.stdout + proc.stderr  # fmt: skip
+    assert "Pass an image that opens" not in proc.stdout + proc.stderr  # the former, false hint

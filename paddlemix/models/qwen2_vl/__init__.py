@@ -30,6 +30,22 @@ def positions(config: Any, input_ids: np.ndarray, grid_thw: np.ndarray | None) -
     return mrope_positions(Qwen2VLModel.get_rope_index, config, input_ids, grid_thw)
 
 
+def pipeline_parts() -> Any:
+    """Qwen2-VL's pipeline stages: its own vision tower and rope rule on Qwen2.5-VL's language-model layers."""
+    from paddleformers.transformers.qwen2_5_vl import modeling as m
+
+    from paddlemix.distributed.pipeline import PipelineParts
+    from paddlemix.models.qwen2_vl.modeling import Qwen2VisionTransformer, Qwen2VLModel
+
+    return PipelineParts(
+        model_class=Qwen2VLModel,
+        text_model_class=m.Qwen2_5_VLTextModel,
+        decoder_layer_class=m.Qwen2_5_VLDecoderLayer,
+        rotary_class=m.Qwen2_5_VLRotaryEmbedding,
+        build_vision=Qwen2VisionTransformer,
+    )
+
+
 ADAPTER = ModelAdapter(
     model_type="qwen2_vl",
     config_class=f"{_MODELING}:Qwen2VLConfig",
@@ -44,5 +60,6 @@ ADAPTER = ModelAdapter(
     # Same checkpoint names and layouts as Qwen2.5-VL's original release.
     export_state_dict=qwen2_5_vl.to_hf_state_dict,
     positions=positions,
+    pipeline=pipeline_parts,
     **SHARED_ADAPTER_FIELDS,
 )
