@@ -4,7 +4,8 @@ This is the LLaVA-from-scratch recipe: the LM's tokenizer gains a special "<imag
 lm_head unless tied) get a row for it, a seeded two-layer MLP projector maps CLIP features to the LM width, and the
 result is written as transformers 4.57's `LlavaForConditionalGeneration` + `LlavaProcessor` would save it:
 
-    vision_tower.vision_model.*        <- the CLIP folder's vision_model.* (a full CLIP folder's text half is dropped)
+    vision_tower.vision_model.*        <- the CLIP folder's vision_model.* (a full CLIP folder's text half is dropped;
+                                          a CLIPVisionModel saved by transformers 5.x has no vision_model. level)
     multi_modal_projector.linear_{1,2} <- N(0, initializer_range) weights, zero biases
     language_model.model.*, language_model.lm_head.weight <- the LM's model.* and lm_head.weight
 
@@ -72,6 +73,16 @@ def read_weights(folder: Path) -> dict[str, np.ndarray]:
     return weights
 
 
+# The top-level modules of CLIP's vision transformer: transformers 5.x saves a `CLIPVisionModel` without its
+# `vision_model.` level (`embeddings.*`, `encoder.*`, ...); 4.x and full CLIP folders keep it.
+CLIP_VISION_PARTS = ("embeddings.", "pre_layrnorm.", "encoder.", "post_layernorm.")
+
+
+def clip_vision_name(name: str) -> str:
+    """A CLIP vision checkpoint name of either transformers generation -> 4.x's `vision_model.*` name."""
+    return "vision_model." + name if name.startswith(CLIP_VISION_PARTS) else name
+
+
 def vision_parts(folder: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """The CLIP vision config (`clip_vision_model`) and its weights renamed under `vision_tower.`."""
     config = read_config(folder, VISION_TYPES, "vision_model")
@@ -82,12 +93,15 @@ def vision_parts(folder: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     if vision["image_size"] % vision["patch_size"]:
         raise UserError(f"{folder}/config.json: image_size {vision['image_size']} is not a multiple of patch_size.")
     weights = {
-        f"vision_tower.{name}": value
+        f"vision_tower.{clip_vision_name(name)}": value
         for name, value in read_weights(folder).items()
-        if name.startswith("vision_model.") and not name.endswith("position_ids")
+        if clip_vision_name(name).startswith("vision_model.") and not name.endswith("position_ids")
     }
     if not weights:
-        raise UserError(f"{folder}: the safetensors files hold no vision_model.* tensors (CLIP's vision tower).")
+        raise UserError(
+            f"{folder}: the safetensors files hold no CLIP vision tower tensors (vision_model.*, or embeddings.* and "
+            "encoder.* as transformers 5.x saves a CLIPVisionModel). Pass a CLIP or CLIPVisionModel folder."
+        )
     return vision, weights
 
 
@@ -147,6 +161,21 @@ class TokenizerChange:
     chat_template: str
 
 
+def tokenizer_config_for_both(config: dict[str, Any]) -> dict[str, Any]:
+    """A tokenizer_config.json dict written by either transformers generation -> one both generations load alike.
+
+    transformers 5.x writes its generic fast tokenizer as `"tokenizer_class": "TokenizersBackend"` (4.x has no such
+    class and refuses the folder) and the extra special tokens as an `extra_special_tokens` list (4.x reads that key
+    as a dict of named tokens); `PreTrainedTokenizerFast` and `additional_special_tokens` are read by both.
+    """
+    config = dict(config)
+    if config.get("tokenizer_class") == "TokenizersBackend":
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    if isinstance(config.get("extra_special_tokens"), list):
+        config["additional_special_tokens"] = config.pop("extra_special_tokens")
+    return config
+
+
 def add_image_token(lm_dir: Path, out: Path, chat_template: str | None) -> TokenizerChange:
     """Copy the LM's tokenizer files into `out` with "<image>" added as a special token and the pad token set."""
     for name in ("tokenizer.json", "tokenizer_config.json"):
@@ -184,7 +213,7 @@ def add_image_token(lm_dir: Path, out: Path, chat_template: str | None) -> Token
         "special": True,
     }
     config.update({"pad_token": pad, "chat_template": template})
-    write_json(config, out / "tokenizer_config.json")
+    write_json(tokenizer_config_for_both(config), out / "tokenizer_config.json")
     write_json({**special_map, "pad_token": {"content": pad, **TOKEN_FLAGS}}, special_map_path)
     if (out / "added_tokens.json").is_file():  # slow tokenizers read their added tokens from here
         added = read_json(out / "added_tokens.json")
