@@ -78,7 +78,7 @@ def normalize_rope(raw: dict[str, Any], where: str | Path) -> dict[str, dict[str
         UserError: two keys or two sections state different values for the same setting, or a vision section
             asks for a rotary base other than `VISION_ROPE_THETA`.
     """
-    top = _rope_of(raw, f'{where} (top level)') if raw else {}
+    top = _rope_of(raw, f"{where} (top level)") if raw else {}
     out: dict[str, dict[str, Any]] = {}
     for name in TEXT_SECTIONS:
         part = _section(raw, name)
@@ -99,7 +99,7 @@ def normalize_rope(raw: dict[str, Any], where: str | Path) -> dict[str, dict[str
     theta = (vision.get("rope_parameters") or {}).get("rope_theta", VISION_ROPE_THETA)
     if not _same_number(theta, VISION_ROPE_THETA):
         raise UserError(
-            f'{where}: vision_config.rope_parameters.rope_theta = {theta!r}, but this model family\'s vision tower '
+            f"{where}: vision_config.rope_parameters.rope_theta = {theta!r}, but this model family's vision tower "
             f"is built with {VISION_ROPE_THETA} (as in transformers); such a checkpoint cannot be read faithfully."
         )
     return out
@@ -125,3 +125,26 @@ def read_rope(config: Any, folder: str | Path) -> None:
     either transformers generation's spelling (see the module docstring)."""
     path = Path(folder) / "config.json"
     apply_rope(config, normalize_rope(read_json(path), path))
+
+
+def rope_for_both(raw: dict[str, Any], where: str | Path) -> dict[str, Any]:
+    """A config.json dict of either generation -> a copy whose language-model sections spell their rotary settings
+    as 4.x does (`rope_theta` + `rope_scaling`, no `rope_parameters`), for files we write: transformers 4.x ignores
+    `rope_parameters` (it would build the model with its default theta), 5.x converts the 4.x keys itself.
+
+    Raises:
+        UserError: as `normalize_rope`.
+    """
+    out = dict(raw)
+    for name, settings in normalize_rope(raw, where).items():
+        part = dict(out if not name else out[name])
+        part.pop("rope_parameters", None)
+        if "rope_theta" in settings:
+            part["rope_theta"] = settings["rope_theta"]
+        scaling = {k: v for k, v in settings.items() if k != "rope_theta"}
+        part["rope_scaling"] = None if scaling == {"rope_type": "default"} else scaling
+        if name:
+            out[name] = part
+        else:
+            out = part
+    return out

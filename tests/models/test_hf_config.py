@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from paddlemix.models import adapter_for
-from paddlemix.models.hf_config import normalize_rope
+from paddlemix.models.hf_config import normalize_rope, rope_for_both
 from paddlemix.models.hf_layout import both_generations
 from paddlemix.models.llava import paddle_name as llava_paddle_name
 from paddlemix.models.llava.processor import image_processor_settings
@@ -160,3 +160,29 @@ def test_llava_image_settings_that_disagree_are_an_error(tmp_path: Path) -> None
 def test_llava_folder_without_image_settings_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="preprocessor_config.json"):
         image_processor_settings(tmp_path, {"patch_size": 14})
+
+
+@pytest.mark.parametrize(
+    "raw, text",
+    [
+        # a Qwen2 LM saved by 5.x -> 4.x's spelling at the top level
+        ({"model_type": "qwen2", "rope_parameters": {"rope_theta": 1e6, "rope_type": "default"}},
+         {"rope_theta": 1e6, "rope_scaling": None}),
+        # a Llama 3 LM with scaling saved by 5.x
+        ({"model_type": "llama", "rope_parameters": {"rope_theta": 5e5, "rope_type": "llama3", "factor": 8.0}},
+         {"rope_theta": 5e5, "rope_scaling": {"rope_type": "llama3", "factor": 8.0}}),
+        # already 4.x's spelling: unchanged
+        ({"model_type": "qwen2", "rope_theta": 1e6, "rope_scaling": None}, {"rope_theta": 1e6, "rope_scaling": None}),
+    ],
+)  # fmt: skip
+def test_rope_written_for_both_generations(raw: dict, text: dict) -> None:
+    out = rope_for_both(raw, "config.json")
+    assert "rope_parameters" not in out and {k: out[k] for k in text} == text
+    assert normalize_rope(out, "config.json") == normalize_rope(raw, "config.json")  # the same settings
+
+
+def test_rope_written_for_both_in_text_config() -> None:
+    raw = qwen3_vl_config(QWEN3_VL_2B_TEXT)
+    text = rope_for_both(raw, "config.json")["text_config"]
+    assert text["rope_theta"] == 5000000 and "rope_parameters" not in text
+    assert text["rope_scaling"] == {"rope_type": "default", "mrope_section": [24, 20, 20], "mrope_interleaved": True}

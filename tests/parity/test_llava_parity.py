@@ -10,6 +10,7 @@ text and text only (with padding), then our export and a merged LoRA are loaded 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -55,6 +56,17 @@ with torch.no_grad():
     for name, p in model.named_parameters():
         p.copy_((1.0 if "norm" in name else 0.0) + 0.1 * torch.randn_like(p))
 model.save_pretrained(out, safe_serialization=True)
+"""
+
+
+# Runs in a reference environment: load our tiny CLIP tower and LM with transformers and save them as it does.
+SAVE_PARTS = """
+import sys, transformers
+clip, lm, out = sys.argv[1:]
+transformers.CLIPVisionModel.from_pretrained(clip).save_pretrained(out + "/clip")
+transformers.CLIPImageProcessor.from_pretrained(clip).save_pretrained(out + "/clip")
+transformers.AutoModelForCausalLM.from_pretrained(lm).save_pretrained(out + "/lm")
+transformers.AutoTokenizer.from_pretrained(lm).save_pretrained(out + "/lm")
 """
 
 
@@ -201,3 +213,34 @@ def test_builder_folder_logits_match_hf(tiny_llava_dir: Path, ref_python: str, t
     diff = np.abs(ours - hf_logits(tiny_llava_dir, inputs, tmp_path, ref_python)).max()
     print(f"build_llava folder image+text: max |logits - HF| = {diff:.2e}")
     assert diff <= LOGITS_ATOL
+
+
+def test_builder_on_parts_saved_by_each_version_loads_in_both(
+    tiny_clip_dir: Path, tiny_qwen2_lm_dir: Path, ref_python: str, tmp_path: Path
+) -> None:
+    """`build_llava` on a CLIP tower and an LM saved by this version's transformers (5.x: CLIP names without
+    `vision_model.`, a `TokenizersBackend` tokenizer) writes a folder that every reference version loads with our
+    logits and our token ids."""
+    from paddlemix.models.llava.build import build_llava
+    from paddlemix.models.llava.processor import LlavaProcessorMIX
+
+    proc = subprocess.run([ref_python, "-c", SAVE_PARTS, str(tiny_clip_dir), str(tiny_qwen2_lm_dir), str(tmp_path)],
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = build_llava(tmp_path / "clip", tmp_path / "lm", tmp_path / "llava")
+    inputs = make_inputs(json.loads((out / "config.json").read_text()), with_image=True)
+    ours = paddle_logits(AutoModelMIX.from_pretrained(out), inputs)
+    text = "USER: <image>\nWhat color is the circle?<|im_end|>"
+    ids = LlavaProcessorMIX.from_pretrained(out).tokenizer(text, add_special_tokens=False)["input_ids"]
+    saver = next(v for v, (variable, _) in REFERENCES.items() if os.environ.get(variable) == ref_python)
+    for version, (variable, _) in sorted(REFERENCES.items()):
+        python = os.environ.get(variable)
+        if not python:
+            continue
+        diff = np.abs(ours - hf_logits(out, inputs, tmp_path, python)).max()
+        print(f"build_llava on parts saved by {saver}, loaded by {version}: max |logits - HF| = {diff:.2e}")
+        assert diff <= LOGITS_ATOL
+        files = Path(__file__).parent / "hf_llava_files.py"
+        proc = subprocess.run([python, str(files), "tokenizer", str(out), text], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        assert json.loads(proc.stdout.splitlines()[-1])["ids"] == [ids]

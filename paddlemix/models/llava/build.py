@@ -9,7 +9,9 @@ result is written as transformers 4.57's `LlavaForConditionalGeneration` + `Llav
     multi_modal_projector.linear_{1,2} <- N(0, initializer_range) weights, zero biases
     language_model.model.*, language_model.lm_head.weight <- the LM's model.* and lm_head.weight
 
-Only numpy, safetensors and tokenizers are used, so no model is instantiated and bf16 checkpoints load (as float32).
+Parts saved by transformers 5.x are written in the spelling both generations read (the LM's `rope_parameters` as
+`rope_theta` + `rope_scaling`, its tokenizer_config.json as `tokenizer_config_for_both` says), so the folder loads
+alike in transformers 4.57 and 5.x. Only numpy, safetensors and tokenizers are used, so no model is instantiated and bf16 checkpoints load (as float32).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from paddlemix.models.adapter import check_safe_weights
+from paddlemix.models.hf_config import rope_for_both
 from paddlemix.models.llava.processor import CLIP_MEAN, CLIP_STD, IMAGE_TOKEN, clip_image_settings
 from paddlemix.processors.chat_template import read_template_file
 from paddlemix.utils.errors import UserError
@@ -342,7 +345,7 @@ def build_llava(
     vision_dir, lm_dir, out = Path(vision_model), Path(language_model), Path(output_dir)
     _check_output(out)
     vision, vision_weights = vision_parts(vision_dir)
-    text = read_config(lm_dir, TEXT_TYPES, "language_model")
+    text = rope_for_both(read_config(lm_dir, TEXT_TYPES, "language_model"), lm_dir / "config.json")
     _check_choices(vision, vision_feature_layer, vision_feature_select_strategy)
     preprocessor = image_processor_config(vision_dir, vision["image_size"])
     with atomic_dir(out) as tmp:

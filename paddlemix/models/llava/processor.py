@@ -163,10 +163,12 @@ def image_processor_settings(folder: Path, processor_config: dict[str, Any]) -> 
         return nested
     settings = read_json(path)
     if isinstance(nested, dict):
-        differ = sorted(k for k in nested.keys() & settings.keys() if k not in _CLASS_KEYS and nested[k] != settings[k])
+        differ = sorted(
+            k for k in nested.keys() & settings.keys() if k not in _CLASS_KEYS and nested[k] != settings[k]
+        )
         if differ:
             raise UserError(
-                f"{folder}: preprocessor_config.json and processor_config.json's \"image_processor\" disagree on "
+                f'{folder}: preprocessor_config.json and processor_config.json\'s "image_processor" disagree on '
                 f"{', '.join(differ)}; it is unclear which settings the model was trained with. Delete one of them "
                 "(transformers 5.x reads processor_config.json, 4.x preprocessor_config.json)."
             )
