@@ -16,16 +16,28 @@ reads them there), vision sections' `model_type` renamed (`qwen2_vl_vision`, ...
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 from paddlemix.utils.errors import UserError
 from paddlemix.utils.io import read_json
 
+logger = logging.getLogger(__name__)
+
 # Sections of config.json that hold a language model's settings, outermost first.
 TEXT_SECTIONS = ("", "text_config")
 # The rotary base every supported vision tower is built with (transformers hard-codes it in 4.x).
 VISION_ROPE_THETA = 10000.0
+# The rotary kinds the language models build: "default" plus paddleformers 1.2's ROPE_INIT_FUNCTIONS (a test keeps
+# the two equal). Any other `rope_type` is an error before the model is built.
+ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "longrope", "llama3")
+# Rotary settings some rope_type reads (transformers' and paddleformers' names); others are reported as unused.
+ROPE_KEYS = frozenset({
+    "rope_theta", "rope_type", "mrope_section", "mrope_interleaved", "factor", "original_max_position_embeddings",
+    "attention_factor", "beta_fast", "beta_slow", "short_factor", "long_factor", "low_freq_factor",
+    "high_freq_factor", "mscale", "mscale_all_dim", "truncate",
+})  # fmt: skip
 
 
 def _section(raw: dict[str, Any], name: str) -> dict[str, Any] | None:
@@ -66,6 +78,25 @@ def _same_number(a: Any, b: Any) -> bool:
     return isinstance(a, (int, float)) and isinstance(b, (int, float)) and float(a) == float(b)
 
 
+def _check_rope(settings: dict[str, Any], where: str) -> None:
+    """An unknown `rope_type` is an error (the model would be built with another function); settings no rotary
+    kind reads are one warning (transformers warns likewise and ignores them)."""
+    if settings["rope_type"] not in ROPE_TYPES:
+        raise UserError(
+            f'{where}: rope_type "{settings["rope_type"]}" (in rope_parameters or rope_scaling) is not one this '
+            f"toolkit builds ({', '.join(ROPE_TYPES)}); the model cannot be read faithfully. Use a checkpoint "
+            "whose rotary embedding is one of these."
+        )
+    unused = sorted(set(settings) - ROPE_KEYS)
+    if unused:
+        logger.warning(
+            "%s: rotary settings %s are not read by any rope_type and are ignored (as transformers does); check "
+            "that the checkpoint does not depend on them.",
+            where,
+            ", ".join(unused),
+        )
+
+
 def normalize_rope(raw: dict[str, Any], where: str | Path) -> dict[str, dict[str, Any]]:
     """Rotary settings per language-model section of a config.json dict: {"" or "text_config": settings}.
 
@@ -75,8 +106,8 @@ def normalize_rope(raw: dict[str, Any], where: str | Path) -> dict[str, dict[str
     unstated) and the rest as written (`mrope_section`, `mrope_interleaved`, `factor`, ...).
 
     Raises:
-        UserError: two keys or two sections state different values for the same setting, or a vision section
-            asks for a rotary base other than `VISION_ROPE_THETA`.
+        UserError: two keys or two sections state different values for the same setting, a `rope_type` is not
+            in `ROPE_TYPES`, or a vision section asks for a rotary base other than `VISION_ROPE_THETA`.
     """
     top = _rope_of(raw, f"{where} (top level)") if raw else {}
     out: dict[str, dict[str, Any]] = {}
@@ -94,6 +125,7 @@ def normalize_rope(raw: dict[str, Any], where: str | Path) -> dict[str, dict[str
         settings = {**top, **own}
         if settings:
             settings.setdefault("rope_type", "default")
+            _check_rope(settings, f"{where} ({name or 'top level'})")
             out[name] = settings
     vision = _section(raw, "vision_config") or {}
     theta = (vision.get("rope_parameters") or {}).get("rope_theta", VISION_ROPE_THETA)

@@ -5,13 +5,14 @@ module trees, LLaVA's image settings nested in processor_config.json."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 
 import pytest
 
 from paddlemix.models import adapter_for
-from paddlemix.models.hf_config import normalize_rope, rope_for_both
+from paddlemix.models.hf_config import ROPE_TYPES, normalize_rope, rope_for_both
 from paddlemix.models.hf_layout import both_generations
 from paddlemix.models.llava import paddle_name as llava_paddle_name
 from paddlemix.models.llava.processor import image_processor_settings
@@ -186,3 +187,24 @@ def test_rope_written_for_both_in_text_config() -> None:
     text = rope_for_both(raw, "config.json")["text_config"]
     assert text["rope_theta"] == 5000000 and "rope_parameters" not in text
     assert text["rope_scaling"] == {"rope_type": "default", "mrope_section": [24, 20, 20], "mrope_interleaved": True}
+
+
+def test_rope_types_are_the_ones_paddleformers_builds() -> None:
+    from paddleformers.transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    assert set(ROPE_TYPES) == {"default", *ROPE_INIT_FUNCTIONS}
+
+
+def test_unknown_rope_type_is_an_error_naming_file_and_section(tmp_path: Path) -> None:
+    text = {**QWEN3_VL_2B_TEXT, "rope_parameters": {"rope_theta": 5e6, "rope_type": "ntk_magic", "factor": 2.0}}
+    folder = write_config(tmp_path / "odd", qwen3_vl_config(text))
+    with pytest.raises(UserError, match=r"config.json \(text_config\): rope_type \"ntk_magic\""):
+        adapter_for(folder).load_config(folder)
+
+
+def test_rope_settings_nothing_reads_are_one_warning(caplog: pytest.LogCaptureFixture) -> None:
+    raw = {"model_type": "qwen2", "rope_parameters": {"rope_theta": 1e6, "rope_type": "default", "zeta": 3}}
+    with caplog.at_level(logging.WARNING, logger="paddlemix.models.hf_config"):
+        assert normalize_rope(raw, "config.json")[""]["zeta"] == 3
+    assert [r.getMessage() for r in caplog.records if "zeta" in r.getMessage()] != []
+    assert len(caplog.records) == 1
