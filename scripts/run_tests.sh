@@ -10,10 +10,11 @@ case "${1:-}" in
         cat <<'USAGE'
 usage: bash scripts/run_tests.sh [PYTEST ARGS ...]
 
-Installs the package (into the active virtual environment, else ./.venv) and the parity environment .venv-ref,
-runs ruff, then the whole suite on two pytest workers, then the multiprocess tests alone. PYTEST ARGS go to both
-pytest passes. Environment: SKIP_PARITY=1 (no .venv-ref; parity tests skip), PADDLEMIX_REF_PYTHON=PATH (an
-existing reference Python), TORCH_CPU_INDEX=URL.
+Installs the package (into the active virtual environment, else ./.venv) and the parity environments .venv-ref
+(transformers 4.57.1) and .venv-ref5 (transformers 5.x), runs ruff, then the whole suite on two pytest workers, then
+the multiprocess tests alone. PYTEST ARGS go to both pytest passes. Environment: SKIP_PARITY=1 (neither reference
+environment; parity tests skip), PADDLEMIX_REF_PYTHON=PATH / PADDLEMIX_REF5_PYTHON=PATH (an existing reference
+Python for 4.57.1 / 5.x), TORCH_CPU_INDEX=URL.
 
 One test file or test, without reinstalling anything, in the installed environment:
   . .venv/bin/activate

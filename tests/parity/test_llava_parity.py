@@ -244,3 +244,32 @@ def test_builder_on_parts_saved_by_each_version_loads_in_both(
         proc = subprocess.run([python, str(files), "tokenizer", str(out), text], capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr[-4000:]
         assert json.loads(proc.stdout.splitlines()[-1])["ids"] == [ids]
+
+
+def test_processor_saved_by_each_version_matches_hf(tiny_llava_dir: Path, ref_python: str, tmp_path: Path) -> None:
+    """The LLaVA processor files this version writes (5.x: no preprocessor_config.json, the image settings nested
+    in processor_config.json, chat_template.jinja, its tokenizer files) give this version's pixels and ids."""
+    from PIL import Image
+
+    from paddlemix.models.llava.processor import LlavaProcessorMIX
+
+    out = tmp_path / "saved"
+    resave = "import sys, transformers; transformers.LlavaProcessor.from_pretrained(sys.argv[1]).save_pretrained(sys.argv[2])"
+    proc = subprocess.run([ref_python, "-c", resave, str(tiny_llava_dir), str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    shutil.copy(tiny_llava_dir / "config.json", out / "config.json")
+    image = tmp_path / "img.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(image)
+    files = Path(__file__).parent / "hf_llava_files.py"
+    text = "USER: <image>\nWhat color is the circle?"
+    proc = subprocess.run([ref_python, str(files), "processor", str(out), str(tmp_path / "hf.npz"), text, str(image)],
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    hf = np.load(tmp_path / "hf.npz")
+    ours = LlavaProcessorMIX.from_pretrained(out)
+    pixels = np.asarray(ours.image_processor(images=[Image.open(image)])["pixel_values"])
+    np.testing.assert_allclose(pixels, hf["pixel_values"], atol=1e-6)
+    image_id = ours.tokenizer.convert_tokens_to_ids("<image>")
+    expanded = text.replace("<image>", "<image>" * int((hf["input_ids"][0] == image_id).sum()))
+    assert ours.tokenizer(expanded, add_special_tokens=False)["input_ids"] == hf["input_ids"][0].tolist()
+    assert ours.chat_template == json.loads(proc.stdout.splitlines()[-1])["chat_template"]
