@@ -152,11 +152,37 @@ def apply_rope(config: Any, settings: dict[str, dict[str, Any]]) -> None:
         part.rope_parameters = dict(params)
 
 
-def read_rope(config: Any, folder: str | Path) -> None:
-    """Make a config loaded by paddleformers from `folder` hold the rotary settings its config.json states, in
-    either transformers generation's spelling (see the module docstring)."""
+def check_tied_head(raw: dict[str, Any], where: str | Path) -> None:
+    """A head tied at the top level must not be untied in `text_config`: transformers 4.x ties by `text_config`'s
+    value (as this toolkit does), 5.x by the top level's, so such a file is a different model in each. (The other
+    way round, untied at the top and tied in `text_config`, is how 4.x saves a LLaVA with a tied LM; 5.x ties it
+    too.)
+
+    Raises:
+        UserError: the top level says true and `text_config` false.
+    """
+    text = _section(raw, "text_config") or {}
+    top, inner = raw.get("tie_word_embeddings"), text.get("tie_word_embeddings")
+    if top is True and inner is False:
+        raise UserError(
+            f"{where}: tie_word_embeddings is {top} at the top level but {inner} in text_config; transformers 4.x "
+            "reads text_config's value and 5.x the top level's, so the head is unclear. Set both to the value the "
+            "checkpoint was trained with (true if it has no lm_head.weight)."
+        )
+
+
+def read_hf_config(config: Any, folder: str | Path) -> None:
+    """Check the keys of `folder`'s config.json that the two transformers generations spell or read differently, and
+    make a config loaded by paddleformers from it hold the rotary settings the file states (see the module
+    docstring).
+
+    Raises:
+        UserError: see `normalize_rope` and `check_tied_head`.
+    """
     path = Path(folder) / "config.json"
-    apply_rope(config, normalize_rope(read_json(path), path))
+    raw = read_json(path)
+    check_tied_head(raw, path)
+    apply_rope(config, normalize_rope(raw, path))
 
 
 def rope_for_both(raw: dict[str, Any], where: str | Path) -> dict[str, Any]:

@@ -208,3 +208,20 @@ def test_rope_settings_nothing_reads_are_one_warning(caplog: pytest.LogCaptureFi
         assert normalize_rope(raw, "config.json")[""]["zeta"] == 3
     assert [r.getMessage() for r in caplog.records if "zeta" in r.getMessage()] != []
     assert len(caplog.records) == 1
+
+
+def test_tied_head_stated_differently_per_section_is_an_error(tmp_path: Path) -> None:
+    """transformers 4.x ties by text_config's value, 5.x by the top level's: a file where they differ is refused."""
+    config = {**qwen3_vl_config({**QWEN3_VL_2B_TEXT, "tie_word_embeddings": False}), "tie_word_embeddings": True}
+    folder = write_config(tmp_path / "odd", config)
+    with pytest.raises(UserError, match="tie_word_embeddings is True at the top level but False in text_config"):
+        adapter_for(folder).load_config(folder)
+    agreed = write_config(tmp_path / "agreed", qwen3_vl_config(QWEN3_VL_2B_TEXT))  # both true, as 5.x writes
+    assert adapter_for(agreed).load_config(agreed).text_config.tie_word_embeddings is True
+
+
+def test_untied_top_level_with_tied_text_config_is_accepted(tmp_path: Path) -> None:
+    """How transformers 4.x saves a LLaVA whose LM is tied; 5.x ties it too."""
+    config = {**qwen3_vl_config(QWEN3_VL_2B_TEXT), "tie_word_embeddings": False}
+    folder = write_config(tmp_path / "llava_like", config)
+    assert adapter_for(folder).load_config(folder).text_config.tie_word_embeddings is True
