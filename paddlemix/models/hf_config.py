@@ -11,7 +11,10 @@ Other keys 5.x renamed or moved, checked key by key against 4.57.1 on tiny model
 `torch_dtype` -> `dtype` (read by `paddlemix.models.loading.checkpoint_dtype`), LLaVA's `image_token_index` ->
 `image_token_id` (read by `LlavaConfig`), Qwen2.5-VL's language-model keys only inside `text_config` (paddleformers
 reads them there), vision sections' `model_type` renamed (`qwen2_vl_vision`, ...; not read) and a vision
-`rope_parameters` of `{"rope_type": "axial", "rope_theta": 10000.0}`, the theta every family's vision tower uses.
+`rope_parameters` of `{"rope_type": "axial", "rope_theta": 10000.0}`, the theta every family's vision tower uses,
+and `tie_word_embeddings` written in `text_config` too (4.x ties by that one, 5.x by the top level's:
+`check_tied_head`). A `rope_type` no model here builds is an error, rotary settings nothing reads one warning.
+Files we write spell the rotary settings as 4.x does (`rope_for_both`), which 5.x converts itself.
 """
 
 from __future__ import annotations
