@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from paddlemix.utils.errors import UserError
-from paddlemix.utils.io import read_json
+from paddlemix.utils.io import read_json, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -191,7 +191,8 @@ def read_hf_config(config: Any, folder: str | Path) -> None:
 def rope_for_both(raw: dict[str, Any], where: str | Path) -> dict[str, Any]:
     """A config.json dict of either generation -> a copy whose language-model sections spell their rotary settings
     as 4.x does (`rope_theta` + `rope_scaling`, no `rope_parameters`), for files we write: transformers 4.x ignores
-    `rope_parameters` (it would build the model with its default theta), 5.x converts the 4.x keys itself.
+    `rope_parameters` (it would build the model with its default theta), 5.x converts the 4.x keys itself. Sections
+    without `rope_parameters` are left as they are.
 
     Raises:
         UserError: as `normalize_rope`.
@@ -199,7 +200,9 @@ def rope_for_both(raw: dict[str, Any], where: str | Path) -> dict[str, Any]:
     out = dict(raw)
     for name, settings in normalize_rope(raw, where).items():
         part = dict(out if not name else out[name])
-        part.pop("rope_parameters", None)
+        if "rope_parameters" not in part:  # already 4.x's spelling (or inherited from the top level): kept as is
+            continue
+        part.pop("rope_parameters")
         if "rope_theta" in settings:
             part["rope_theta"] = settings["rope_theta"]
         scaling = {k: v for k, v in settings.items() if k != "rope_theta"}
@@ -209,3 +212,35 @@ def rope_for_both(raw: dict[str, Any], where: str | Path) -> dict[str, Any]:
         else:
             out = part
     return out
+
+
+def tokenizer_config_for_both(config: dict[str, Any]) -> dict[str, Any]:
+    """A tokenizer_config.json dict written by either transformers generation -> one both generations load alike.
+
+    transformers 5.x writes its generic fast tokenizer as `"tokenizer_class": "TokenizersBackend"` (4.x has no such
+    class and refuses the folder) and the extra special tokens as an `extra_special_tokens` list (4.x reads that key
+    as a dict of named tokens); `PreTrainedTokenizerFast` and `additional_special_tokens` are read by both.
+    """
+    config = dict(config)
+    if config.get("tokenizer_class") == "TokenizersBackend":
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    if isinstance(config.get("extra_special_tokens"), list):
+        config["additional_special_tokens"] = config.pop("extra_special_tokens")
+    return config
+
+
+def write_for_both(folder: str | Path) -> list[str]:
+    """Rewrite the config.json and tokenizer_config.json of a folder this toolkit writes (copied from a model of
+    either generation) in the spelling transformers 4.x and 5.x both read alike (`rope_for_both`,
+    `tokenizer_config_for_both`); returns the names of the files changed."""
+    changed = []
+    for name, rewrite in (("config.json", rope_for_both), ("tokenizer_config.json", None)):
+        path = Path(folder) / name
+        if not path.is_file():
+            continue
+        raw = read_json(path)
+        new = rewrite(raw, path) if rewrite else tokenizer_config_for_both(raw)
+        if new != raw:
+            write_json(new, path)
+            changed.append(name)
+    return changed

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from paddlemix.models.hf_config import write_for_both
 from paddlemix.utils.errors import UserError
 from paddlemix.utils.io import atomic_dir, copy_side_files, read_json, write_json
 from paddlemix.utils.safetensors_stream import (
@@ -416,6 +417,7 @@ def merge_checkpoint(
         copy_side_files(adapter_dir, tmp, skip=("config.json", "generation_config.json"))
         add_trained_stop_ids(adapter_dir, tmp, config, log)
         write_json(set_config_dtype(config, dtype) if dtype else config, tmp / "config.json")
+        write_for_both(tmp)  # a base saved by transformers 5.x gives a folder 4.x loads alike too
         write_shards(tmp, entries, actions, adapter, limit, log)
     return out_dir
 

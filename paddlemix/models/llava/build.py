@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from paddlemix.models.adapter import check_safe_weights
-from paddlemix.models.hf_config import rope_for_both
+from paddlemix.models.hf_config import rope_for_both, tokenizer_config_for_both
 from paddlemix.models.llava.processor import CLIP_MEAN, CLIP_STD, IMAGE_TOKEN, clip_image_settings
 from paddlemix.processors.chat_template import read_template_file
 from paddlemix.utils.errors import UserError
@@ -162,21 +162,6 @@ class TokenizerChange:
     pad_token: str
     pad_token_id: int
     chat_template: str
-
-
-def tokenizer_config_for_both(config: dict[str, Any]) -> dict[str, Any]:
-    """A tokenizer_config.json dict written by either transformers generation -> one both generations load alike.
-
-    transformers 5.x writes its generic fast tokenizer as `"tokenizer_class": "TokenizersBackend"` (4.x has no such
-    class and refuses the folder) and the extra special tokens as an `extra_special_tokens` list (4.x reads that key
-    as a dict of named tokens); `PreTrainedTokenizerFast` and `additional_special_tokens` are read by both.
-    """
-    config = dict(config)
-    if config.get("tokenizer_class") == "TokenizersBackend":
-        config["tokenizer_class"] = "PreTrainedTokenizerFast"
-    if isinstance(config.get("extra_special_tokens"), list):
-        config["additional_special_tokens"] = config.pop("extra_special_tokens")
-    return config
 
 
 def add_image_token(lm_dir: Path, out: Path, chat_template: str | None) -> TokenizerChange:
