@@ -59,6 +59,11 @@ def reference_python(version: str) -> str:
     return python
 
 
+def available_references() -> dict[str, str]:
+    """Reference version -> its Python, for the versions whose variable is set."""
+    return {version: os.environ[variable] for version, (variable, _) in REFERENCES.items() if os.environ.get(variable)}
+
+
 def make_hf_folder(python: str, source: Path, out: Path, seed: int = 0) -> Path:
     """A tiny folder saved by the transformers of `python` from `source` (see hf_make.py)."""
     proc = subprocess.run([python, str(HERE / "hf_make.py"), str(source), str(out), str(seed)],
@@ -152,7 +157,7 @@ def paddle_logits(model, inputs: dict[str, np.ndarray]) -> np.ndarray:
 
 class HFParity:
     """Processor, training encoder, logits, the merged-LoRA export and PEFT both ways, each compared with
-    transformers 4.57.1 and 5.x on the folder that version saved."""
+    transformers 4.57.1 and 5.x on the folder that version saved; the merged export is loaded by every version."""
 
     pixel_atol = 1e-6
     # False: compare on `source_dir` itself (a layout transformers no longer writes, e.g. a release's flat config).
@@ -227,10 +232,11 @@ class HFParity:
         merged = merge_adapter(model_dir, tmp_path / "adapter", tmp_path / "merged")
         inputs = tmp_path / "inputs.npz"
         np.savez(inputs, **{k: hf_out[k] for k in INPUT_KEYS})
-        hf_merged = reference(merged, tmp_path, ref_python, inputs=str(inputs))
-        diff = np.abs(hf_merged["logits"] - expected).max()
-        print(f"max |HF(merged) - paddle(base+LoRA)| = {diff:.2e}")
-        assert diff <= LOGITS_ATOL
+        for version, python in available_references().items():  # the folder this version saved, merged, loads in all
+            hf_merged = reference(merged, tmp_path, python, inputs=str(inputs))
+            diff = np.abs(hf_merged["logits"] - expected).max()
+            print(f"max |HF {version}(merged) - paddle(base+LoRA)| = {diff:.2e}")
+            assert diff <= LOGITS_ATOL
 
     def test_peft_round_trip(self, model_dir: Path, hf_out, ref_python: str, tmp_path: Path) -> None:
         """q/v/gate/down of the language model (slices of fused layers), the vision tower's qkv, and the merger as

@@ -20,6 +20,7 @@ import pytest
 from hf_parity import (
     LOGITS_ATOL,
     REFERENCES,
+    available_references,
     check_peft_round_trip,
     lora_on,
     paddle_logits,
@@ -163,7 +164,7 @@ def test_logits_match_hf(model, hf_dir: Path, with_image: bool, ref_python: str,
     assert diff <= LOGITS_ATOL
 
 
-def test_hf_loads_our_export_with_same_logits(hf_dir: Path, ref_python: str, tmp_path: Path) -> None:
+def test_hf_loads_our_export_with_same_logits(hf_dir: Path, tmp_path: Path) -> None:
     """Change every parameter in Paddle, export, and let transformers load the folder strictly."""
     model = AutoModelMIX.from_pretrained(hf_dir)
     rng = np.random.default_rng(2)
@@ -175,12 +176,14 @@ def test_hf_loads_our_export_with_same_logits(hf_dir: Path, ref_python: str, tmp
     shutil.copy(hf_dir / "config.json", out / "config.json")
     state = {k: to_numpy(v) for k, v in model.state_dict().items()}
     save_safetensors(adapter_for(hf_dir).export_state_dict(state, model.config), out / "model.safetensors")
-    diff = np.abs(hf_logits(out, inputs, tmp_path, ref_python) - paddle_logits(model, inputs)).max()
-    print(f"{hf_dir.name} export: max |HF(export) - paddle| = {diff:.2e}")
-    assert diff <= LOGITS_ATOL
+    ours = paddle_logits(model, inputs)
+    for version, python in available_references().items():  # saved from this version's folder, loads in all
+        diff = np.abs(hf_logits(out, inputs, tmp_path, python) - ours).max()
+        print(f"{hf_dir.name} export: max |HF {version}(export) - paddle| = {diff:.2e}")
+        assert diff <= LOGITS_ATOL
 
 
-def test_hf_loads_merged_lora_with_same_logits(model, hf_dir: Path, ref_python: str, tmp_path: Path) -> None:
+def test_hf_loads_merged_lora_with_same_logits(model, hf_dir: Path, tmp_path: Path) -> None:
     inputs = make_inputs(json.loads((hf_dir / "config.json").read_text()), with_image=True)
     base = paddle_logits(model, inputs)
     lora = lora_on(hf_dir)
@@ -189,9 +192,10 @@ def test_hf_loads_merged_lora_with_same_logits(model, hf_dir: Path, ref_python: 
     assert np.abs(expected - base).max() > 1e-3, "the adapter must change the logits"
     save_adapter(lora, tmp_path / "adapter")
     merged = merge_adapter(hf_dir, tmp_path / "adapter", tmp_path / "merged")
-    diff = np.abs(hf_logits(merged, inputs, tmp_path, ref_python) - expected).max()
-    print(f"{hf_dir.name} merged LoRA: max |HF(merged) - paddle(base+LoRA)| = {diff:.2e}")
-    assert diff <= LOGITS_ATOL
+    for version, python in available_references().items():  # the folder this version saved, merged, loads in all
+        diff = np.abs(hf_logits(merged, inputs, tmp_path, python) - expected).max()
+        print(f"{hf_dir.name} merged LoRA: max |HF {version}(merged) - paddle(base+LoRA)| = {diff:.2e}")
+        assert diff <= LOGITS_ATOL
 
 
 def test_peft_round_trip(hf_dir: Path, ref_python: str, tmp_path: Path) -> None:
@@ -233,10 +237,7 @@ def test_builder_on_parts_saved_by_each_version_loads_in_both(
     text = "USER: <image>\nWhat color is the circle?<|im_end|>"
     ids = LlavaProcessorMIX.from_pretrained(out).tokenizer(text, add_special_tokens=False)["input_ids"]
     saver = next(v for v, (variable, _) in REFERENCES.items() if os.environ.get(variable) == ref_python)
-    for version, (variable, _) in sorted(REFERENCES.items()):
-        python = os.environ.get(variable)
-        if not python:
-            continue
+    for version, python in available_references().items():
         diff = np.abs(ours - hf_logits(out, inputs, tmp_path, python)).max()
         print(f"build_llava on parts saved by {saver}, loaded by {version}: max |logits - HF| = {diff:.2e}")
         assert diff <= LOGITS_ATOL
