@@ -13,7 +13,7 @@ import pytest
 
 from paddlemix.models import adapter_for
 from paddlemix.models.hf_config import ROPE_TYPES, normalize_rope, rope_for_both
-from paddlemix.models.hf_layout import both_generations
+from paddlemix.models.hf_layout import both_generations, name_for_both
 from paddlemix.models.llava import paddle_name as llava_paddle_name
 from paddlemix.models.llava.processor import image_processor_settings
 from paddlemix.peft.targets import peft_target_regex
@@ -225,3 +225,17 @@ def test_untied_top_level_with_tied_text_config_is_accepted(tmp_path: Path) -> N
     config = {**qwen3_vl_config(QWEN3_VL_2B_TEXT), "tie_word_embeddings": False}
     folder = write_config(tmp_path / "llava_like", config)
     assert adapter_for(folder).load_config(folder).text_config.tie_word_embeddings is True
+
+
+@pytest.mark.parametrize(
+    "model_type, name, written",
+    [
+        ("llava", "vision_tower.encoder.layers.0.mlp.fc2.weight", "vision_tower.vision_model.encoder.layers.0.mlp.fc2.weight"),
+        ("llava", "vision_tower.post_layernorm.bias", "vision_tower.vision_model.post_layernorm.bias"),
+        ("llava", "vision_tower.vision_model.embeddings.class_embedding", "vision_tower.vision_model.embeddings.class_embedding"),
+        ("llava", "language_model.model.embed_tokens.weight", "language_model.model.embed_tokens.weight"),
+        ("qwen2_vl", "visual.blocks.0.attn.qkv.weight", "visual.blocks.0.attn.qkv.weight"),
+    ],
+)  # fmt: skip
+def test_merged_llava_names_are_the_ones_both_generations_load(model_type: str, name: str, written: str) -> None:
+    assert name_for_both(model_type, name) == written

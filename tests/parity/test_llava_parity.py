@@ -30,6 +30,7 @@ from hf_parity import (
 
 from paddlemix.auto import AutoModelMIX
 from paddlemix.models import adapter_for
+from paddlemix.models.hf_config import write_for_both
 from paddlemix.peft.lora import save_adapter
 from paddlemix.peft.merge import merge_adapter
 from paddlemix.testing.lora import perturb_lora
@@ -174,6 +175,7 @@ def test_hf_loads_our_export_with_same_logits(hf_dir: Path, tmp_path: Path) -> N
     out = tmp_path / "export"
     out.mkdir()
     shutil.copy(hf_dir / "config.json", out / "config.json")
+    write_for_both(out)  # as the SFT save does with the files it copies
     state = {k: to_numpy(v) for k, v in model.state_dict().items()}
     save_safetensors(adapter_for(hf_dir).export_state_dict(state, model.config), out / "model.safetensors")
     ours = paddle_logits(model, inputs)

@@ -26,6 +26,7 @@ import numpy as np
 
 from paddlemix.models.adapter import check_safe_weights
 from paddlemix.models.hf_config import rope_for_both, tokenizer_config_for_both
+from paddlemix.models.hf_layout import clip_vision_name
 from paddlemix.models.llava.processor import CLIP_MEAN, CLIP_STD, IMAGE_TOKEN, clip_image_settings
 from paddlemix.processors.chat_template import read_template_file
 from paddlemix.utils.errors import UserError
@@ -74,16 +75,6 @@ def read_weights(folder: Path) -> dict[str, np.ndarray]:
         for name, value in load_file(str(file)).items():
             weights[name] = value if value.dtype.kind in "iub" else value.astype(np.float32)
     return weights
-
-
-# The top-level modules of CLIP's vision transformer: transformers 5.x saves a `CLIPVisionModel` without its
-# `vision_model.` level (`embeddings.*`, `encoder.*`, ...); 4.x and full CLIP folders keep it.
-CLIP_VISION_PARTS = ("embeddings.", "pre_layrnorm.", "encoder.", "post_layernorm.")
-
-
-def clip_vision_name(name: str) -> str:
-    """A CLIP vision checkpoint name of either transformers generation -> 4.x's `vision_model.*` name."""
-    return "vision_model." + name if name.startswith(CLIP_VISION_PARTS) else name
 
 
 def vision_parts(folder: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
