@@ -103,10 +103,12 @@ class ModelAdapter:
     tensor_parallel_parts: dict[str, int] = field(default_factory=lambda: dict(TENSOR_PARALLEL_PARTS))
 
     def load_config(self, path: str | Path, device: str = "cpu") -> Any:
+        from paddlemix.models.hf_config import read_hf_config
         from paddlemix.models.loading import local_folder_logs
 
         with local_folder_logs():
             config = import_object(self.config_class).from_pretrained(str(path))
+        read_hf_config(config, path)  # both transformers generations' keys (paddleformers reads only 4.x's)
         self.prepare_config(config, device)
         return config
 

@@ -3,6 +3,7 @@ models; Hugging Face checkpoints store [out, in] and separate tensors. Each fami
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -38,6 +39,38 @@ def _fuse_qkv(q: np.ndarray, k: np.ndarray, v: np.ndarray, kv_heads: int) -> np.
 # Default LoRA targets of every family: each Linear of a decoder layer, as Hugging Face names them (the fused
 # Paddle layers are adapted per slice; see paddlemix/peft/targets.py for what else `lora_target_modules` accepts).
 LM_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+# Module paths that differ between transformers generations, as (4.x path part, regex matching the 4.x and 5.x
+# forms): 5.x builds LLaVA's CLIP tower without its `vision_model` level.
+GENERATION_NEUTRAL = (("vision_tower.vision_model.", r"vision_tower\.(?:vision_model\.)?"),)
+
+
+# The top-level modules of CLIP's vision transformer: transformers 5.x saves a `CLIPVisionModel`, and LLaVA's
+# `vision_tower`, without the `vision_model.` level above them; 4.x and full CLIP folders keep it.
+CLIP_VISION_PARTS = ("embeddings.", "pre_layrnorm.", "encoder.", "post_layernorm.")
+
+
+def clip_vision_name(name: str) -> str:
+    """A CLIP vision checkpoint name of either transformers generation -> 4.x's `vision_model.*` name."""
+    return "vision_model." + name if name.startswith(CLIP_VISION_PARTS) else name
+
+
+def name_for_both(model_type: str | None, name: str) -> str:
+    """A checkpoint name of either transformers generation -> the name both load, for folders we write from a
+    base's tensors (the merge tool): LLaVA's CLIP names as 4.x writes them, every other name unchanged."""
+    tower = "vision_tower."
+    if model_type == "llava" and name.startswith(tower):
+        return tower + clip_vision_name(name[len(tower) :])
+    return name
+
+
+def both_generations(pattern: str) -> str:
+    """A regex over 4.x module paths (parts escaped by `re.escape`) -> one that matches the same modules in
+    transformers 4.x's and 5.x's module trees, so PEFT finds an adapter's targets on either."""
+    for old, neutral in GENERATION_NEUTRAL:
+        pattern = pattern.replace(re.escape(old), neutral)
+    return pattern
+
 
 # paddleformers' fused language-model layers and the Hugging Face layers each one holds, in output order.
 FUSED_LAYERS: dict[str, tuple[str, ...]] = {

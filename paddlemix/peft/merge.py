@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from paddlemix.models.hf_config import write_for_both
+from paddlemix.models.hf_layout import name_for_both
 from paddlemix.utils.errors import UserError
 from paddlemix.utils.io import atomic_dir, copy_side_files, read_json, write_json
 from paddlemix.utils.safetensors_stream import (
@@ -320,15 +322,18 @@ def write_shards(
     adapter: LoraAdapter,
     max_shard_size: int,
     log: Callable[[str], None],
+    rename: Callable[[str], str] = str,
 ) -> list[str]:
     """Write the merged tensors into `folder` as shards of at most `max_shard_size` bytes (plus the index when
-    there are several). Returns the shard file names."""
+    there are several), each under `rename(name)`. Returns the shard file names."""
     by_name = {e.name: e for e in entries}
-    shards = plan_shards([(e.name, e.nbytes) for e in entries], max_shard_size)
+    source = {rename(e.name): e.name for e in entries}  # written name -> the base's name
+    shards = plan_shards([(rename(e.name), e.nbytes) for e in entries], max_shard_size)
     handles: dict[Path, Any] = {}
     done = 0
 
-    def write(name: str, dst: Any) -> None:
+    def write(written: str, dst: Any) -> None:
+        name = source[written]
         entry = by_name[name]
         src = handles.get(entry.file) or handles.setdefault(entry.file, open(entry.file, "rb"))
         kind, _, key = actions.get(name, "copy:").partition(":")
@@ -342,12 +347,12 @@ def write_shards(
     def progress(number: int, file: str, tensors: Any) -> None:
         nonlocal done
         done += len(tensors)
-        size = sum(by_name[n].nbytes for n, _, _ in tensors)
+        size = sum(by_name[source[n]].nbytes for n, _, _ in tensors)
         log(
             f"shard {number}/{len(shards)} {file}: {len(tensors)} tensors, {size / 2**20:.1f} MiB ({done}/{len(entries)} tensors)"
         )
 
-    specs = [[(n, by_name[n].dtype, by_name[n].shape) for n in names] for names in shards]
+    specs = [[(n, by_name[source[n]].dtype, by_name[source[n]].shape) for n in names] for names in shards]
     try:
         return write_sharded(folder, specs, write, {"format": "pt"}, progress)
     finally:
@@ -416,7 +421,9 @@ def merge_checkpoint(
         copy_side_files(adapter_dir, tmp, skip=("config.json", "generation_config.json"))
         add_trained_stop_ids(adapter_dir, tmp, config, log)
         write_json(set_config_dtype(config, dtype) if dtype else config, tmp / "config.json")
-        write_shards(tmp, entries, actions, adapter, limit, log)
+        write_for_both(tmp)  # a base saved by transformers 5.x gives a folder 4.x loads alike too
+        model_type = config.get("model_type")  # 5.x's names of a base, written as both generations load them
+        write_shards(tmp, entries, actions, adapter, limit, log, lambda name: name_for_both(model_type, name))
     return out_dir
 
 

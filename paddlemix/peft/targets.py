@@ -28,7 +28,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
-from paddlemix.models.hf_layout import FUSED_LAYERS, is_linear_weight
+from paddlemix.models.hf_layout import FUSED_LAYERS, both_generations, is_linear_weight
 from paddlemix.utils.errors import UserError
 from paddlemix.utils.safetensors_stream import checkpoint_entries, checkpoint_files
 
@@ -194,7 +194,8 @@ def peft_target_regex(chosen: Sequence[str], modules: Sequence[str]) -> str:
     """A regex that PEFT's `re.fullmatch(target_modules, key)` makes select exactly `chosen` among `modules`.
 
     Layer numbers collapse to `\\d+` where every layer of that kind is chosen, so a 28-layer model's seven
-    projections give seven alternatives, not 196.
+    projections give seven alternatives, not 196. Paths that transformers 5.x spells differently match in both
+    forms (`paddlemix.models.hf_layout.both_generations`).
     """
     by_template: dict[str, set[str]] = {}
     for m in modules:
@@ -209,4 +210,4 @@ def peft_target_regex(chosen: Sequence[str], modules: Sequence[str]) -> str:
             parts.append(re.escape(template).replace(r"\#", r"\d+"))
         else:
             parts.extend(re.escape(m) for m in sorted(picked))
-    return "(" + "|".join(parts) + ")"
+    return both_generations("(" + "|".join(parts) + ")")

@@ -28,6 +28,7 @@ from paddlemix.decoding import add_stop_ids
 from paddlemix.distributed import tensor_parallel
 from paddlemix.models import adapter_for
 from paddlemix.models.adapter import ModelAdapter
+from paddlemix.models.hf_config import write_for_both
 from paddlemix.peft.freeze import (
     apply_freeze,
     check_checkpoint_patterns,
@@ -445,6 +446,7 @@ def save_final(
     with tempfile.TemporaryDirectory(dir=out, prefix=".final-") as staging:
         tmp = Path(staging)
         copy_side_files(processor_dir, tmp)
+        write_for_both(tmp)  # files of a model saved by transformers 5.x, as 4.x reads them too
         trained = chosen_template(templates)
         if trained and trained != read_folder_template(processor_dir):  # where transformers reads the template
             write_chat_template(tmp, trained)

@@ -239,6 +239,30 @@ def test_full_clip_folder_gives_its_vision_half(tiny_clip_dir, tiny_qwen2_lm_dir
     assert read(out, "config.json")["vision_config"]["model_type"] == "clip_vision_model"
 
 
+def test_parts_saved_by_transformers_5_build_the_same_llava(tiny_clip_dir, tiny_qwen2_lm_dir, tmp_path) -> None:
+    """transformers 5.x saves a CLIPVisionModel without the `vision_model.` level and an LM tokenizer as
+    `TokenizersBackend` with an `extra_special_tokens` list; the built folder equals the one from 4.x-shaped parts
+    and keeps names and tokenizer files both generations read."""
+    clip = copy_folder(tiny_clip_dir, tmp_path / "clip5")
+    tensors = load_file(str(clip / "model.safetensors"))
+    save_file({k.removeprefix("vision_model."): v for k, v in tensors.items()}, str(clip / "model.safetensors"))
+    lm = copy_folder(tiny_qwen2_lm_dir, tmp_path / "lm5")
+    config = read(lm, "tokenizer_config.json")
+    specials = sorted(t["content"] for t in config["added_tokens_decoder"].values())
+    edit_json(lm / "tokenizer_config.json", tokenizer_class="TokenizersBackend", backend="tokenizers",
+              extra_special_tokens=specials, additional_special_tokens=None)  # fmt: skip
+    old = load_file(str(build_llava(tiny_clip_dir, tiny_qwen2_lm_dir, tmp_path / "old") / "model.safetensors"))
+    out = build_llava(clip, lm, tmp_path / "new")
+    new = load_file(str(out / "model.safetensors"))
+    assert new.keys() == old.keys() and all(np.array_equal(new[k], old[k]) for k in old)
+    written = read(out, "tokenizer_config.json")
+    assert written["tokenizer_class"] == "PreTrainedTokenizerFast" and "extra_special_tokens" not in written
+    assert written["additional_special_tokens"] == specials
+    ids = LlavaProcessorMIX.from_pretrained(out).tokenizer(TEXTS[1], add_special_tokens=False)["input_ids"]
+    old_ids = LlavaProcessorMIX.from_pretrained(tmp_path / "old").tokenizer(TEXTS[1], add_special_tokens=False)
+    assert ids == old_ids["input_ids"]
+
+
 def test_bf16_language_model_is_read_as_float32(tiny_clip_dir, tiny_qwen2_lm_dir, tmp_path) -> None:
     import ml_dtypes
 

@@ -1,5 +1,5 @@
-"""Hugging Face PEFT side of the adapter round trip (runs in the reference environment: torch, transformers 4.57.1,
-peft).
+"""Hugging Face PEFT side of the adapter round trip (runs in a reference environment: torch, transformers 4.57.1 or
+5.x, and a PEFT release that works with it).
 
   python hf_peft.py load MODEL_DIR ADAPTER_DIR INPUTS.npz OUT.npz
       PeftModel.from_pretrained on the transformers model; OUT.npz gets the logits and the adapter keys PEFT
@@ -16,7 +16,7 @@ import sys
 
 import numpy as np
 import torch
-from hf_reference import model_class
+from hf_reference import model_class, with_mm_token_types
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import load_file
@@ -31,15 +31,26 @@ def base_model(model_dir: str):
 
 
 def logits(model, inputs_path: str) -> np.ndarray:
-    inputs = {k: torch.from_numpy(v) for k, v in np.load(inputs_path).items()}
+    inputs = with_mm_token_types(model, {k: torch.from_numpy(v) for k, v in np.load(inputs_path).items()})
     with torch.no_grad():
         return model(**inputs).logits.float().numpy()
+
+
+def as_peft_reads(model, state: dict) -> dict:
+    """The adapter's tensors under the names PEFT loads them by: on transformers 5.x PEFT renames a file's keys by
+    the model's weight conversions first (e.g. LLaVA's `vision_tower.vision_model.*` -> `vision_tower.*`)."""
+    try:
+        from peft.utils.transformers_weight_conversion import convert_peft_adapter_state_dict_for_transformers
+    except ImportError:  # transformers 4.x: no conversions
+        return state
+    config = model.peft_config["default"]
+    return convert_peft_adapter_state_dict_for_transformers(model=model, peft_config=config, adapter_state_dict=state)
 
 
 def load(model_dir: str, adapter_dir: str, inputs_path: str, out_path: str) -> None:
     model = PeftModel.from_pretrained(base_model(model_dir), adapter_dir).eval()
     expected = set(get_peft_model_state_dict(model))
-    in_file = set(load_file(f"{adapter_dir}/adapter_model.safetensors"))
+    in_file = set(as_peft_reads(model, load_file(f"{adapter_dir}/adapter_model.safetensors")))
     np.savez(
         out_path,
         logits=logits(model, inputs_path),

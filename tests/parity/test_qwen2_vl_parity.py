@@ -1,4 +1,4 @@
-"""Parity with Hugging Face transformers 4.57.1 (`Qwen2VLForConditionalGeneration`, `Qwen2VLProcessor`) on tiny
+"""Parity with Hugging Face transformers 4.57.1 and 5.x (`Qwen2VLForConditionalGeneration`, `Qwen2VLProcessor`) on tiny
 Qwen2-VL folders (CPU, float32), through this toolkit's Paddle vision tower on paddleformers' Qwen2.5-VL language
 model and paddleformers' `Qwen2VLProcessor`.
 
@@ -21,23 +21,26 @@ from paddlemix.testing.tiny_qwen2_vl import build_tiny_qwen2_vl
 
 
 class TestQwen2VLParity(HFParity):
-    """config.json as transformers 4.57 writes it (text fields at the top level and in `text_config`)."""
+    """The folder each transformers version saves (4.57: text fields at the top level and in `text_config`; 5.x:
+    `rope_parameters` in both)."""
 
     pixel_atol = 1e-6
 
     @pytest.fixture(scope="class")
-    def model_dir(self, tiny_qwen2_vl_dir: Path) -> Path:
+    def source_dir(self, tiny_qwen2_vl_dir: Path) -> Path:
         return tiny_qwen2_vl_dir
 
 
 class TestQwen2VLReleaseParity(HFParity):
     """The released Qwen2-VL-2B's layout: a flat config.json (`in_chans`, `{"type": "mrope"}`) and a head tied to
-    the embeddings, so neither the checkpoint nor the merged export has lm_head.weight."""
+    the embeddings, so neither the checkpoint nor the merged export has lm_head.weight; read as the release wrote
+    it (not re-saved by transformers)."""
 
     pixel_atol = 1e-6
+    resave = False
 
     @pytest.fixture(scope="class")
-    def model_dir(self, tmp_path_factory) -> Path:
+    def source_dir(self, tmp_path_factory) -> Path:
         folder = tmp_path_factory.mktemp("tiny_qwen2_vl_release")
         return build_tiny_qwen2_vl(folder, config_layout="release", tie_word_embeddings=True)
 
@@ -50,7 +53,7 @@ class TestQwen2VLRealHeadSizesParity(HFParity):
     pixel_atol = 1e-6
 
     @pytest.fixture(scope="class")
-    def model_dir(self, tmp_path_factory) -> Path:
+    def source_dir(self, tmp_path_factory) -> Path:
         folder = tmp_path_factory.mktemp("qwen2_vl_real_heads")
         return build_tiny_qwen2_vl(
             folder, hidden_size=512, num_layers=1, num_heads=4, num_kv_heads=2, intermediate_size=256,

@@ -1,4 +1,4 @@
-"""Parity with Hugging Face transformers 4.57.1 (`Qwen3VLForConditionalGeneration`) on the same tiny Qwen3-VL
+"""Parity with Hugging Face transformers 4.57.1 and 5.x (`Qwen3VLForConditionalGeneration`) on the same tiny Qwen3-VL
 folder (CPU, float32), through paddleformers' `Qwen3VLForConditionalGenerationDeprecated` and `Qwen3VLProcessor`.
 
 The checks are in hf_parity.py: processor ids, grids and pixels (pixels within 1e-5), the training encoder's ids,
@@ -19,7 +19,7 @@ class TestQwen3VLParity(HFParity):
     pixel_atol = 1e-5
 
     @pytest.fixture(scope="class")
-    def model_dir(self, tiny_qwen3_vl_dir: Path) -> Path:
+    def source_dir(self, tiny_qwen3_vl_dir: Path) -> Path:
         return tiny_qwen3_vl_dir
 
 
@@ -29,5 +29,5 @@ class TestQwen3VLTiedParity(HFParity):
     pixel_atol = 1e-5
 
     @pytest.fixture(scope="class")
-    def model_dir(self, tmp_path_factory) -> Path:
+    def source_dir(self, tmp_path_factory) -> Path:
         return build_tiny_qwen3_vl(tmp_path_factory.mktemp("tiny_qwen3_vl_tied"), tie_word_embeddings=True)

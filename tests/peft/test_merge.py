@@ -296,3 +296,30 @@ def test_adapter_saved_by_the_training_merges_to_the_adapters_outputs(tiny_model
         got = AutoModelMIX.from_pretrained(merged)(**inputs).logits.numpy()
     assert np.abs(expected - base).max() > 1e-3
     np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_base_saved_by_transformers_5_merges_to_files_both_generations_read(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A base whose config.json spells the rotary settings as `rope_parameters` and whose tokenizer_config.json has
+    5.x's `extra_special_tokens` list: the merged folder states the same settings as 4.x spells them."""
+    from paddlemix.models.hf_config import normalize_rope
+
+    base_dir = tmp_path / "base"
+    shutil.copytree(tiny_model_dir, base_dir)
+    config = json.loads((base_dir / "config.json").read_text())
+    for part in (config, *([config["text_config"]] if "text_config" in config else [])):
+        scaling = part.pop("rope_scaling", None) or {}
+        part["rope_parameters"] = {**scaling, "rope_theta": part.pop("rope_theta", 1e6)}
+    (base_dir / "config.json").write_text(json.dumps(config))
+    tokenizer = json.loads((base_dir / "tokenizer_config.json").read_text())
+    tokenizer["extra_special_tokens"] = tokenizer.pop("additional_special_tokens", None) or ["<|im_start|>"]
+    (base_dir / "tokenizer_config.json").write_text(json.dumps(tokenizer))
+    write_peft_adapter(tmp_path / "adapter", base_dir, ADAPTERS["qwen2_5_vl"].parameter_name, ("q_proj",))
+    out = merge_checkpoint(base_dir, tmp_path / "adapter", tmp_path / "merged")
+    merged = json.loads((out / "config.json").read_text())
+    assert "rope_parameters" not in json.dumps(merged)
+    assert merged["rope_theta"] == config["rope_parameters"]["rope_theta"] and merged["rope_scaling"]["mrope_section"]
+    assert normalize_rope(merged, "merged") == normalize_rope(config, "base")
+    written = json.loads((out / "tokenizer_config.json").read_text())
+    assert "extra_special_tokens" not in written and written["additional_special_tokens"]

@@ -7,6 +7,11 @@ described in `build.py`); the Paddle model uses transformers 4.57's in-memory na
     multi_modal_projector.*         <->  model.multi_modal_projector.*
     language_model.model.*          <->  model.language_model.*      (q/k/v and gate/up fused where paddleformers
     language_model.lm_head.weight   <->  lm_head.weight                fuses them; Linear weights transposed)
+
+transformers 5.x builds the CLIP tower without its `vision_model` level, in memory and in the files it saves
+(`vision_tower.embeddings.*`, `vision_tower.encoder.*`, ...; the language model keeps the legacy names); such names,
+and the in-memory names of PEFT adapters made on either generation, are read too. What we write keeps the legacy
+names, which both generations load.
 """
 
 from __future__ import annotations
@@ -44,11 +49,18 @@ def hf_name(name: str) -> str:
     return name
 
 
+TOWER, CLIP_LEVEL = "model.vision_tower.", "vision_model."
+
+
 def paddle_name(name: str) -> str:
-    """Checkpoint name (legacy or nested layout) -> Paddle parameter name."""
+    """Checkpoint or in-memory name (legacy, nested, or transformers 5.x's CLIP without `vision_model.`) -> Paddle
+    parameter name."""
     for paddle_prefix, hf_prefix in CHECKPOINT_PREFIXES:
         if name.startswith(hf_prefix):
-            return paddle_prefix + name[len(hf_prefix) :]
+            name = paddle_prefix + name[len(hf_prefix) :]
+            break
+    if name.startswith(TOWER) and not name.startswith(TOWER + CLIP_LEVEL):
+        return TOWER + CLIP_LEVEL + name[len(TOWER) :]
     return name
 
 

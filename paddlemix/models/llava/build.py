@@ -4,11 +4,14 @@ This is the LLaVA-from-scratch recipe: the LM's tokenizer gains a special "<imag
 lm_head unless tied) get a row for it, a seeded two-layer MLP projector maps CLIP features to the LM width, and the
 result is written as transformers 4.57's `LlavaForConditionalGeneration` + `LlavaProcessor` would save it:
 
-    vision_tower.vision_model.*        <- the CLIP folder's vision_model.* (a full CLIP folder's text half is dropped)
+    vision_tower.vision_model.*        <- the CLIP folder's vision_model.* (a full CLIP folder's text half is dropped;
+                                          a CLIPVisionModel saved by transformers 5.x has no vision_model. level)
     multi_modal_projector.linear_{1,2} <- N(0, initializer_range) weights, zero biases
     language_model.model.*, language_model.lm_head.weight <- the LM's model.* and lm_head.weight
 
-Only numpy, safetensors and tokenizers are used, so no model is instantiated and bf16 checkpoints load (as float32).
+Parts saved by transformers 5.x are written in the spelling both generations read (the LM's `rope_parameters` as
+`rope_theta` + `rope_scaling`, its tokenizer_config.json as `tokenizer_config_for_both` says), so the folder loads
+alike in transformers 4.57 and 5.x. Only numpy, safetensors and tokenizers are used, so no model is instantiated and bf16 checkpoints load (as float32).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from typing import Any
 import numpy as np
 
 from paddlemix.models.adapter import check_safe_weights
+from paddlemix.models.hf_config import rope_for_both, tokenizer_config_for_both
+from paddlemix.models.hf_layout import clip_vision_name
 from paddlemix.models.llava.processor import CLIP_MEAN, CLIP_STD, IMAGE_TOKEN, clip_image_settings
 from paddlemix.processors.chat_template import read_template_file
 from paddlemix.utils.errors import UserError
@@ -82,12 +87,15 @@ def vision_parts(folder: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     if vision["image_size"] % vision["patch_size"]:
         raise UserError(f"{folder}/config.json: image_size {vision['image_size']} is not a multiple of patch_size.")
     weights = {
-        f"vision_tower.{name}": value
+        f"vision_tower.{clip_vision_name(name)}": value
         for name, value in read_weights(folder).items()
-        if name.startswith("vision_model.") and not name.endswith("position_ids")
+        if clip_vision_name(name).startswith("vision_model.") and not name.endswith("position_ids")
     }
     if not weights:
-        raise UserError(f"{folder}: the safetensors files hold no vision_model.* tensors (CLIP's vision tower).")
+        raise UserError(
+            f"{folder}: the safetensors files hold no CLIP vision tower tensors (vision_model.*, or embeddings.* and "
+            "encoder.* as transformers 5.x saves a CLIPVisionModel). Pass a CLIP or CLIPVisionModel folder."
+        )
     return vision, weights
 
 
@@ -184,7 +192,7 @@ def add_image_token(lm_dir: Path, out: Path, chat_template: str | None) -> Token
         "special": True,
     }
     config.update({"pad_token": pad, "chat_template": template})
-    write_json(config, out / "tokenizer_config.json")
+    write_json(tokenizer_config_for_both(config), out / "tokenizer_config.json")
     write_json({**special_map, "pad_token": {"content": pad, **TOKEN_FLAGS}}, special_map_path)
     if (out / "added_tokens.json").is_file():  # slow tokenizers read their added tokens from here
         added = read_json(out / "added_tokens.json")
@@ -313,7 +321,7 @@ def build_llava(
     vision_dir, lm_dir, out = Path(vision_model), Path(language_model), Path(output_dir)
     _check_output(out)
     vision, vision_weights = vision_parts(vision_dir)
-    text = read_config(lm_dir, TEXT_TYPES, "language_model")
+    text = rope_for_both(read_config(lm_dir, TEXT_TYPES, "language_model"), lm_dir / "config.json")
     _check_choices(vision, vision_feature_layer, vision_feature_select_strategy)
     preprocessor = image_processor_config(vision_dir, vision["image_size"])
     with atomic_dir(out) as tmp:

@@ -140,6 +140,41 @@ def _read_json(path: Path) -> dict[str, Any]:
     return read_json(path)
 
 
+# Keys that name classes rather than settings: they may differ between the two files without changing the pixels.
+_CLASS_KEYS = ("processor_class", "image_processor_type")
+
+
+def image_processor_settings(folder: Path, processor_config: dict[str, Any]) -> dict[str, Any]:
+    """The image processor's settings of a folder from either transformers generation: preprocessor_config.json
+    (4.x) or the `image_processor` object nested in processor_config.json (5.x writes no preprocessor_config.json).
+
+    Raises:
+        UserError: neither is there, or both are and disagree on a setting.
+    """
+    nested = processor_config.get("image_processor")
+    path = folder / "preprocessor_config.json"
+    if not path.is_file():
+        if not isinstance(nested, dict):
+            raise UserError(
+                f"{folder} is not a LLaVA model folder: it has no preprocessor_config.json and its "
+                'processor_config.json has no "image_processor" settings. Save the processor with transformers '
+                "(processor.save_pretrained) into the folder."
+            )
+        return nested
+    settings = read_json(path)
+    if isinstance(nested, dict):
+        differ = sorted(
+            k for k in nested.keys() & settings.keys() if k not in _CLASS_KEYS and nested[k] != settings[k]
+        )
+        if differ:
+            raise UserError(
+                f'{folder}: preprocessor_config.json and processor_config.json\'s "image_processor" disagree on '
+                f"{', '.join(differ)}; it is unclear which settings the model was trained with. Delete one of them "
+                "(transformers 5.x reads processor_config.json, 4.x preprocessor_config.json)."
+            )
+    return settings
+
+
 @dataclass(frozen=True)
 class LlavaProcessorMIX:
     """A LLaVA folder's tokenizer (paddleformers), image processor and chat template (chat_template.json)."""
@@ -161,9 +196,12 @@ class LlavaProcessorMIX:
         patch_size = processor_config.get("patch_size")
         if patch_size is None:  # folders saved without it: the vision tower's own patch size
             patch_size = _read_json(folder / "config.json")["vision_config"]["patch_size"]
-        image_processor = LlavaImageProcessor.from_config(_read_json(folder / "preprocessor_config.json"), patch_size)
-        template_path = folder / "chat_template.json"
+        image_settings = image_processor_settings(folder, processor_config)
+        image_processor = LlavaImageProcessor.from_config(image_settings, patch_size)
+        template_path, jinja_path = folder / "chat_template.json", folder / "chat_template.jinja"
         template = _read_json(template_path).get("chat_template") if template_path.is_file() else None
+        if template is None and jinja_path.is_file():  # what transformers 4.57 and 5.x write
+            template = jinja_path.read_text(encoding="utf-8")
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
         return cls(
             tokenizer,
