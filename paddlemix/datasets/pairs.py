@@ -214,15 +214,7 @@ class PairSourceDataset(SourceDataset):
     """All records of one source read as preference pairs; a bad pair raises `SampleError` with its reason."""
 
     def __getitem__(self, i: int) -> Pair:
-        file, local = self.locate(i)
-        record = file[local]
-        if not isinstance(record, dict):
-            raise SampleError("record is not a JSON object")
-        root = Path(self.source.image_root) if self.source.image_root else file.path.parent
-        try:
-            pair = read_pair(record, root)
-        except KeyError as err:
-            raise SampleError(f"missing field {err}") from None
+        pair, file, local = self.read_record(i, read_pair)
         return replace(pair, source=str(file.path), index=local)
 
 

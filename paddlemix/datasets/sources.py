@@ -293,16 +293,26 @@ class SourceDataset:
         k = bisect.bisect_right(self._starts, i) - 1
         return self.files[k], i - self._starts[k]
 
-    def __getitem__(self, i: int) -> Sample:
+    def read_record(self, i: int, read: Callable[[dict, Path], Any]) -> tuple[Any, RecordFile, int]:
+        """`read(record, image root)` on record `i`, with its file and index there.
+
+        Raises:
+            SampleError: the record is not a JSON object or lacks a field `read` needs.
+        """
         file, local = self.locate(i)
         record = file[local]
         if not isinstance(record, dict):
             raise SampleError("record is not a JSON object")
         root = Path(self.source.image_root) if self.source.image_root else file.path.parent
         try:
-            messages, images = self._read(record, root, self.source)
+            return read(record, root), file, local
         except KeyError as err:
             raise SampleError(f"missing field {err}") from None
+
+    def __getitem__(self, i: int) -> Sample:
+        (messages, images), file, local = self.read_record(
+            i, lambda record, root: self._read(record, root, self.source)
+        )
         if self.source.image_root:
             images = tuple(RelativeImagePath(i.written, i.root, '"image_root"') if isinstance(i, RelativeImagePath)
                            else i for i in images)  # fmt: skip
