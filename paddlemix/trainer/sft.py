@@ -146,12 +146,35 @@ def check_output_dir(args: RunArgs) -> None:
                 'run_args.json). Choose another output_dir, or set "overwrite_output_dir": true to start over there.'
             )
     final = [name for name in FINAL_WEIGHTS if (out / name).is_file()]
-    if t.do_train and final and not t.resume_from_checkpoint and checkpoints.last_complete(out) is None:
+    last = Path(t.resume_from_checkpoint) if t.resume_from_checkpoint else checkpoints.last_complete(out)
+    if t.do_train and final and last is None:
         raise UserError(
             f'output_dir "{t.output_dir}" holds a finished run ({final[0]} is there and no checkpoint is left to '
             'resume from); training again would overwrite its model. Set "overwrite_output_dir": true to train '
             "it again from the start, or choose another output_dir."
         )
+    if t.do_train and last is not None and covers_whole_run(last, t):
+        raise UserError(
+            f"{last} already ends the run these settings describe ({run_length(t)}), so there is nothing left to "
+            "train (paddleformers would train one step past the end and overwrite the model). Raise "
+            '"max_steps" or "num_train_epochs" to train further, set "overwrite_output_dir": true to train again '
+            "from the start, or choose another output_dir."
+        )
+
+
+def run_length(t: Any) -> str:
+    return f"max_steps {t.max_steps}" if t.max_steps > 0 else f"num_train_epochs {t.num_train_epochs:g}"
+
+
+def covers_whole_run(checkpoint: Path, t: Any) -> bool:
+    """Whether `checkpoint` already holds every step of the run `t` (training arguments) describes: its step
+    reaches `max_steps`, or (epoch runs) the rows it consumed fill `num_train_epochs` epochs (the marker's `rows`
+    and `epoch_rows`; a pack stream has no epoch rows and is judged by `max_steps` only)."""
+    if t.max_steps > 0:
+        return checkpoints.step_of(checkpoint) >= t.max_steps
+    record = checkpoints.progress(checkpoint)
+    epoch_rows, rows = int(record.get("epoch_rows") or 0), record.get("rows")
+    return bool(epoch_rows and rows is not None and int(rows) >= epoch_rows * t.num_train_epochs)
 
 
 def clear_run_outputs(out: Path) -> None:

@@ -181,6 +181,25 @@ def test_finished_output_dir_is_not_retrained(tiny_model_dir, sixteen, tmp_path)
     run(tiny_model_dir, sixteen, out, max_steps=1, overwrite_output_dir=True)
 
 
+@pytest.mark.parametrize("length", [{"max_steps": 2}, {"num_train_epochs": 1}])
+def test_rerun_ending_at_its_last_checkpoint_trains_nothing(tiny_model_dir, sixteen, tmp_path, length) -> None:
+    """A run that saved a checkpoint at its last step, run again: paddleformers resumed there and trained one step
+    past the end (step 3 of max_steps 2), changing the final model."""
+    out = tmp_path / "again"
+    keys = {**length, "save_strategy": "steps", "save_steps": 2, "per_device_train_batch_size": 8}
+    run(tiny_model_dir, sixteen, out, **keys)
+    assert checkpoints.step_of(checkpoints.last_complete(out)) == 2
+    model = (out / "model.safetensors").read_bytes()
+    with pytest.raises(UserError, match="already ends the run these settings describe") as err:
+        run(tiny_model_dir, sixteen, out, **keys)
+    assert "checkpoint-2" in str(err.value) and "\n" not in str(err.value)
+    assert (out / "model.safetensors").read_bytes() == model
+    more = {"max_steps": 3} if "max_steps" in length else {"num_train_epochs": 2}
+    run(tiny_model_dir, sixteen, out, **{**keys, **more})  # more steps asked: continues from checkpoint-2
+    steps = [r["step"] for r in map(json.loads, (out / "train_log.jsonl").read_text().splitlines()) if "loss" in r]
+    assert steps[-1] == (3 if "max_steps" in length else 4)
+
+
 def test_fewer_steps_than_logging_steps_still_log_the_final_loss(tiny_model_dir, sixteen, tmp_path) -> None:
     out = tmp_path / "short"
     run(tiny_model_dir, sixteen, out, max_steps=3, logging_steps=10)
