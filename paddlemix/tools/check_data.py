@@ -179,7 +179,7 @@ def preview(args: Any, adapter: Any, processor: Any, encoder: Any, splits: dict,
     entries = []
     for sources in splits.values():
         for name, source in zip(source_names(sources), sources):
-            template = template_for(processor, source.chat_template)
+            template = template_for(processor, source.chat_template, source.keep_empty_think)
             count = show or DEFAULT_DUMP_SAMPLES
             samples = encoded_preview((reader or SourceDataset)(source), name, encoder, template, count, positions)
             for entry in samples[:show]:

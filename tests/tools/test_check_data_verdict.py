@@ -80,3 +80,21 @@ def test_a_source_whose_records_all_fail_fails_the_mix(workspace: Path, monkeypa
     code, report, _ = run(workspace, "--dataset", dataset, *NO_EVAL, "--max_skip_ratio", "1", capsys=capsys)
     assert code == 1 and len(report["problems"]) == 1
     assert report["problems"][0].startswith('train source "chatml_dataset:wrong_shape.jsonl": all its records fail')
+
+
+def test_show_labels_what_trains_with_keep_empty_think(workspace: Path, monkeypatch, capsys) -> None:
+    """--show encodes with the source's `keep_empty_think`, as training does (it once ignored the key)."""
+    import runpy
+
+    THINKING = runpy.run_path(str(Path(__file__).parents[1] / "processors" / "test_answer_boundaries.py"))["THINKING"]
+    monkeypatch.chdir(workspace)
+    (workspace / "thinking.jinja").write_text(THINKING)
+    shown = {}
+    for keep in (True, False):
+        spec = {"name": "chatml_dataset", "data_files": "shapes/train.jsonl", "chat_template": "thinking.jinja",
+                "keep_empty_think": keep}  # fmt: skip
+        code, _, console = run(workspace, "--dataset", json.dumps({"train": [spec]}), *NO_EVAL, "--show", "1",
+                               capsys=capsys)  # fmt: skip
+        assert code == 0, console
+        shown[keep] = console
+    assert "[[<think>" in shown[True] and "[[<think>" not in shown[False]
