@@ -260,6 +260,8 @@ def vqa_sample(
     return _single_image(record, root, record["question"], most_frequent(answer))
 
 
+# Files whose "image marks stay text" note was logged already (check_data builds several readers per source).
+MARKS_SAID_TEXT: set[str] = set()
 Reader = Callable[[dict[str, Any], Path, DatasetSource], tuple[list[Message], tuple[ImageRef, ...]]]
 READERS: dict[str, Reader] = {
     "chatml_dataset": lambda record, root, source: chatml_sample(
@@ -283,7 +285,6 @@ class SourceDataset:
             total += len(f)
         self._len = total
         self._read = READERS[source.name]
-        self._said_marks_are_text = False
 
     def __len__(self) -> int:
         return self._len
@@ -317,8 +318,9 @@ class SourceDataset:
             images = tuple(RelativeImagePath(i.written, i.root, '"image_root"') if isinstance(i, RelativeImagePath)
                            else i for i in images)  # fmt: skip
         check_turns(messages)
-        if not images and not self._said_marks_are_text and any(TEXT_GUARD in m.content for m in messages):
-            self._said_marks_are_text = True
+        said = str(file.path)
+        if not images and said not in MARKS_SAID_TEXT and any(TEXT_GUARD in m.content for m in messages):
+            MARKS_SAID_TEXT.add(said)  # once per file in this process, however many readers check it
             logger.info('%s #%d has no images: its "%s" (or <img>) stays text, as in every such record of this '
                         "source", file.path, local, self.source.image_placeholder)  # fmt: skip
         return Sample(tuple(messages), images, source=str(file.path), index=local)

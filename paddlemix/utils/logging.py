@@ -34,6 +34,9 @@ PADDLEFORMERS_NOISE = (
     r"^\[DataLoad global_step",
     r"^\[timelog\]",
     r"^global_save_step",
+    # fleet's DistributedStrategy table (about 70 lines), logged once by TrainingArguments under TP, PP or sharding;
+    # the degrees in use are in the run's own start-up lines
+    r"DistributedStrategy Overview",
     r"^Saving (model checkpoint|optimizer files)",
     # the evaluation header repeats at every evaluation; its result line stays
     r"^\*\*\*\*\* Running Evaluation",

@@ -47,6 +47,7 @@ def test_check_data_show_dump_and_training(workspace: Path, run_tool) -> None:
     assert source["special_token_text"]["records"] == 1
     assert source["special_token_text"]["strings"] == {"<|im_end|>": 1}
     assert "1 records type special-token text (<|im_end|> x1), encoded as plain text" in proc.stdout
+    assert (proc.stdout + proc.stderr).count("stays text, as in every such record") == 1  # once per file
     shown = proc.stdout.split("--- chatml_dataset:text.jsonl record #")
     assert len(shown) == 3  # --show 2
     assert "[[It marks where <image> features are inserted.<|im_end|>]]" in shown[1]

@@ -19,3 +19,13 @@ def test_filter_drops_noise_and_debug_keeps_the_rest_and_repeats_once() -> None:
     pad = "Setting `pad_token_id` to `eos_token_id`:151645 for open-end generation."
     assert [f.filter(record(pad)) for _ in range(3)] == [True, False, False]
     assert f.filter(record("an unrelated warning", logging.WARNING))
+
+
+def test_fleet_strategy_table_stays_off_the_console() -> None:
+    """TrainingArguments logs fleet's whole DistributedStrategy (about 70 lines) under TP, PP or sharding."""
+    from paddle.distributed import fleet
+
+    f = MessageFilter(PADDLEFORMERS_NOISE, PADDLEFORMERS_ONCE, logging.INFO)
+    table = str(fleet.DistributedStrategy())
+    assert "DistributedStrategy Overview" in table and table.count("\n") > 30
+    assert not f.filter(record(table))
