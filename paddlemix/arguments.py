@@ -662,6 +662,13 @@ def training_kwargs_with_notes(
         asked = f"{key} {kwargs.get('fp16_opt_level', 'O1')}"
         notes.append(f"precision: float32, not {asked}: {CPU_HALF_PRECISION.format(kind=kind)}")
         kwargs.update(bf16=False, fp16=False, amp_master_grad=False)
+    if (
+        not kwargs.get("do_train", True)
+        and kwargs.get("do_eval")
+        and str(kwargs.get("evaluation_strategy")) in ("no", "None")
+    ):
+        # An evaluation-only run evaluates once; paddleformers refuses "do_eval" with the default strategy "no".
+        kwargs["evaluation_strategy"] = "steps"
     notes.extend(sharding_notes(kwargs))
     return kwargs, notes
 

@@ -207,3 +207,11 @@ def test_fewer_steps_than_logging_steps_still_log_the_final_loss(tiny_model_dir,
     assert [r["step"] for r in steps] == [3]
     summary = json.loads((out / SUMMARY).read_text())
     assert summary["final_train_loss"] == steps[0]["loss"] and summary["final_train_loss"] > 0
+
+
+def test_evaluation_only_run_needs_no_evaluation_strategy(tiny_model_dir, sixteen, tmp_path) -> None:
+    """do_train false, do_eval true: paddleformers refused the default "evaluation_strategy": "no"."""
+    source = [{"name": "chatml_dataset", "data_files": str(sixteen)}]
+    metrics = run(tiny_model_dir, sixteen, tmp_path / "eval_only", do_train=False, do_eval=True,
+                  dataset={"train": [], "eval": source}, per_device_eval_batch_size=4)  # fmt: skip
+    assert metrics["eval_loss"] > 0
