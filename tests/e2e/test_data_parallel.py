@@ -70,7 +70,7 @@ def test_two_process_data_parallel_matches_single_process(workspace: Path, shape
         "train": [{"name": "chatml_dataset", "data_files": str(data)}],
         "eval": [{"name": "chatml_dataset", "data_files": str(seven_eval_records(workspace, shapes_data["eval"]))}],
     }
-    common = ["--dataset", json.dumps(dataset), "--do_eval", "true", "--evaluation_strategy", "no",
+    common = ["--dataset", json.dumps(dataset), "--do_eval", "true", "--evaluation_strategy", "steps", "--eval_steps", "5",
               "--per_device_eval_batch_size", "2", "--num_train_epochs", "1", "--max_steps", "-1",
               "--max_skip_ratio", "0.5", "--dataloader_shuffle", "false", "--save_steps", "100",
               "--learning_rate", "0.003", "--warmup_ratio", "0"]  # fmt: skip
