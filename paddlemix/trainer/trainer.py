@@ -536,7 +536,8 @@ class MIXTrainer(Trainer):
             inputs.pop(key, None)
         if self.skip_log is not None:  # eval samples are seen once each; skips met in loader workers logged here
             for sample_id in sample_ids:
-                self.skip_log.ok(source_of(sample_id), sample_id)
+                if sample_id != "?":  # "?": a sample without id (not from our datasets), nothing to count it by
+                    self.skip_log.ok(source_of(sample_id), sample_id)
             for line in skips:
                 self.skip_log.add_line(line)
         if self.stage is not None:  # pair batches: each pair's loss, metrics noted by the stage
