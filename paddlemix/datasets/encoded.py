@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -36,34 +37,85 @@ MIN_SEEN_FOR_BUDGET = 32
 MISFORMAT_PROBE = 20
 
 
-class SkipLog:
-    """Per-source attempts and skips; appends each skip as one JSON line to `path` (if given) and enforces budgets."""
+def own_news(news: Any) -> list[Any]:
+    """The gather of one process: its own news only."""
+    return [news]
 
-    def __init__(self, path: str | Path | None = None, max_skip_ratio: float = 1.0):
+
+class SkipLog:
+    """Per-source attempts and skips; appends each skip as one JSON line to `path` (if given) and enforces budgets.
+
+    Several processes: each rank keeps what it met since the last `sync` (its news); `sync`, a collective run on
+    every rank at each step end and before the summary, merges the news of all ranks in rank order into the same
+    totals everywhere: trained samples summed over the data-parallel ranks, eval samples (by sample id) and skipped
+    records (by source, file and index) counted once. Process 0 appends the other ranks' skips to `path`, so the
+    file, the counts and the skip budget (`max_skip_ratio` on the totals) are those of one process.
+    """
+
+    def __init__(self, path: str | Path | None = None, max_skip_ratio: float = 1.0,
+                 gather: Callable[[Any], list[Any]] | None = None, rank: int = 0, data_rank: int = 0):  # fmt: skip
         self.path = Path(path) if path else None
         self.max_skip_ratio = max_skip_ratio
+        self.gather = gather or own_news  # all ranks' news in rank order (one process: its own)
+        self.rank, self.data_rank = rank, data_rank
+        # what this process knows: the totals of the last sync plus its own news since
         self.seen: Counter[str] = Counter()
         self.skipped: Counter[str] = Counter()
         self.usable: Counter[str] = Counter()  # records that passed a check (for the mis-formatted-source probe)
         self.first_reason: dict[str, str] = {}
         self._recorded: set[tuple[Any, ...]] = set()
+        self._seen_ids: set[str] = set()
         self.error = ""
+        # the totals over all ranks as of the last sync (identical on every rank)
+        self.totals: dict[str, Any] = {"seen": Counter(), "skipped": Counter(), "usable": Counter(), "entries": {},
+                                       "ids": set(), "error": ""}  # fmt: skip
+        self._news = self._no_news()
+        self._lock = threading.Lock()  # the loader thread adds skips while the training thread syncs
 
-    def ok(self, source: str) -> None:
-        self.seen[source] += 1
-        self.usable[source] += 1
+    @staticmethod
+    def _no_news() -> dict[str, Any]:
+        return {"trained": Counter(), "usable": Counter(), "ids": {}, "entries": {}}
+
+    def __getstate__(self) -> dict[str, Any]:  # loader workers get a copy that neither locks nor syncs
+        return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "gather")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock, self.gather = threading.Lock(), own_news
+
+    def ok(self, source: str, sample_id: str | None = None) -> None:
+        """Count a usable sample as seen: every call (a trained sample), or once per `sample_id` (an eval sample,
+        which every evaluation and a padded distributed eval sampler read again)."""
+        with self._lock:
+            if sample_id is not None:
+                if sample_id in self._seen_ids:
+                    return
+                self._seen_ids.add(sample_id)
+                self._news["ids"][sample_id] = source
+            else:
+                self._news["trained"][source] += 1
+            self.seen[source] += 1
+            self.usable[source] += 1
+            self._news["usable"][source] += 1
         self.check(source)  # the budget applies once MIN_SEEN_FOR_BUDGET samples were seen, good ones included
+
+    def note_usable(self, source: str) -> None:
+        """A record of `source` passed a check without being counted as seen (measured, or counted later)."""
+        with self._lock:
+            self.usable[source] += 1
+            self._news["usable"][source] += 1
 
     def add(self, source: str, record: dict[str, Any], reason: str, replaced: bool = False) -> None:
         """Count and log a skipped record once, however many epochs meet it again. `replaced`: the next usable
         sample took its place in the epoch and is counted as seen instead (so a 32-record file is 32 seen)."""
         key = (source, record.get("file"), record.get("index"))
-        if key in self._recorded:
-            return
-        self._recorded.add(key)
-        self.seen[source] += 0 if replaced else 1
-        self.skipped[source] += 1
-        self.first_reason.setdefault(source, reason)
+        with self._lock:
+            if key in self._recorded:
+                return
+            self._recorded.add(key)
+            line = {"source": source, **record, "reason": reason, "pid": os.getpid()}
+            self._news["entries"][key] = (line, replaced)
+            self._count_skip(source, reason, replaced)
         if in_loader_worker():  # the skip travels with the next sample; the training process logs and writes it
             self.check(source)
             return
@@ -71,28 +123,97 @@ class SkipLog:
             logger.warning("skipped %s record %s: %s", source, record.get("index"), reason)
             if self.skipped[source] == WARNINGS_PER_SOURCE:
                 logger.warning("further skips of %s go to skipped_samples.jsonl only", source)
-        if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            line = json.dumps({"source": source, **record, "reason": reason, "pid": os.getpid()})
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(line + "\n")
+        self._write([line])
         self.check(source)
+
+    def _count_skip(self, source: str, reason: str, replaced: bool) -> None:
+        self.seen[source] += 0 if replaced else 1
+        self.skipped[source] += 1
+        self.first_reason.setdefault(source, reason)
+
+    def _write(self, lines: list[dict[str, Any]]) -> None:
+        if self.path is None or not lines:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write("".join(json.dumps(line) + "\n" for line in lines))
+
+    def take_news(self) -> dict[str, Any]:
+        """What this process met since the last call (picklable), for `merge` on every rank."""
+        with self._lock:
+            news, self._news = self._news, self._no_news()
+        return {**news, "rank": self.rank, "data_rank": self.data_rank}
+
+    def merge(self, all_news: list[dict[str, Any]]) -> None:
+        """Add every rank's news (in rank order, the same list on every rank) to the totals; what this process
+        knows becomes the totals. Trained samples come once per data-parallel rank (ranks that share a batch under
+        tensor or pipeline parallelism trained the same ones: the most any of them counted); eval samples and
+        skips count once each."""
+        t = self.totals
+        trained: dict[int, Counter[str]] = {}  # per data-parallel rank: the most any of its ranks counted
+        new_ids, new_entries, remote_lines = set(), {}, []
+        for news in all_news:
+            trained[news["data_rank"]] = trained.get(news["data_rank"], Counter()) | news["trained"]
+            t["usable"].update(news["usable"])
+            for sample_id, source in news["ids"].items():
+                if sample_id not in t["ids"]:
+                    t["ids"].add(sample_id)
+                    new_ids.add(sample_id)
+                    t["seen"][source] += 1
+            for key, (line, replaced) in news["entries"].items():
+                if key in t["entries"]:
+                    continue
+                t["entries"][key] = new_entries[key] = (line, replaced)
+                t["seen"][key[0]] += 0 if replaced else 1
+                t["skipped"][key[0]] += 1
+                if news["rank"] != self.rank and key not in self._recorded:  # this process wrote its own
+                    remote_lines.append(line)
+        for counts in trained.values():
+            t["seen"].update(counts)
+        with self._lock:  # this process's news met since `take_news` stay counted on top of the totals
+            pending = self._news
+            self.seen, self.usable, self.skipped = Counter(t["seen"]), Counter(t["usable"]), Counter(t["skipped"])
+            self.seen.update(pending["trained"])
+            self.usable.update(pending["usable"])
+            self._recorded |= set(new_entries)
+            self._seen_ids |= new_ids
+            for key, (_, replaced) in pending["entries"].items():
+                if key not in t["entries"]:
+                    self.seen[key[0]] += 0 if replaced else 1
+                    self.skipped[key[0]] += 1
+            for sample_id, source in pending["ids"].items():
+                self.seen[source] += sample_id not in t["ids"]
+            for line, _ in new_entries.values():
+                self.first_reason.setdefault(line["source"], line["reason"])
+        self._write(remote_lines)
+        # decided on the totals alone (once found, it stays), so every rank stops at the same step
+        verdicts = (self.verdict(s, t["seen"], t["skipped"], t["usable"]) for s in sorted(t["seen"] | t["skipped"]))
+        t["error"] = t["error"] or next((v for v in verdicts if v), "")
+        self.error = t["error"]
+
+    def sync(self) -> None:
+        """Merge the news of all ranks (a collective under several processes: call it on every rank)."""
+        self.merge(self.gather(self.take_news()))
 
     def check(self, source: str) -> None:
         """Note (in `error`) a source whose first records all failed, or a spent skip budget. Nothing is raised
         here: this runs inside the data loader, whose thread would swallow the exception."""
-        if self.error:
-            return
+        if not self.error:
+            self.error = self.verdict(source, self.seen, self.skipped, self.usable)
+
+    def verdict(self, source: str, seen: Counter[str], skipped: Counter[str], usable: Counter[str]) -> str:
+        """Why the run must stop on these counts ("" when it goes on)."""
         where = f" See {self.path} for every skipped record." if self.path else ""
-        if self.skipped[source] == MISFORMAT_PROBE and not self.usable[source]:
-            self.error = unusable_source_message(source, self.first_reason[source]) + where
-        seen, skipped = sum(self.seen.values()), sum(self.skipped.values())
-        if not self.error and seen >= MIN_SEEN_FOR_BUDGET and skipped / seen > self.max_skip_ratio:
-            per_source = ", ".join(f"{s}: {n}/{self.seen[s]}" for s, n in self.skipped.items())
-            self.error = (
-                f"{skipped} of {seen} samples were skipped ({skipped / seen:.0%}), more than max_skip_ratio "
+        if skipped[source] >= MISFORMAT_PROBE and not usable[source]:
+            return unusable_source_message(source, self.first_reason[source]) + where
+        n_seen, n_skipped = sum(seen.values()), sum(skipped.values())
+        if n_seen >= MIN_SEEN_FOR_BUDGET and n_skipped / n_seen > self.max_skip_ratio:
+            per_source = ", ".join(f"{s}: {n}/{seen[s]}" for s, n in skipped.items())
+            return (
+                f"{n_skipped} of {n_seen} samples were skipped ({n_skipped / n_seen:.0%}), more than max_skip_ratio "
                 f"{self.max_skip_ratio:.0%} ({per_source}). Fix the data or raise max_skip_ratio.{where}"
             )
+        return ""
 
     def add_line(self, line: str) -> None:
         """Record a skip carried by a batch (a `skip_line`); one already recorded here is not counted twice."""
@@ -105,21 +226,25 @@ class SkipLog:
         if self.error:
             raise UserError(self.error)
 
-    def skipped_in_file(self) -> Counter[str]:
-        """Distinct skipped records per source in the skip file, which data-loader workers append to as well."""
+    def skipped_in_file(self) -> set[tuple[Any, ...]]:
+        """Distinct skipped records (source, file, index) in the skip file, which holds those of the run this one
+        resumed too."""
         if self.path is None or not self.path.is_file():
-            return Counter()
+            return set()
         keys = set()
         for line in self.path.read_text(encoding="utf-8").splitlines():
             with contextlib.suppress(ValueError, KeyError):
                 r = json.loads(line)
                 keys.add((r["source"], r.get("file"), r.get("index")))
-        return Counter(source for source, _, _ in keys)
+        return keys
 
     def summary(self) -> dict[str, dict[str, int]]:
-        """Records seen and skipped per source, in this process and (skips) in its loader workers."""
-        skipped = self.skipped | self.skipped_in_file()
-        return {s: {"seen": max(self.seen[s], skipped[s]), "skipped": skipped[s]} for s in {**self.seen, **skipped}}
+        """Records seen and skipped per source over all ranks (loader workers included); syncs first, so under
+        several processes every rank calls it."""
+        self.sync()
+        skipped = Counter(key[0] for key in set(self.totals["entries"]) | self.skipped_in_file())
+        seen = self.totals["seen"]
+        return {s: {"seen": max(seen[s], skipped[s]), "skipped": skipped[s]} for s in {**seen, **skipped}}
 
 
 def unusable_source_message(source: str, first_reason: str) -> str:
@@ -173,7 +298,6 @@ class EncodedDataset:
         self.split = split
         self.count_loaded = True
         self._lengths: dict[tuple[int, int], int] = {}  # keyed by (source, record): the same in every epoch
-        self._counted: set[int] = set()  # eval items counted as seen: every evaluation reads them again
         self._bad: set[tuple[int, int]] = set()
         self._pending_skips: list[str] = []
 
@@ -207,19 +331,26 @@ class EncodedDataset:
             # which records it and enforces the skip budget against the samples really trained.
             self._pending_skips.append(skip_line(name, record, str(skip), replaced))
             raise skip from None
-        if final and self.count_loaded and i not in self._counted:
-            self.skip_log.ok(name)
-            if self.split != "train":  # an eval record is seen once, however many evaluations read it
-                self._counted.add(i)
+        if final and self.count_loaded:  # an eval record is seen once, however many evaluations read it
+            self.skip_log.ok(name, self.sample_id(i) if self.split != "train" else None)
         else:  # measured (planning) or counted later by the trainer: still proves the source is readable
-            self.skip_log.usable[name] += 1
+            self.skip_log.note_usable(name)
         return result
 
+    def sample_id(self, i: int) -> str:
+        """The readable id of item `i`'s record, unique over the split: `source#index` (the record's index in its
+        file), `source#k:index` for the k-th file of a source with several. The eval loss and the eval `seen` count
+        each record once by it, over batches and processes."""
+        source, record = self.mix.pair(i)
+        dataset = self.mix.datasets[source]
+        file, local = dataset.locate(record)
+        part = f"{dataset.files.index(file)}:" if len(dataset.files) > 1 else ""
+        return f"{self.mix.names[source]}#{part}{local}"
+
     def encode(self, i: int, replaced: bool = False) -> dict[str, Any]:
-        """Encode item `i` (with a readable `sample_id`), or log the skip and raise `SampleError`."""
+        """Encode item `i` (with its `sample_id`), or log the skip and raise `SampleError`."""
         out = self._attempt(i, self.processor, final=True, replaced=replaced)
-        name, record = self.where(i)
-        return {**out, "sample_id": f"{name}#{record['index']}"}
+        return {**out, "sample_id": self.sample_id(i)}
 
     def length(self, i: int) -> int:
         """Token count of item `i` after image expansion, without decoding images; cached per item."""

@@ -225,6 +225,7 @@ class PairSidesDataset:
 
     def __init__(self, source: Any):
         self.pairs = PairSourceDataset(source)
+        self.files = self.pairs.files
 
     def __len__(self) -> int:
         return 2 * len(self.pairs)

@@ -66,10 +66,13 @@ class ThroughputCallback(TrainerCallback):
 
 
 class SkipBudgetCallback(TrainerCallback):
-    """Stop the run between steps once the data loader has found too many bad samples (see `SkipLog.check`)."""
+    """At every step end, merge the counts and skips of all ranks (`SkipLog.sync`, on every rank), then stop the
+    run once they hold too many bad samples (`max_skip_ratio` on the totals of all ranks, so every rank stops at
+    the same step with the same message)."""
 
     def __init__(self, skip_log: Any):
         self.skip_log = skip_log
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.skip_log.sync()
         self.skip_log.raise_if_exceeded()

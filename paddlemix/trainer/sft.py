@@ -26,6 +26,7 @@ from paddlemix.datasets.pair_packing import PairProcessor, join_pairs
 from paddlemix.datasets.pairs import PairSourceDataset
 from paddlemix.decoding import add_stop_ids
 from paddlemix.distributed import tensor_parallel
+from paddlemix.distributed.gather import gather_objects
 from paddlemix.models import adapter_for
 from paddlemix.models.adapter import ModelAdapter
 from paddlemix.models.hf_config import write_for_both
@@ -320,8 +321,10 @@ def build_datasets(
         build = {"build": join_pairs} if kind else {}
         train = PackedDataset(train, args.data.max_length, positions, seed, args.data.pack_window, consumed, group,
                               **build)  # fmt: skip
-    if train is not None:  # per-source `seen` counts what the trainer trains, not what the loader prefetches
-        getattr(train, "encoded", train).count_loaded = False
+    # per-source `seen` counts what the trainer trains or evaluates, not what the loader prefetches
+    for split in (train, eval_set):
+        if split is not None:
+            getattr(split, "encoded", split).count_loaded = False
     return train, eval_set
 
 
@@ -639,7 +642,9 @@ def run_sft(args: RunArgs) -> dict[str, Any]:
         group = t.per_device_train_batch_size * t.gradient_accumulation_steps * t.dataset_world_size
         consumed = checkpoints.progress(resume).get("rows", checkpoints.step_of(Path(resume)) * group)
     skip_file = out / SKIPPED if training.process_index == 0 else None
-    skips = SkipLog(skip_file, args.data.max_skip_ratio)
+    # the counts and skips of all ranks are merged at each step end and before the summary (process 0 writes)
+    skips = SkipLog(skip_file, args.data.max_skip_ratio, lambda news: gather_objects(news, training.world_size),
+                    training.process_index, training.dataset_rank)  # fmt: skip
     train_set, eval_set = build_datasets(args, processor, adapter, config, skips, consumed)
     if isinstance(train_set, PackedDataset) and training.max_steps <= 0 and training.do_train:
         training.max_steps = plan_packed_steps(training, train_set)
@@ -707,7 +712,7 @@ def run_sft(args: RunArgs) -> dict[str, Any]:
             metrics.update(reuse or trainer.evaluate())
     except SystemError as err:
         raise worker_failure(err) or err from None
-    metrics["skipped_by_source"] = skips.summary()  # includes the skips of data-loader workers
+    metrics["skipped_by_source"] = skips.summary()  # every rank (a collective), loader workers included
     metrics["skipped_samples"] = sum(s["skipped"] for s in metrics["skipped_by_source"].values())
     if training.process_index == 0:
         write_json(metrics, out / "all_results.json")

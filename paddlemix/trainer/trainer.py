@@ -12,10 +12,12 @@ from typing import Any
 import paddle
 import paddleformers.trainer.trainer as _pf_trainer
 from paddleformers.trainer import Trainer, TrainerCallback
+from paddleformers.utils.batch_sampler import MappingDistributedBatchSampler
 
 from paddlemix.datasets.collator import BATCH_META, LABEL_TOKENS, REAL_TOKENS, SAMPLE_IDS, SKIPS
 from paddlemix.datasets.pair_packing import PAIR_IDS
 from paddlemix.distributed import tensor_parallel
+from paddlemix.distributed.gather import gather_objects
 from paddlemix.distributed.memory import optimizer_state_bytes, parameter_bytes
 from paddlemix.peft.lora import to_peft
 from paddlemix.peft.peft_format import write_adapter
@@ -156,6 +158,15 @@ def epoch_indexed(sampler: Any, epoch_size: int) -> Any:
     indexed.__dict__.update(vars(sampler))
     indexed.epoch_size = epoch_size
     return indexed
+
+
+def even_eval_sampler(dataset: Any, batch_size: int, ranks: int, rank: int) -> Any:
+    """A batch sampler giving `rank` its share of every sample of `dataset`, in batches of `batch_size`: the set
+    is padded to a multiple of `ranks` with its first samples again (each rank runs the same number of eval steps,
+    which paddleformers' loop gathers step by step), never cut. Repeated samples keep their sample id, and the eval
+    loss counts each id once (`MIXTrainer.eval_token_mean`)."""
+    return paddle.io.DistributedBatchSampler(dataset, batch_size, num_replicas=ranks, rank=rank, shuffle=False,
+                                             drop_last=False)  # fmt: skip
 
 
 class LogLastStep(TrainerCallback):
@@ -490,18 +501,22 @@ class MIXTrainer(Trainer):
         return output
 
     def gather_ranks(self, part: dict[str, Any]) -> dict[str, Any]:
-        """The union of a per-sample dict over all ranks (a distributed eval sampler repeats samples to even out
-        the ranks; keyed by sample, each counts once)."""
-        if self.args.world_size <= 1:
-            return dict(part)
-        import paddle.distributed as dist
-
-        gathered: list[Any] = []
-        dist.all_gather_object(gathered, part)
+        """The union of a per-sample dict over all ranks (the eval sampler repeats samples to even out the ranks;
+        keyed by sample, each counts once)."""
         merged: dict[str, Any] = {}
-        for each in gathered:
+        for each in gather_objects(part, self.args.world_size):
             merged.update(each)
         return merged
+
+    def _get_eval_sampler(self, eval_dataset: Any) -> Any:
+        """Several data-parallel ranks: every eval sample on some rank, the same number of batches on each.
+        paddleformers' distributed eval sampler drops the samples past the last multiple of the rank count (7 eval
+        records on 2 ranks were evaluated as 6), so the eval loss depended on the process count."""
+        sampler = super()._get_eval_sampler(eval_dataset)
+        if type(sampler) is MappingDistributedBatchSampler:
+            return even_eval_sampler(eval_dataset, self.args.per_device_eval_batch_size,
+                                     self.args.dataset_world_size, self.args.dataset_rank)  # fmt: skip
+        return sampler
 
     def eval_token_mean(self) -> float | None:
         """Sum of the labelled-token losses over the eval set / their number, each sample counted once (a
@@ -519,7 +534,10 @@ class MIXTrainer(Trainer):
         sample_ids = inputs.pop(SAMPLE_IDS, [])
         for key in BATCH_META:
             inputs.pop(key, None)
-        if self.skip_log is not None:  # eval skips met in loader workers are logged here, like training's
+        if self.skip_log is not None:  # eval samples are seen once each; skips met in loader workers logged here
+            for sample_id in sample_ids:
+                if sample_id != "?":  # "?": a sample without id (not from our datasets), nothing to count it by
+                    self.skip_log.ok(source_of(sample_id), sample_id)
             for line in skips:
                 self.skip_log.add_line(line)
         if self.stage is not None:  # pair batches: each pair's loss, metrics noted by the stage
@@ -533,7 +551,9 @@ class MIXTrainer(Trainer):
             for row in range(labels.shape[0]):
                 loss_sum = float(token_loss_sum(logits[row], labels[row]))
                 tokens = int((labels[row] != IGNORE_INDEX).sum())
-                sample = sample_ids[row] if row < len(sample_ids) else f"batch{len(self.eval_sums)}#{row}"
+                sample = sample_ids[row] if row < len(sample_ids) and sample_ids[row] != "?" else None
+                # without an id a sample cannot be recognised when repeated: counted on its own (key of this rank)
+                sample = sample or f"rank{self.args.process_index}:row{len(self.eval_sums)}"
                 self.eval_sums[sample] = (loss_sum, tokens)
                 total, count = total + loss_sum, count + tokens
         return paddle.to_tensor(total / max(count, 1), dtype="float32"), None, None

@@ -191,3 +191,22 @@ def test_an_eval_record_is_seen_once_however_many_evaluations(tiny_model_dir: Pa
     for _ in range(3):  # three evaluations
         encode_all(data)
     assert log.summary() == {"chatml_dataset:faulty.jsonl": {"seen": len(data), "skipped": len(PLANTED)}}
+
+
+def test_sample_ids_are_unique_over_the_files_of_a_source(tiny_model_dir: Path, shapes_data, tmp_path: Path) -> None:
+    """The eval loss and the eval `seen` count each sample id once: records 0, 1, 2 of two files of one source
+    must not share ids (they did: `source#0` twice, so the second file's records replaced the first's)."""
+    images = sorted((shapes_data["train"].parent / "images").glob("train_*.png"))[:6]
+    files = []
+    for k in range(2):
+        files.append(tmp_path / f"part{k}.jsonl")
+        files[-1].write_text("\n".join(chat_line(str(p)) for p in images[3 * k : 3 * k + 3]) + "\n")
+    processor = AutoProcessorMIX.from_pretrained(tiny_model_dir)
+    encoder = adapter_for(tiny_model_dir).sample_processor(processor, 128)
+    source = DatasetSource(name="chatml_dataset", data_files=[str(f) for f in files])
+    data = build_dataset([source], encoder, processor, seed=0, skip_log=SkipLog(), split="eval")
+    ids = [data[i]["sample_id"] for i in range(len(data))]
+    name = "chatml_dataset:part0.jsonl"
+    assert sorted(ids) == sorted(f"{name}#{k}:{i}" for k in range(2) for i in range(3))
+    single = dataset(tiny_model_dir, [files[1]], SkipLog(), split="eval")
+    assert sorted(single[i]["sample_id"] for i in range(3)) == [f"chatml_dataset:part1.jsonl#{i}" for i in range(3)]

@@ -32,11 +32,49 @@ def equal_label_data(workspace: Path, model_dir: Path, shapes: Path) -> Path:
     return path
 
 
+MISSING = (3, 4, 10, 17)  # positions of the records whose images are missing (3 and 4 in a row)
+
+
+def with_missing_images(data: Path, workspace: Path) -> Path:
+    """20 records: the 16 of `data` with 4 records whose images do not exist among them (at `MISSING`)."""
+    good = data.read_text().splitlines()
+    missing = json.loads(good[0])
+    lines = []
+    for position in range(20):
+        if position in MISSING:
+            lines.append(json.dumps({**missing, "images": [f"missing_{position}.png"]}))
+        else:
+            lines.append(good.pop(0))
+    path = workspace / "with_missing.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def seven_eval_records(workspace: Path, shapes: Path) -> Path:
+    records = [json.loads(line) for line in shapes.read_text().splitlines()[:7]]
+    for r in records:
+        r["images"] = [str(shapes.parent / p) for p in r["images"]]
+    path = workspace / "eval7.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
 def test_two_process_data_parallel_matches_single_process(workspace: Path, shapes_data, run_tool) -> None:
-    data = equal_label_data(workspace, workspace / "tiny_qwen2_5_vl", shapes_data["train"])
-    common = ["--dataset", json.dumps({"train": [{"name": "chatml_dataset", "data_files": str(data)}]}),
-              "--do_eval", "false", "--evaluation_strategy", "no", "--max_steps", "3", "--dataloader_shuffle",
-              "false", "--save_steps", "100", "--learning_rate", "0.003", "--warmup_ratio", "0"]  # fmt: skip
+    """Besides the weights: an epoch of 20 records with 4 missing images and an eval set of 7 records (which does
+    not divide among 2 ranks) report what one process reports: the eval loss over all 7 (2 processes evaluated
+    6 of them), `seen` 20 / `skipped` 4 and `seen` 7 of the eval set (rank 0's share only, 10 / 1 and 3 of 7),
+    and every skip in skipped_samples.jsonl (rank 0's only). With a loader worker, whose counts stay in the worker:
+    eval samples are counted by the trainer as it evaluates them (they went uncounted)."""
+    data = with_missing_images(equal_label_data(workspace, workspace / "tiny_qwen2_5_vl", shapes_data["train"]),
+                               workspace)  # fmt: skip
+    dataset = {
+        "train": [{"name": "chatml_dataset", "data_files": str(data)}],
+        "eval": [{"name": "chatml_dataset", "data_files": str(seven_eval_records(workspace, shapes_data["eval"]))}],
+    }
+    common = ["--dataset", json.dumps(dataset), "--do_eval", "true", "--evaluation_strategy", "steps", "--eval_steps", "5",
+              "--per_device_eval_batch_size", "2", "--num_train_epochs", "1", "--max_steps", "-1",
+              "--max_skip_ratio", "0.5", "--dataloader_shuffle", "false", "--dataloader_num_workers", "1", "--save_steps", "100",
+              "--learning_rate", "0.003", "--warmup_ratio", "0"]  # fmt: skip
     run_tool("supervised_finetune.py", str(CONFIG), *common, "--per_device_train_batch_size", "4",
              "--output_dir", "single", cwd=workspace)  # fmt: skip
     env = {**os.environ, "NPROC": "2", "PYTHON": str(Path(os.sys.executable))}
@@ -51,7 +89,7 @@ def test_two_process_data_parallel_matches_single_process(workspace: Path, shape
     assert worker_logs == ["workerlog.0", "workerlog.1"]
     records = [json.loads(line) for line in (workspace / "dp" / "train_log.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in records if "loss" in r]
-    assert steps == [1, 2, 3], "only rank 0 writes the log"
+    assert steps == [1, 2, 3, 4, 5], "only rank 0 writes the log"
     single = load_safetensors(workspace / "single" / "model.safetensors")
     dp = load_safetensors(workspace / "dp" / "model.safetensors")
     base = load_safetensors(workspace / "tiny_qwen2_5_vl" / "model.safetensors")
@@ -59,6 +97,15 @@ def test_two_process_data_parallel_matches_single_process(workspace: Path, shape
     assert np.abs(single[name] - base[name]).max() > 1e-3
     for key in single:
         np.testing.assert_allclose(dp[key], single[key], atol=2e-5, err_msg=key)
+    results = {run: json.loads((workspace / run / "all_results.json").read_text()) for run in ("single", "dp")}
+    assert results["dp"]["eval_loss"] == pytest.approx(results["single"]["eval_loss"], rel=1e-5)
+    expected = {"chatml_dataset:with_missing.jsonl": {"seen": 20, "skipped": 4},
+                "chatml_dataset:eval7.jsonl": {"seen": 7, "skipped": 0}}  # fmt: skip
+    for run in ("single", "dp"):
+        assert results[run]["skipped_by_source"] == expected, run
+        assert results[run]["train_samples"] == 20, run
+        skipped = [json.loads(line) for line in (workspace / run / "skipped_samples.jsonl").read_text().splitlines()]
+        assert sorted(r["index"] for r in skipped) == list(MISSING), run
 
 
 def test_two_processes_of_batch_one_equal_one_process_of_batch_two(workspace: Path, uneven_answers: Path,
