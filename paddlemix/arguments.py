@@ -752,6 +752,17 @@ def validate(args: RunArgs, training: dict[str, Any], problems: Problems, world_
     reporters = training.get("report_to") or []
     if "tensorboard" in reporters and importlib.util.find_spec("tensorboardX") is None:
         add('"report_to" names tensorboard, which needs `pip install tensorboardX`.', "report_to")
+    learning_rate, schedule = (
+        float(training.get("learning_rate", 1e-5)),
+        str(training.get("lr_scheduler_type", "linear")),
+    )
+    if learning_rate < 0 or (learning_rate == 0 and schedule in ("cosine", "polynomial")):
+        add(
+            f'"learning_rate" = {learning_rate:g} does not work with "lr_scheduler_type" "{schedule}" (paddleformers\' '
+            'cosine and polynomial schedules divide by it); use a positive learning rate, "lr_scheduler_type": '
+            '"constant" for a zero one, or "do_train": false to evaluate only.',
+            "learning_rate",
+        )
     if args.runtime.loss_chunk_size < 0:
         add('"loss_chunk_size" must be >= 0 (0 turns the chunked loss off).', "loss_chunk_size")
     if args.data.max_length < 16:

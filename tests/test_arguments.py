@@ -115,6 +115,8 @@ def test_train_type_sets_lora(tmp_path, model_dir, data_file) -> None:
         ({"lora": True, "freeze_llm": True}, '"freeze_llm": true leaves LoRA nothing to train'),
         ({"freeze_vision": "yes"}, 'key "freeze_vision" must be true or false'),
         ({"max_image_pixels": 100}, '"max_image_pixels" must be at least 784'),
+        ({"learning_rate": 0, "lr_scheduler_type": "cosine"}, '"learning_rate" = 0 does not work with'),
+        ({"learning_rate": -1e-5}, '"learning_rate" = -1e-05 does not work with'),
         ({"load_best_model_at_end": True}, '"load_best_model_at_end": true needs evaluations'),
         (
             {"load_best_model_at_end": True, "do_eval": True, "evaluation_strategy": "steps", "save_strategy": "no"},
