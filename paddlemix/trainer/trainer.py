@@ -15,7 +15,7 @@ from paddleformers.trainer import Trainer, TrainerCallback
 
 from paddlemix.datasets.collator import BATCH_META, LABEL_TOKENS, REAL_TOKENS, SAMPLE_IDS, SKIPS
 from paddlemix.datasets.pair_packing import PAIR_IDS
-from paddlemix.distributed import tensor_parallel
+from paddlemix.distributed import grad_norm, tensor_parallel
 from paddlemix.distributed.memory import optimizer_state_bytes, parameter_bytes
 from paddlemix.peft.lora import to_peft
 from paddlemix.peft.peft_format import write_adapter
@@ -195,6 +195,7 @@ class MIXTrainer(Trainer):
         self.image_tokens = 0
         self.slots = 0
         self.grad_norm: float | None = None
+        self.grad_norm_note = False  # the reason grad_norm is not logged, said once
         self.checkpoint_adapter: Any = None
         self.memory_logged = False
         self.eval_sums: dict[str, tuple[float, int]] = {}  # sample id -> (loss sum, labelled tokens)
@@ -357,21 +358,22 @@ class MIXTrainer(Trainer):
             wrapped._inner_opt._grad_clip._global_norm = catcher._global_norm
         return wrapped
 
-    def gradient_norm(self, model: Any) -> float:
-        """L2 norm of the step's gradients as the optimizer gets them (before clipping; `main_grad` under
-        master-grad AMP), computed only for steps that log; under pipeline parallelism over all stages."""
-        grads = [
-            getattr(p, "main_grad", None) if getattr(p, "main_grad", None) is not None else p.grad
-            for p in model.parameters()
-            if getattr(p, "is_firstly_shared", True)
-        ]  # tied: counted once
-        squares = [(g.astype("float32") ** 2).sum() for g in grads if g is not None]
-        total = paddle.add_n(squares) if squares else paddle.zeros([], dtype="float32")
-        if self.args.pipeline_model_parallel_size > 1:
-            from paddle.distributed import fleet
-
-            paddle.distributed.all_reduce(total, group=fleet.get_hybrid_communicate_group().get_pipe_parallel_group())
-        return float(total.sqrt())
+    def gradient_norm(self, model: Any) -> float | None:
+        """Global L2 norm of the step's gradients as the optimizer gets them (before clipping; `main_grad` under
+        master-grad AMP), the one-process value under every parallel mode (see `grad_norm`); computed only for
+        steps that log. None (not logged) where the gradients sit in fused buffers (stage 1 with split_param)."""
+        try:
+            grads = grad_norm.step_gradients(model, self.optimizer)
+        except NotImplementedError as e:
+            if not self.grad_norm_note:
+                self.grad_norm_note = True
+                logger.info("grad_norm is not logged: %s", e)
+            return None
+        a = self.args
+        groups = grad_norm.hybrid_groups(
+            a.tensor_model_parallel_size, a.sharding_parallel_size, a.pipeline_model_parallel_size
+        )
+        return grad_norm.global_norm(grads, groups)
 
     def stop_on_non_finite(self, model: Any, loss: float, sample_ids: list[str]) -> None:
         """Save the weights of the last completed step (the optimizer has not applied this batch) and stop."""
