@@ -359,9 +359,10 @@ class MIXTrainer(Trainer):
         return wrapped
 
     def gradient_norm(self, model: Any) -> float | None:
-        """Global L2 norm of the step's gradients as the optimizer gets them (before clipping; `main_grad` under
-        master-grad AMP), the one-process value under every parallel mode (see `grad_norm`); computed only for
-        steps that log. None (not logged) where the gradients sit in fused buffers (stage 1 with split_param)."""
+        """Global L2 norm of the step's gradients as the optimizer gets them (before clipping, without the fp16 loss
+        scale; `main_grad` under master-grad AMP), the one-process value under every parallel mode (see
+        `paddlemix.distributed.grad_norm`); computed only for steps that log. None (not logged) where the gradients
+        sit in fused buffers (stage 1 with split_param)."""
         try:
             grads = grad_norm.step_gradients(model, self.optimizer)
         except NotImplementedError as e:
@@ -370,10 +371,12 @@ class MIXTrainer(Trainer):
                 logger.info("grad_norm is not logged: %s", e)
             return None
         a = self.args
-        groups = grad_norm.hybrid_groups(
-            a.tensor_model_parallel_size, a.sharding_parallel_size, a.pipeline_model_parallel_size
-        )
-        return grad_norm.global_norm(grads, groups)
+        sharding = a.sharding_parallel_size if a.sharding else 1  # a sharding degree without a stage shards nothing
+        groups = grad_norm.hybrid_groups(a.tensor_model_parallel_size, sharding, a.pipeline_model_parallel_size)
+        norm = grad_norm.global_norm(grads, groups)
+        if self.do_grad_scaling:  # fp16: the gradients carry the loss scale until the scaler's step removes it
+            norm /= float(self.scaler._scale)
+        return norm
 
     def stop_on_non_finite(self, model: Any, loss: float, sample_ids: list[str]) -> None:
         """Save the weights of the last completed step (the optimizer has not applied this batch) and stop."""
