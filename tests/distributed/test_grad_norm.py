@@ -118,3 +118,34 @@ def test_optimizer_chain_follows_wrappers_once() -> None:
 
 def test_degree_one_needs_no_group() -> None:
     assert grad_norm.hybrid_groups(1, 1, 1) == NormGroups()
+
+
+def trainer_like(optimizer=None, scale: float | None = None) -> SimpleNamespace:
+    args = SimpleNamespace(tensor_model_parallel_size=1, sharding_parallel_size=1, pipeline_model_parallel_size=1,
+                           sharding=[])  # fmt: skip
+    scaler = SimpleNamespace(_scale=paddle.to_tensor(scale or 1.0))
+    return SimpleNamespace(args=args, optimizer=optimizer, do_grad_scaling=scale is not None, scaler=scaler,
+                           grad_norm_note=False)  # fmt: skip
+
+
+def test_trainer_logs_the_norm_without_the_fp16_loss_scale() -> None:
+    from paddlemix.trainer.trainer import MIXTrainer
+
+    paddle.seed(0)
+    model = Model()
+    grads = backward(model)
+    expected = norm_of(grads.values())
+    assert MIXTrainer.gradient_norm(trainer_like(), model) == pytest.approx(expected, rel=1e-6)
+    with paddle.no_grad():
+        for p in model.parameters():  # as under fp16 loss scaling, before the scaler's step unscales them
+            p.grad.scale_(1024.0)
+    assert MIXTrainer.gradient_norm(trainer_like(scale=1024.0), model) == pytest.approx(expected, rel=1e-6)
+
+
+def test_trainer_leaves_out_a_norm_it_cannot_compute() -> None:
+    from paddlemix.trainer.trainer import MIXTrainer
+
+    model = Model()
+    backward(model)
+    trainer = trainer_like(SimpleNamespace(_inner_opt=SimpleNamespace(_comm_buffer_list=[])))
+    assert MIXTrainer.gradient_norm(trainer, model) is None and trainer.grad_norm_note
