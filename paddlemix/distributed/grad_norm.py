@@ -6,8 +6,8 @@ the gradients, and only those:
     tensor parallel   a split parameter's slices are summed over the tensor group; a replicated one (norms,
                       vision tower, projector) is the same on every tensor rank and counts once
     sharding          each rank counts the gradients it owns (stage 1 and 2: the parameters its optimizer updates,
-                      reduced onto it before the update; stage 3: its slice of every parameter), summed over the
-                      sharding group
+                      reduced onto it before the update, stage 2's still to be divided by the degree; stage 3: its
+                      slice of every parameter), summed over the sharding group
     pipeline          each stage counts its layers (a tied weight on its first stage only), summed over the group
     data parallel     gradients are already averaged: the same on every rank, never summed
 
@@ -33,10 +33,12 @@ WRAPPERS = ("_inner_opt", "_optim")  # fleet's hybrid/sharding optimizers, group
 
 @dataclass
 class Gradient:
-    """One gradient this rank counts: the tensor and whether it is a tensor-parallel slice of its parameter."""
+    """One gradient this rank counts: the tensor, whether it is a tensor-parallel slice of its parameter, and the
+    factor the optimizer step will still multiply it by before it applies it (sharding stage 2)."""
 
     value: Any
     split: bool = False
+    scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -103,10 +105,29 @@ def stage3_unsliced(model: Any) -> list[Gradient]:
     return out
 
 
+def pending_scale(model: Any) -> float:
+    """The factor sharding stage 2 still applies to the gradients inside the optimizer step: they are reduced as sums
+    onto their owner in the backward pass and divided by the sharding degree only then (except fp16 ones).
+
+    Raises:
+        NotImplementedError: stage 2 with a data-parallel group (that reduction, too, happens in the step).
+    """
+    if not (hasattr(model, "_grad_scale") and hasattr(model, "_world_size_scaling")):
+        return 1.0
+    dp = getattr(model, "_dp_group", None)
+    if dp is not None and dp.nranks > 1:
+        raise NotImplementedError("sharding stage 2 with data parallel reduces gradients inside the optimizer step")
+    return float(model._world_size_scaling) if getattr(model, "scale_in_opt", True) else 1.0
+
+
 def step_gradients(model: Any, optimizer: Any) -> list[Gradient]:
     """The gradients this rank counts toward the step's norm (see the module docstring); a collective under
-    sharding stage 3 (every rank must call it)."""
-    owned = owner_check(optimizer)
+    sharding stage 3 (every rank must call it).
+
+    Raises:
+        NotImplementedError: see `owner_check` and `pending_scale`.
+    """
+    owned, scale = owner_check(optimizer), pending_scale(model)
     unsliced = set(map(id, getattr(model, "_unslice_params", ())))
     grads = []
     for p in model.parameters():
@@ -114,16 +135,16 @@ def step_gradients(model: Any, optimizer: Any) -> list[Gradient]:
             continue  # a tied pipeline weight past its first stage, a stage-3 unsliced one, another rank's
         value = held_gradient(p)
         if value is not None:
-            grads.append(Gradient(value, bool(getattr(p, "is_distributed", False))))
+            grads.append(Gradient(value, bool(getattr(p, "is_distributed", False)), scale))
     if hasattr(model, "_grad_storages") and hasattr(model, "_unslice_params"):
         grads += stage3_unsliced(model)
     return grads
 
 
 def squared_sums(grads: list[Gradient]) -> tuple[Any, Any]:
-    """(sum of squares of the split gradients, of the others): float32 scalar tensors."""
-    split = [(g.value.astype("float32") ** 2).sum() for g in grads if g.split]
-    whole = [(g.value.astype("float32") ** 2).sum() for g in grads if not g.split]
+    """(sum of squares of the split gradients, of the others), each gradient times its `scale`: float32 scalars."""
+    split = [(g.value.astype("float32") ** 2).sum() * g.scale**2 for g in grads if g.split]
+    whole = [(g.value.astype("float32") ** 2).sum() * g.scale**2 for g in grads if not g.split]
     zero = paddle.zeros([], dtype="float32")
     return (paddle.add_n(split) if split else zero), (paddle.add_n(whole) if whole else zero.clone())
 

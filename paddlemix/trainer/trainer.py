@@ -362,9 +362,12 @@ class MIXTrainer(Trainer):
         """Global L2 norm of the step's gradients as the optimizer gets them (before clipping, without the fp16 loss
         scale; `main_grad` under master-grad AMP), the one-process value under every parallel mode (see
         `paddlemix.distributed.grad_norm`); computed only for steps that log. None (not logged) where the gradients
-        sit in fused buffers (stage 1 with split_param)."""
+        are not final yet (see `paddlemix.distributed.grad_norm`), said once in the log."""
+        opt = self.optimizer
         try:
-            grads = grad_norm.step_gradients(model, self.optimizer)
+            if self.do_grad_scaling and (getattr(opt, "_sharding_enable", False) or getattr(opt, "_dp_enable", False)):
+                raise NotImplementedError("with fp16 loss scaling, fleet reduces gradients inside the optimizer step")
+            grads = grad_norm.step_gradients(model, opt)
         except NotImplementedError as e:
             if not self.grad_norm_note:
                 self.grad_norm_note = True

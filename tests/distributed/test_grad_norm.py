@@ -101,6 +101,22 @@ def test_sharded_optimizer_counts_only_the_parameters_its_rank_updates(stage: st
     assert got < 0.99 * norm_of(grads.values())
 
 
+def test_stage2_gradients_count_as_the_step_will_scale_them() -> None:
+    """Stage 2 reduces gradients onto their owner as sums and divides them by the degree only inside the step."""
+    paddle.seed(0)
+    model = Model()
+    grads = backward(model)
+    model._grad_scale, model._world_size_scaling, model.scale_in_opt = (lambda: None), 0.5, True
+    got = grad_norm.global_norm(grad_norm.step_gradients(model, None), NormGroups())
+    assert got == pytest.approx(0.5 * norm_of(grads.values()), rel=1e-6)
+    model.scale_in_opt = False  # fp16 gradients: divided while reduced
+    got = grad_norm.global_norm(grad_norm.step_gradients(model, None), NormGroups())
+    assert got == pytest.approx(norm_of(grads.values()), rel=1e-6)
+    model._dp_group = SimpleNamespace(nranks=2)  # the data-parallel reduction too happens only in the step
+    with pytest.raises(NotImplementedError, match="data parallel"):
+        grad_norm.step_gradients(model, None)
+
+
 def test_stage1_with_split_param_is_refused() -> None:
     optimizer = SimpleNamespace(_inner_opt=SimpleNamespace(_comm_buffer_list=[]))
     with pytest.raises(NotImplementedError, match="split_param"):
@@ -149,3 +165,12 @@ def test_trainer_leaves_out_a_norm_it_cannot_compute() -> None:
     backward(model)
     trainer = trainer_like(SimpleNamespace(_inner_opt=SimpleNamespace(_comm_buffer_list=[])))
     assert MIXTrainer.gradient_norm(trainer, model) is None and trainer.grad_norm_note
+
+
+def test_trainer_leaves_out_the_norm_before_fleet_reduces_fp16_gradients() -> None:
+    from paddlemix.trainer.trainer import MIXTrainer
+
+    model = Model()
+    backward(model)
+    trainer = trainer_like(SimpleNamespace(_sharding_enable=True, _dp_enable=False), scale=1024.0)
+    assert MIXTrainer.gradient_norm(trainer, model) is None
