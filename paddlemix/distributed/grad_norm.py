@@ -22,13 +22,12 @@ inside the optimizer step; `step_gradients` reduces copies of them so the norm s
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import paddle
 
-WRAPPERS = ("_inner_opt", "_optim")  # fleet's hybrid/sharding optimizers, group_sharded's stage-2 optimizer
+from paddlemix.distributed.memory import optimizer_chain
 
 
 @dataclass
@@ -48,15 +47,6 @@ class NormGroups:
     tensor: Any = None
     sharding: Any = None
     pipeline: Any = None
-
-
-def optimizer_chain(optimizer: Any) -> Iterator[Any]:
-    """`optimizer` and every optimizer it wraps, outermost first."""
-    seen: set[int] = set()
-    while optimizer is not None and id(optimizer) not in seen:
-        seen.add(id(optimizer))
-        yield optimizer
-        optimizer = next((getattr(optimizer, a) for a in WRAPPERS if getattr(optimizer, a, None) is not None), None)
 
 
 def owner_check(optimizer: Any) -> Any:

@@ -13,6 +13,7 @@ import pytest
 
 from paddlemix.distributed import grad_norm
 from paddlemix.distributed.grad_norm import Gradient, NormGroups
+from paddlemix.distributed.memory import optimizer_chain
 
 
 class Model(paddle.nn.Layer):
@@ -128,8 +129,8 @@ def test_optimizer_chain_follows_wrappers_once() -> None:
     middle = SimpleNamespace(_optim=inner)
     outer = SimpleNamespace(_inner_opt=middle)
     inner._inner_opt = outer  # a cycle ends the walk
-    assert list(grad_norm.optimizer_chain(outer)) == [outer, middle, inner]
-    assert list(grad_norm.optimizer_chain(None)) == []
+    assert list(optimizer_chain(outer)) == [outer, middle, inner]
+    assert list(optimizer_chain(None)) == []
 
 
 def test_degree_one_needs_no_group() -> None:
