@@ -3,6 +3,7 @@ sharding stages divide, measured per rank (logged after the first step, read by 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 WRAPPERS = ("_inner_opt", "_optim")  # fleet's hybrid/sharding optimizers and group_sharded's stage-2 optimizer
@@ -14,16 +15,19 @@ def _bytes(tensor: Any) -> int:
     return int(tensor._numel()) * tensor.element_size()
 
 
+def optimizer_chain(optimizer: Any) -> Iterator[Any]:
+    """`optimizer` and every optimizer it wraps (fleet's and group_sharded's wrappers), outermost first."""
+    seen: set[int] = set()
+    while optimizer is not None and id(optimizer) not in seen:
+        seen.add(id(optimizer))
+        yield optimizer
+        optimizer = next((getattr(optimizer, a) for a in WRAPPERS if getattr(optimizer, a, None) is not None), None)
+
+
 def innermost_optimizer(optimizer: Any) -> Any:
     """The Paddle optimizer that owns the state, under fleet's and group_sharded's wrappers."""
-    seen = set()
-    while id(optimizer) not in seen:
-        seen.add(id(optimizer))
-        inner = next((getattr(optimizer, a) for a in WRAPPERS if getattr(optimizer, a, None) is not None), None)
-        if inner is None:
-            break
-        optimizer = inner
-    return optimizer
+    chain = list(optimizer_chain(optimizer))
+    return chain[-1] if chain else optimizer
 
 
 def optimizer_state_bytes(optimizer: Any) -> int:

@@ -36,6 +36,10 @@ class Run:
     def losses(self) -> dict[int, float]:
         return {step: record["loss"] for step, record in self.steps.items()}
 
+    def grad_norms(self) -> dict[int, float]:
+        """Step -> the logged `grad_norm` (the global norm of the step's gradients before clipping)."""
+        return {step: record["grad_norm"] for step, record in self.steps.items()}
+
     def weights(self, name: str = "model.safetensors") -> dict[str, np.ndarray]:
         from paddlemix.utils.io import load_safetensors
 
@@ -101,8 +105,9 @@ def output_files(folder: Path) -> set[str]:
 
 def assert_same_training(single: Run, parallel: Run, base: Path | None = None, loss_tol: float = 1e-5,
                          weight_tol: float = 1e-4, files: tuple[str, ...] = ("model.safetensors",),
-                         min_steps: int = 3) -> None:  # fmt: skip
-    """Per-step losses equal within `loss_tol` (relative), saved tensors within `weight_tol` (absolute), the same
+                         min_steps: int = 3, norm_tol: float = 1e-4) -> None:  # fmt: skip
+    """Per-step losses equal within `loss_tol` (relative), logged gradient norms within `norm_tol` (relative), saved
+    tensors within `weight_tol` (absolute), the same
     output files and tensor names; with `base` (the starting model.safetensors) also that training really moved the
     weights, so equality is not the equality of two no-ops."""
     assert len(single.steps) >= min_steps, single.steps
@@ -111,6 +116,9 @@ def assert_same_training(single: Run, parallel: Run, base: Path | None = None, l
     for step, loss in single.losses().items():
         got = parallel.losses()[step]
         assert abs(got - loss) <= loss_tol * max(abs(loss), 1.0), f"step {step}: loss {got} vs one process {loss}"
+    for step, norm in single.grad_norms().items():
+        got = parallel.grad_norms()[step]
+        assert abs(got - norm) <= norm_tol * norm, f"step {step}: grad_norm {got} vs one process {norm}"
     for name in files:
         one, many = single.weights(name), parallel.weights(name)
         assert sorted(many) == sorted(one), f"{name}: tensor names differ"

@@ -60,7 +60,7 @@ class ThroughputCallback(TrainerCallback):
         self.last_counts = (samples, rows)
         logs["peak_memory_mb"] = round(peak_memory_mb(), 1)
         if getattr(c, "grad_norm", None) is not None:
-            logs["grad_norm"] = round(c.grad_norm, 4)
+            logs["grad_norm"] = float(f"{c.grad_norm:.6g}")  # significant digits: a LoRA norm of 3e-6 is not 0
         if self.skip_log is not None:
             logs["skipped"] = sum(self.skip_log.skipped.values())
 

@@ -16,7 +16,7 @@ from paddleformers.utils.batch_sampler import MappingDistributedBatchSampler
 
 from paddlemix.datasets.collator import BATCH_META, LABEL_TOKENS, REAL_TOKENS, SAMPLE_IDS, SKIPS
 from paddlemix.datasets.pair_packing import PAIR_IDS
-from paddlemix.distributed import tensor_parallel
+from paddlemix.distributed import grad_norm, tensor_parallel
 from paddlemix.distributed.gather import gather_objects
 from paddlemix.distributed.memory import optimizer_state_bytes, parameter_bytes
 from paddlemix.peft.lora import to_peft
@@ -206,6 +206,7 @@ class MIXTrainer(Trainer):
         self.image_tokens = 0
         self.slots = 0
         self.grad_norm: float | None = None
+        self.grad_norm_note = False  # the reason grad_norm is not logged, said once
         self.checkpoint_adapter: Any = None
         self.memory_logged = False
         self.eval_sums: dict[str, tuple[float, int]] = {}  # sample id -> (loss sum, labelled tokens)
@@ -368,21 +369,28 @@ class MIXTrainer(Trainer):
             wrapped._inner_opt._grad_clip._global_norm = catcher._global_norm
         return wrapped
 
-    def gradient_norm(self, model: Any) -> float:
-        """L2 norm of the step's gradients as the optimizer gets them (before clipping; `main_grad` under
-        master-grad AMP), computed only for steps that log; under pipeline parallelism over all stages."""
-        grads = [
-            getattr(p, "main_grad", None) if getattr(p, "main_grad", None) is not None else p.grad
-            for p in model.parameters()
-            if getattr(p, "is_firstly_shared", True)
-        ]  # tied: counted once
-        squares = [(g.astype("float32") ** 2).sum() for g in grads if g is not None]
-        total = paddle.add_n(squares) if squares else paddle.zeros([], dtype="float32")
-        if self.args.pipeline_model_parallel_size > 1:
-            from paddle.distributed import fleet
-
-            paddle.distributed.all_reduce(total, group=fleet.get_hybrid_communicate_group().get_pipe_parallel_group())
-        return float(total.sqrt())
+    def gradient_norm(self, model: Any) -> float | None:
+        """Global L2 norm of the step's gradients as the optimizer gets them (before clipping, without the fp16 loss
+        scale; `main_grad` under master-grad AMP), the one-process value under every parallel mode (see
+        `paddlemix.distributed.grad_norm`); computed only for steps that log. None (not logged) where the gradients
+        are not final yet (see `paddlemix.distributed.grad_norm`), said once in the log."""
+        opt = self.optimizer
+        try:
+            if self.do_grad_scaling and (getattr(opt, "_sharding_enable", False) or getattr(opt, "_dp_enable", False)):
+                raise NotImplementedError("with fp16 loss scaling, fleet reduces gradients inside the optimizer step")
+            grads = grad_norm.step_gradients(model, opt)
+        except NotImplementedError as e:
+            if not self.grad_norm_note:
+                self.grad_norm_note = True
+                logger.info("grad_norm is not logged: %s", e)
+            return None
+        a = self.args
+        sharding = a.sharding_parallel_size if a.sharding else 1  # a sharding degree without a stage shards nothing
+        groups = grad_norm.hybrid_groups(a.tensor_model_parallel_size, sharding, a.pipeline_model_parallel_size)
+        norm = grad_norm.global_norm(grads, groups)
+        if self.do_grad_scaling:  # fp16: the gradients carry the loss scale until the scaler's step removes it
+            norm /= float(self.scaler._scale)
+        return norm
 
     def stop_on_non_finite(self, model: Any, loss: float, sample_ids: list[str]) -> None:
         """Save the weights of the last completed step (the optimizer has not applied this batch) and stop."""

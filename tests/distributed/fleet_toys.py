@@ -145,7 +145,9 @@ def sharding() -> dict:
     """group_sharded_parallel stage 2 ("os_g") and stage 3 ("p_g_os") with global-norm clipping, 3 AdamW steps,
     each rank on its half of the batch. The middle layer has more than 2^20 weights, so stage 3 really splits it
     (smaller tensors stay whole); stage 2's final weights are compared too, and each rank's parameter and
-    optimizer bytes are returned as `bytes_*`."""
+    optimizer bytes are returned as `bytes_*`; the step's global gradient norm (`paddlemix.distributed.grad_norm`)
+    equals one process's."""
+    from paddlemix.distributed import grad_norm
     from paddlemix.distributed.memory import optimizer_state_bytes, parameter_bytes
 
     sizes = [(4, 1024), (1024, 1025), (1025, 4)]
@@ -168,10 +170,12 @@ def sharding() -> dict:
 
             group = fleet.get_hybrid_communicate_group().get_sharding_parallel_group()
             model, opt, _ = group_sharded_parallel(model, opt, level=level, group=group)
-        losses = []
+        losses, norms = [], []
+        groups = grad_norm.NormGroups(sharding=group if WORLD > 1 else None)
         for _ in range(3):
             loss = ((model(paddle.to_tensor(x)) - paddle.to_tensor(y)) ** 2).mean()
             loss.backward()
+            norms.append(grad_norm.global_norm(grad_norm.step_gradients(model, opt if WORLD > 1 else None), groups))
             opt.step()
             opt.clear_grad()
             losses.append(float(loss))
@@ -181,6 +185,7 @@ def sharding() -> dict:
                 dist.all_reduce(t)
                 losses[i] = float(t) / WORLD
         out[level] = losses
+        out[f"grad_norm_{level}"] = norms  # the global norm before clipping, as one process computes it
         out[f"bytes_{level}"] = [parameter_bytes(model), optimizer_state_bytes(opt)]
         if level == "os_g":
             out["weights"] = [float(p.sum()) for p in model.parameters()]

@@ -138,7 +138,8 @@ def test_every_family_splits_exactly(
     tiny_model_dir, tiny_qwen2_vl_dir, tiny_qwen3_vl_dir, tiny_llava_dir, tmp_path
 ) -> None:
     """2 CPU processes load each family whole and at degree 2: same logits, and the gathered state is the whole
-    model's (names and values), with half of each split layer on a rank."""
+    model's (names and values), with half of each split layer on a rank; the global gradient norm is the whole
+    model's."""
     folders = [tiny_model_dir, tiny_qwen2_vl_dir, tiny_qwen3_vl_dir, tiny_llava_dir]
     proc = subprocess.run(
         [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir", str(tmp_path / "logs"),
@@ -155,3 +156,6 @@ def test_every_family_splits_exactly(
         # a one-process adapter loads at degree 2 (its matrices sliced) and gathers back unchanged
         assert result["lora_moved"] > 1e-3 and result["lora_logits"] < 1e-5, name
         assert result["lora_names"] and result["lora_state"] == 0.0, name
+        # the global gradient norm: split slices summed over the tensor group, replicated tensors once
+        assert result["grad_norm_split"] == pytest.approx(result["grad_norm_whole"], rel=1e-4), name
+        assert result["grad_norm_local"] < 0.99 * result["grad_norm_whole"], name  # one rank alone falls short

@@ -68,9 +68,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, shapes_
     return workspace
 
 
-def losses(folder: Path) -> list[float]:
+def logged(folder: Path, key: str = "loss") -> list[float]:
     records = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
-    return [r["loss"] for r in records if "loss" in r]
+    return [r[key] for r in records if "loss" in r]
 
 
 def rank_counts(folder: Path) -> dict[int, tuple[int, ...]]:
@@ -88,9 +88,12 @@ SPLIT = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_p
 
 @pytest.mark.parametrize("kind", ["sft", "lora"])
 def test_tensor_parallel_trains_as_one_process(runs: Path, kind: str) -> None:
-    single, tp = losses(runs / f"{kind}_single"), losses(runs / f"{kind}_tp")
+    single, tp = logged(runs / f"{kind}_single"), logged(runs / f"{kind}_tp")
     assert len(single) == 3 and single[0] != single[-1]
     np.testing.assert_allclose(tp, single, atol=1e-5, rtol=0)
+    # the logged norm is the global one: split slices summed over the tensor group, replicated tensors once
+    np.testing.assert_allclose(logged(runs / f"{kind}_tp", "grad_norm"), logged(runs / f"{kind}_single", "grad_norm"),
+                               rtol=1e-4, atol=0)  # fmt: skip
     weights = "model.safetensors" if kind == "sft" else "adapter_model.safetensors"
     a, b = load_safetensors(runs / f"{kind}_single" / weights), load_safetensors(runs / f"{kind}_tp" / weights)
     assert sorted(a) == sorted(b), "the TP run writes the one-process layout"
