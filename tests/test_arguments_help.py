@@ -21,7 +21,7 @@ def test_help_lists_every_key_by_group_with_its_default(capsys) -> None:
     assert text.startswith("usage: paddlemix-sft ARGS.json [--key value ...]")
     assert "relative to the working directory" in text and "else to the data file's folder" in text
     headers = [line.split(":")[0] for line in text.splitlines() if re.match(r"^[a-z]+: ", line)]
-    assert headers[1:6] == ["model", "data", "lora", "runtime", "training"]
+    assert headers[1:7] == ["model", "data", "lora", "runtime", "preference", "training"]
     for cls in arguments.OWN_GROUPS.values():
         for f in dataclasses.fields(cls):
             if f.name not in arguments.DATA_SPLITS:
