@@ -76,10 +76,16 @@ class StepLoss:
 
 
 def scale_gradients(parameters: Any, factor: float) -> None:
-    """Multiply every accumulated gradient (`main_grad` under master-grad AMP, else `grad`) by `factor`."""
+    """Multiply every accumulated gradient by `factor`: this rank's slice `bw_storage` under sharding stage 3 (its
+    backward hook moves a split weight's gradient there and releases `grad`), else `main_grad` under master-grad
+    AMP, else `grad`."""
     with paddle.no_grad():
         for p in parameters:
-            grad = getattr(p, "main_grad", None)
-            grad = grad if grad is not None else p.grad
+            for attr in ("bw_storage", "main_grad"):
+                grad = getattr(p, attr, None)
+                if grad is not None:
+                    break
+            else:
+                grad = p.grad
             if grad is not None:
                 grad.scale_(factor)

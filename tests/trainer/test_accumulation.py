@@ -82,3 +82,14 @@ def test_single_micro_batch_needs_no_rescale() -> None:
     step.begin_micro_batch(37, samples=2, rows=1)
     step.add_loss_sum(74.0)
     assert step.finish() == 2.0 and step.gradient_factor(1) == 1.0
+
+
+def test_stage3_slices_are_scaled_where_the_gradient_lives() -> None:
+    """Sharding stage 3 keeps a split weight's gradient in `bw_storage` and releases `grad`; the token-mean factor
+    must reach that slice, or stage 3 with accumulation > 1 updates split weights by an unscaled gradient."""
+    split = paddle.create_parameter([4], "float32")
+    split.bw_storage = paddle.full([2], 3.0)
+    plain = paddle.create_parameter([2], "float32")
+    plain.grad = paddle.full([2], 5.0)
+    scale_gradients([split, plain], 0.5)
+    assert split.bw_storage.tolist() == [1.5, 1.5] and plain.grad.tolist() == [2.5, 2.5]
