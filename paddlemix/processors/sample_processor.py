@@ -139,6 +139,17 @@ class SampleProcessor:
             out["second_per_grid_ts"] = np.asarray(seconds, dtype="float32")
         return out, texts
 
+    def video_summary(self, sample: Sample) -> tuple[int, int]:
+        """(sampled frames, video tokens) of a sample's videos, from headers only; (0, 0) without videos."""
+        self._check_videos(sample.videos)
+        frames = tokens = 0
+        for ref in sample.videos:
+            plan = self.video_reader.plan(ref)
+            t, h, w = self.layout.grid(plan)
+            frames += len(plan.indices)
+            tokens += t * h * w // self.layout.merge_size**2
+        return frames, tokens
+
     def message_text(self, content: str) -> str:
         """A message's text for rendering: special-token strings it types guarded (unless `split_special_tokens` is
         off), then each `<image>` replaced with the model's placeholder text (one image token, expanded after

@@ -97,8 +97,9 @@ class _Container:
     def __init__(self, ref: ImageRef, reader: ImageReader):
         av = _av()
         self.ref = ref
+        source = _open_source(ref, reader)
         try:
-            self.container = av.open(_open_source(ref, reader))
+            self.container = av.open(source)
         except (av.FFmpegError, OSError, ValueError) as err:
             raise SampleError(f"video cannot be decoded: {ref} ({err})") from None
         if not self.container.streams.video:
@@ -155,6 +156,8 @@ class _Container:
                     break
         except av.FFmpegError as err:
             raise SampleError(f"video cannot be decoded: {self.ref} ({err})") from None
+        if current < 0:
+            raise SampleError(f"video has no frames: {self.ref} holds no decodable frame (its header promises some)")
         if j < len(wanted):
             raise SampleError(f"video ended early: {self.ref} has no frame {wanted[j]} (last decoded {current}); "
                               "its header promises more frames than it holds")  # fmt: skip

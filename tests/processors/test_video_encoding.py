@@ -96,3 +96,28 @@ def test_llava_refuses_video_records(tiny_llava_dir: Path, clip: Path) -> None:
     encoder, template, _, _ = encoder_of(tiny_llava_dir)
     with pytest.raises(SampleError, match="llava models here take images only"):
         encoder.length(video_sample(VideoRef(str(clip))), template)
+
+
+def test_check_data_reports_frames_tokens_and_skips(tiny_model_dir: Path, clip: Path, tmp_path: Path) -> None:
+    import json
+
+    from paddlemix.arguments import DatasetSource
+    from paddlemix.datasets.checks import check_source, format_report
+
+    def record(video: str) -> dict:
+        return {"videos": [video], "messages": [{"role": "user", "content": "<video>Which way?"},
+                                                {"role": "assistant", "content": "left"}]}  # fmt: skip
+
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(record(v)) + "\n" for v in (str(clip), "gone.mp4")))
+    encoder, template, _, _ = encoder_of(tiny_model_dir)
+    source = DatasetSource(name="chatml_dataset", data_files=[str(tmp_path / "d.jsonl")])
+    report, lengths = check_source(source, encoder, template)
+    assert report["skip_reasons"] == {"video not found": 1}
+    (entry,) = report["video_records"]
+    assert (entry["index"], entry["frames"], entry["video_tokens"]) == (
+        0,
+        6,
+        3 * 24 * 24 // 4,
+    )  # 64 px up to 336 px, 14-px patches
+    text = format_report({"splits": {"train": {**report, "usable": 1, "sources": {"s": report}}}, "max_length": 1})
+    assert "1 records with video: frames min 6" in text
