@@ -528,7 +528,7 @@ def generation_scorer(args: RunArgs, model: Any, processor: Any, adapter: ModelA
     `eval_generation` is off."""
     if not (args.runtime.eval_generation and args.data.eval):
         return None
-    from paddlemix.datasets.encoded import source_names
+    from paddlemix.datasets.encoded import source_names, video_defaults
     from paddlemix.generation import Generator, evaluate_generation
     from paddlemix.processors.images import ImageReader
 
@@ -547,6 +547,8 @@ def generation_scorer(args: RunArgs, model: Any, processor: Any, adapter: ModelA
                                              source.keep_empty_think)  # fmt: skip
             generator.encoder.reader = reader  # images read as in training (image_resolution, pixel limit, cache)
             generator.encoder.split_special_tokens = args.data.split_special_tokens  # record text as in training
+            generator.encoder.video_options = video_defaults(args.data)  # videos sampled as in training
+            generator.encoder.max_video_seconds = args.data.max_video_seconds
             result = evaluate_generation(generator, source, args.runtime.eval_generation_samples,
                                          batch_size=args.training.per_device_eval_batch_size)  # fmt: skip
             prefix = "eval" if single else f"eval_{Path(name.split(':')[-1]).stem}"
