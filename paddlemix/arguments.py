@@ -227,11 +227,14 @@ class DataArgs:
     split_special_tokens: bool = True
     # Videos (Qwen-VL families), defaults under each record's own sampling keys: PaddleMIX's Qwen2-VL keys map onto
     # qwen-vl-utils' options: `video_fps` -> fps (frames sampled per second, default 2), `video_maxlen` ->
-    # max_frames (default 768), `video_resolution` -> max_pixels = video_resolution^2 per frame. Clips longer than
-    # `max_video_seconds` are skipped.
+    # max_frames (default 768), `video_resolution` -> max_pixels = video_resolution^2 per frame;
+    # `video_min_pixels` / `video_max_pixels` (LLaMA-Factory's names; the latter wins over video_resolution) set
+    # the per-frame pixel bounds. Clips longer than `max_video_seconds` are skipped.
     video_fps: float | None = None
     video_maxlen: int | None = None
     video_resolution: int | None = None
+    video_min_pixels: int | None = None
+    video_max_pixels: int | None = None
     max_video_seconds: float | None = 10800.0
 
 

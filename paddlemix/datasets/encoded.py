@@ -416,7 +416,10 @@ def build_encoder(adapter: Any, processor: Any, data: DataArgs) -> SampleProcess
 def video_defaults(data: DataArgs) -> VideoOptions:
     """The run's video sampling defaults from PaddleMIX's keys (see `DataArgs`)."""
     pixels = data.video_resolution**2 if data.video_resolution else None
-    return VideoOptions(fps=data.video_fps, max_frames=data.video_maxlen, max_pixels=pixels)
+    if data.video_max_pixels is not None:
+        pixels = data.video_max_pixels
+    return VideoOptions(fps=data.video_fps, max_frames=data.video_maxlen, min_pixels=data.video_min_pixels,
+                        max_pixels=pixels)  # fmt: skip
 
 
 def build_dataset(

@@ -54,7 +54,7 @@ def set_video_settings(encoder: Any, settings: dict) -> None:
     from paddlemix.arguments import DataArgs
     from paddlemix.datasets.encoded import video_defaults
 
-    keys = ("video_fps", "video_maxlen", "video_resolution")
+    keys = ("video_fps", "video_maxlen", "video_resolution", "video_min_pixels", "video_max_pixels")
     encoder.video_options = video_defaults(DataArgs(**{k: settings.get(k) for k in keys}))
     if "max_video_seconds" in settings:
         encoder.max_video_seconds = settings["max_video_seconds"]

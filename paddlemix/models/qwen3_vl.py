@@ -35,7 +35,8 @@ def positions(config: Any, input_ids: np.ndarray, grid_thw: np.ndarray | None, *
 ADAPTER = ModelAdapter(
     model_type="qwen3_vl",
     config_class=f"{_PADDLEFORMERS}:Qwen3VLConfig",
-    model_class=f"{_PADDLEFORMERS}:Qwen3VLForConditionalGenerationDeprecated",
+    # paddleformers' Qwen3VLForConditionalGenerationDeprecated, taking images and videos in one batch
+    model_class="paddlemix.models.qwen3_vl_model:Qwen3VLForConditionalGeneration",
     processor_class=f"{_PADDLEFORMERS}:Qwen3VLProcessor",
     lora_targets=LM_LORA_TARGETS,
     module_groups={

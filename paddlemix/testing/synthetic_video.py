@@ -41,18 +41,25 @@ def write_clip(
 
 
 def moving_square(
-    direction: str, frames: int = 8, size: int = 64, side: int = 16, seed: int = 0
+    direction: str, frames: int = 8, size: int = 64, side: int = 16, seed: int = 0, speed: float | None = None
 ) -> Iterator[np.ndarray]:
-    """Frames of a square crossing a grey background to the `direction` ("left"/"right"); the square's colour
-    and row are drawn from `seed`, so no single frame tells the direction."""
+    """Frames of a bright square moving to the `direction` ("left"/"right") on a dark background, at a constant
+    speed. The colour and row are drawn from `seed`. Without `speed`, it crosses the frame once from one edge to
+    the other. With `speed` (pixels per frame), it starts at a random column and wraps around at the edges, so any
+    single frame looks the same for both directions: only the motion tells them apart."""
     rng = np.random.default_rng(seed)
-    colour = rng.integers(64, 256, size=3).astype(np.uint8)
-    top = int(rng.integers(0, size - side))
-    start, end = (size - side, 0) if direction == "left" else (0, size - side)
-    for k in range(frames):
-        x = round(start + (end - start) * k / max(frames - 1, 1))
-        frame = np.full((size, size, 3), 96, dtype=np.uint8)
-        frame[top : top + side, x : x + side] = colour
+    colour = rng.integers(160, 256, size=3).astype(np.uint8)
+    top = int(rng.integers(0, size - side + 1))
+    if speed is None:
+        start, step = (size - side, -(size - side)) if direction == "left" else (0, size - side)
+        positions = [round(start + step * k / max(frames - 1, 1)) for k in range(frames)]
+    else:
+        start, sign = int(rng.integers(0, size)), -1 if direction == "left" else 1
+        positions = [round(start + sign * speed * k) % size for k in range(frames)]
+    columns = np.arange(side)
+    for x in positions:
+        frame = np.full((size, size, 3), 32, dtype=np.uint8)
+        frame[top : top + side, (x + columns) % size] = colour
         yield frame
 
 

@@ -70,7 +70,8 @@ def warn_on_other_template(model_dir: str, lora_path: str | None, chat_template:
         print(f"warning: {warning}", file=sys.stderr, flush=True)
 
 
-VIDEO_SETTINGS = ("video_fps", "video_maxlen", "video_resolution", "max_video_seconds")
+VIDEO_SETTINGS = ("video_fps", "video_maxlen", "video_resolution", "video_min_pixels", "video_max_pixels",
+                  "max_video_seconds")  # fmt: skip
 
 
 def training_data_settings(args: argparse.Namespace) -> dict:

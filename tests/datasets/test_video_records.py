@@ -76,3 +76,15 @@ def test_video_mark_without_videos_stays_text(tmp_path: Path) -> None:
 def test_bad_video_records_are_skips(tmp_path: Path, record: dict, reason: str) -> None:
     with pytest.raises(SampleError, match=reason):
         data_of(tmp_path, [record])[0]
+
+
+def test_run_level_video_keys_map_onto_sampling_options() -> None:
+    from paddlemix.arguments import DataArgs
+    from paddlemix.datasets.encoded import video_defaults
+
+    paddlemix_keys = DataArgs(video_fps=1.0, video_maxlen=64, video_resolution=448)
+    assert video_defaults(paddlemix_keys) == VideoOptions(fps=1.0, max_frames=64, max_pixels=448 * 448)
+    factory_keys = DataArgs(video_resolution=448, video_min_pixels=3136, video_max_pixels=12544)
+    assert video_defaults(factory_keys) == VideoOptions(min_pixels=3136, max_pixels=12544)
+    record = VideoOptions(max_frames=8).over(video_defaults(paddlemix_keys))  # a record's own keys win
+    assert (record.fps, record.max_frames) == (1.0, 8)
