@@ -88,3 +88,16 @@ def test_run_level_video_keys_map_onto_sampling_options() -> None:
     assert video_defaults(factory_keys) == VideoOptions(min_pixels=3136, max_pixels=12544)
     record = VideoOptions(max_frames=8).over(video_defaults(paddlemix_keys))  # a record's own keys win
     assert (record.fps, record.max_frames) == (1.0, 8)
+
+
+def test_preference_pairs_with_videos_are_skips(tmp_path: Path) -> None:
+    from paddlemix.datasets.pairs import read_pair
+
+    record = {"videos": ["a.mp4"], "messages": [{"role": "user", "content": "<video>Q"}], "chosen": "a",
+              "rejected": "b"}  # fmt: skip
+    with pytest.raises(SampleError, match="preference pairs take images only"):
+        read_pair(record, tmp_path)
+    typed = {"messages": [{"role": "user", "content": [{"type": "video", "video": "a.mp4"}]}], "chosen": "a",
+             "rejected": "b"}  # fmt: skip
+    with pytest.raises(SampleError, match="preference pairs take images only"):
+        read_pair(typed, tmp_path)
