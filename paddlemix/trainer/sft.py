@@ -652,7 +652,8 @@ def run_sft(args: RunArgs) -> dict[str, Any]:
         training.max_steps = plan_packed_steps(training, train_set)
     if training.do_train or eval_set is not None:
         preflight(train_set if training.do_train else None, skips, eval_set)
-    image_token_id = processor.tokenizer.convert_tokens_to_ids(adapter.image_token)
+    vision_tokens = (adapter.image_token, *((adapter.video_tokens.token,) if adapter.video_tokens else ()))
+    image_token_id = tuple(processor.tokenizer.convert_tokens_to_ids(t) for t in vision_tokens)  # image + video
     templates = trained_templates(args.data.train, args.model.model_name_or_path, adapter.vision_placeholder)
     collator = Collator(processor.tokenizer.pad_token_id)
     trainer = MIXTrainer(
