@@ -76,7 +76,7 @@ def _open_source(ref: ImageRef, reader: ImageReader) -> str | io.BytesIO:
     if isinstance(ref, ImageBytes):
         return io.BytesIO(ref.data)
     if is_url(ref):
-        return str(reader.fetch(ref))
+        return str(reader.fetch(ref, "video"))
     if not Path(ref).is_file():
         hint = f" ({ref.not_found_hint()})" if isinstance(ref, RelativeImagePath) else ""
         raise SampleError(f"video not found: {ref}{hint}")

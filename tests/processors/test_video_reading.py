@@ -126,3 +126,16 @@ def test_frame_list_with_a_missing_frame_is_a_skip(tmp_path: Path) -> None:
     Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
     with pytest.raises(SampleError, match="image not found"):
         VideoReader(28).load(VideoRef((str(tmp_path / "a.png"), str(tmp_path / "b.png"))))
+
+
+def test_video_from_a_data_uri(tmp_path: Path) -> None:
+    import base64
+
+    from paddlemix.datasets.sources import video_ref
+
+    clip = write_clip(tmp_path / "c.mp4", numbered_frames(20, 32), fps=10)
+    uri = "data:video/mp4;base64," + base64.b64encode(clip.read_bytes()).decode()
+    ref = video_ref(uri, tmp_path)
+    frames, plan = VideoReader(28).load(ref)
+    assert plan.indices == VideoReader(28).plan(VideoRef(str(clip))).indices and len(frames) == 4
+    assert str(ref).startswith("data URI (")  # skip reasons name it, not its bytes
