@@ -8,8 +8,9 @@ next sampled frame is crossed by seeking to the keyframe before it, so a long cl
 
 Sampling and sizes follow qwen-vl-utils 0.0.14 (`video_sampling`); frames are resized with Pillow's bicubic filter,
 as the image processors resize images. A frame list is sampled whole (every frame, padded to an even count by
-repeating the last) and each frame is resized by the image rule (`min_pixels`/`max_pixels`, default 4 f^2 to
-16384 f^2), as qwen-vl-utils does; its frames play at the part's `fps` (default 2).
+repeating the last); as in qwen-vl-utils each frame is first sized by the image rule (`min_pixels`/`max_pixels`,
+default 4 f^2 to 16384 f^2), then the frames by the video budget like a clip's; they play at the part's `fps`
+(default 2; qwen-vl-utils' `sample_fps`).
 
 Every problem with one video (missing, not a video, no frames, fewer frames than its header says, longer than
 `max_seconds`, frames larger than the pixel limit) raises `SampleError` with a reason.
@@ -213,20 +214,25 @@ class VideoReader:
         height, width = frame_size(meta.height, meta.width, n, self.factor, options)
         return VideoPlan(tuple(frame_indices(first, last, n)), meta.fps, n / count * meta.fps, height, width)
 
-    def _list_plan(self, frames: tuple[ImageRef, ...], options: VideoOptions) -> VideoPlan:
+    def _list_sizes(self, frames: tuple[ImageRef, ...], options: VideoOptions) -> tuple[tuple[int, int], ...]:
+        """(height, width) of a frame list's frames after the image rule, then after the video budget."""
         if not frames:
             raise SampleError("video frame list is empty")
-        sizes = {self.images.size(f) for f in frames}
         f = self.factor
         low = options.min_pixels if options.min_pixels is not None else IMAGE_MIN_TOKENS * f * f
         high = options.max_pixels if options.max_pixels is not None else IMAGE_MAX_TOKENS * f * f
-        resized = {smart_resize(h, w, f, low, high) for w, h in sizes}
-        if len(resized) > 1:
-            raise SampleError(f"video frames differ in size after resizing ({sorted(resized)[:2]}); a frame list "
+        as_images = {smart_resize(h, w, f, low, high) for w, h in {self.images.size(r) for r in frames}}
+        if len(as_images) > 1:
+            raise SampleError(f"video frames differ in size after resizing ({sorted(as_images)[:2]}); a frame list "
                               "needs frames of one size")  # fmt: skip
+        height, width = as_images.pop()
+        n = ceil_by(len(frames), FRAME_FACTOR)
+        return (height, width), frame_size(height, width, n, f, options)
+
+    def _list_plan(self, frames: tuple[ImageRef, ...], options: VideoOptions) -> VideoPlan:
+        _, (height, width) = self._list_sizes(frames, options)
         n = ceil_by(len(frames), FRAME_FACTOR)
         fps = options.fps if options.fps is not None else FPS
-        height, width = resized.pop()
         return VideoPlan(tuple(range(n)), fps, fps, height, width)
 
     def plan(self, video: VideoRef) -> VideoPlan:
@@ -241,7 +247,9 @@ class VideoReader:
         options = self.options(video)
         if isinstance(video.source, tuple):
             plan = self._list_plan(video.source, options)
-            frames = [resize_frame(self.images.load(f), plan.height, plan.width) for f in video.source]
+            (h, w), _ = self._list_sizes(video.source, options)
+            frames = [resize_frame(Image.fromarray(resize_frame(self.images.load(f), h, w)), plan.height, plan.width)
+                      for f in video.source]  # fmt: skip
             frames += [frames[-1]] * (len(plan.indices) - len(frames))
             return np.stack(frames), plan
         with _Container(video.source, self.images) as c:

@@ -85,10 +85,11 @@ def test_frame_list_is_padded_to_even(tiny_model_dir: Path, tmp_path: Path) -> N
         Image.fromarray(frame).save(tmp_path / f"f{k}.png")
         frames.append(str(tmp_path / f"f{k}.png"))
     out = encoder(video_sample(VideoRef(tuple(frames))), template)
-    assert out["video_grid_thw"].tolist() == [[2, 4, 4]]  # 3 frames -> 4 -> 2 temporal patches of 56x56
-    last = out["pixel_values_videos"][-16:].reshape(16, 3, 2, -1)  # the last temporal patch: frame 2 twice
+    # 3 frames -> 4 -> 2 temporal patches; 56x56 by the image rule, then 336x336 by the video budget (128 f^2)
+    assert out["video_grid_thw"].tolist() == [[2, 24, 24]]
+    last = out["pixel_values_videos"][-576:].reshape(576, 3, 2, -1)  # the last temporal patch: frame 2 twice
     np.testing.assert_array_equal(last[:, :, 0], last[:, :, 1])
-    first = out["pixel_values_videos"][:16].reshape(16, 3, 2, -1)
+    first = out["pixel_values_videos"][:576].reshape(576, 3, 2, -1)
     assert not np.array_equal(first[:, :, 0], first[:, :, 1])
 
 
