@@ -4,7 +4,7 @@ Runs in the reference environment:
   python hf_video.py MODEL_DIR REQUEST.json OUT.npz
 REQUEST.json: {"frames": "frames.npz" (uint8 [T, H, W, 3], sampled and resized as qwen-vl-utils gives them),
 "indices": [...], "fps": native frame rate, "sample_fps": sampled frames per second, "question", "answer",
-"linspace": [[first, last, n], ...]}.
+"linspace": [[first, last, n], ...], "image": path (optional: an image before the video)}.
 
 The model's processor expands the video tokens (Qwen3-VL: with its `<t seconds>` text from the frame indices and
 frame rate, as `video_metadata` carries them) and builds `second_per_grid_ts` (Qwen2.5-VL: from `fps`). Its video
@@ -22,6 +22,7 @@ import sys
 import numpy as np
 import torch
 from hf_reference import load_processor, model_class
+from PIL import Image
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.video_utils import VideoMetadata
 
@@ -48,14 +49,16 @@ def main() -> None:
     metadata = VideoMetadata(total_num_frames=len(frames), fps=request["fps"], frames_indices=request["indices"])
     name = type(processor).__name__.lower()  # Qwen3-VL's processor reads the metadata; the others take none
     processor.video_processor = FramesAsVideo(processor.image_processor, metadata if "qwen3" in name else None)
+    image = [{"type": "image"}] if request.get("image") else []
     messages = [
-        {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": request["question"]}]},
+        {"role": "user", "content": [*image, {"type": "video"}, {"type": "text", "text": request["question"]}]},
         {"role": "assistant", "content": [{"type": "text", "text": request["answer"]}]},
     ]
     text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
     video = [frame for frame in frames.transpose(0, 3, 1, 2)]  # T x [3, H, W]
     kwargs = {"fps": [request["sample_fps"]]} if "qwen2_5" in name else {}
-    inputs = processor(text=[text], videos=[video], return_tensors="pt", **kwargs)
+    images = [Image.open(request["image"]).convert("RGB")] if request.get("image") else None
+    inputs = processor(text=[text], images=images, videos=[video], return_tensors="pt", **kwargs)
     inputs.pop("video_metadata", None)
     model, info = model_class(model_dir).from_pretrained(model_dir, torch_dtype=torch.float32,
                                                          output_loading_info=True)  # fmt: skip
@@ -65,6 +68,8 @@ def main() -> None:
             "attention_mask": inputs["attention_mask"]}  # fmt: skip
     if "second_per_grid_ts" in inputs:
         rope["second_per_grid_ts"] = inputs["second_per_grid_ts"]
+    if "image_grid_thw" in inputs:
+        rope["image_grid_thw"] = inputs["image_grid_thw"]
     with torch.no_grad():
         positions, _ = model.model.get_rope_index(**rope)
         logits = model(**inputs).logits.float().numpy()
