@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from paddlemix.datasets.conversation import VIDEO_PLACEHOLDER, VideoRef, plain_text
 from paddlemix.generation import question_message
 from paddlemix.testing.synthetic_video import moving_square, write_clip
@@ -27,6 +29,7 @@ def test_question_message_places_videos() -> None:
     assert VIDEO_PLACEHOLDER not in asked.content and plain_text(asked.content) == "What is <video>?"
 
 
+@pytest.mark.slow
 def test_infer_answers_a_video_and_video_records(tiny_model_dir: Path, tmp_path: Path, run_tool) -> None:
     clip = write_clip(tmp_path / "clip.mp4", moving_square("left", 20, 32), fps=10)
     proc = run_tool("infer.py", "--model_name_or_path", str(tiny_model_dir), "--video", str(clip), "--question",
