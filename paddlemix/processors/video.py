@@ -138,11 +138,12 @@ class _Container:
         s = self.stream
         base = s.time_base or Fraction(1, 1000000)
         start = s.start_time or 0
-        j, current = 0, -1
+        j, current, target = 0, -1, 0
         try:
             while j < len(wanted):
-                if wanted[j] - current > SEEK_GAP:
-                    self.container.seek(int(wanted[j] / fps / base) + start, stream=s, backward=True)
+                if wanted[j] - current > SEEK_GAP:  # to the keyframe before it; targets only grow, so no loop
+                    target = wanted[j]
+                    self.container.seek(int(target / fps / base) + start, stream=s, backward=True)
                 ended = True
                 for ordinal, frame in enumerate(self.container.decode(s)):
                     index = round(float((frame.pts - start) * base) * fps) if frame.pts is not None else ordinal
@@ -150,7 +151,8 @@ class _Container:
                         yield wanted[j], frame
                         j += 1
                     current = index
-                    if j == len(wanted) or wanted[j] - index > SEEK_GAP:
+                    # seek again only past the last target: the keyframe before a target may lie far before it
+                    if j == len(wanted) or (index >= target and wanted[j] - index > SEEK_GAP):
                         ended = False
                         break
                 if ended:

@@ -139,3 +139,20 @@ def test_video_from_a_data_uri(tmp_path: Path) -> None:
     frames, plan = VideoReader(28).load(ref)
     assert plan.indices == VideoReader(28).plan(VideoRef(str(clip))).indices and len(frames) == 4
     assert str(ref).startswith("data URI (")  # skip reasons name it, not its bytes
+
+
+def test_sparse_keyframes_are_read_without_looping(tmp_path: Path) -> None:
+    """Keyframes 250 frames apart, sampled frames ~143 apart: each seek lands far before its frame; the reader
+    decodes forward to it instead of seeking to the same keyframe again (that looped forever once)."""
+    clip = write_clip(tmp_path / "gop.mp4", numbered_frames(1000, 32), fps=25, gop=250)
+    script = textwrap.dedent(f"""
+        from paddlemix.datasets.conversation import VideoRef
+        from paddlemix.processors.video import VideoReader
+        from paddlemix.processors.video_sampling import VideoOptions
+        frames, plan = VideoReader(28).load(VideoRef({str(clip)!r}, VideoOptions(max_frames=8)))
+        print(" ".join(str(int(f[0, 0, 0])) for f in frames), "|", " ".join(str(i) for i in plan.indices))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    levels, indices = (part.split() for part in out.stdout.strip().split("|"))
+    assert len(levels) == 8
+    assert all(abs(int(v) - (2 * int(i)) % 256) <= 3 for v, i in zip(levels, indices))
