@@ -122,3 +122,10 @@ def test_check_data_reports_frames_tokens_and_skips(tiny_model_dir: Path, clip: 
     )  # 64 px up to 336 px, 14-px patches
     text = format_report({"splits": {"train": {**report, "usable": 1, "sources": {"s": report}}}, "max_length": 1})
     assert "1 records with video: frames min 6" in text
+
+
+def test_training_and_inference_encode_a_video_sample_alike(tiny_qwen3_vl_dir: Path, clip: Path) -> None:
+    from paddlemix.processors.template_check import encoding_mismatch
+
+    encoder, template, _, _ = encoder_of(tiny_qwen3_vl_dir)
+    assert encoding_mismatch(encoder, template, video_sample(VideoRef(str(clip)))) is None
