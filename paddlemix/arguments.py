@@ -125,9 +125,6 @@ PADDLEMIX_KEYS: dict[str, ForeignKey] = {
         refuse="sequence (sep) parallelism is not available here; set it to 1 and use sharding or data parallelism",
     ),
     "max_image_size": ForeignKey(why="PaddleMIX's Qwen2-VL tool overwrites it with image_resolution"),
-    "video_resolution": ForeignKey(why="no video inputs here"),
-    "video_fps": ForeignKey(why="no video inputs here"),
-    "video_maxlen": ForeignKey(why="no video inputs here"),
     "cache_dir": ForeignKey(why="models load from local folders; nothing is downloaded"),
     "use_cache": ForeignKey(why="the KV cache is used by generation only, not by training"),
     "conv_style": ForeignKey(why="the conversation format is the model's chat template or a source's chat_template"),
@@ -228,6 +225,17 @@ class DataArgs:
     # Special-token strings typed in record text are plain text (transformers' `split_special_tokens`); false makes
     # them control tokens.
     split_special_tokens: bool = True
+    # Videos (Qwen-VL families), defaults under each record's own sampling keys: PaddleMIX's Qwen2-VL keys map onto
+    # qwen-vl-utils' options: `video_fps` -> fps (frames sampled per second, default 2), `video_maxlen` ->
+    # max_frames (default 768), `video_resolution` -> max_pixels = video_resolution^2 per frame;
+    # `video_min_pixels` / `video_max_pixels` (LLaMA-Factory's names; the latter wins over video_resolution) set
+    # the per-frame pixel bounds. Clips longer than `max_video_seconds` are skipped.
+    video_fps: float | None = None
+    video_maxlen: int | None = None
+    video_resolution: int | None = None
+    video_min_pixels: int | None = None
+    video_max_pixels: int | None = None
+    max_video_seconds: float | None = 10800.0
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from paddlemix.datasets.packing import concat_vision, sample_positions
 from paddlemix.utils.errors import UserError
 
 # New tokens when neither generation_config.json nor the command line sets a length (transformers would stop at
@@ -206,7 +207,7 @@ class PromptBatch:
 def left_pad(
     prompts: Sequence[dict[str, np.ndarray]],
     pad_token_id: int,
-    positions: Callable[[np.ndarray, np.ndarray | None], np.ndarray],
+    positions: Callable[..., np.ndarray],
 ) -> PromptBatch:
     """Batch encoded prompts (`input_ids` [L_i], optional `pixel_values`, `image_grid_thw`) with left padding.
 
@@ -215,7 +216,7 @@ def left_pad(
     """
     lengths = np.asarray([len(p["input_ids"]) for p in prompts], dtype="int64")
     batch, length = len(prompts), int(lengths.max())
-    per_row = [np.asarray(positions(p["input_ids"], p.get("image_grid_thw")), dtype="int64") for p in prompts]
+    per_row = [np.asarray(sample_positions(positions, p), dtype="int64") for p in prompts]
     input_ids = np.full((batch, length), pad_token_id, dtype="int64")
     attention_mask = np.zeros((batch, length), dtype="int64")
     position_ids = np.zeros((per_row[0].shape[0], batch, length), dtype="int64")
@@ -224,11 +225,7 @@ def left_pad(
         input_ids[row, length - n :] = prompt["input_ids"]
         attention_mask[row, length - n :] = 1
         position_ids[:, row, length - n :] = pos
-    with_images = [p for p in prompts if "pixel_values" in p]
-    vision = {}
-    if with_images:
-        vision["pixel_values"] = np.concatenate([p["pixel_values"] for p in with_images]).astype("float32")
-        vision["image_grid_thw"] = np.concatenate([p["image_grid_thw"] for p in with_images]).astype("int64")
+    vision = concat_vision(prompts, cast=True)
     next_positions = np.asarray([int(pos.max()) + 1 for pos in per_row], dtype="int64")
     return PromptBatch(input_ids, attention_mask, position_ids, next_positions, lengths, vision)
 

@@ -12,7 +12,16 @@ from typing import Any
 import numpy as np
 
 from paddlemix.arguments import DatasetSource
-from paddlemix.datasets.conversation import IMAGE_PLACEHOLDER, Message, Sample, SampleError, guard_text, plain_text
+from paddlemix.datasets.conversation import (
+    IMAGE_PLACEHOLDER,
+    VIDEO_PLACEHOLDER,
+    Message,
+    Sample,
+    SampleError,
+    VideoRef,
+    guard_text,
+    plain_text,
+)
 from paddlemix.datasets.sources import SourceDataset
 from paddlemix.decoding import (
     Generated,
@@ -112,10 +121,12 @@ class Generator:
         model.eval()
         return cls.from_parts(model, processor, adapter, chat_template, model_dir)
 
-    def encode(self, messages: Sequence[Message], images: Sequence[str] = ()) -> dict[str, np.ndarray]:
+    def encode(
+        self, messages: Sequence[Message], images: Sequence[str] = (), videos: Sequence[VideoRef] = ()
+    ) -> dict[str, np.ndarray]:
         """The prompt of a conversation so far (generation prompt included); raises `SampleError` for unusable
-        images or a prompt over the length limit."""
-        return self.encoder.encode_prompt(Sample(tuple(messages), tuple(images)), self.template)
+        images or videos (sampled as in training) or a prompt over the length limit."""
+        return self.encoder.encode_prompt(Sample(tuple(messages), tuple(images), videos=tuple(videos)), self.template)
 
     def check_room(self, prompts: Sequence[dict[str, np.ndarray]], settings: GenerationSettings) -> None:
         """Raise UserError when a prompt leaves no room to answer under a `max_length` (prompt + answer, as
@@ -174,13 +185,17 @@ def with_stop_id(settings: GenerationSettings, stop_id: int | None) -> Generatio
     return replace(settings, eos_token_ids=(*settings.eos_token_ids, int(stop_id)))
 
 
-def question_message(question: str, images: Sequence[str] = ()) -> Message:
-    """A user turn asking `question`, with `<image>` placeholders in front when the question has none; without
-    images, an `<image>` in the question is text."""
+def question_message(question: str, images: Sequence[str] = (), videos: Sequence[Any] = ()) -> Message:
+    """A user turn asking `question`, with `<image>` (then `<video>`) placeholders in front when the question has
+    none; without images (videos), an `<image>` (`<video>`) in the question is text."""
     if not images:
-        return Message("user", guard_text(question, (IMAGE_PLACEHOLDER,)))
-    if IMAGE_PLACEHOLDER not in question:
+        question = guard_text(question, (IMAGE_PLACEHOLDER,))
+    elif IMAGE_PLACEHOLDER not in question:
         question = IMAGE_PLACEHOLDER * len(images) + question
+    if not videos:
+        question = guard_text(question, (VIDEO_PLACEHOLDER,))
+    elif VIDEO_PLACEHOLDER not in question:
+        question = VIDEO_PLACEHOLDER * len(videos) + question
     return Message("user", question)
 
 
@@ -203,7 +218,7 @@ def _prompts(
             sample = data[i]
             last = max(k for k, m in enumerate(sample.messages) if m.role == "assistant")
             reference = plain_text(sample.messages[last].content)
-            yield _Prompt(i, generator.encode(sample.messages[:last], sample.images), reference)
+            yield _Prompt(i, generator.encode(sample.messages[:last], sample.images, sample.videos), reference)
         except Exception as err:  # noqa: BLE001 - any failure of one record is a skip, never the end of a run
             skipped.append({"index": i, "reason": str(err) if isinstance(err, SampleError) else repr(err)})
 

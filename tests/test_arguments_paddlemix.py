@@ -200,13 +200,13 @@ def test_every_paddlenlp_training_key_is_known() -> None:
 # The keys of PaddleMIX's Qwen2-VL tool (examples/qwen2_vl/qwen2vl_finetune.py) at that tool's defaults, where they
 # change nothing here; its recipe passes the others (below) on the command line.
 QWEN2_VL_DEFAULTS = {
-    "video_resolution": 128, "video_fps": 2.0, "video_maxlen": 64, "cache_dir": None, "resize_vocab": False,
+    "cache_dir": None, "resize_vocab": False,
     "new_special_tokens": None, "use_cache": True, "drop_path_rate": 0.0,
     "max_image_size": 512, "pad2square": False, "conv_style": "qwen2_vl", "use_data_resampling": False,
     "normalize_type": "imagenet", "group_by_length": False, "save_safetensors": True, "sep_parallel_degree": 1,
 }  # fmt: skip
 QWEN2_VL_RECIPE = {"freeze_vit": True, "max_seq_length": 8192, "image_resolution": 512, "recompute": False,
-                   "split_special_tokens": False,
+                   "split_special_tokens": False, "video_resolution": 128, "video_fps": 2.0, "video_maxlen": 64,
                    "sharding": "stage2", "amp_master_grad": True, "bf16": True, "fp16_opt_level": "O2"}  # fmt: skip
 
 
@@ -222,6 +222,7 @@ def test_qwen2_vl_recipe_keys_are_translated_or_ignored(tmp_path, model_dir, dat
     args = arguments.load(qwen2_vl_recipe(tmp_path, model_dir, data, {**QWEN2_VL_RECIPE, **QWEN2_VL_DEFAULTS}))
     assert args.model.freeze_vision is True and args.data.max_length == 8192 and args.data.image_resolution == 512
     assert args.data.split_special_tokens is False  # a key of its own here (default true)
+    assert (args.data.video_resolution, args.data.video_fps, args.data.video_maxlen) == (128, 2.0, 64)  # honoured
     assert {"sharding", "amp_master_grad"} <= set(args.training_keys)  # paddleformers' own keys
     ignored = {n.split(":")[1].strip() for n in args.notes if n.startswith("ignored: ")}
     assert ignored == set(QWEN2_VL_DEFAULTS)

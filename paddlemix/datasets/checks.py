@@ -43,10 +43,16 @@ def check_source(
     reader and `PairProcessor`, lengths of one-sequence pairs)."""
     data = source_type(source)
     lengths, reasons, examples, skipped = [], Counter(), {}, []
-    too_long = []
+    too_long, videos = [], []
     for i in range(len(data)):
         try:
-            lengths.append(encoder.length(data[i], template))
+            sample = data[i]
+            lengths.append(encoder.length(sample, template))
+            if getattr(sample, "videos", ()):
+                file, index = data.locate(i)
+                frames, tokens = encoder.video_summary(sample)
+                videos.append({"file": str(file.path), "index": index, "videos": len(sample.videos),
+                               "frames": frames, "video_tokens": tokens})  # fmt: skip
         except Exception as exc:  # the same verdict as training, which skips on any exception (EncodedDataset)
             err = as_skip(exc)
             kind = reason_kind(err)
@@ -68,6 +74,10 @@ def check_source(
         "tokens": length_stats(lengths + too_long),
         "skipped_records": skipped,
     }
+    if videos:  # per record with videos: sampled frames and video tokens (after sampling, from headers)
+        report["video_records"] = videos
+        report["video_frames"] = length_stats([v["frames"] for v in videos])
+        report["video_tokens"] = length_stats([v["video_tokens"] for v in videos])
     return report, lengths
 
 
@@ -142,6 +152,11 @@ def format_report(report: dict[str, Any]) -> str:
             )
             lines.append(f"  {name}: {s['records']} {unit}, {s['skipped']} skipped, "
                          f"{s['longer_than_max_length']} longer than max_length; {tokens}")  # fmt: skip
+            if s.get("video_records"):
+                f, v = s["video_frames"], s["video_tokens"]
+                lines.append(f"    {len(s['video_records'])} records with video: frames min {f['min']} mean "
+                             f"{f['mean']:.0f} max {f['max']}; video tokens min {v['min']} mean {v['mean']:.0f} "
+                             f"max {v['max']}")  # fmt: skip
             for kind, n in s["skip_reasons"].items():
                 lines.append(f"    {n:>6} x {kind}   e.g. {s['examples'][kind]}")
     return "\n".join(lines)

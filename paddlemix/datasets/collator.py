@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from paddlemix.datasets.packing import pack_batch
+from paddlemix.datasets.packing import concat_vision, pack_batch
 from paddlemix.datasets.pair_packing import ANSWER_INDEX, PAIR_COUNT, pair_batch
 from paddlemix.processors.sample_processor import IGNORE_INDEX
 
@@ -43,10 +43,7 @@ def pad_batch(features: Sequence[dict[str, np.ndarray]], pad_token_id: int, pad_
         batch["input_ids"][row, :n] = f["input_ids"]
         batch["labels"][row, :n] = f["labels"]
         batch["attention_mask"][row, :n] = 1
-    images = [f for f in features if "pixel_values" in f]
-    if images:
-        batch["pixel_values"] = np.concatenate([f["pixel_values"] for f in images]).astype("float32")
-        batch["image_grid_thw"] = np.concatenate([f["image_grid_thw"] for f in images]).astype("int64")
+    batch.update(concat_vision(features, cast=True))
     return batch
 
 

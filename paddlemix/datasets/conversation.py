@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 IMAGE_PLACEHOLDER = "<image>"
+VIDEO_PLACEHOLDER = "<video>"
 # Written after the first character of a marker string that a record's text quotes (`<image>` in a text part, a
 # typed `<|im_end|>`), so no reader, template or tokenizer takes it for an image or a control token; the encoder
 # drops it and tokenizes the marker as plain text (see paddlemix/processors/text_encoding.py).
@@ -78,13 +79,29 @@ ImageRef = str | ImageBytes
 
 
 @dataclass(frozen=True)
+class VideoRef:
+    """One video of a sample: a file (`ImageRef`: path, URL or bytes) or a tuple of frame images, and how to
+    sample it (`paddlemix.processors.video_sampling.VideoOptions`, None = the run's defaults)."""
+
+    source: ImageRef | tuple[ImageRef, ...]
+    options: Any = None
+
+    def __str__(self) -> str:
+        if isinstance(self.source, tuple):
+            return f"frame list of {len(self.source)} ({self.source[0] if self.source else ''} ...)"
+        return str(self.source)
+
+
+@dataclass(frozen=True)
 class Sample:
-    """A conversation with its images, and where it came from for skip reports."""
+    """A conversation with its images and videos (`<image>` / `<video>` placeholders in order), and where it came
+    from for skip reports."""
 
     messages: tuple[Message, ...]
     images: tuple[ImageRef, ...] = ()
     source: str = ""
     index: int = -1
+    videos: tuple[VideoRef, ...] = ()
 
 
 class SampleError(ValueError):
@@ -123,6 +140,8 @@ def check_turns(messages: list[Message]) -> None:
         raise SampleError("conversation starts with an assistant turn (no user turn before the first answer)")
     if any(m.role == "assistant" and IMAGE_PLACEHOLDER in m.content for m in messages):
         raise SampleError("<image> in an assistant turn (images can only be inputs, never trained targets)")
+    if any(m.role == "assistant" and VIDEO_PLACEHOLDER in m.content for m in messages):
+        raise SampleError("<video> in an assistant turn (videos can only be inputs, never trained targets)")
     if not any(m.role == "assistant" for m in messages):
         raise SampleError("no assistant turn")
     answers = [m for m in messages if m.role == "assistant" and m.content.strip()]

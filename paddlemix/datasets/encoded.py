@@ -28,6 +28,7 @@ from paddlemix.datasets.sources import SourceDataset
 from paddlemix.processors.chat_template import ChatTemplate, template_for
 from paddlemix.processors.images import ImageReader
 from paddlemix.processors.sample_processor import SampleProcessor
+from paddlemix.processors.video_sampling import VideoOptions
 from paddlemix.utils.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -407,7 +408,18 @@ def build_encoder(adapter: Any, processor: Any, data: DataArgs) -> SampleProcess
     encoder = adapter.sample_processor(processor, data.max_length)
     encoder.reader = ImageReader(data.max_image_pixels, data.image_cache_dir, image_resolution=data.image_resolution)
     encoder.split_special_tokens = data.split_special_tokens
+    encoder.video_options = video_defaults(data)
+    encoder.max_video_seconds = data.max_video_seconds
     return encoder
+
+
+def video_defaults(data: DataArgs) -> VideoOptions:
+    """The run's video sampling defaults from PaddleMIX's keys (see `DataArgs`)."""
+    pixels = data.video_resolution**2 if data.video_resolution else None
+    if data.video_max_pixels is not None:
+        pixels = data.video_max_pixels
+    return VideoOptions(fps=data.video_fps, max_frames=data.video_maxlen, min_pixels=data.video_min_pixels,
+                        max_pixels=pixels)  # fmt: skip
 
 
 def build_dataset(

@@ -34,7 +34,7 @@ from paddlemix.utils.errors import UserError
 
 logger = logging.getLogger(__name__)
 
-PositionFn = Callable[[np.ndarray, np.ndarray | None], np.ndarray]
+PositionFn = Callable[..., np.ndarray]  # (input_ids, image_grid_thw, **videos) -> [P, L] (ModelAdapter.position_fn)
 
 
 class BestFitPacker:
@@ -143,22 +143,40 @@ def order_length_correlation(
     return float(np.corrcoef(position, length)[0, 1])
 
 
+VIDEO_POSITION_KEYS = ("video_grid_thw", "second_per_grid_ts")
+# Per-sample vision arrays, concatenated in sample order by packs and batches.
+VISION_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
+VISION_DTYPES = {"pixel_values": "float32", "image_grid_thw": "int64", "pixel_values_videos": "float32",
+                 "video_grid_thw": "int64", "second_per_grid_ts": "float32"}  # fmt: skip
+
+
+def sample_positions(positions: PositionFn, sample: dict[str, Any]) -> np.ndarray:
+    """Position ids of one encoded sample, with its videos' grids when it has videos."""
+    video = {k: sample[k] for k in VIDEO_POSITION_KEYS if k in sample}
+    return positions(sample["input_ids"], sample.get("image_grid_thw"), **video)
+
+
+def concat_vision(items: Sequence[dict[str, Any]], cast: bool = False) -> dict[str, np.ndarray]:
+    """The vision arrays of samples (or packs) joined in order: images, then videos (`VISION_KEYS`)."""
+    out = {}
+    for key in VISION_KEYS:
+        parts = [item[key] for item in items if key in item]
+        if parts:
+            out[key] = np.concatenate(parts).astype(VISION_DTYPES[key]) if cast else np.concatenate(parts)
+    return out
+
+
 def build_pack(samples: Sequence[dict[str, np.ndarray]], positions: PositionFn) -> dict[str, np.ndarray]:
     """Concatenate encoded samples into one row; positions are computed per sample, so they restart."""
     out: dict[str, Any] = {
         "input_ids": np.concatenate([s["input_ids"] for s in samples]),
         "labels": np.concatenate([s["labels"] for s in samples]),
-        "position_ids": np.concatenate(
-            [positions(s["input_ids"], s.get("image_grid_thw")) for s in samples], axis=-1
-        ),  # [3, L] for mRoPE
+        "position_ids": np.concatenate([sample_positions(positions, s) for s in samples], axis=-1),  # [3, L] mRoPE
         "seq_lens": np.asarray([len(s["input_ids"]) for s in samples], dtype="int64"),
         "sample_id": ",".join(str(s.get("sample_id", "?")) for s in samples),
         "sample_ids": [str(s.get("sample_id", "?")) for s in samples],
     }
-    images = [s for s in samples if "pixel_values" in s]
-    if images:
-        out["pixel_values"] = np.concatenate([s["pixel_values"] for s in images])
-        out["image_grid_thw"] = np.concatenate([s["image_grid_thw"] for s in images])
+    out.update(concat_vision(samples))
     return out
 
 
@@ -185,10 +203,7 @@ def pack_batch(packs: Sequence[dict[str, np.ndarray]], pad_token_id: int, length
         batch["labels"][r, :n] = pack["labels"]
         batch["position_ids"][:, r, :n] = pack["position_ids"]
         batch["attn_mask_startend_row_indices"][r, 0] = startend_row_indices(pack["seq_lens"], length)
-    images = [p for p in packs if "pixel_values" in p]
-    if images:
-        batch["pixel_values"] = np.concatenate([p["pixel_values"] for p in images]).astype("float32")
-        batch["image_grid_thw"] = np.concatenate([p["image_grid_thw"] for p in images]).astype("int64")
+    batch.update(concat_vision(packs, cast=True))
     return batch
 
 

@@ -181,6 +181,8 @@ def _messages(turns: list[dict], answer: str, images: list[Any], root: Path) -> 
     """Prompt turns (earlier answers kept as context, no loss) and the answer, with the images in order."""
     messages, refs = chatml_sample({"messages": [*turns, {"role": "assistant", "content": answer}],
                                     "images": images}, root)  # fmt: skip
+    if getattr(messages, "videos", ()):
+        raise SampleError("preference pairs take images only (a video part in the prompt)")
     check_turns(messages)
     context = [replace(m, loss=False) if m.role == "assistant" else m for m in messages[:-1]]
     return context, refs
@@ -193,6 +195,8 @@ def read_pair(record: dict[str, Any], root: Path) -> Pair:
     if not turns:
         raise SampleError("no prompt (user turn) before the answers")
     images = record_images(record)
+    if record_images(record, "video"):
+        raise SampleError("preference pairs take images only (the record has videos)")
     prompt, refs = _messages(turns, chosen, images, root)
     extra = record.get("rejected_images")
     rejected_images = list(extra) if isinstance(extra, (list, tuple)) else ([extra] if extra is not None else None)

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from paddlemix.datasets.conversation import IMAGE_PLACEHOLDER, plain_text
+from paddlemix.datasets.packing import sample_positions
 from paddlemix.datasets.sources import SourceDataset
 from paddlemix.processors.chat_template import ChatTemplate
 from paddlemix.processors.sample_processor import IGNORE_INDEX, SampleProcessor
@@ -42,7 +43,8 @@ def encoded_preview(
     positions: Positions | None = None,
 ) -> list[dict[str, Any]]:  # fmt: skip
     """The first `count` records of `data` that encode, as JSON-ready dicts: source, file, record index,
-    `input_ids`, `labels` (aligned with input_ids), `image_grid_thw` and, given `positions`, `position_ids`."""
+    `input_ids`, `labels` (aligned with input_ids), `image_grid_thw`, `video_grid_thw` (with videos) and, given
+    `positions`, `position_ids`."""
     out: list[dict[str, Any]] = []
     for i in range(len(data)):
         if len(out) >= count:
@@ -56,8 +58,10 @@ def encoded_preview(
         entry = {"source": name, "file": str(file.path), "index": index,
                  "input_ids": encoded["input_ids"].tolist(), "labels": aligned_labels(encoded["labels"].tolist()),
                  "image_grid_thw": np.asarray(grid).tolist() if grid is not None else []}  # fmt: skip
+        if "video_grid_thw" in encoded:
+            entry["video_grid_thw"] = np.asarray(encoded["video_grid_thw"]).tolist()
         if positions is not None:
-            entry["position_ids"] = np.asarray(positions(encoded["input_ids"], grid)).tolist()
+            entry["position_ids"] = np.asarray(sample_positions(positions, encoded)).tolist()
         out.append(entry)
     return out
 

@@ -22,20 +22,24 @@ from paddlemix.arguments import DatasetSource
 from paddlemix.datasets.conversation import (
     IMAGE_PLACEHOLDER,
     TEXT_GUARD,
+    VIDEO_PLACEHOLDER,
     ImageBytes,
     ImageRef,
     Message,
     RelativeImagePath,
     Sample,
     SampleError,
+    VideoRef,
     check_turns,
     guard_text,
 )
 from paddlemix.datasets.records import RecordFile
+from paddlemix.processors.video_sampling import VideoOptions
 
 ROLE_ALIASES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "model": "assistant",
                 "system": "system"}  # fmt: skip
 IMAGE_PART_TYPES = ("image", "image_url", "input_image")
+VIDEO_PART_TYPES = ("video", "video_url")
 # Base64 text of PNG, JPEG, GIF and WebP files starts with these (their magic numbers), as in ms-swift exports.
 BASE64_IMAGE_STARTS = ("iVBORw0KGgo", "/9j/", "R0lGOD", "UklGR")
 DEFAULT_CAPTION_PROMPT = "Describe the image briefly."
@@ -83,6 +87,16 @@ def image_ref(value: Any, root: Path, root_from: str = DATA_FILE_FOLDER) -> Imag
         return _b64(value, "base64 image")
     path = Path(value.removeprefix("file://"))
     return str(path) if path.is_absolute() else RelativeImagePath(str(path), str(root), root_from)
+
+
+def video_ref(value: Any, root: Path, options: VideoOptions | None = None) -> VideoRef:
+    """One video of a record: a file reference (anything `image_ref` takes: path, URL, data URI, bytes) or a list
+    of frame image references, with the sampling options of its typed part."""
+    if isinstance(value, dict) and not {"bytes", "path"} & set(value):
+        value = value.get("url") if value.get("url") is not None else value.get("video")
+    if isinstance(value, (list, tuple)):
+        return VideoRef(tuple(image_ref(v, root) for v in value), options)
+    return VideoRef(image_ref(value, root), options)
 
 
 def record_images(record: dict[str, Any], key: str = "image") -> list[Any]:
@@ -142,6 +156,12 @@ class _Images:
         self.ordered: list[Any] = []
         self.placeholders = 0
         self.inline = 0
+        self.videos = _Videos([])
+
+    def with_videos(self, record_level: list[Any]) -> _Images:
+        """Also collect `<video>` marks and typed video parts, for the videos of the record (`videos`/`video`)."""
+        self.videos = _Videos(record_level)
+        return self
 
     def take(self, inline: Any = None) -> str:
         self.placeholders += 1
@@ -154,18 +174,21 @@ class _Images:
 
     def plain(self, text: str) -> str:
         """Text whose marks are all text (a typed text part; string content without images)."""
-        return guard_text(text, (self.placeholder, IMAGE_PLACEHOLDER))
+        return guard_text(text, (self.placeholder, IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER))
 
     def text(self, text: str) -> str:
         """String content: marks become images where the record and the source say images are (see the class)."""
         marks = [r"<img>(?P<path>.*?)</img>"] if self.inline_marks else []
         if self.has_images:
             marks.append(re.escape(self.placeholder))
+        if self.videos.pending:
+            marks.append(re.escape(VIDEO_PLACEHOLDER))
         if not marks:
             return self.plain(text)
         out, pos = [], 0
         for m in re.finditer("|".join(marks), text):
-            out += [self.plain(text[pos : m.start()]), self.take(m.groupdict().get("path"))]
+            taken = self.videos.take() if m.group(0) == VIDEO_PLACEHOLDER else self.take(m.groupdict().get("path"))
+            out += [self.plain(text[pos : m.start()]), taken]
             pos = m.end()
         return "".join(out) + self.plain(text[pos:])
 
@@ -178,7 +201,9 @@ class _Images:
         if kind in IMAGE_PART_TYPES:
             inline = next((part[k] for k in ("image", "image_url", "url", "path") if part.get(k) is not None), None)
             return self.take(inline)
-        raise SampleError(f"unsupported content part {kind or part!r:.40} (only text and image parts)")
+        if kind in VIDEO_PART_TYPES:
+            return self.videos.take(part)
+        raise SampleError(f"unsupported content part {kind or part!r:.40} (only text, image and video parts)")
 
     def content(self, content: Any) -> str:
         if isinstance(content, str):
@@ -201,6 +226,41 @@ class _Images:
         return messages, tuple(image_ref(v, self.root) for v in self.ordered)
 
 
+class _Videos:
+    """Collects a record's videos in `<video>` order: record-level ones (LLaMA-Factory / ms-swift `videos`) taken
+    by `<video>` marks of string content, typed parts `{"type": "video", "video": path | [frames], "fps", ...}`
+    carrying their own sampling options."""
+
+    def __init__(self, record_level: list[Any]):
+        self.pending = list(record_level)
+        self.ordered: list[tuple[Any, VideoOptions | None]] = []
+        self.placeholders = 0
+
+    def take(self, part: dict[str, Any] | None = None) -> str:
+        self.placeholders += 1
+        if part is not None:
+            value = next((part[k] for k in ("video", "video_url", "url", "path") if part.get(k) is not None), None)
+            if value is None:
+                raise SampleError('video part has no video (expected a path, URL or frame list under "video")')
+            self.ordered.append((value, VideoOptions.from_record(part)))
+        elif self.pending:
+            self.ordered.append((self.pending.pop(0), None))
+        return VIDEO_PLACEHOLDER
+
+    def resolve(self, messages: list[Message], root: Path) -> tuple[VideoRef, ...]:
+        """Check counts; videos of a record without any `<video>` go in front of its first user turn."""
+        if self.placeholders == 0 and self.pending:
+            self.ordered, self.pending = [(v, None) for v in self.pending], []
+            k = next((i for i, m in enumerate(messages) if m.role == "user"), None)
+            if k is not None:
+                m = messages[k]
+                messages[k] = Message("user", VIDEO_PLACEHOLDER * len(self.ordered) + m.content, m.loss)
+        if self.pending or len(self.ordered) < self.placeholders:
+            total = len(self.ordered) + len(self.pending)
+            raise SampleError(f"{self.placeholders} {VIDEO_PLACEHOLDER} placeholders but {total} videos")
+        return tuple(video_ref(v, root, options) for v, options in self.ordered)
+
+
 def is_pair_list(record: dict[str, Any]) -> bool:
     """PaddleMIX's own shape: "conversations" as [user, assistant] pairs of strings."""
     conv = record.get("conversations")
@@ -210,11 +270,12 @@ def is_pair_list(record: dict[str, Any]) -> bool:
 def chatml_sample(
     record: dict[str, Any], root: Path, placeholder: str = IMAGE_PLACEHOLDER, inline_images: bool | None = None
 ) -> tuple[list[Message], tuple[ImageRef, ...]]:
-    """Messages with `<image>` placeholders and the images in their order, from any chatml record shape.
+    """Messages with `<image>` / `<video>` placeholders and the images in their order, from any chatml record
+    shape; the videos (see `chatml_videos`) are kept on the returned list as `videos`.
 
     `inline_images` None: `<img>path</img>` is an image in PaddleMIX's pair-list records only."""
     inline = is_pair_list(record) if inline_images is None else inline_images
-    images = _Images(record_images(record), root, placeholder, inline)
+    images = _Images(record_images(record), root, placeholder, inline).with_videos(record_images(record, "video"))
     messages = []
     for role, content, loss in _raw_turns(record):
         if role not in ROLE_ALIASES:
@@ -224,7 +285,17 @@ def chatml_sample(
         if ROLE_ALIASES[role] == "assistant" and images.placeholders > before:
             raise SampleError("<image> in an assistant turn (images can only be inputs, never trained targets)")
         messages.append(Message(ROLE_ALIASES[role], text, loss))
-    return images.resolve(messages)
+    videos = images.videos.resolve(messages, root)
+    messages, refs = images.resolve(messages)
+    return WithVideos(messages, videos), refs
+
+
+class WithVideos(list):
+    """The messages of a record (a list, as every reader returns) that also carries the record's videos."""
+
+    def __init__(self, messages: list[Message], videos: tuple[VideoRef, ...] = ()):
+        super().__init__(messages)
+        self.videos = videos
 
 
 def most_frequent(values: Any) -> str:
@@ -318,9 +389,15 @@ class SourceDataset:
             images = tuple(RelativeImagePath(i.written, i.root, '"image_root"') if isinstance(i, RelativeImagePath)
                            else i for i in images)  # fmt: skip
         check_turns(messages)
+        videos = getattr(messages, "videos", ())
         said = str(file.path)
-        if not images and said not in MARKS_SAID_TEXT and any(TEXT_GUARD in m.content for m in messages):
+        if (
+            not images
+            and not videos
+            and said not in MARKS_SAID_TEXT
+            and any(TEXT_GUARD in m.content for m in messages)
+        ):
             MARKS_SAID_TEXT.add(said)  # once per file in this process, however many readers check it
             logger.info('%s #%d has no images: its "%s" (or <img>) stays text, as in every such record of this '
                         "source", file.path, local, self.source.image_placeholder)  # fmt: skip
-        return Sample(tuple(messages), images, source=str(file.path), index=local)
+        return Sample(tuple(messages), images, source=str(file.path), index=local, videos=videos)

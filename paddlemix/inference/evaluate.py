@@ -77,7 +77,7 @@ def questions(data: SourceDataset, done: set[int], skipped: list[dict[str, Any]]
             last = max(k for k, m in enumerate(sample.messages) if m.role == "assistant")
             file, local = data.locate(i)
             refs = references_of(file[local], plain_text(sample.messages[last].content))
-            yield Question(i, Sample(sample.messages[:last], sample.images, sample.source, i), refs)
+            yield Question(i, Sample(sample.messages[:last], sample.images, sample.source, i, sample.videos), refs)
         except Exception as err:  # noqa: BLE001 - any failure of one record is a skip, never the end of a run
             skipped.append({"index": i, "reason": str(err)})
 
@@ -128,7 +128,7 @@ def model_answerer(generator: Any, max_new_tokens: int) -> Answerer:
         encoded: list[Any] = []
         for q in batch:
             try:
-                encoded.append(generator.encode(q.sample.messages, q.sample.images))
+                encoded.append(generator.encode(q.sample.messages, q.sample.images, q.sample.videos))
             except Exception as err:  # noqa: BLE001
                 encoded.append(err)
         ready = [e for e in encoded if not isinstance(e, Exception)]
@@ -175,6 +175,8 @@ def server_answerer(url: str, model: str | None, api_key: str | None, max_new_to
     headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {api_key}"} if api_key else {})
 
     def one(q: Question) -> str | Exception:
+        if q.sample.videos:  # skipped with its reason, as any record that cannot be asked
+            return ValueError("the server takes no video parts; evaluate video records with the local model")
         body = {"messages": openai_messages(q.sample), "max_tokens": max_new_tokens, "temperature": 0}
         body |= {"model": model} if model else {}
         request = urllib.request.Request(endpoint, json.dumps(body).encode(), headers, method="POST")

@@ -45,4 +45,16 @@ def load_generator(args: argparse.Namespace) -> Any:
     max_pixels = getattr(args, "max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS)
     generator.encoder.reader = ImageReader(max_pixels=max_pixels, image_resolution=data_settings["image_resolution"])
     generator.encoder.split_special_tokens = data_settings["split_special_tokens"]
+    set_video_settings(generator.encoder, data_settings)
     return generator
+
+
+def set_video_settings(encoder: Any, settings: dict) -> None:
+    """Sample videos with the training's settings (run_args.json keys, see `DataArgs`)."""
+    from paddlemix.arguments import DataArgs
+    from paddlemix.datasets.encoded import video_defaults
+
+    keys = ("video_fps", "video_maxlen", "video_resolution", "video_min_pixels", "video_max_pixels")
+    encoder.video_options = video_defaults(DataArgs(**{k: settings.get(k) for k in keys}))
+    if "max_video_seconds" in settings:
+        encoder.max_video_seconds = settings["max_video_seconds"]

@@ -15,6 +15,7 @@ from typing import Any
 from paddlemix.distributed.tensor_parallel import SINGLE, TensorParallel
 from paddlemix.models.hf_layout import TENSOR_PARALLEL_PARTS
 from paddlemix.processors.sample_processor import SampleProcessor, VisionTokens
+from paddlemix.processors.video_tokens import VideoTokens
 from paddlemix.utils.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -101,6 +102,8 @@ class ModelAdapter:
     # family here runs paddleformers' language models, whose gate/up are stored one after the other (2 parts) and
     # whose q/k/v are interleaved per KV group (1 part).
     tensor_parallel_parts: dict[str, int] = field(default_factory=lambda: dict(TENSOR_PARALLEL_PARTS))
+    # How the family writes a video into text (paddlemix.processors.video_tokens); None: video records are skipped.
+    video_tokens: VideoTokens | None = None
 
     def load_config(self, path: str | Path, device: str = "cpu") -> Any:
         from paddlemix.models.hf_config import read_hf_config
@@ -174,6 +177,8 @@ class ModelAdapter:
             merge_size,
             lambda width, height: self.image_grid(image_processor, width, height),
             extra,
+            self.video_tokens,
+            f"{self.model_type} models here take images only (video is for the Qwen-VL families)",
         )
 
     def sample_processor(self, processor: Any, max_length: int) -> SampleProcessor:
@@ -182,6 +187,7 @@ class ModelAdapter:
             processor.tokenizer, processor.image_processor, self.vision_tokens(processor), max_length
         )
 
-    def position_fn(self, config: Any) -> Callable[[Any, Any], Any]:
-        """Per-sample position ids ([rows, L] numpy) for packing, from input ids and image grids."""
-        return lambda input_ids, grid_thw: self.positions(config, input_ids, grid_thw)
+    def position_fn(self, config: Any) -> Callable[..., Any]:
+        """Per-sample position ids ([rows, L] numpy) for packing, from input ids, image grids and (keyword
+        arguments, Qwen-VL families) `video_grid_thw` and `second_per_grid_ts`."""
+        return lambda input_ids, grid_thw, **video: self.positions(config, input_ids, grid_thw, **video)

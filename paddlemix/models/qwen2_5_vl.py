@@ -9,6 +9,7 @@ import numpy as np
 from paddlemix.models.adapter import ModelAdapter
 from paddlemix.models.hf_layout import LM_LORA_TARGETS, to_hf_layout
 from paddlemix.models.qwen_vl_common import SHARED_ADAPTER_FIELDS, mrope_positions
+from paddlemix.processors.video_tokens import QWEN2_5_VIDEO
 
 if TYPE_CHECKING:
     from paddlemix.distributed.pipeline import PipelineParts
@@ -28,11 +29,11 @@ def to_hf_state_dict(state: dict[str, np.ndarray], config: Any) -> dict[str, np.
     return to_hf_layout(state, config, hf_name)
 
 
-def positions(config: Any, input_ids: np.ndarray, grid_thw: np.ndarray | None) -> np.ndarray:
+def positions(config: Any, input_ids: np.ndarray, grid_thw: np.ndarray | None, **video: Any) -> np.ndarray:
     """3-D mRoPE position ids [3, L] of one sample, by the model's own rule."""
     from paddleformers.transformers.qwen2_5_vl.modeling import Qwen2_5_VLModel
 
-    return mrope_positions(Qwen2_5_VLModel.get_rope_index, config, input_ids, grid_thw)
+    return mrope_positions(Qwen2_5_VLModel.get_rope_index, config, input_ids, grid_thw, **video)
 
 
 def pipeline_parts() -> PipelineParts:
@@ -64,5 +65,6 @@ ADAPTER = ModelAdapter(
     export_state_dict=to_hf_state_dict,
     positions=positions,
     pipeline=pipeline_parts,
+    video_tokens=QWEN2_5_VIDEO,
     **SHARED_ADAPTER_FIELDS,
 )

@@ -14,6 +14,7 @@ import numpy as np
 from paddlemix.models.adapter import ModelAdapter
 from paddlemix.models.hf_layout import LM_LORA_TARGETS, to_hf_layout
 from paddlemix.models.qwen_vl_common import SHARED_ADAPTER_FIELDS, mrope_positions
+from paddlemix.processors.video_tokens import QWEN3_VIDEO
 
 _PADDLEFORMERS = "paddleformers.transformers.qwen3_vl"
 
@@ -24,17 +25,18 @@ def to_hf_state_dict(state: dict[str, np.ndarray], config: Any) -> dict[str, np.
     return to_hf_layout(state, config, lambda name: name)
 
 
-def positions(config: Any, input_ids: np.ndarray, grid_thw: np.ndarray | None) -> np.ndarray:
+def positions(config: Any, input_ids: np.ndarray, grid_thw: np.ndarray | None, **video: Any) -> np.ndarray:
     """3-D (interleaved) mRoPE position ids [3, L] of one sample, by the model's own rule."""
     from paddleformers.transformers.qwen3_vl.modeling import Qwen3VLModelDeprecated
 
-    return mrope_positions(Qwen3VLModelDeprecated.get_rope_index, config, input_ids, grid_thw)
+    return mrope_positions(Qwen3VLModelDeprecated.get_rope_index, config, input_ids, grid_thw, **video)
 
 
 ADAPTER = ModelAdapter(
     model_type="qwen3_vl",
     config_class=f"{_PADDLEFORMERS}:Qwen3VLConfig",
-    model_class=f"{_PADDLEFORMERS}:Qwen3VLForConditionalGenerationDeprecated",
+    # paddleformers' Qwen3VLForConditionalGenerationDeprecated, taking images and videos in one batch
+    model_class="paddlemix.models.qwen3_vl_model:Qwen3VLForConditionalGeneration",
     processor_class=f"{_PADDLEFORMERS}:Qwen3VLProcessor",
     lora_targets=LM_LORA_TARGETS,
     module_groups={
@@ -45,5 +47,6 @@ ADAPTER = ModelAdapter(
     },
     export_state_dict=to_hf_state_dict,
     positions=positions,
+    video_tokens=QWEN3_VIDEO,
     **SHARED_ADAPTER_FIELDS,
 )

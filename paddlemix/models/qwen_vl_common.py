@@ -61,16 +61,23 @@ def image_grid(image_processor: Any, width: int, height: int) -> tuple[int, int,
 
 
 def mrope_positions(
-    get_rope_index: Callable[..., Any], config: Any, input_ids: np.ndarray, grid_thw: np.ndarray | None
-) -> np.ndarray:
-    """3-D mRoPE position ids [3, L] of one sample by a model's own `get_rope_index` (it reads only `self.config`)."""
+    get_rope_index: Callable[..., Any], config: Any, input_ids: np.ndarray, grid_thw: np.ndarray | None,
+    video_grid_thw: np.ndarray | None = None, second_per_grid_ts: np.ndarray | None = None,
+) -> np.ndarray:  # fmt: skip
+    """3-D mRoPE position ids [3, L] of one sample by a model's own `get_rope_index` (it reads only `self.config`),
+    with its images' and videos' grids (and Qwen2.5-VL's seconds per temporal patch of each video)."""
     import paddle
 
-    if grid_thw is None or not len(grid_thw):
+    def tensor(x: Any) -> Any:
+        return paddle.to_tensor(np.asarray(x)) if x is not None and len(x) else None
+
+    images, videos = tensor(grid_thw), tensor(video_grid_thw)
+    if images is None and videos is None:
         return np.tile(np.arange(len(input_ids), dtype="int64"), (3, 1))
-    ids = paddle.to_tensor(input_ids[None])
-    grid = paddle.to_tensor(np.asarray(grid_thw))
-    position_ids, _ = get_rope_index(SimpleNamespace(config=config), input_ids=ids, image_grid_thw=grid)
+    kwargs = {"input_ids": paddle.to_tensor(input_ids[None]), "image_grid_thw": images, "video_grid_thw": videos}
+    if second_per_grid_ts is not None and videos is not None:
+        kwargs["second_per_grid_ts"] = paddle.to_tensor(np.asarray(second_per_grid_ts, dtype="float32"))
+    position_ids, _ = get_rope_index(SimpleNamespace(config=config), **kwargs)
     return position_ids[:, 0].numpy()
 
 

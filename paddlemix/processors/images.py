@@ -132,8 +132,9 @@ class ImageReader:
         name = hashlib.sha256(url.encode("utf-8")).hexdigest()
         return self.cache_dir / name[:2] / name
 
-    def fetch(self, url: str) -> Path:
-        """The local copy of `url`, downloaded on first use; raises SampleError when the fetch fails."""
+    def fetch(self, url: str, what: str = "image") -> Path:
+        """The local copy of `url` (an image, or `what` names it), downloaded on first use; raises SampleError when
+        the fetch fails."""
         path = self.cached_path(url)
         if path.is_file():
             return path
@@ -143,7 +144,7 @@ class ImageReader:
             response = requests.get(url, timeout=self.timeout)
             response.raise_for_status()
         except requests.RequestException as err:
-            raise SampleError(f"image URL could not be fetched: {url} ({type(err).__name__}: {err})") from None
+            raise SampleError(f"{what} URL could not be fetched: {url} ({type(err).__name__}: {err})") from None
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
         tmp.write_bytes(response.content)

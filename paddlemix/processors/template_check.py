@@ -43,15 +43,16 @@ def _training_ids(
     headers. The text is cut only where an answer starts after a space the generation prompt ends with (`User: q
     Assistant: ` + `red`): there the template itself splits the text, as every inference prompt does."""
     grids = [encoder.vision.grid_for_size(*encoder.reader.size(r)) for r in sample.images]
+    _, video_texts = encoder.videos(sample.videos, decode=False)
     segments = encoder.training_segments(sample, template)
-    ids, labels = encoder._encode(sample, segments, {"image_grid_thw": grids})
+    ids, labels = encoder._encode(sample, segments, {"image_grid_thw": grids}, video_texts)
     counts = [encoder.vision.count(g) for g in grids]
     chunks = [""]
     for i, (text, label) in enumerate(segments):
         if label and i and segments[i - 1][0][-1:] in (" ", "\t"):
             chunks.append("")
         chunks[-1] += text
-    return ids, labels, [encoder.expand(chunk, counts) for chunk in chunks]
+    return ids, labels, [encoder.expand(encoder.expand_videos(chunk, video_texts), counts) for chunk in chunks]
 
 
 def encoding_mismatch(encoder: SampleProcessor, template: ChatTemplate, sample: Sample) -> str | None:
@@ -70,12 +71,13 @@ def encoding_mismatch(encoder: SampleProcessor, template: ChatTemplate, sample: 
     turns = [k for k, m in enumerate(sample.messages) if m.role == "assistant" and m.loss and m.content.strip()]
     rendered = "".join(text for text, _ in encoder.training_segments(sample, template))
     for k, start in zip(turns, starts):
-        alone = Sample(sample.messages[: k + 1], sample.images)
+        alone = Sample(sample.messages[: k + 1], sample.images, videos=sample.videos)
         if k != turns[-1] and not rendered.startswith(
             "".join(t for t, _ in encoder.training_segments(alone, template))
         ):
             continue  # a template that rewrites history (Qwen3 thinking) renders this turn otherwise once it is past
-        prompt = encoder.encode_prompt(Sample(sample.messages[:k], sample.images), template)["input_ids"].tolist()
+        earlier = Sample(sample.messages[:k], sample.images, videos=sample.videos)
+        prompt = encoder.encode_prompt(earlier, template)["input_ids"].tolist()
         if prompt != ids[: len(prompt)] or len(prompt) != start:
             at = _first_difference(ids, prompt)
             return (

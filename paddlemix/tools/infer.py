@@ -1,7 +1,8 @@
-"""Answer a question about an image with a (fine-tuned) model, or answer every record of a chatml file.
+"""Answer a question about an image or a video with a (fine-tuned) model, or answer every record of a chatml file.
 
 Usage:
   python paddlemix/tools/infer.py --model_name_or_path DIR [--lora_path ADAPTER] --image IMG --question "..."
+  python paddlemix/tools/infer.py --model_name_or_path DIR --video CLIP.mp4 --question "..."
   python paddlemix/tools/infer.py --model_name_or_path DIR --data_file eval.jsonl --output answers.jsonl
 
 Decoding defaults come from the model folder's generation_config.json (eos/pad ids, do_sample, temperature,
@@ -31,6 +32,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--lora_path")
     p.add_argument("--chat_template")
     p.add_argument("--image", action="append", default=[], help="image path; repeat for several images")
+    p.add_argument("--video", action="append", default=[],
+                   help="video file (Qwen-VL families), sampled as training samples it; repeat for several")  # fmt: skip
     p.add_argument("--question")
     p.add_argument("--data_file", help="chatml file: answer the last assistant turn of each record")
     p.add_argument("--output", help="JSONL file for the answers of --data_file (default: print)")
@@ -67,9 +70,14 @@ def warn_on_other_template(model_dir: str, lora_path: str | None, chat_template:
         print(f"warning: {warning}", file=sys.stderr, flush=True)
 
 
+VIDEO_SETTINGS = ("video_fps", "video_maxlen", "video_resolution", "video_min_pixels", "video_max_pixels",
+                  "max_video_seconds")  # fmt: skip
+
+
 def training_data_settings(args: argparse.Namespace) -> dict:
     """`image_resolution` and `split_special_tokens` as the training used them (run_args.json of --lora_path, else
-    of the model folder), unless given on the command line; a folder without run_args.json gives the defaults."""
+    of the model folder), unless given on the command line; a folder without run_args.json gives the defaults.
+    The training's video settings (`VIDEO_SETTINGS`) come along, so videos are sampled as in training."""
     from pathlib import Path
 
     saved = {}
@@ -80,7 +88,20 @@ def training_data_settings(args: argparse.Namespace) -> dict:
             break
     settings = {"image_resolution": saved.get("image_resolution"),
                 "split_special_tokens": saved.get("split_special_tokens", True)}  # fmt: skip
-    return {k: v if getattr(args, k) is None else getattr(args, k) for k, v in settings.items()}
+    out = {k: v if getattr(args, k, None) is None else getattr(args, k) for k, v in settings.items()}
+    return {**out, **{k: saved[k] for k in VIDEO_SETTINGS if saved.get(k) is not None}}
+
+
+def check_videos(videos: list[str]) -> None:
+    """Fail before the model loads when a --video file is missing or its header cannot be read."""
+    from paddlemix.datasets.conversation import SampleError
+    from paddlemix.processors.video import VideoReader
+
+    for video in videos:
+        try:
+            VideoReader(28, max_seconds=None).probe(video)
+        except SampleError as err:
+            raise UserError(f"command line: --video {video!r}: {err}. Pass a readable video file.") from None
 
 
 def check_images(images: list[str], image_resolution: int | None = None) -> None:
@@ -123,19 +144,21 @@ def main(argv: list[str] | None = None) -> None:
     args = parse(sys.argv[1:] if argv is None else argv)
     quiet_console()
     if bool(args.question) == bool(args.data_file):
-        raise UserError("give either --question (with --image) or --data_file.")
+        raise UserError("give either --question (with --image or --video) or --data_file.")
     if args.batch_size < 1:
         raise UserError(f"--batch_size must be at least 1, got {args.batch_size}.")
-    from paddlemix.datasets.conversation import SampleError, TooLongError
+    from paddlemix.datasets.conversation import SampleError, TooLongError, VideoRef
     from paddlemix.generation import EMPTY_ANSWER_HINT, evaluate_exact_match, question_message
     from paddlemix.inference.loading import load_generator
 
     check_images(args.image, training_data_settings(args)["image_resolution"])
+    check_videos(args.video)
     generator = load_generator(args)
     settings = generator.settings.with_requests(**overrides(args))
     if args.question:
+        videos = [VideoRef(v) for v in args.video]
         try:
-            prompt = generator.encode([question_message(args.question, args.image)], args.image)
+            prompt = generator.encode([question_message(args.question, args.image, videos)], args.image, videos)
             answers = generator.generate_encoded([prompt], settings, seed=args.seed)
         except TooLongError as err:
             raise UserError(
@@ -144,8 +167,9 @@ def main(argv: list[str] | None = None) -> None:
             ) from None
         except SampleError as err:
             images = ", ".join(args.image) or "none"
+            videos = f" and --video {', '.join(args.video)}" if args.video else ""
             raise UserError(
-                f"command line: cannot answer with --image {images}: {err}. Pass an image that opens."
+                f"command line: cannot answer with --image {images}{videos}: {err}. Pass images and videos that open."
             ) from None
         g = answers.generated
         print(speed_line(g.new_tokens, g.seconds, g.prefill_seconds))

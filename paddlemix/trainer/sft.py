@@ -528,7 +528,7 @@ def generation_scorer(args: RunArgs, model: Any, processor: Any, adapter: ModelA
     `eval_generation` is off."""
     if not (args.runtime.eval_generation and args.data.eval):
         return None
-    from paddlemix.datasets.encoded import source_names
+    from paddlemix.datasets.encoded import source_names, video_defaults
     from paddlemix.generation import Generator, evaluate_generation
     from paddlemix.processors.images import ImageReader
 
@@ -547,6 +547,8 @@ def generation_scorer(args: RunArgs, model: Any, processor: Any, adapter: ModelA
                                              source.keep_empty_think)  # fmt: skip
             generator.encoder.reader = reader  # images read as in training (image_resolution, pixel limit, cache)
             generator.encoder.split_special_tokens = args.data.split_special_tokens  # record text as in training
+            generator.encoder.video_options = video_defaults(args.data)  # videos sampled as in training
+            generator.encoder.max_video_seconds = args.data.max_video_seconds
             result = evaluate_generation(generator, source, args.runtime.eval_generation_samples,
                                          batch_size=args.training.per_device_eval_batch_size)  # fmt: skip
             prefix = "eval" if single else f"eval_{Path(name.split(':')[-1]).stem}"
@@ -650,7 +652,8 @@ def run_sft(args: RunArgs) -> dict[str, Any]:
         training.max_steps = plan_packed_steps(training, train_set)
     if training.do_train or eval_set is not None:
         preflight(train_set if training.do_train else None, skips, eval_set)
-    image_token_id = processor.tokenizer.convert_tokens_to_ids(adapter.image_token)
+    vision_tokens = (adapter.image_token, *((adapter.video_tokens.token,) if adapter.video_tokens else ()))
+    image_token_id = tuple(processor.tokenizer.convert_tokens_to_ids(t) for t in vision_tokens)  # image + video
     templates = trained_templates(args.data.train, args.model.model_name_or_path, adapter.vision_placeholder)
     collator = Collator(processor.tokenizer.pad_token_id)
     trainer = MIXTrainer(

@@ -183,7 +183,8 @@ class MIXTrainer(Trainer):
     and that counts what it trains: text and image tokens, row slots (fill), samples, rows and per-source `seen`."""
 
     def __init__(
-        self, *args: Any, image_token_id: int | None = None, head_owner: Any = None, loss_chunk_size: int = 0,
+        self, *args: Any, image_token_id: int | tuple[int, ...] | None = None, head_owner: Any = None,
+        loss_chunk_size: int = 0,
         generation_eval: Callable[[], dict[str, float]] | None = None, chat_template: str | None = None,
         skip_log: Any = None, stage: Any = None, **kwargs: Any,
     ):  # fmt: skip
@@ -219,7 +220,8 @@ class MIXTrainer(Trainer):
         step's last micro-batch, which returns the step's token-mean loss over all ranks."""
         real, labelled = int(inputs.pop(REAL_TOKENS)), int(inputs.pop(LABEL_TOKENS))
         sample_ids, skips = inputs.pop(SAMPLE_IDS, []), inputs.pop(SKIPS, [])
-        images = int((inputs["input_ids"] == self.image_token_id).sum()) if self.image_token_id is not None else 0
+        vision_ids = self.image_token_id if isinstance(self.image_token_id, tuple) else (self.image_token_id,)
+        images = sum(int((inputs["input_ids"] == i).sum()) for i in vision_ids if i is not None)  # video tokens too
         self.text_tokens += real - images
         self.image_tokens += images
         self.slots += int(inputs["input_ids"].numel())

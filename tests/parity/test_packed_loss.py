@@ -9,11 +9,13 @@ import pytest
 
 from paddlemix.auto import AutoModelMIX, AutoProcessorMIX
 from paddlemix.datasets.collator import pad_batch
-from paddlemix.datasets.conversation import Message, Sample
+from paddlemix.datasets.conversation import Message, Sample, VideoRef
 from paddlemix.datasets.packing import build_pack, pack_batch
 from paddlemix.models import adapter_for
 from paddlemix.processors.chat_template import template_for
 from paddlemix.processors.sample_processor import IGNORE_INDEX
+from paddlemix.processors.video_sampling import VideoOptions
+from paddlemix.testing.synthetic_video import moving_square, write_clip
 
 # model_type -> (tiny folder fixture, parameters whose gradients are compared: head, LLM, projector(s))
 FAMILIES = {
@@ -75,10 +77,27 @@ def loss_and_grads(
     return total, {name: np.zeros(1) if g is None else g.numpy().copy() for name, g in grads.items()}
 
 
-@pytest.mark.parametrize("kind", ["text", "single", "multi"])
-def test_packed_equals_token_weighted_unpacked(setup, kind: str) -> None:
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> list[str]:
+    folder = tmp_path_factory.mktemp("clips")
+    return [str(write_clip(folder / f"{d}.mp4", moving_square(d, 12, 56), fps=4)) for d in ("left", "right")]
+
+
+def video_samples(images: list[str], clips: list[str]) -> list[Sample]:
+    """Videos (small frames: 56x56), a video with an image, and a text sample, to pack together."""
+    small = VideoOptions(min_pixels=3136, max_pixels=3136)
+    left, right = VideoRef(clips[0], small), VideoRef(clips[1], VideoOptions(min_pixels=3136, max_pixels=3136, fps=1))
+    return [Sample((Message("user", "<video>Which way?"), Message("assistant", "left")), videos=(left,)),
+            Sample((Message("user", "<image>then<video>?"), Message("assistant", "right")), (images[0],),
+                   videos=(right,)),
+            samples("text", images)[0]]  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["text", "single", "multi", "video"])
+def test_packed_equals_token_weighted_unpacked(setup, clips, kind: str) -> None:
     encoder, template, model, positions, images, pad_id, names = setup
-    encoded = [encoder(s, template) for s in samples(kind, images)]
+    chosen = video_samples(images, clips) if kind == "video" else samples(kind, images)
+    encoded = [encoder(s, template) for s in chosen]
     n_labels = [int((e["labels"] != IGNORE_INDEX).sum()) for e in encoded]
     total = sum(n_labels)
     one_by_one = [(pad_batch([e], pad_id, 1), n / total) for e, n in zip(encoded, n_labels)]

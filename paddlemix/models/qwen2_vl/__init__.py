@@ -19,15 +19,16 @@ from paddlemix.models import qwen2_5_vl
 from paddlemix.models.adapter import ModelAdapter
 from paddlemix.models.hf_layout import LM_LORA_TARGETS
 from paddlemix.models.qwen_vl_common import SHARED_ADAPTER_FIELDS, mrope_positions
+from paddlemix.processors.video_tokens import QWEN2_VIDEO
 
 _MODELING = "paddlemix.models.qwen2_vl.modeling"
 
 
-def positions(config: Any, input_ids: np.ndarray, grid_thw: np.ndarray | None) -> np.ndarray:
+def positions(config: Any, input_ids: np.ndarray, grid_thw: np.ndarray | None, **video: Any) -> np.ndarray:
     """3-D mRoPE position ids [3, L] of one sample, by the model's own rule."""
     from paddlemix.models.qwen2_vl.modeling import Qwen2VLModel
 
-    return mrope_positions(Qwen2VLModel.get_rope_index, config, input_ids, grid_thw)
+    return mrope_positions(Qwen2VLModel.get_rope_index, config, input_ids, grid_thw, **video)
 
 
 def pipeline_parts() -> Any:
@@ -61,5 +62,6 @@ ADAPTER = ModelAdapter(
     export_state_dict=qwen2_5_vl.to_hf_state_dict,
     positions=positions,
     pipeline=pipeline_parts,
+    video_tokens=QWEN2_VIDEO,
     **SHARED_ADAPTER_FIELDS,
 )

@@ -1,0 +1,265 @@
+"""Read the videos of a sample: plan the sampled frames from container metadata, then decode only those frames.
+
+A video is a file (path, http(s) URL, data URI or record bytes) read with PyAV (FFmpeg bundled in its wheel; it
+seeks) or a list of frame images. `VideoReader.plan` needs only the container header (frame count, frame rate, frame
+size), so sample lengths are known without decoding. `VideoReader.load` streams the clip: frames are decoded in
+order, only the sampled ones are converted and resized (uint8 RGB), and a gap of more than `SEEK_GAP` frames to the
+next sampled frame is crossed by seeking to the keyframe before it, so a long clip never sits in memory.
+
+Sampling and sizes follow qwen-vl-utils 0.0.14 (`video_sampling`); frames are resized with Pillow's bicubic filter,
+as the image processors resize images. A frame list is sampled whole (every frame, padded to an even count by
+repeating the last); as in qwen-vl-utils each frame is first sized by the image rule (`min_pixels`/`max_pixels`,
+default 4 f^2 to 16384 f^2), then the frames by the video budget like a clip's; they play at the part's `fps`
+(default 2; qwen-vl-utils' `sample_fps`).
+
+Every problem with one video (missing, not a video, no frames, fewer frames than its header says, longer than
+`max_seconds`, frames larger than the pixel limit) raises `SampleError` with a reason.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from paddlemix.datasets.conversation import ImageBytes, ImageRef, RelativeImagePath, SampleError, VideoRef
+from paddlemix.processors.images import DEFAULT_MAX_IMAGE_PIXELS, ImageReader, is_url
+from paddlemix.processors.video_sampling import (
+    FPS,
+    FRAME_FACTOR,
+    VideoOptions,
+    ceil_by,
+    frame_indices,
+    frame_range,
+    frame_size,
+    sample_count,
+    smart_resize,
+)
+
+SEEK_GAP = 64  # frames: a larger gap to the next sampled frame is crossed by seeking
+IMAGE_MIN_TOKENS, IMAGE_MAX_TOKENS = 4, 16384  # qwen-vl-utils' per-image budget (frame lists), in f^2 units
+DEFAULT_MAX_VIDEO_SECONDS = 3 * 3600.0
+
+
+@dataclass(frozen=True)
+class VideoMeta:
+    """What a container header says: frames, frame rate (frames per second) and frame size in pixels."""
+
+    frames: int
+    fps: float
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class VideoPlan:
+    """The frames a model sees of one video.
+
+    `indices`: sampled frame numbers of the clip (a frame list: 0..n-1, padded); `fps`: the clip's frame rate, which
+    turns indices into seconds; `sample_fps`: sampled frames per second of the sampled range (qwen-vl-utils'
+    `sample_fps`, which Qwen2.5-VL's time axis uses); `height`/`width`: pixel size of every sampled frame.
+    """
+
+    indices: tuple[int, ...]
+    fps: float
+    sample_fps: float
+    height: int
+    width: int
+
+
+def _open_source(ref: ImageRef, reader: ImageReader) -> str | io.BytesIO:
+    if isinstance(ref, ImageBytes):
+        return io.BytesIO(ref.data)
+    if is_url(ref):
+        return str(reader.fetch(ref, "video"))
+    if not Path(ref).is_file():
+        hint = f" ({ref.not_found_hint()})" if isinstance(ref, RelativeImagePath) else ""
+        raise SampleError(f"video not found: {ref}{hint}")
+    return str(ref)
+
+
+def _av() -> Any:
+    try:
+        import av
+    except ImportError:
+        raise SampleError("videos need PyAV: pip install av (or the package's video extra)") from None
+    return av
+
+
+class _Container:
+    """An opened container and its first video stream; problems become `SampleError`s."""
+
+    def __init__(self, ref: ImageRef, reader: ImageReader):
+        av = _av()
+        self.ref = ref
+        source = _open_source(ref, reader)
+        try:
+            self.container = av.open(source)
+        except (av.FFmpegError, OSError, ValueError) as err:
+            raise SampleError(f"video cannot be decoded: {ref} ({err})") from None
+        if not self.container.streams.video:
+            self.container.close()
+            raise SampleError(f"video has no video stream: {ref}")
+        self.stream = self.container.streams.video[0]
+
+    def __enter__(self) -> _Container:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.container.close()
+
+    def meta(self) -> VideoMeta:
+        s = self.stream
+        rate = s.average_rate or s.guessed_rate or s.base_rate
+        fps = float(rate) if rate else 0.0
+        frames = int(s.frames or 0)
+        if frames <= 0 and fps > 0:  # no frame count in the header: from the duration
+            if s.duration is not None and s.time_base is not None:
+                seconds = float(s.duration * s.time_base)
+            else:
+                seconds = (self.container.duration or 0) / 1e6
+            frames = int(round(seconds * fps))
+        width, height = s.codec_context.width, s.codec_context.height
+        if frames <= 0 or fps <= 0 or not width or not height:
+            raise SampleError(f"video has no frames: {self.ref} ({frames} frames at {fps:g} fps, {width}x{height})")
+        return VideoMeta(frames, fps, width, height)
+
+    def frames(self, wanted: list[int], fps: float) -> Iterator[tuple[int, Any]]:
+        """(index, av.VideoFrame) of each wanted frame number (sorted, distinct), decoded in order with seeks over
+        long gaps. A frame number is the frame's time x `fps` (its position in a constant-rate clip); a wanted
+        number the stream jumps over gets the next frame. Raises SampleError when the stream ends early."""
+        av = _av()
+        s = self.stream
+        base = s.time_base or Fraction(1, 1000000)
+        start = s.start_time or 0
+        j, current, target = 0, -1, 0
+        try:
+            while j < len(wanted):
+                if wanted[j] - current > SEEK_GAP:  # to the keyframe before it; targets only grow, so no loop
+                    target = wanted[j]
+                    self.container.seek(int(target / fps / base) + start, stream=s, backward=True)
+                ended = True
+                for ordinal, frame in enumerate(self.container.decode(s)):
+                    index = round(float((frame.pts - start) * base) * fps) if frame.pts is not None else ordinal
+                    while j < len(wanted) and wanted[j] <= index:
+                        yield wanted[j], frame
+                        j += 1
+                    current = index
+                    # seek again only past the last target: the keyframe before a target may lie far before it
+                    if j == len(wanted) or (index >= target and wanted[j] - index > SEEK_GAP):
+                        ended = False
+                        break
+                if ended:
+                    break
+        except av.FFmpegError as err:
+            raise SampleError(f"video cannot be decoded: {self.ref} ({err})") from None
+        if current < 0:
+            raise SampleError(f"video has no frames: {self.ref} holds no decodable frame (its header promises some)")
+        if j < len(wanted):
+            raise SampleError(f"video ended early: {self.ref} has no frame {wanted[j]} (last decoded {current}); "
+                              "its header promises more frames than it holds")  # fmt: skip
+
+
+def resize_frame(image: Image.Image, height: int, width: int) -> np.ndarray:
+    """uint8 [height, width, 3] of an RGB image, resized with Pillow's bicubic filter when its size differs."""
+    if image.size != (width, height):
+        image = image.resize((width, height), resample=Image.BICUBIC)
+    return np.asarray(image, dtype=np.uint8)
+
+
+class VideoReader:
+    """Plans and reads `VideoRef`s for a model whose frames are cut into `factor` x `factor` pixel tokens.
+
+    `defaults` are the run's options under each part's own (`video_fps`, `video_maxlen`, `video_resolution`);
+    `images` reads frame-list images and fetches URLs; `max_seconds` bounds a clip's duration and `max_pixels` one
+    frame's pixels (a decompression-bomb guard, as for images).
+    """
+
+    def __init__(
+        self, factor: int, defaults: VideoOptions | None = None, images: ImageReader | None = None,
+        max_seconds: float | None = DEFAULT_MAX_VIDEO_SECONDS, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+    ):  # fmt: skip
+        self.factor = factor
+        self.defaults = defaults or VideoOptions()
+        self.images = images or ImageReader()
+        self.max_seconds = max_seconds
+        self.max_pixels = max_pixels
+
+    def options(self, video: VideoRef) -> VideoOptions:
+        return (video.options or VideoOptions()).over(self.defaults)
+
+    def check(self, ref: ImageRef, meta: VideoMeta) -> None:
+        seconds = meta.frames / meta.fps
+        if self.max_seconds is not None and seconds > self.max_seconds:
+            raise SampleError(f"video too long: {ref} lasts {seconds:.0f} s, more than max_video_seconds "
+                              f"{self.max_seconds:g}")  # fmt: skip
+        if self.max_pixels is not None and meta.width * meta.height > self.max_pixels:
+            raise SampleError(f"video frames too large ({meta.width}x{meta.height}): {ref} has more than "
+                              f"max_image_pixels {self.max_pixels} per frame")  # fmt: skip
+
+    def probe(self, ref: ImageRef) -> VideoMeta:
+        """The header of a video file; SampleError when it cannot be used."""
+        with _Container(ref, self.images) as c:
+            meta = c.meta()
+        self.check(ref, meta)
+        return meta
+
+    def _clip_plan(self, meta: VideoMeta, options: VideoOptions) -> VideoPlan:
+        first, last, count = frame_range(meta.frames, meta.fps, options)
+        n = sample_count(count, meta.fps, options)
+        height, width = frame_size(meta.height, meta.width, n, self.factor, options)
+        return VideoPlan(tuple(frame_indices(first, last, n)), meta.fps, n / count * meta.fps, height, width)
+
+    def _list_sizes(self, frames: tuple[ImageRef, ...], options: VideoOptions) -> tuple[tuple[int, int], ...]:
+        """(height, width) of a frame list's frames after the image rule, then after the video budget."""
+        if not frames:
+            raise SampleError("video frame list is empty")
+        f = self.factor
+        low = options.min_pixels if options.min_pixels is not None else IMAGE_MIN_TOKENS * f * f
+        high = options.max_pixels if options.max_pixels is not None else IMAGE_MAX_TOKENS * f * f
+        as_images = {smart_resize(h, w, f, low, high) for w, h in {self.images.size(r) for r in frames}}
+        if len(as_images) > 1:
+            raise SampleError(f"video frames differ in size after resizing ({sorted(as_images)[:2]}); a frame list "
+                              "needs frames of one size")  # fmt: skip
+        height, width = as_images.pop()
+        n = ceil_by(len(frames), FRAME_FACTOR)
+        return (height, width), frame_size(height, width, n, f, options)
+
+    def _list_plan(self, frames: tuple[ImageRef, ...], options: VideoOptions) -> VideoPlan:
+        _, (height, width) = self._list_sizes(frames, options)
+        n = ceil_by(len(frames), FRAME_FACTOR)
+        fps = options.fps if options.fps is not None else FPS
+        return VideoPlan(tuple(range(n)), fps, fps, height, width)
+
+    def plan(self, video: VideoRef) -> VideoPlan:
+        """Sampled frames and their size, from headers only."""
+        options = self.options(video)
+        if isinstance(video.source, tuple):
+            return self._list_plan(video.source, options)
+        return self._clip_plan(self.probe(video.source), options)
+
+    def load(self, video: VideoRef) -> tuple[np.ndarray, VideoPlan]:
+        """uint8 frames [T, height, width, 3] (T even) and the plan they follow."""
+        options = self.options(video)
+        if isinstance(video.source, tuple):
+            plan = self._list_plan(video.source, options)
+            (h, w), _ = self._list_sizes(video.source, options)
+            frames = [resize_frame(Image.fromarray(resize_frame(self.images.load(f), h, w)), plan.height, plan.width)
+                      for f in video.source]  # fmt: skip
+            frames += [frames[-1]] * (len(plan.indices) - len(frames))
+            return np.stack(frames), plan
+        with _Container(video.source, self.images) as c:
+            meta = c.meta()
+            self.check(video.source, meta)
+            plan = self._clip_plan(meta, options)
+            wanted = sorted(set(plan.indices))
+            picked = {}
+            for index, frame in c.frames(wanted, meta.fps):
+                picked[index] = resize_frame(frame.to_image(), plan.height, plan.width)
+        return np.stack([picked[i] for i in plan.indices]), plan

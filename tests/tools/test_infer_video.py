@@ -1,0 +1,51 @@
+"""infer.py answers about a video (--video) and about video records of --data_file, sampling as training does
+(the training's video settings from run_args.json); a missing --video fails before the model loads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from paddlemix.datasets.conversation import VIDEO_PLACEHOLDER, VideoRef, plain_text
+from paddlemix.generation import question_message
+from paddlemix.testing.synthetic_video import moving_square, write_clip
+from paddlemix.tools.infer import parse, training_data_settings
+
+
+def test_infer_reads_the_training_video_settings(tmp_path: Path) -> None:
+    (tmp_path / "run_args.json").write_text(
+        json.dumps({"video_fps": 1.0, "video_maxlen": 8, "video_resolution": None})
+    )
+    args = parse(["--model_name_or_path", "m", "--lora_path", str(tmp_path), "--question", "q"])
+    assert training_data_settings(args) == {"image_resolution": None, "split_special_tokens": True,
+                                            "video_fps": 1.0, "video_maxlen": 8}  # fmt: skip
+
+
+def test_question_message_places_videos() -> None:
+    assert question_message("Which way?", [], [VideoRef("a.mp4")]).content == "<video>Which way?"
+    asked = question_message("What is <video>?")
+    assert VIDEO_PLACEHOLDER not in asked.content and plain_text(asked.content) == "What is <video>?"
+
+
+@pytest.mark.slow
+def test_infer_answers_a_video_and_video_records(tiny_model_dir: Path, tmp_path: Path, run_tool) -> None:
+    clip = write_clip(tmp_path / "clip.mp4", moving_square("left", 20, 32), fps=10)
+    proc = run_tool("infer.py", "--model_name_or_path", str(tiny_model_dir), "--video", str(clip), "--question",
+                    "Which way?", "--max_new_tokens", "2", cwd=tmp_path, timeout=300)  # fmt: skip
+    assert proc.stdout.startswith("generated "), proc.stdout + proc.stderr[-2000:]
+    records = [{"videos": [name], "messages": [{"role": "user", "content": "<video>Which way?"},
+                                               {"role": "assistant", "content": "left"}]}
+               for name in ("clip.mp4", "missing.mp4")]  # fmt: skip
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    proc = run_tool("infer.py", "--model_name_or_path", str(tiny_model_dir), "--data_file", str(tmp_path / "d.jsonl"),
+                    "--max_new_tokens", "2", cwd=tmp_path, timeout=300)  # fmt: skip
+    assert "skipped record #1: video not found" in proc.stdout and "exact match: " in proc.stdout
+    assert len([line for line in proc.stdout.splitlines() if line.startswith("{")]) == 1
+
+
+def test_infer_refuses_a_missing_video_before_loading(tiny_model_dir: Path, tmp_path: Path, run_tool) -> None:
+    proc = run_tool("infer.py", "--model_name_or_path", str(tiny_model_dir), "--video", "nope.mp4", "--question",
+                    "q", cwd=tmp_path, timeout=300, check=False)  # fmt: skip
+    assert proc.returncode != 0 and "--video 'nope.mp4': video not found" in proc.stderr
