@@ -12,11 +12,13 @@ from paddlemix.models import adapter_for
 
 # ---- decoding through the real models (tiny folders from tests/conftest.py) ----
 
-FAMILIES = {"qwen2_5_vl": "tiny_model_dir", "qwen3_vl": "tiny_qwen3_vl_dir", "llava": "tiny_llava_dir"}
+FAMILIES = {"qwen2_5_vl": "tiny_model_dir", "qwen3_vl": "tiny_qwen3_vl_dir", "llava": "tiny_llava_dir",
+            "paddleocr_vl": "tiny_paddleocr_vl_dir"}  # fmt: skip
 VISION_ENTRY = {
     "qwen2_5_vl": "model.visual",
     "qwen3_vl": "model.visual",
     "llava": "model.vision_tower.vision_model.embeddings",
+    "paddleocr_vl": "visual.vision_model.embeddings",
 }
 NEW_TOKENS = 12
 

@@ -473,7 +473,8 @@ def save_final(
         tmp = Path(staging)
         copy_side_files(processor_dir, tmp)
         write_for_both(tmp)  # files of a model saved by transformers 5.x, as 4.x reads them too
-        trained = chosen_template(templates)
+        # the sources' template, else the one the processor chose for a folder without one (PaddleOCR-VL's version)
+        trained = chosen_template(templates) or getattr(tokenizer, "chat_template", None)
         if trained and trained != read_folder_template(processor_dir):  # where transformers reads the template
             write_chat_template(tmp, trained)
         if args.lora.lora:
