@@ -552,6 +552,9 @@ def generation_scorer(args: RunArgs, model: Any, processor: Any, adapter: ModelA
                                          batch_size=args.training.per_device_eval_batch_size)  # fmt: skip
             prefix = "eval" if single else f"eval_{Path(name.split(':')[-1]).stem}"
             out[f"{prefix}_{result['metric']}"] = round(result["score"], 4)
+            for key in ("edit_distance", "cer"):  # transcription scores, beside exact match (OCR models)
+                if key in result:
+                    out[f"{prefix}_{key}"] = round(result[key], 4)
             out[f"{prefix}_skipped"] = result["skipped"]
         if was_training:
             model.train()
