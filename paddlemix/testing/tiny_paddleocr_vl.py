@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
+from paddlemix.models.paddleocr_vl import PACKING_POSITIONS
 from paddlemix.models.paddleocr_vl.templates import chat_template
 from paddlemix.testing.tiny_model import (
     MAX_LENGTH,
@@ -31,8 +32,6 @@ ADDED_TOKENS: tuple[tuple[str, bool], ...] = (
     ("<unk>", True), ("<s>", True), ("</s>", True), ("<|begin_of_sentence|>", True), ("<|end_of_sentence|>", True),
     ("<|IMAGE_START|>", True), ("<|IMAGE_PLACEHOLDER|>", True), ("<|IMAGE_END|>", True), ("<|video_pad|>", True),
 )  # fmt: skip
-# packing_position_embedding's rows in every released checkpoint (paddleformers builds it with this size).
-PACKING_POSITIONS = 32768
 # Small text lines for the tokenizer corpus: OCR task prompts and what the demo renders.
 OCR_CORPUS = ["OCR:", "Table Recognition:", "Formula Recognition:", "Chart Recognition:", "Spotting:",
               "Seal Recognition:", "User: ", "Assistant: ", "Assistant:\n", "abcdefghijklmnopqrstuvwxyz",
@@ -70,7 +69,8 @@ def _weight_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
                        p + "mlp.down_proj.weight": (h, inter), p + "input_layernorm.weight": (h,),
                        p + "post_attention_layernorm.weight": (h,)})  # fmt: skip
     shapes["model.norm.weight"] = (h,)
-    shapes["lm_head.weight"] = (v, h)
+    if not cfg["tie_word_embeddings"]:
+        shapes["lm_head.weight"] = (v, h)
     return shapes
 
 
@@ -105,6 +105,8 @@ def _write_tokenizer(out: Path, corpus: Iterable[str], vocab_size: int, template
         "unk_token": "<unk>", "cls_token": "<|begin_of_sentence|>", "clean_up_tokenization_spaces": False,
         "errors": "replace", "model_max_length": MAX_LENGTH, "split_special_tokens": False,
         "tokenizer_class": "Qwen2Tokenizer",
+        # transformers 5.x's PaddleOCR-VL processor reads `tokenizer.image_token` (as the released folders name it)
+        "extra_special_tokens": {"image_token": "<|IMAGE_PLACEHOLDER|>"},
     }, out / "tokenizer_config.json")  # fmt: skip
     named = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<unk>", "unk_token": "<unk>",
              "cls_token": "<|begin_of_sentence|>"}  # fmt: skip
@@ -127,6 +129,7 @@ def build_tiny_paddleocr_vl(
     vision_depth: int = 2,
     vision_heads: int = 2,
     max_merged_patches: int = 16,
+    tie_word_embeddings: bool = False,
     corpus: Iterable[str] | None = None,
     vocab_size: int = 600,
     seed: int = 0,
@@ -138,6 +141,8 @@ def build_tiny_paddleocr_vl(
         version: "1.0", "1.5" or "1.6": the chat template written (and `paddleocr_vl_version` in config.json).
         max_merged_patches: the image processor's max_pixels in merged 28 x 28 patches (at least 2 x 2 worth of
             pixels is kept as min_pixels), so tests stay fast.
+        tie_word_embeddings: the head is the embedding table (no `lm_head.weight` in the file), as transformers 5.x
+            builds every PaddleOCR-VL.
         with_template: write chat_template.jinja; without it the processor falls back to the version's template.
     """
     head_dim = hidden_size // num_heads
@@ -164,7 +169,7 @@ def build_tiny_paddleocr_vl(
         "max_position_embeddings": MAX_LENGTH, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
         "rope_scaling": {"mrope_section": [head_dim // 2 - 2 * section, section, section], "rope_type": "default",
                          "type": "default"},
-        "use_bias": False, "tie_word_embeddings": False, "torch_dtype": "float32", "use_cache": True,
+        "use_bias": False, "tie_word_embeddings": tie_word_embeddings, "torch_dtype": "float32", "use_cache": True,
         "pad_token_id": ids["<unk>"], "bos_token_id": ids["<s>"], "eos_token_id": ids["</s>"],
         "image_token_id": ids["<|IMAGE_PLACEHOLDER|>"], "video_token_id": ids["<|video_pad|>"],
         "vision_start_token_id": ids["<|IMAGE_START|>"], "vision_end_token_id": ids["<|IMAGE_END|>"],

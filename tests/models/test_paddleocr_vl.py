@@ -17,6 +17,7 @@ from paddlemix.models import adapter_for
 from paddlemix.models.paddleocr_vl import paddle_name
 from paddlemix.models.paddleocr_vl.modeling import flat_config
 from paddlemix.peft.lora import lora_modules
+from paddlemix.testing.tiny_paddleocr_vl import build_tiny_paddleocr_vl
 from paddlemix.utils.io import load_safetensors, to_numpy
 
 
@@ -98,3 +99,32 @@ def test_transformers_5_names_and_nested_config_load_the_same(tmp_path: Path, ti
         a = AutoModelMIX.from_pretrained(tiny_paddleocr_vl_dir)(input_ids=ids).logits
         b = AutoModelMIX.from_pretrained(tmp_path)(input_ids=ids).logits
     np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+class TestPaddleOCRVLTied(FamilyChecks):
+    """A tied head (no lm_head.weight in the file) is the embedding table itself, also while training."""
+
+    @pytest.fixture(scope="class")
+    def model_dir(self, tmp_path_factory) -> Path:
+        return build_tiny_paddleocr_vl(tmp_path_factory.mktemp("tiny_ocr_tied"), tie_word_embeddings=True)
+
+    test_config_prepared_for_cpu = TestPaddleOCRVL.test_config_prepared_for_cpu
+
+    def test_head_is_the_embedding_table(self, model) -> None:
+        assert model.lm_head.weight is model.model.embed_tokens.weight
+
+
+def test_transformers_5_folder_without_packing_table_loads_with_zeros(tmp_path: Path, tiny_paddleocr_vl_dir) -> None:
+    """transformers 5.x saves no packing_position_embedding and may keep SigLIP's head: zeros, head dropped."""
+    from safetensors.numpy import save_file
+
+    weights = load_safetensors(tiny_paddleocr_vl_dir / "model.safetensors")
+    weights.pop("visual.vision_model.embeddings.packing_position_embedding.weight")
+    weights["visual.vision_model.head.probe"] = np.ones((1, 1, 32), "float32")
+    for name in tiny_paddleocr_vl_dir.iterdir():
+        if name.name != "model.safetensors":
+            (tmp_path / name.name).write_bytes(name.read_bytes())
+    save_file(weights, str(tmp_path / "model.safetensors"))
+    model = AutoModelMIX.from_pretrained(tmp_path)
+    table = model.visual.vision_model.embeddings.packing_position_embedding.weight
+    assert table.shape == [32768, 32] and not table.numpy().any()

@@ -12,6 +12,7 @@ CPU work-arounds are in `compat`; version templates in `templates`.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,10 @@ from paddlemix.models.hf_layout import LM_LORA_TARGETS, _is_linear
 from paddlemix.models.paddleocr_vl.compat import prepare_config
 from paddlemix.models.paddleocr_vl.positions import positions
 
+logger = logging.getLogger(__name__)
 _MODEL = "paddlemix.models.paddleocr_vl.modeling"
+# Rows of `packing_position_embedding` in every released checkpoint (paddleformers builds it with this size).
+PACKING_POSITIONS = 32768
 
 # transformers 5.x's in-memory prefixes -> the checkpoint's (original) ones, most specific first.
 _HF5_PREFIXES = (("model.projector.", "mlp_AR."), ("model.visual.", "visual."), ("model.language_model.", "model."))
@@ -35,13 +39,34 @@ def paddle_name(name: str) -> str:
     return name
 
 
+PACKING_TABLE = "visual.vision_model.embeddings.packing_position_embedding.weight"
+PATCH_EMBEDDING = "visual.vision_model.embeddings.patch_embedding.weight"
+EMBEDDINGS = "model.embed_tokens.weight"
+# Tensors of released checkpoints that neither paddleformers' nor transformers' model has (SigLIP's pooling head).
+UNUSED = ("visual.vision_model.head.",)
+
+
 def from_hf_state_dict(hf: dict[str, np.ndarray], config: Any, target: set[str]) -> dict[str, np.ndarray]:
     """Checkpoint tensors -> Paddle parameters: rename (`paddle_name`) and transpose Linear weights to [in, out].
-    A head tied to the embeddings is filled by the loader."""
+
+    SigLIP's pooling head (`visual.vision_model.head.*`) is dropped, as paddleformers and transformers drop it.
+    A folder saved by transformers 5.x has no `packing_position_embedding` (its model has none); the table, which
+    no forward pass reads, is then zeros, so exports still carry it for vLLM, which refuses checkpoints without it.
+    """
     out = {}
     for name, value in hf.items():
         name = paddle_name(name)
+        if name.startswith(UNUSED):
+            logger.info("%s is not a parameter of the model (SigLIP's pooling head); not loaded", name)
+            continue
         out[name] = np.ascontiguousarray(value.T) if _is_linear(name, value) else value
+    if "lm_head.weight" in target and "lm_head.weight" not in out and EMBEDDINGS in out:  # tied head
+        out["lm_head.weight"] = out[EMBEDDINGS]
+    if PATCH_EMBEDDING in out and PACKING_TABLE in target and PACKING_TABLE not in out:
+        rows, width = PACKING_POSITIONS, out[PATCH_EMBEDDING].shape[0]
+        logger.warning("the checkpoint has no %s (transformers 5.x leaves it out); it is set to zeros [%d, %d], "
+                       "which the model never reads, so exports carry it for vLLM", PACKING_TABLE, rows, width)  # fmt: skip
+        out[PACKING_TABLE] = np.zeros((rows, width), dtype=out[PATCH_EMBEDDING].dtype)
     return out
 
 

@@ -50,7 +50,13 @@ def _model_class() -> type:
 
     class PaddleOCRVLForConditionalGenerationMIX(base):
         """paddleformers' model whose own positions (used when none are given) follow `positions.image_positions`
-        row by row, so a batch may hold any number of images per row."""
+        row by row, so a batch may hold any number of images per row, and whose head is the embedding table
+        itself when `tie_word_embeddings` is set (paddleformers builds a separate head; transformers 5.x ties it)."""
+
+        def __init__(self, config: Any) -> None:
+            super().__init__(config)
+            if config.tie_word_embeddings:
+                self.lm_head.weight = self.model.embed_tokens.weight
 
         def get_rope_index(self, input_ids=None, image_grid_thw=None, video_grid_thw=None,
                            second_per_grid_ts=None, attention_mask=None):  # fmt: skip

@@ -8,6 +8,9 @@ are the fallback. Both versions render one user turn as `<|begin_of_sentence|>Us
 Source: the `chat_template.jinja` of the released PaddleOCR-VL folders and the prompts PaddleX and vLLM clients
 send (`<|begin_of_sentence|>User: <|IMAGE_START|><|IMAGE_PLACEHOLDER|><|IMAGE_END|>OCR:\nAssistant:\n` for 1.5/1.6).
 
+The image marker is written out rather than read from an `image_token` variable: transformers 5.x passes the
+tokenizer's `image_token` (`<|IMAGE_PLACEHOLDER|>` alone) to templates, which would drop the start and end marks.
+
 Task prompts the released models were trained with: `OCR:`, `Table Recognition:`, `Formula Recognition:`,
 `Chart Recognition:`, and from 1.5 on `Spotting:` and `Seal Recognition:` (`TASK_PROMPTS`).
 """
@@ -32,13 +35,12 @@ TASK_PROMPTS["1.6"] = TASK_PROMPTS["1.5"]
 _TEMPLATE = """{%- if not add_generation_prompt is defined -%}{%- set add_generation_prompt = false -%}{%- endif -%}
 {%- if not cls_token is defined -%}{%- set cls_token = "<|begin_of_sentence|>" -%}{%- endif -%}
 {%- if not eos_token is defined -%}{%- set eos_token = "</s>" -%}{%- endif -%}
-{%- if not image_token is defined -%}{%- set image_token = "IMAGE_MARKER" -%}{%- endif -%}
 {{- cls_token -}}
 {%- for message in messages -%}
     {%- if message["role"] == "user" -%}
         {{- "User: " -}}
         {%- for content in message["content"] -%}
-            {%- if content["type"] == "image" -%}{{ image_token }}{%- endif -%}
+            {%- if content["type"] == "image" -%}{{ "IMAGE_MARKER" }}{%- endif -%}
         {%- endfor -%}
         {%- for content in message["content"] -%}
             {%- if content["type"] == "text" -%}{{ content["text"] }}{%- endif -%}
