@@ -128,3 +128,31 @@ def test_transformers_5_folder_without_packing_table_loads_with_zeros(tmp_path: 
     model = AutoModelMIX.from_pretrained(tmp_path)
     table = model.visual.vision_model.embeddings.packing_position_embedding.weight
     assert table.shape == [32768, 32] and not table.numpy().any()
+
+
+def test_lora_on_paddleformers_targets_merges_to_base_plus_adapter(tmp_path: Path, tiny_paddleocr_vl_dir) -> None:
+    """LoRA on the language model, the vision tower and the projector (the ready argument file's targets), with
+    perturbed adapters: the merge tool's model gives base + adapter's logits."""
+    from paddlemix.peft.lora import apply_lora, save_adapter
+    from paddlemix.peft.merge import merge_adapter
+    from paddlemix.testing.lora import perturb_lora
+
+    config = Path(__file__).resolve().parents[2] / "paddlemix" / "config" / "paddleocr_vl" / "lora_sft_argument.json"
+    targets = json.loads(config.read_text())["lora_target_modules"]
+    modules = lora_modules(tiny_paddleocr_vl_dir, adapter_for(tiny_paddleocr_vl_dir), targets)
+    assert {m.split(".")[0] for m in modules} == {"model", "visual", "mlp_AR"}
+    lora = apply_lora(AutoModelMIX.from_pretrained(tiny_paddleocr_vl_dir), modules, 4, 8)
+    perturb_lora(lora, seed=0)
+    save_adapter(lora, tmp_path / "adapter", tiny_paddleocr_vl_dir)
+    merged = AutoModelMIX.from_pretrained(merge_adapter(tiny_paddleocr_vl_dir, tmp_path / "adapter", tmp_path / "m"))
+    rng = np.random.default_rng(0)
+    grid = np.asarray([[1, 4, 6]])
+    image_id = lora.config.image_token_id
+    ids = np.concatenate([[[5, 6]], np.full((1, 6), image_id), rng.integers(10, 300, (1, 8))], axis=1)
+    inputs = {"input_ids": paddle.to_tensor(ids), "image_grid_thw": paddle.to_tensor(grid),
+              "pixel_values": paddle.to_tensor(rng.normal(size=(24, 3, 14, 14)).astype("float32"))}  # fmt: skip
+    base = AutoModelMIX.from_pretrained(tiny_paddleocr_vl_dir)
+    with paddle.no_grad():
+        expected, got, before = lora(**inputs).logits, merged(**inputs).logits, base(**inputs).logits
+    assert float((expected - before).abs().max()) > 1e-4
+    assert float((got - expected).abs().max()) <= 1e-5
