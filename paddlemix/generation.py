@@ -251,6 +251,21 @@ def _answer(
     return [done for p in batch for done in _answer(generator, [p], settings, skipped)]
 
 
+def transcription_scores(results: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean normalised edit distance and CER of the answers (`metrics.ocr_scores`), each record's distance added
+    to it as `edit_distance`; {} when rapidfuzz (the eval extra) is missing, said once in the log."""
+    from paddlemix.inference.metrics import ocr_scores
+
+    try:
+        scores = ocr_scores([r["prediction"] for r in results], [r["reference"] for r in results])
+    except UserError as err:
+        logger.info("edit distance and CER left out: %s", err)
+        return {}
+    for record, distance in zip(results, scores["edit_distances"]):
+        record["edit_distance"] = round(distance, 6)
+    return {"edit_distance": scores["edit_distance"], "cer": scores["cer"]}
+
+
 def evaluate_generation(
     generator: Generator,
     source: DatasetSource,
@@ -260,7 +275,8 @@ def evaluate_generation(
     settings: GenerationSettings | None = None,
 ) -> dict[str, Any]:
     """Answer the last assistant turn of each record from the turns before it, `batch_size` records at a time
-    (greedy unless `settings` say otherwise); exact match for chat and VQA sources, sacrebleu's sentence BLEU-4 for caption sources (metrics.py).
+    (greedy unless `settings` say otherwise); exact match for chat and VQA sources, sacrebleu's sentence BLEU-4 for caption sources (metrics.py),
+    and for chat and VQA sources also the mean normalised edit distance and the CER (`transcription_scores`).
 
     Records that fail (unreadable, missing image, too long, a failing generation) are skipped and listed under
     `skipped_records` with their reason; they do not count in the scores.
@@ -286,8 +302,9 @@ def evaluate_generation(
                        len(skipped), count, skipped[0]["index"], skipped[0]["reason"])  # fmt: skip
     correct = sum(r["correct"] for r in results)
     mean = sum(r["score"] for r in results) / max(len(results), 1)
+    ocr = transcription_scores(results) if not caption else {}
     return {"metric": "bleu4" if caption else "accuracy", "score": mean, "accuracy": correct / max(len(results), 1),
-            "correct": correct, "total": len(results), "results": sorted(results, key=lambda r: r["index"]),
+            **ocr, "correct": correct, "total": len(results), "results": sorted(results, key=lambda r: r["index"]),
             "skipped": len(skipped), "skipped_records": skipped, "new_tokens": tokens, "seconds": seconds,
             "prompt_seconds": prompt_seconds, "tokens_per_second": tokens / max(seconds, 1e-9)}  # fmt: skip
 

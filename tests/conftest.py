@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny Qwen2-VL, Qwen2.5-VL, Qwen3-VL and LLaVA (with its CLIP and LM parts) folders and a synthetic shapes
+"""Shared fixtures: tiny Qwen2-VL, Qwen2.5-VL, Qwen3-VL, PaddleOCR-VL and LLaVA (with its CLIP and LM parts) folders and a synthetic shapes
 data set, built once per session."""
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import pytest
 from paddlemix.testing.shapes import make_shapes_dataset
 from paddlemix.testing.tiny_llava import build_tiny_causal_lm, build_tiny_clip_vision
 from paddlemix.testing.tiny_model import build_tiny_qwen2_5_vl
+from paddlemix.testing.tiny_paddleocr_vl import build_tiny_paddleocr_vl
 from paddlemix.testing.tiny_qwen2_vl import build_tiny_qwen2_vl
 from paddlemix.testing.tiny_qwen3_vl import build_tiny_qwen3_vl
 
@@ -33,6 +34,11 @@ def tiny_qwen2_vl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_qwen3_vl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_qwen3_vl(tmp_path_factory.mktemp("tiny_qwen3_vl"))
+
+
+@pytest.fixture(scope="session")
+def tiny_paddleocr_vl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_paddleocr_vl(tmp_path_factory.mktemp("tiny_paddleocr_vl"))
 
 
 @pytest.fixture(scope="session")
@@ -114,6 +120,7 @@ TINY_DIRS = {
     "qwen2_5_vl": "tiny_model_dir",
     "qwen3_vl": "tiny_qwen3_vl_dir",
     "llava": "tiny_llava_dir",
+    "paddleocr_vl": "tiny_paddleocr_vl_dir",
 }
 
 

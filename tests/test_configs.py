@@ -14,7 +14,15 @@ FILES = sorted(CONFIG.rglob("*_argument.json"))
 
 
 def test_configs_exist() -> None:
-    assert {p.parent.name for p in FILES} >= {"tiny", "demo", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava"}
+    assert {p.parent.name for p in FILES} >= {
+        "tiny",
+        "demo",
+        "qwen2_vl",
+        "qwen2_5_vl",
+        "qwen3_vl",
+        "llava",
+        "paddleocr_vl",
+    }
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(CONFIG)))

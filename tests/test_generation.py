@@ -8,15 +8,18 @@ from PIL import Image
 
 from paddlemix.datasets.conversation import Message, TooLongError
 from paddlemix.generation import Generator, evaluate_exact_match
+from paddlemix.inference.metrics import ocr_scores
 from paddlemix.models import adapter_for
 
 # ---- decoding through the real models (tiny folders from tests/conftest.py) ----
 
-FAMILIES = {"qwen2_5_vl": "tiny_model_dir", "qwen3_vl": "tiny_qwen3_vl_dir", "llava": "tiny_llava_dir"}
+FAMILIES = {"qwen2_5_vl": "tiny_model_dir", "qwen3_vl": "tiny_qwen3_vl_dir", "llava": "tiny_llava_dir",
+            "paddleocr_vl": "tiny_paddleocr_vl_dir"}  # fmt: skip
 VISION_ENTRY = {
     "qwen2_5_vl": "model.visual",
     "qwen3_vl": "model.visual",
     "llava": "model.vision_tower.vision_model.embeddings",
+    "paddleocr_vl": "visual.vision_model.embeddings",
 }
 NEW_TOKENS = 12
 
@@ -142,6 +145,9 @@ def test_evaluation_batches_and_skips_failing_records(tiny_model_dir: Path, imag
     assert "image not found" in reasons[1] and "malformed JSON" in reasons[3]
     assert "exceed max_length 100" in reasons[4] and "decode failed" in reasons[5]
     assert [r["index"] for r in batched["results"]] == [0, 2, 6] and batched["total"] == 3
+    predictions = [(r["prediction"], r["reference"]) for r in batched["results"]]
+    assert batched["cer"] == pytest.approx(ocr_scores(*zip(*predictions))["cer"]) if predictions else True
+    assert all(0 <= r["edit_distance"] <= 1 for r in batched["results"]) and 0 <= batched["edit_distance"] <= 1
     single = evaluate_exact_match(generator, [str(data)], batch_size=1, max_new_tokens=6)
     assert [r["prediction"] for r in single["results"]] == [r["prediction"] for r in batched["results"]]
     assert batched["new_tokens"] == single["new_tokens"] and 3 <= batched["new_tokens"] <= 18  # each run counted once

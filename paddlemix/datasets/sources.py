@@ -1,7 +1,7 @@
 """Readers for chatml, caption and VQA files: each record becomes a `Sample` lazily, on access.
 
-Records come in the field's shapes (see the README): PaddleMIX pairs, LLaVA/ShareGPT turns and OpenAI-style
-messages whose content is a string or a list of typed parts; per-turn `"loss"` flags (ms-swift); images as paths,
+Records come in the field's shapes (see the README): PaddleMIX pairs, LLaVA/ShareGPT turns, ERNIEKit's
+`text_info`/`image_info` records (PaddleOCR-VL's fine-tuning format) and OpenAI-style messages whose content is a string or a list of typed parts; per-turn `"loss"` flags (ms-swift); images as paths,
 `{"bytes", "path"}` dicts, base64 data URIs or http(s) URLs, at record level or inside the turns. Images are only
 resolved here and read later by the processor, so a large source costs little memory.
 """
@@ -125,7 +125,7 @@ def _raw_turns(record: dict[str, Any]) -> list[tuple[Any, Any, bool]]:
                 for t in turns]  # fmt: skip
     conv = record.get("conversations")
     if conv is None:
-        raise SampleError('record has neither "messages" nor "conversations"')
+        raise SampleError('record has neither "messages" nor "conversations" (nor ERNIEKit\'s "text_info")')
     if conv and isinstance(conv[0], (list, tuple)):
         return [(role, text, True) for pair in conv for role, text in zip(("user", "assistant"), pair)]
     out = []
@@ -267,13 +267,69 @@ def is_pair_list(record: dict[str, Any]) -> bool:
     return record.get("messages") is None and bool(conv) and isinstance(conv[0], (list, tuple))
 
 
+def is_erniekit(record: dict[str, Any]) -> bool:
+    """ERNIEKit's (PaddleOCR-VL's fine-tuning) shape: "text_info" turns, images in "image_info"."""
+    return record.get("messages") is None and record.get("conversations") is None and "text_info" in record
+
+
+ERNIEKIT_ROLES = {"mask": "user", "no_mask": "assistant"}  # mask: prompt (no loss); no_mask: the trained answer
+
+
+def erniekit_sample(record: dict[str, Any], root: Path) -> tuple[list[Message], tuple[ImageRef, ...]]:
+    """Messages and images of an ERNIEKit record:
+
+        {"image_info": [{"image_url": "a.png", "matched_text_index": 0}],
+         "text_info": [{"text": "OCR:", "tag": "mask"}, {"text": "Hello", "tag": "no_mask"}]}
+
+    `text_info` alternates prompts (`mask`) and answers (`no_mask`), starting with a prompt and ending with an
+    answer; each image goes in front of the text at its `matched_text_index` (default 0), which must be a prompt.
+    A prompt's text is plain text (an `<image>` in it stays text).
+
+    Raises:
+        SampleError: bad shape, broken alternation, or an image matched to an answer or to no text.
+    """
+    texts, infos = record.get("text_info"), record.get("image_info") or []
+    if not isinstance(texts, list) or not texts or not isinstance(infos, list):
+        raise SampleError('ERNIEKit record: "text_info" must be a non-empty list and "image_info" a list')
+    at: dict[int, list[Any]] = {}
+    for k, info in enumerate(infos):
+        url = info.get("image_url") if isinstance(info, dict) else None
+        index = info.get("matched_text_index", 0) if isinstance(info, dict) else None
+        if url is None or not isinstance(index, int) or not 0 <= index < len(texts):
+            raise SampleError(f"ERNIEKit image_info[{k}] needs an image_url and a matched_text_index within text_info")
+        at.setdefault(index, []).append(url)
+    images = _Images([], root)
+    messages, expected = [], "mask"
+    for k, item in enumerate(texts):
+        tag = item.get("tag") if isinstance(item, dict) else None
+        if tag != expected:
+            raise SampleError(
+                f'ERNIEKit text_info[{k}] has tag {tag!r} where "{expected}" belongs: turns alternate prompt ("mask") '
+                'and answer ("no_mask"), starting with a prompt'
+            )
+        if tag == "no_mask" and k in at:
+            raise SampleError(f"ERNIEKit image matched to text_info[{k}], an answer (images can only be inputs)")
+        text = item.get("text")
+        if not isinstance(text, str):
+            raise SampleError(f'ERNIEKit text_info[{k}] has no "text" string')
+        marks = "".join(images.take(url) for url in at.get(k, ()))
+        messages.append(Message(ERNIEKIT_ROLES[tag], marks + images.plain(text)))
+        expected = "no_mask" if tag == "mask" else "mask"
+    if expected == "no_mask":
+        raise SampleError('ERNIEKit record ends with a prompt ("mask") that has no answer ("no_mask")')
+    return images.resolve(messages)
+
+
 def chatml_sample(
     record: dict[str, Any], root: Path, placeholder: str = IMAGE_PLACEHOLDER, inline_images: bool | None = None
 ) -> tuple[list[Message], tuple[ImageRef, ...]]:
     """Messages with `<image>` / `<video>` placeholders and the images in their order, from any chatml record
-    shape; the videos (see `chatml_videos`) are kept on the returned list as `videos`.
+    shape (ERNIEKit's `text_info` records included, see `erniekit_sample`); the videos (see `chatml_videos`) are
+    kept on the returned list as `videos`.
 
     `inline_images` None: `<img>path</img>` is an image in PaddleMIX's pair-list records only."""
+    if is_erniekit(record):
+        return erniekit_sample(record, root)
     inline = is_pair_list(record) if inline_images is None else inline_images
     images = _Images(record_images(record), root, placeholder, inline).with_videos(record_images(record, "video"))
     messages = []

@@ -10,6 +10,7 @@
     rouge_l            ROUGE-L F1 of rouge-score (0-100, lowercased alphanumeric tokens)
 
 Table values are means over records in percent, except `cer` (a fraction) and `bleu` (corpus level).
+`ocr_scores` gives the transcription scores of evaluation by generation (raw text, one reference per record).
 """
 
 from __future__ import annotations
@@ -84,6 +85,26 @@ def character_errors(prediction: str, references: Sequence[str]) -> tuple[int, i
     """(edit distance, reference length) in characters against the closest reference, for the CER sums."""
     levenshtein = _need("rapidfuzz.distance").Levenshtein
     return min((levenshtein.distance(prediction, r), len(r)) for r in references)
+
+
+def ocr_scores(predictions: Sequence[str], references: Sequence[str]) -> dict[str, Any]:
+    """Transcription scores of answers against one reference each, on the raw text (case, spaces and punctuation
+    count, as OCR benchmarks score): per record the normalised Levenshtein distance (distance / longer length, 0 =
+    equal); over the file its mean (`edit_distance`) and the character error rate (`cer`: total distance / total
+    reference characters). Needs rapidfuzz (the eval extra).
+
+    Returns:
+        {"edit_distances": [float per record], "edit_distance": float, "cer": float}; empty inputs give 0.0.
+
+    Raises:
+        UserError: rapidfuzz is not installed.
+    """
+    levenshtein = _need("rapidfuzz.distance").Levenshtein
+    per_record = [levenshtein.normalized_distance(p, r) for p, r in zip(predictions, references)]
+    errors = sum(levenshtein.distance(p, r) for p, r in zip(predictions, references))
+    characters = sum(len(r) for r in references)
+    return {"edit_distances": per_record, "edit_distance": sum(per_record) / max(len(per_record), 1),
+            "cer": errors / max(characters, 1)}  # fmt: skip
 
 
 def rouge_l(prediction: str, references: Sequence[str]) -> float:

@@ -32,6 +32,8 @@ VLLM_WEIGHT_PREFIXES: dict[str, tuple[str, ...]] = {
     "Qwen2VLForConditionalGeneration": ("model.language_model.", "model.visual.", "lm_head.", "visual.", "model."),
     "Qwen2_5_VLForConditionalGeneration": ("model.language_model.", "model.visual.", "lm_head.", "visual.", "model."),
     "Qwen3VLForConditionalGeneration": ("model.language_model.", "model.visual.", "lm_head."),
+    # vLLM's PaddleOCR-VL reads the original names, `packing_position_embedding` included (PaddleFormers #3680).
+    "PaddleOCRVLForConditionalGeneration": ("model.", "lm_head.", "visual.", "mlp_AR."),
     "LlavaForConditionalGeneration": ("model.language_model.", "model.vision_tower.", "model.multi_modal_projector.",
                                       "lm_head.", "language_model.", "vision_tower.", "multi_modal_projector."),
 }  # fmt: skip

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from paddlemix.models import llava, qwen2_5_vl, qwen2_vl, qwen3_vl
+from paddlemix.models import llava, paddleocr_vl, qwen2_5_vl, qwen2_vl, qwen3_vl
 from paddlemix.models.adapter import ModelAdapter
 from paddlemix.utils.errors import UserError
 
@@ -14,6 +14,7 @@ ADAPTERS: dict[str, ModelAdapter] = {
     "qwen2_vl": qwen2_vl.ADAPTER,
     "qwen2_5_vl": qwen2_5_vl.ADAPTER,
     "qwen3_vl": qwen3_vl.ADAPTER,
+    "paddleocr_vl": paddleocr_vl.ADAPTER,
 }
 
 

@@ -69,8 +69,13 @@ def language_model_prefix(module_groups: Mapping[str, Sequence[str]]) -> str:
 
 
 def other_part_words(module_groups: Mapping[str, Sequence[str]]) -> set[str]:
-    """Words that name a non-language-model part in a pattern: `visual`, `vision_tower`, `multi_modal_projector`."""
-    return {g.split(".")[1] for group, globs in module_groups.items() if group != "llm" for g in globs if "." in g}
+    """Words that name a non-language-model part in a pattern: `visual`, `vision_tower`, `multi_modal_projector`
+    (the component after `model.`), or `mlp_AR` for a family whose parts are top-level modules."""
+    words = set()
+    for group, globs in module_groups.items():
+        for parts in (g.split(".") for g in globs if "." in g and group != "llm"):
+            words.add(parts[1] if parts[0] == "model" else parts[0])
+    return words
 
 
 def is_regex(target: str) -> bool:

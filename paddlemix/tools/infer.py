@@ -193,6 +193,8 @@ def main(argv: list[str] | None = None) -> None:
     print(speed_line(report["new_tokens"], report["seconds"], report["prompt_seconds"]))
     print(f"exact match: {report['correct']}/{report['total']} = {report['accuracy']:.1%}"
           + (f" ({report['skipped']} records skipped)" if report["skipped"] else ""))  # fmt: skip
+    if "cer" in report:
+        print(f"edit distance (normalised, mean): {report['edit_distance']:.4f}; CER: {report['cer']:.4f}")
 
 
 if __name__ == "__main__":

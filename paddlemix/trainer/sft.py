@@ -473,7 +473,8 @@ def save_final(
         tmp = Path(staging)
         copy_side_files(processor_dir, tmp)
         write_for_both(tmp)  # files of a model saved by transformers 5.x, as 4.x reads them too
-        trained = chosen_template(templates)
+        # the sources' template, else the one the processor chose for a folder without one (PaddleOCR-VL's version)
+        trained = chosen_template(templates) or getattr(tokenizer, "chat_template", None)
         if trained and trained != read_folder_template(processor_dir):  # where transformers reads the template
             write_chat_template(tmp, trained)
         if args.lora.lora:
@@ -553,6 +554,9 @@ def generation_scorer(args: RunArgs, model: Any, processor: Any, adapter: ModelA
                                          batch_size=args.training.per_device_eval_batch_size)  # fmt: skip
             prefix = "eval" if single else f"eval_{Path(name.split(':')[-1]).stem}"
             out[f"{prefix}_{result['metric']}"] = round(result["score"], 4)
+            for key in ("edit_distance", "cer"):  # transcription scores, beside exact match (OCR models)
+                if key in result:
+                    out[f"{prefix}_{key}"] = round(result[key], 4)
             out[f"{prefix}_skipped"] = result["skipped"]
         if was_training:
             model.train()

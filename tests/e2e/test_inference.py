@@ -60,8 +60,9 @@ def test_data_file_in_batches_skips_bad_records(run_tool, tiny_model_dir: Path, 
     answers = tmp_path / "answers.jsonl"
     args = ["--model_name_or_path", str(tiny_model_dir), "--data_file", str(data), "--output", str(answers)]
     lines = run_tool("infer.py", *args, "--batch_size", "2", "--max_new_tokens", "3", cwd=tmp_path).stdout.splitlines()
-    assert re.match(r"^exact match: \d/5 = [\d.]+% \(1 records skipped\)$", lines[-1]), lines[-1]
-    assert generated_tokens("\n".join(lines)) <= 15 and "skipped record #2: image not found" in lines[-3]
+    assert re.match(r"^exact match: \d/5 = [\d.]+% \(1 records skipped\)$", lines[-2]), lines[-2]
+    assert re.match(r"^edit distance \(normalised, mean\): [\d.]+; CER: [\d.]+$", lines[-1]), lines[-1]
+    assert generated_tokens("\n".join(lines)) <= 15 and "skipped record #2: image not found" in lines[-4]
     results = [json.loads(line) for line in answers.read_text().splitlines()]
     assert [r["index"] for r in results] == [0, 1, 3, 4, 5]
 

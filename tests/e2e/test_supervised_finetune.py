@@ -27,10 +27,10 @@ MODEL_FILES = {
     "chat_template.json",
     "preprocessor_config.json",
 }
-FAMILIES = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava"]
+FAMILIES = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava", "paddleocr_vl"]
 # A vision-tower tensor per family, to check that "freeze_vision" kept it.
 VISION_TENSOR = {"qwen2_vl": "patch_embed.proj.weight", "qwen2_5_vl": "patch_embed.proj.weight", "qwen3_vl": "patch_embed.proj.weight",
-                 "llava": "embeddings.patch_embedding.weight"}  # fmt: skip
+                 "llava": "embeddings.patch_embedding.weight", "paddleocr_vl": "embeddings.patch_embedding.weight"}  # fmt: skip
 RUN_FILES = {"run_args.json", "all_results.json", "train_log.jsonl", "train_summary.json", "loss_curve.png"}
 
 
@@ -49,10 +49,10 @@ def tensor(weights: dict[str, np.ndarray], suffix: str) -> np.ndarray:
 
 
 def model_files(model_dir: Path) -> set[str]:
-    """The files a saved model must have: the standard set, plus the processor and video processor configs where
-    the base has them."""
-    optional = ("video_preprocessor_config.json", "processor_config.json")
-    return MODEL_FILES | {name for name in optional if (model_dir / name).is_file()}
+    """The files a saved model must have: the standard set, plus the processor and video processor configs and the
+    chat template files (chat_template.json, chat_template.jinja) where the base has them."""
+    optional = ("video_preprocessor_config.json", "processor_config.json", "chat_template.json", "chat_template.jinja")
+    return (MODEL_FILES - {"chat_template.json"}) | {name for name in optional if (model_dir / name).is_file()}
 
 
 @pytest.mark.parametrize("tiny_family", FAMILIES, indirect=True)
@@ -121,8 +121,8 @@ def test_lora_run_then_merge_tool(workspace: Path, run_tool, tiny_family: str) -
         "run_args.json",
         "tokenizer.json",
         "preprocessor_config.json",
-        "chat_template.json",
     } <= files
+    assert files & {"chat_template.json", "chat_template.jinja"}
     assert "model.safetensors" not in files and "config.json" not in files
     run_tool(
         "merge_lora_params.py", "--lora_path", str(out), "--merge_model_path", str(workspace / "merged"), cwd=workspace

@@ -9,6 +9,7 @@ from paddlemix.inference.metrics import (
     corpus_bleu,
     edit_distance,
     exact_match,
+    ocr_scores,
     relaxed_accuracy,
     rouge_l,
     score_records,
@@ -95,3 +96,12 @@ def test_evaluation_by_generation_scores_captions_with_sacrebleu(tmp_path) -> No
     source = DatasetSource(name="coco_caption", data_files=[str(tmp_path / "c.jsonl")])
     report = evaluate_generation(stub, source, settings="greedy")
     assert report["metric"] == "bleu4" and report["score"] == pytest.approx((3 / 7) ** 0.25)
+
+
+def test_ocr_scores_on_raw_text() -> None:
+    """abc/abd: 1 edit of 3; ""/xy: 2 edits of 2 (distance 1.0); case counts: Ab/ab is 1 edit of 2."""
+    scores = ocr_scores(["abc", "", "Ab"], ["abd", "xy", "ab"])
+    assert scores["edit_distances"] == pytest.approx([1 / 3, 1.0, 0.5])
+    assert scores["edit_distance"] == pytest.approx((1 / 3 + 1.0 + 0.5) / 3)
+    assert scores["cer"] == pytest.approx((1 + 2 + 1) / (3 + 2 + 2))
+    assert ocr_scores([], []) == {"edit_distances": [], "edit_distance": 0.0, "cer": 0.0}

@@ -53,7 +53,7 @@ def test_training_warns_before_it_starts(caplog: pytest.LogCaptureFixture) -> No
     assert [r.getMessage().startswith("for vLLM: ") for r in caplog.records] == [True, True]
 
 
-@pytest.mark.parametrize("fixture", ["tiny_model_dir", "tiny_qwen3_vl_dir", "tiny_llava_dir"])
+@pytest.mark.parametrize("fixture", ["tiny_model_dir", "tiny_qwen3_vl_dir", "tiny_llava_dir", "tiny_paddleocr_vl_dir"])
 def test_our_folders_pass_the_loader_checks(request: pytest.FixtureRequest, fixture: str) -> None:
     assert check_model_folder(request.getfixturevalue(fixture)) == []
 

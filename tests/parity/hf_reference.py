@@ -31,6 +31,7 @@ HF_CLASSES = {
     "qwen2_vl": "Qwen2VLForConditionalGeneration",
     "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
     "qwen3_vl": "Qwen3VLForConditionalGeneration",
+    "paddleocr_vl": "PaddleOCRVLForConditionalGeneration",
 }
 
 

@@ -29,7 +29,9 @@ def test_scores_and_skip_counts_per_source(tiny_model_dir: Path, shapes_data, tm
     model = adapter.load_model(tiny_model_dir)
     model.train()
     scores = generation_scorer(args, model, adapter.load_processor(tiny_model_dir), adapter)()
-    assert set(scores) == {"eval_eval_accuracy", "eval_eval_skipped", "eval_faulty_accuracy", "eval_faulty_skipped"}
+    assert set(scores) == {f"eval_{source}_{key}" for source in ("eval", "faulty")
+                           for key in ("accuracy", "skipped", "edit_distance", "cer")}  # fmt: skip
+    assert 0.0 <= scores["eval_eval_edit_distance"] <= 1.0 and scores["eval_eval_cer"] >= 0.0
     assert scores["eval_eval_skipped"] == 0 and scores["eval_faulty_skipped"] == 2
     assert scores["eval_faulty_accuracy"] == 0.0 and 0.0 <= scores["eval_eval_accuracy"] <= 1.0
     assert model.training  # back in training mode afterwards
