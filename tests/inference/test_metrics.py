@@ -88,7 +88,7 @@ def test_evaluation_by_generation_scores_captions_with_sacrebleu(tmp_path) -> No
     Image.new("RGB", (32, 32), (10, 20, 30)).save(tmp_path / "a.png")
     (tmp_path / "c.jsonl").write_text('{"image": "a.png", "caption": "the cat sat on the mat"}\n')
     stub = SimpleNamespace(
-        encode=lambda messages, images: {"input_ids": np.zeros(3, dtype="int64")},
+        encode=lambda messages, images, videos=(): {"input_ids": np.zeros(3, dtype="int64")},
         generate_encoded=lambda prompts, settings: SimpleNamespace(
             texts=["the cat sat on the mat today"], generated=SimpleNamespace(new_tokens=7, seconds=1.0,
                                                                               prefill_seconds=0.1)),
