@@ -181,7 +181,7 @@ class _Images:
         marks = [r"<img>(?P<path>.*?)</img>"] if self.inline_marks else []
         if self.has_images:
             marks.append(re.escape(self.placeholder))
-        if self.videos.pending:
+        if self.videos.has_videos:  # every mark counts, so one past the record's videos is an error, not text
             marks.append(re.escape(VIDEO_PLACEHOLDER))
         if not marks:
             return self.plain(text)
@@ -233,6 +233,7 @@ class _Videos:
 
     def __init__(self, record_level: list[Any]):
         self.pending = list(record_level)
+        self.has_videos = bool(record_level)
         self.ordered: list[tuple[Any, VideoOptions | None]] = []
         self.placeholders = 0
 

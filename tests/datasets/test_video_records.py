@@ -67,6 +67,12 @@ def test_video_mark_without_videos_stays_text(tmp_path: Path) -> None:
     [
         ({"videos": ["a.mp4"], "messages": [{"role": "user", "content": "<video><video>Q"},
                                             {"role": "assistant", "content": "A"}]}, "2 <video> placeholders but 1"),
+        ({"videos": ["a.mp4"], "messages": [{"role": "user", "content": "<video>Q"},
+                                            {"role": "assistant", "content": "A"},
+                                            {"role": "user", "content": "<video>again"},
+                                            {"role": "assistant", "content": "B"}]}, "2 <video> placeholders but 1"),
+        ({"videos": ["a.mp4"], "messages": [{"role": "user", "content": "<video>Q"},
+                                            {"role": "assistant", "content": "<video>A"}]}, "<video>"),
         ({"messages": [{"role": "user", "content": [{"type": "video", "video": "a.mp4", "fps": "fast"}]},
                        {"role": "assistant", "content": "A"}]}, 'video "fps" must be a non-negative number'),
         ({"messages": [{"role": "user", "content": [{"type": "video"}]}, {"role": "assistant", "content": "A"}]},
