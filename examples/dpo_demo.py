@@ -14,13 +14,12 @@ Usage: python examples/dpo_demo.py [--workdir DIR] [--n_train N] [--n_eval N] [-
 
 from __future__ import annotations
 
-import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from paddlemix.testing.demo import demo_parser, step
 from paddlemix.testing.pairs import write_shape_pairs
 from paddlemix.testing.shapes import make_shapes_dataset
 from paddlemix.testing.tiny_model import DEMO_SIZE, build_tiny_qwen2_5_vl
@@ -29,11 +28,6 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "paddlemix" / "config" / "demo" / "shapes_dpo_argument.json"
 TOOLS = REPO / "paddlemix" / "tools"
 TARGET_PREFERENCE_ACCURACY = 0.95
-
-
-def step(title: str, command: list[str], cwd: Path) -> None:
-    print(f"\n== {title}: {' '.join(command)}", flush=True)
-    subprocess.run(command, cwd=cwd, check=True)
 
 
 def answer_accuracy(model: str, work: Path, out: Path) -> float:
@@ -45,10 +39,7 @@ def answer_accuracy(model: str, work: Path, out: Path) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", default=".", help="folder that receives demo_run/ (default: current folder)")
-    parser.add_argument("--n_train", type=int, default=400)
-    parser.add_argument("--n_eval", type=int, default=80)
+    parser = demo_parser(__doc__)
     args, overrides = parser.parse_known_args(argv)
     work = Path(args.workdir).resolve()
     demo = work / "demo_run"

@@ -14,15 +14,14 @@ Extra --key value pairs are passed to the fine-tuning tool (e.g. --num_train_epo
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from paddlemix.inference.metrics import ocr_scores
+from paddlemix.testing.demo import demo_parser, step
 from paddlemix.testing.text_lines import make_text_lines_dataset
 from paddlemix.testing.tiny_model import DEMO_SIZE
 from paddlemix.testing.tiny_paddleocr_vl import build_tiny_paddleocr_vl
@@ -34,10 +33,7 @@ TARGET_CER = 0.05
 
 def main(argv: list[str] | None = None) -> float:
     """Run the demo; returns the held-out CER (fraction)."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", default=".", help="folder that receives demo_run/ (default: current folder)")
-    parser.add_argument("--n_train", type=int, default=800)
-    parser.add_argument("--n_eval", type=int, default=80)
+    parser = demo_parser(__doc__, n_train=800)
     parser.add_argument("--n_words", type=int, default=24, help="words of the vocabulary the lines use (at most 24)")
     args, overrides = parser.parse_known_args(argv)
     work = Path(args.workdir).resolve()
@@ -64,11 +60,6 @@ def main(argv: list[str] | None = None) -> float:
     print(f"answers: {answers}")
     print_next_steps(work / config["output_dir"], demo / "text_lines" / "eval.jsonl")
     return scores["cer"]
-
-
-def step(title: str, command: list[str], cwd: Path) -> None:
-    print(f"\n== {title}: {' '.join(command)}", flush=True)
-    subprocess.run(command, cwd=cwd, check=True)
 
 
 def print_next_steps(model: Path, eval_file: Path) -> str:

@@ -16,15 +16,14 @@ Extra --key value pairs are passed to the fine-tuning tool (e.g. --num_train_epo
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from functools import partial
 from pathlib import Path
 
+from paddlemix.testing.demo import demo_parser, step
 from paddlemix.testing.shapes import make_shapes_dataset
 from paddlemix.testing.tiny_llava import build_tiny_llava
 from paddlemix.testing.tiny_model import DEMO_SIZE, build_tiny_qwen2_5_vl
@@ -50,17 +49,9 @@ FAMILIES = {
 TARGET_ACCURACY = 0.9
 
 
-def step(title: str, command: list[str], cwd: Path) -> None:
-    print(f"\n== {title}: {' '.join(command)}", flush=True)
-    subprocess.run(command, cwd=cwd, check=True)
-
-
 def main(argv: list[str] | None = None) -> float:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = demo_parser(__doc__)
     parser.add_argument("--family", choices=sorted(FAMILIES), default="qwen2_5_vl", help="model family to build")
-    parser.add_argument("--workdir", default=".", help="folder that receives demo_run/ (default: current folder)")
-    parser.add_argument("--n_train", type=int, default=400)
-    parser.add_argument("--n_eval", type=int, default=80)
     args, overrides = parser.parse_known_args(argv)
     work = Path(args.workdir).resolve()
     demo = work / "demo_run"

@@ -13,13 +13,12 @@ Usage: python examples/video_demo.py [--workdir DIR] [--n_train N] [--n_eval N] 
 
 from __future__ import annotations
 
-import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from paddlemix.testing.demo import demo_parser, step
 from paddlemix.testing.motion import make_motion_dataset
 from paddlemix.testing.tiny_model import DEMO_SIZE, build_tiny_qwen2_5_vl
 
@@ -28,16 +27,8 @@ CONFIG = REPO / "paddlemix" / "config" / "demo" / "motion_video_sft_argument.jso
 TARGET_ACCURACY = 0.9
 
 
-def step(title: str, command: list[str], cwd: Path) -> None:
-    print(f"\n== {title}: {' '.join(command)}", flush=True)
-    subprocess.run(command, cwd=cwd, check=True)
-
-
 def main(argv: list[str] | None = None) -> float:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", default=".", help="folder that receives demo_run/ (default: current folder)")
-    parser.add_argument("--n_train", type=int, default=400)
-    parser.add_argument("--n_eval", type=int, default=80)
+    parser = demo_parser(__doc__)
     args, overrides = parser.parse_known_args(argv)
     work = Path(args.workdir).resolve()
     config = json.loads(CONFIG.read_text())
