@@ -231,25 +231,25 @@ class VideoReader:
         n = ceil_by(len(frames), FRAME_FACTOR)
         return (height, width), frame_size(height, width, n, f, options)
 
-    def _list_plan(self, frames: tuple[ImageRef, ...], options: VideoOptions) -> VideoPlan:
-        _, (height, width) = self._list_sizes(frames, options)
-        n = ceil_by(len(frames), FRAME_FACTOR)
+    def _list_plan(self, count: int, size: tuple[int, int], options: VideoOptions) -> VideoPlan:
+        """The plan of a list of `count` frames sized `size` (height, width) by `_list_sizes`."""
+        n = ceil_by(count, FRAME_FACTOR)
         fps = options.fps if options.fps is not None else FPS
-        return VideoPlan(tuple(range(n)), fps, fps, height, width)
+        return VideoPlan(tuple(range(n)), fps, fps, *size)
 
     def plan(self, video: VideoRef) -> VideoPlan:
         """Sampled frames and their size, from headers only."""
         options = self.options(video)
         if isinstance(video.source, tuple):
-            return self._list_plan(video.source, options)
+            return self._list_plan(len(video.source), self._list_sizes(video.source, options)[1], options)
         return self._clip_plan(self.probe(video.source), options)
 
     def load(self, video: VideoRef) -> tuple[np.ndarray, VideoPlan]:
         """uint8 frames [T, height, width, 3] (T even) and the plan they follow."""
         options = self.options(video)
         if isinstance(video.source, tuple):
-            plan = self._list_plan(video.source, options)
-            (h, w), _ = self._list_sizes(video.source, options)
+            (h, w), size = self._list_sizes(video.source, options)
+            plan = self._list_plan(len(video.source), size, options)
             frames = [resize_frame(Image.fromarray(resize_frame(self.images.load(f), h, w)), plan.height, plan.width)
                       for f in video.source]  # fmt: skip
             frames += [frames[-1]] * (len(plan.indices) - len(frames))
