@@ -162,7 +162,7 @@ class PaddleStep:
         head = self.model.lm_head
         self.model.lm_head = _Identity()
         try:
-            hidden = self.model(**{k: v for k, v in inputs.items() if k != "labels"}).logits  # [B, L, H]
+            hidden = self.model(**{k: v for k, v in inputs.items() if k != "labels"}, use_cache=False).logits
         finally:
             self.model.lm_head = head
         clock.lap("forward")
@@ -193,11 +193,16 @@ class _Clock:
 def paddle_step(folder: Path) -> PaddleStep:
     """The toolkit's step on the LoRA model of `folder`, with the loss the trainer picks for its vocabulary."""
     from paddlemix.auto import AutoProcessorMIX
-    from paddlemix.trainer.chunked_loss import chunked_lm_loss
+    from paddlemix.trainer import chunked_loss
 
     model = lora_model(folder)
     pad = AutoProcessorMIX.from_pretrained(folder).tokenizer.pad_token_id
-    return PaddleStep(model, pad, lambda head, hidden, labels: chunked_lm_loss(head, hidden, labels, 256, "sum"))
+    chunk = 256  # the default loss_chunk_size
+    if chunked_loss.uses_chunked_loss(chunked_loss.vocab_size(model.config), chunk):
+        return PaddleStep(
+            model, pad, lambda head, h, labels: chunked_loss.chunked_lm_loss(head, h, labels, chunk, "sum")
+        )
+    return PaddleStep(model, pad, lambda head, h, labels: chunked_loss.token_loss_sum(head(h), labels))
 
 
 def count_tokens(packs: list[dict[str, np.ndarray]]) -> int:

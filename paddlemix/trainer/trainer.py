@@ -24,7 +24,7 @@ from paddlemix.peft.peft_format import write_adapter
 from paddlemix.processors.sample_processor import IGNORE_INDEX
 from paddlemix.processors.template_files import write_chat_template
 from paddlemix.trainer.accumulation import StepLoss, scale_gradients, sum_over_ranks
-from paddlemix.trainer.chunked_loss import lm_loss_without_full_logits, token_loss_sum
+from paddlemix.trainer.chunked_loss import lm_loss_without_full_logits, token_loss_sum, training_forward
 from paddlemix.utils import checkpoints
 from paddlemix.utils.errors import UserError
 
@@ -481,7 +481,7 @@ class MIXTrainer(Trainer):
         elif self.loss_chunk_size > 0 and self.head_owner is not None:
             loss_sum = lm_loss_without_full_logits(model, inputs, self.head_owner, self.loss_chunk_size, "sum")
         else:
-            logits = model(**{k: v for k, v in inputs.items() if k != "labels"}).logits  # [B, L, vocab]
+            logits = model(**training_forward(inputs)).logits  # [B, L, vocab]
             loss_sum = token_loss_sum(logits, inputs["labels"])
         self.last_loss_sum = float(loss_sum)
         return loss_sum / self.loss_divisor
