@@ -197,12 +197,8 @@ def paddle_step(folder: Path) -> PaddleStep:
 
     model = lora_model(folder)
     pad = AutoProcessorMIX.from_pretrained(folder).tokenizer.pad_token_id
-    chunk = 256  # the default loss_chunk_size
-    if chunked_loss.uses_chunked_loss(chunked_loss.vocab_size(model.config), chunk):
-        return PaddleStep(
-            model, pad, lambda head, h, labels: chunked_loss.chunked_lm_loss(head, h, labels, chunk, "sum")
-        )
-    return PaddleStep(model, pad, lambda head, h, labels: chunked_loss.token_loss_sum(head(h), labels))
+    chunk = 256 if chunked_loss.uses_chunked_loss(chunked_loss.vocab_size(model.config), 256) else 0  # the trainer's
+    return PaddleStep(model, pad, lambda head, h, labels: chunked_loss.chunked_lm_loss(head, h, labels, chunk, "sum"))
 
 
 def count_tokens(packs: list[dict[str, np.ndarray]]) -> int:

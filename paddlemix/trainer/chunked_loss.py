@@ -47,7 +47,8 @@ def chunked_lm_loss(
     or with `reduction="sum"` their sum (float32 scalar; the trainer divides by the whole step's label count).
 
     hidden: [..., H] states whose label is the token at the same position (labels already shifted);
-    labels: [...] int64 with IGNORE_INDEX where no loss is taken.
+    labels: [...] int64 with IGNORE_INDEX where no loss is taken; chunk_size <= 0: all labelled positions in one
+    pass without recompute (the head still runs on the labelled positions only).
     """
     hidden = hidden.reshape([-1, hidden.shape[-1]])  # [tokens, hidden]
     labels = labels.reshape([-1])
@@ -55,6 +56,9 @@ def chunked_lm_loss(
     if keep.shape[0] == 0:
         return (hidden.sum() * 0.0).astype("float32")
     hidden, labels = paddle.gather(hidden, keep), paddle.gather(labels, keep)  # only labelled positions
+    if chunk_size <= 0:
+        total = _chunk_loss_sum(head, hidden, labels)
+        return total if reduction == "sum" else total / float(keep.shape[0])
     total = paddle.zeros([], dtype="float32")
     for start in range(0, hidden.shape[0], chunk_size):
         h, y = hidden[start : start + chunk_size], labels[start : start + chunk_size]

@@ -676,7 +676,8 @@ def run_sft(args: RunArgs) -> dict[str, Any]:
         eval_dataset=eval_set,
         data_collator=GuardedCollator(collator),
         image_token_id=image_token_id,
-        head_owner=base_model(model),
+        # One process: the LM head runs on the labelled positions only (see `loss_chunk_size`).
+        head_owner=base_model(model) if training.world_size == 1 else None,
         loss_chunk_size=loss_chunk_size(args, config),
         generation_eval=generation_scorer(args, model, processor, adapter),
         chat_template=chosen_template(templates, warn=training.process_index == 0),

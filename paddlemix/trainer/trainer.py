@@ -471,14 +471,15 @@ class MIXTrainer(Trainer):
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, **kwargs: Any) -> Any:
         """Training: the sum of the micro-batch's token losses divided by the step's n0 (see `training_step`),
-        through the chunked head + cross-entropy (no full [tokens, vocab] logits) when enabled; with a preference
+        with the head on the labelled positions only when `head_owner` is given (one process), in chunks of
+        `loss_chunk_size` (no full [tokens, vocab] logits) when that is > 0; with a preference
         stage, the sum of the micro-batch's pair losses, divided alike (n0 counts pairs). Evaluation, which may
         need logits, keeps the model's own loss."""
         if self.stage is not None and not return_outputs:
             loss_sum = self.stage(model, inputs, training=model.training)  # summed over the batch's pairs
         elif return_outputs or not model.training:
             return super().compute_loss(model, inputs, return_outputs, **kwargs)
-        elif self.loss_chunk_size > 0 and self.head_owner is not None:
+        elif self.head_owner is not None:  # the head on labelled positions only, chunked when loss_chunk_size > 0
             loss_sum = lm_loss_without_full_logits(model, inputs, self.head_owner, self.loss_chunk_size, "sum")
         else:
             logits = model(**training_forward(inputs)).logits  # [B, L, vocab]

@@ -26,7 +26,7 @@ def run(fn, head, hidden_np: np.ndarray, labels: np.ndarray):
     return float(loss), hidden.grad.numpy(), head.weight.grad.numpy()
 
 
-@pytest.mark.parametrize("tokens, vocab, chunk", [(37, 50, 8), (64, 1000, 64), (5, 7, 100)])
+@pytest.mark.parametrize("tokens, vocab, chunk", [(37, 50, 8), (64, 1000, 64), (5, 7, 100), (37, 50, 0)])
 def test_loss_and_gradients_equal_the_full_logits_path(tokens: int, vocab: int, chunk: int) -> None:
     rng = np.random.default_rng(tokens)
     labels = rng.integers(0, vocab, (2, tokens))
