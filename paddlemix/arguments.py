@@ -58,7 +58,8 @@ PADDLEMIX_KEYS: dict[str, ForeignKey] = {
     "mixtoken": ForeignKey(to="packing"),
     "eval_with_do_generation": ForeignKey(to="eval_generation"),
     "use_flash_attention": ForeignKey(
-        why="the attention implementation is the model's default (eager); Paddle has no FlashAttention on CPU"
+        why="the attention is chosen per device: on CPU this toolkit's (paddlemix/models/attention.py), elsewhere "
+        "the model's default"
     ),
     "group_by_modality_length": ForeignKey(
         why="batches are drawn in shuffled order, not grouped by length",

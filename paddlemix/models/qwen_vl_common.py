@@ -13,10 +13,16 @@ from paddlemix.models.hf_layout import from_hf_layout
 
 
 def prepare_config(config: Any, device: str) -> None:
-    """Use the unfused RMSNorm where the fused kernel is missing (every device but CUDA GPUs)."""
+    """Use the unfused RMSNorm where the fused kernel is missing (every device but CUDA GPUs), and on CPU the
+    language model's attention of `paddlemix.models.attention` (paddleformers' eager one there took 1.2-1.9x as
+    long for forward + backward, benchmarks/step_profile.py); other devices keep paddleformers' choice."""
     if device != "gpu":
         for part in (config.text_config, config.vision_config):
             part.fuse_rms_norm = False
+    if device == "cpu":
+        from paddlemix.models import attention
+
+        config.text_config._attn_implementation = attention.register()
 
 
 def paddle_name(name: str) -> str:

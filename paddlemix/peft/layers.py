@@ -8,7 +8,8 @@ adapted slice ("part") has its own A/B pair, exactly as PEFT would attach to the
     y = x @ W + b + scatter_p( dropout(x) @ A_p @ B_p ) * scaling
 
 with W [in, out] (Paddle's Linear layout), A_p [in, r], B_p [r, len(part p)] and the scatter putting each part's
-columns where the fused layer keeps them (paddleformers interleaves q/k/v per KV group; see
+columns where the fused layer keeps them. The forward computes it as one product per side, concat_p(x @ A_p) @ B
+with B the parts' B matrices scattered into one [parts * r, out] block matrix (`LoRALinear.fused_b`) (paddleformers interleaves q/k/v per KV group; see
 `paddlemix.models.hf_layout.fused_columns`). Columns of parts without an adapter (k when only q and v are targeted)
 get exactly nothing added.
 
@@ -106,23 +107,41 @@ class LoRALinear(paddle.nn.Layer):
             delta = paddle.concat([delta, paddle.zeros_like(delta[..., :1])], axis=-1)
         return paddle.index_select(delta, self.column_source, axis=delta.ndim - 1)
 
+    def fused_b(self) -> paddle.Tensor:
+        """scaling x the parts' B matrices as one block matrix [parts * r, out (local)]: the rows of part p hold
+        B_p at p's output columns and zeros elsewhere, so `concat_p(x @ A_p) @ fused_b()` is the layer's whole
+        update. Built on the small B side, it replaces a scatter of the [tokens, out] update (whose backward was
+        the slowest op of a tiny model's step) by one matmul."""
+        blocks = [self.lora_B[p] for p in self.parts]  # each [r, len(part)]
+        if len(blocks) > 1:
+            widths = [b.shape[1] for b in blocks]
+            total, start, rows = sum(widths), 0, []
+            for b, width in zip(blocks, widths):
+                rows.append(F.pad(b, [0, 0, start, total - start - width]))  # [r, total]: zeros left and right
+                start += width
+            blocks = [paddle.concat(rows, axis=0)]  # [parts * r, total]
+        return self._scatter(blocks) * self.scaling
+
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        """y = base(x) + concat_p(dropout_p(x) @ A_p) @ fused_b(): one [tokens, parts * r] product and one
+        [tokens, out] product per layer whatever the number of parts (see `fused_b`)."""
         from paddle.distributed.fleet.layers.mpu import mp_ops
 
         base = self.__dict__["base_layer"]
         out = base(x) if base is not None else F.linear(x, self.weight, self.bias)  # [..., out (local)]
         if self.disabled:
             return out
-        updates = []
-        for p in self.parts:
-            h = self.dropout(x) if self.dropout is not None else x
-            h = h @ self.lora_A[p]  # [..., r]
-            if self.parallel == "column":  # forward: as is; backward: dL/dh summed over the ranks' column slices
-                h = mp_ops._c_identity(h, group=self.group)
-            elif self.parallel == "row":  # forward: the ranks' partial x_r @ A_r summed; backward: as is
-                h = mp_ops._mp_allreduce(h, group=self.group, use_calc_stream=True, use_model_parallel=True)
-            updates.append(h @ self.lora_B[p])  # [..., len(part)]
-        return out + self._scatter(updates) * self.scaling
+        if self.dropout is not None:  # one independent mask per part, as separate layers get
+            h = paddle.concat([self.dropout(x) @ self.lora_A[p] for p in self.parts], axis=-1)  # [..., parts * r]
+        elif len(self.parts) == 1:
+            h = x @ self.lora_A[self.parts[0]]  # [..., r]
+        else:
+            h = x @ paddle.concat([self.lora_A[p] for p in self.parts], axis=1)  # [..., parts * r]
+        if self.parallel == "column":  # forward: as is; backward: dL/dh summed over the ranks' column slices
+            h = mp_ops._c_identity(h, group=self.group)
+        elif self.parallel == "row":  # forward: the ranks' partial x_r @ A_r summed; backward: as is
+            h = mp_ops._mp_allreduce(h, group=self.group, use_calc_stream=True, use_model_parallel=True)
+        return out + h @ self.fused_b()  # [..., out (local)]
 
     def sharded_state_dict(self, structured_name_prefix: str = "") -> dict[str, Any]:
         """What flex checkpoints save and load: each split tensor (the base weight, and A or B of a parallel layer)

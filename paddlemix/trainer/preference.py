@@ -56,6 +56,7 @@ def answer_logps(model: Any, inputs: dict[str, Any]) -> tuple[paddle.Tensor, pad
     """
     pairs = int(inputs[PAIR_COUNT])
     forward = {k: inputs[k] for k in FORWARD_KEYS if k in inputs}  # not the bookkeeping entries of the batch
+    forward["use_cache"] = False  # no KV cache in a loss forward (see chunked_loss.training_forward)
     owner = model
     while hasattr(owner, "_layers"):  # DataParallel / fleet wrappers
         owner = owner._layers

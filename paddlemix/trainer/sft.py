@@ -616,6 +616,22 @@ def preference_stage(args: RunArgs, adapter: ModelAdapter, model: Any, datasets:
     return PreferenceStage(loss, reference)
 
 
+def loss_chunk_size(args: RunArgs, config: Any) -> int:
+    """The trainer's chunk size of the loss, 0 for full logits: below CHUNKED_LOSS_MIN_VOCAB words the chunked loss
+    only costs time (see `paddlemix.trainer.chunked_loss`). Several processes: DataParallel's gradient reducer
+    expects each parameter once per step, which the recomputed head chunks break, so data-parallel runs keep the
+    full logits too."""
+    from paddlemix.trainer.chunked_loss import CHUNKED_LOSS_MIN_VOCAB, uses_chunked_loss, vocab_size
+
+    chunk, vocab = args.runtime.loss_chunk_size, vocab_size(config)
+    if args.training.world_size > 1 or not uses_chunked_loss(vocab, chunk):
+        if chunk and args.training.world_size == 1:
+            logger.info("loss: full logits (a %d-word vocabulary is below %d, where chunking the loss only costs "
+                        "time)", vocab, CHUNKED_LOSS_MIN_VOCAB)  # fmt: skip
+        return 0
+    return chunk
+
+
 def run_sft(args: RunArgs) -> dict[str, Any]:
     """Train per `args` and return the final metrics; resumes from the last complete checkpoint when present."""
     from paddlemix.trainer.trainer import MIXTrainer
@@ -667,10 +683,9 @@ def run_sft(args: RunArgs) -> dict[str, Any]:
         eval_dataset=eval_set,
         data_collator=GuardedCollator(collator),
         image_token_id=image_token_id,
-        head_owner=base_model(model),
-        # Several processes: DataParallel's gradient reducer expects each parameter once per step, which the
-        # recomputed head chunks break, so data-parallel runs keep the model's own loss.
-        loss_chunk_size=args.runtime.loss_chunk_size if training.world_size == 1 else 0,
+        # One process: the LM head runs on the labelled positions only (see `loss_chunk_size`).
+        head_owner=base_model(model) if training.world_size == 1 else None,
+        loss_chunk_size=loss_chunk_size(args, config),
         generation_eval=generation_scorer(args, model, processor, adapter),
         chat_template=chosen_template(templates, warn=training.process_index == 0),
         skip_log=skips,

@@ -24,7 +24,7 @@ from paddlemix.peft.peft_format import write_adapter
 from paddlemix.processors.sample_processor import IGNORE_INDEX
 from paddlemix.processors.template_files import write_chat_template
 from paddlemix.trainer.accumulation import StepLoss, scale_gradients, sum_over_ranks
-from paddlemix.trainer.chunked_loss import lm_loss_without_full_logits, token_loss_sum
+from paddlemix.trainer.chunked_loss import lm_loss_without_full_logits, token_loss_sum, training_forward
 from paddlemix.utils import checkpoints
 from paddlemix.utils.errors import UserError
 
@@ -473,17 +473,18 @@ class MIXTrainer(Trainer):
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, **kwargs: Any) -> Any:
         """Training: the sum of the micro-batch's token losses divided by the step's n0 (see `training_step`),
-        through the chunked head + cross-entropy (no full [tokens, vocab] logits) when enabled; with a preference
+        with the head on the labelled positions only when `head_owner` is given (one process), in chunks of
+        `loss_chunk_size` (no full [tokens, vocab] logits) when that is > 0; with a preference
         stage, the sum of the micro-batch's pair losses, divided alike (n0 counts pairs). Evaluation, which may
         need logits, keeps the model's own loss."""
         if self.stage is not None and not return_outputs:
             loss_sum = self.stage(model, inputs, training=model.training)  # summed over the batch's pairs
         elif return_outputs or not model.training:
             return super().compute_loss(model, inputs, return_outputs, **kwargs)
-        elif self.loss_chunk_size > 0 and self.head_owner is not None:
+        elif self.head_owner is not None:  # the head on labelled positions only, chunked when loss_chunk_size > 0
             loss_sum = lm_loss_without_full_logits(model, inputs, self.head_owner, self.loss_chunk_size, "sum")
         else:
-            logits = model(**{k: v for k, v in inputs.items() if k != "labels"}).logits  # [B, L, vocab]
+            logits = model(**training_forward(inputs)).logits  # [B, L, vocab]
             loss_sum = token_loss_sum(logits, inputs["labels"])
         self.last_loss_sum = float(loss_sum)
         return loss_sum / self.loss_divisor

@@ -34,11 +34,25 @@ def test_npu_env_fills_in_only_what_the_user_did_not_set(monkeypatch) -> None:
         monkeypatch.setenv(key, "")
         monkeypatch.delenv(key)
     monkeypatch.setenv("FLAGS_npu_jit_compile", "1")
-    assert device_env("cpu") == {}
-    chosen = device_env("npu")
+    assert device_env("cpu", vendor="GenuineIntel") == {}
+    chosen = device_env("npu", vendor="GenuineIntel")
     assert "FLAGS_npu_jit_compile" not in chosen and os.environ["FLAGS_npu_jit_compile"] == "1"
     assert (
         chosen["FLAGS_npu_storage_format"] == "0"
         and os.environ["CUSTOM_DEVICE_BLACK_LIST"] == NPU_ENV["CUSTOM_DEVICE_BLACK_LIST"]
     )
     assert set(chosen) == set(NPU_ENV) - {"FLAGS_npu_jit_compile"}
+
+
+def test_amd_cpu_gets_mkl_avx2_path_unless_the_user_chose(monkeypatch) -> None:
+    from paddlemix.utils.device import AMD_CPU_ENV, device_env
+
+    monkeypatch.setenv("MKL_DEBUG_CPU_TYPE", "")
+    monkeypatch.delenv("MKL_DEBUG_CPU_TYPE")
+    assert device_env("cpu", vendor="GenuineIntel") == {}
+    assert "MKL_DEBUG_CPU_TYPE" not in os.environ
+    assert device_env("cpu", vendor="AuthenticAMD") == AMD_CPU_ENV
+    assert os.environ["MKL_DEBUG_CPU_TYPE"] == "5"
+    monkeypatch.setenv("MKL_DEBUG_CPU_TYPE", "4")
+    assert device_env("gpu", vendor="AuthenticAMD") == {}
+    assert os.environ["MKL_DEBUG_CPU_TYPE"] == "4"
