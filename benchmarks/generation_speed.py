@@ -2,7 +2,7 @@
 
 `measure(model_dir, new_tokens)` answers one image question greedily twice, exactly `new_tokens` tokens each time
 (eos ignored): once with the cache (prompt and image once, then one token per step) and once recomputing the whole
-sequence every step (what paddleformers' `generate` does for Qwen-VL, see paddlemix/decoding.py). Without
+sequence every step (what paddleformers' `generate` does for Qwen-VL, see paddlemix/inference/decoding.py). Without
 --model_dir it builds the three tiny families and a mid-size Qwen2.5-VL (the tiny builder, wider and deeper, and a
 processor allowing 448 x 448 images = 256 visual tokens) under a temporary folder.
 Usage: python benchmarks/generation_speed.py [--model_dir DIR ...] [--new_tokens 32]
@@ -43,7 +43,7 @@ def measure(
     Returns prompt_tokens, new_tokens, cached/recompute seconds, prompt-pass seconds and tokens/s, their ratio
     (`speedup`) and the process's peak resident memory in MB (ru_maxrss, whole process so far).
     """
-    from paddlemix.generation import Generator, question_message
+    from paddlemix.inference.generation import Generator, question_message
 
     generator = Generator.from_pretrained(model_dir, device=device)
     with tempfile.TemporaryDirectory() as tmp:

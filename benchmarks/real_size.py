@@ -264,7 +264,7 @@ def phase_generate(folder: Path, workdir: Path, new_tokens: int = 16) -> dict:
     every token (`use_cache=False`, which is what generation did before), peak / model bytes."""
     from PIL import Image
 
-    from paddlemix.generation import Generator, question_message
+    from paddlemix.inference.generation import Generator, question_message
     from paddlemix.models import adapter_for
     from paddlemix.models.adapter import import_object
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from paddlemix.decoding import GenerationSettings
+from paddlemix.inference.decoding import GenerationSettings
 
 logger = logging.getLogger(__name__)
 

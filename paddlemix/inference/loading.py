@@ -28,7 +28,7 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
 def load_generator(args: argparse.Namespace) -> Any:
     """The `Generator` of `args` (flags of `add_model_flags`): the one loading path of infer.py, serve.py and
     evaluate.py."""
-    from paddlemix.generation import Generator
+    from paddlemix.inference.generation import Generator
     from paddlemix.processors.images import ImageReader
     from paddlemix.processors.template_files import trained_template_file
     from paddlemix.tools.infer import training_data_settings, warn_on_other_template

@@ -32,8 +32,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from paddlemix.datasets.conversation import IMAGE_PLACEHOLDER, ImageRef, Message, SampleError, guard_text
-from paddlemix.decoding import GenerationSettings
 from paddlemix.inference.batching import Answer, Batcher, QueueFull
+from paddlemix.inference.decoding import GenerationSettings
 from paddlemix.inference.media import MediaError, MediaPolicy
 from paddlemix.utils.errors import UserError
 

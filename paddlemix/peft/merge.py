@@ -369,7 +369,7 @@ def add_trained_stop_ids(adapter_dir: Path, out: Path, config: dict[str, Any], l
         return
     from types import SimpleNamespace
 
-    from paddlemix.decoding import add_stop_ids
+    from paddlemix.inference.decoding import add_stop_ids
 
     eos = config.get("eos_token_id")
     if eos is None and isinstance(config.get("text_config"), dict):  # Qwen3-VL and LLaVA keep it there

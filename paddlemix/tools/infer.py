@@ -134,7 +134,7 @@ def speed_line(new_tokens: int, seconds: float, prompt_seconds: float) -> str:
 
 def shown_answer(text: str) -> str:
     """The answer as printed; an empty one as `answer: ""` with a hint, never a bare blank line."""
-    from paddlemix.generation import EMPTY_ANSWER_HINT
+    from paddlemix.inference.generation import EMPTY_ANSWER_HINT
 
     return text if text else f'answer: ""  ({EMPTY_ANSWER_HINT})'
 
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.batch_size < 1:
         raise UserError(f"--batch_size must be at least 1, got {args.batch_size}.")
     from paddlemix.datasets.conversation import SampleError, TooLongError, VideoRef
-    from paddlemix.generation import EMPTY_ANSWER_HINT, evaluate_exact_match, question_message
+    from paddlemix.inference.generation import EMPTY_ANSWER_HINT, evaluate_exact_match, question_message
     from paddlemix.inference.loading import load_generator
 
     check_images(args.image, training_data_settings(args)["image_resolution"])

@@ -24,9 +24,9 @@ from paddlemix.datasets.loader_guard import GuardedCollator, worker_failure
 from paddlemix.datasets.packing import PackedDataset
 from paddlemix.datasets.pair_packing import PairProcessor, join_pairs
 from paddlemix.datasets.pairs import PairSourceDataset
-from paddlemix.decoding import add_stop_ids
 from paddlemix.distributed import tensor_parallel
 from paddlemix.distributed.gather import gather_objects
+from paddlemix.inference.decoding import add_stop_ids
 from paddlemix.models import adapter_for
 from paddlemix.models.adapter import ModelAdapter
 from paddlemix.models.hf_config import write_for_both
@@ -530,7 +530,7 @@ def generation_scorer(args: RunArgs, model: Any, processor: Any, adapter: ModelA
     if not (args.runtime.eval_generation and args.data.eval):
         return None
     from paddlemix.datasets.encoded import source_names, video_defaults
-    from paddlemix.generation import Generator, evaluate_generation
+    from paddlemix.inference.generation import Generator, evaluate_generation
     from paddlemix.processors.images import ImageReader
 
     reader = ImageReader(

@@ -12,7 +12,7 @@ import pytest
 
 from paddlemix.auto import AutoModelMIX
 from paddlemix.datasets.conversation import Message, Sample
-from paddlemix.generation import Generator
+from paddlemix.inference.generation import Generator
 from paddlemix.peft.lora import load_adapter
 from paddlemix.testing.tiny_llava import build_tiny_causal_lm
 from paddlemix.utils.io import load_safetensors

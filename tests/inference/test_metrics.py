@@ -83,7 +83,7 @@ def test_evaluation_by_generation_scores_captions_with_sacrebleu(tmp_path) -> No
     from PIL import Image
 
     from paddlemix.arguments import DatasetSource
-    from paddlemix.generation import evaluate_generation
+    from paddlemix.inference.generation import evaluate_generation
 
     Image.new("RGB", (32, 32), (10, 20, 30)).save(tmp_path / "a.png")
     (tmp_path / "c.jsonl").write_text('{"image": "a.png", "caption": "the cat sat on the mat"}\n')

@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("fastapi", reason="the server needs the serve extra (fastapi, uvicorn)")
 
-from paddlemix.decoding import GenerationSettings  # noqa: E402
+from paddlemix.inference.decoding import GenerationSettings  # noqa: E402
 from paddlemix.inference.server import ChatRequest, ChatServer, ServerConfig  # noqa: E402
 
 EOS = 0

@@ -19,8 +19,8 @@ from paddlemix.auto import AutoConfigMIX, AutoModelMIX, AutoProcessorMIX
 from paddlemix.datasets.collator import BATCH_META, Collator, to_tensors
 from paddlemix.datasets.conversation import Message, Sample
 from paddlemix.datasets.packing import startend_row_indices
-from paddlemix.decoding import GenerationSettings, PromptBatch, decode, settings_for
-from paddlemix.generation import Generator
+from paddlemix.inference.decoding import GenerationSettings, PromptBatch, decode, settings_for
+from paddlemix.inference.generation import Generator
 from paddlemix.models import adapter_for, llava
 from paddlemix.models.llava.build import build_llava
 from paddlemix.models.llava.modeling import LlavaConfig, LlavaForConditionalGeneration
@@ -185,7 +185,7 @@ def test_packed_row_matches_separate_samples(model) -> None:
 
 
 def cached_greedy(model, batch: dict, new_tokens: int, eos: tuple[int, ...] = ()) -> list[list[int]]:
-    """Greedy tokens through the generic KV-cache loop (paddlemix/decoding.py) for unpadded equal-length rows."""
+    """Greedy tokens through the generic KV-cache loop (paddlemix/inference/decoding.py) for unpadded equal-length rows."""
     ids = batch["input_ids"].numpy()
     rows, length = ids.shape
     prompt = PromptBatch(ids, np.ones_like(ids), np.arange(length)[None, None].repeat(rows, 1),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from paddlemix.decoding import GenerationSettings
+from paddlemix.inference.decoding import GenerationSettings
 from paddlemix.tools.infer import overrides, parse, shown_answer, speed_line
 
 BASE = ["--model_name_or_path", "m", "--question", "q"]

@@ -9,7 +9,7 @@ from pathlib import Path
 from PIL import Image
 
 from paddlemix.datasets.conversation import IMAGE_PLACEHOLDER, plain_text
-from paddlemix.generation import question_message
+from paddlemix.inference.generation import question_message
 from paddlemix.tools.infer import parse, training_data_settings
 
 

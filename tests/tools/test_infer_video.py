@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from paddlemix.datasets.conversation import VIDEO_PLACEHOLDER, VideoRef, plain_text
-from paddlemix.generation import question_message
+from paddlemix.inference.generation import question_message
 from paddlemix.testing.synthetic_video import moving_square, write_clip
 from paddlemix.tools.infer import parse, training_data_settings
 

@@ -38,7 +38,7 @@ def test_scores_and_skip_counts_per_source(tiny_model_dir: Path, shapes_data, tm
 
 
 def test_images_are_read_as_in_training(tiny_model_dir: Path, shapes_data, tmp_path: Path, monkeypatch) -> None:
-    import paddlemix.generation
+    import paddlemix.inference.generation
 
     readers = []
 
@@ -46,7 +46,7 @@ def test_images_are_read_as_in_training(tiny_model_dir: Path, shapes_data, tmp_p
         readers.append(generator.encoder.reader)
         return {"metric": "accuracy", "score": 0.0, "skipped": 0}
 
-    monkeypatch.setattr(paddlemix.generation, "evaluate_generation", fake_evaluate)
+    monkeypatch.setattr(paddlemix.inference.generation, "evaluate_generation", fake_evaluate)
     source = {"name": "chatml_dataset", "data_files": str(shapes_data["eval"])}
     raw = {"model_name_or_path": str(tiny_model_dir), "output_dir": str(tmp_path / "out"),
            "dataset": {"train": [source], "eval": [source]}, "eval_generation": True, "image_resolution": 64,

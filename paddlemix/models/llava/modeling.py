@@ -200,7 +200,7 @@ class LlavaForConditionalGeneration(PretrainedModel):
 
     def can_generate(self) -> bool:
         """True, so paddleformers' loader keeps the folder's `generation_config`; decoding itself runs in
-        paddlemix/decoding.py, which drives this forward with a KV cache."""
+        paddlemix/inference/decoding.py, which drives this forward with a KV cache."""
         return True
 
     def forward(

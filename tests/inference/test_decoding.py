@@ -1,5 +1,5 @@
 """Decoding settings from generation_config.json, the load dtype, next-token rules and left padding
-(paddlemix/decoding.py); the model-driven checks (cache, batches, stops) are in tests/test_generation.py."""
+(paddlemix/inference/decoding.py); the model-driven checks (cache, batches, stops) are in tests/inference/test_generation.py."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from paddlemix.decoding import GenerationSettings, left_pad, load_dtype, next_tokens, settings_for
+from paddlemix.inference.decoding import GenerationSettings, left_pad, load_dtype, next_tokens, settings_for
 from paddlemix.utils.errors import UserError
 
 

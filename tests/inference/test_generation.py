@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from paddlemix.datasets.conversation import Message, TooLongError
-from paddlemix.generation import Generator, evaluate_exact_match
+from paddlemix.inference.generation import Generator, evaluate_exact_match
 from paddlemix.inference.metrics import ocr_scores
 from paddlemix.models import adapter_for
 

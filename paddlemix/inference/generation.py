@@ -1,5 +1,5 @@
 """Answer questions about images with a fine-tuned model, using the same chat template and encoding as training;
-batched, KV-cached decoding (paddlemix/decoding.py) and exact-match / BLEU-4 evaluation by generation."""
+batched, KV-cached decoding (paddlemix/inference/decoding.py) and exact-match / BLEU-4 evaluation by generation."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from paddlemix.datasets.conversation import (
     plain_text,
 )
 from paddlemix.datasets.sources import SourceDataset
-from paddlemix.decoding import (
+from paddlemix.inference.decoding import (
     Generated,
     GenerationSettings,
     config_value,
@@ -149,7 +149,7 @@ class Generator:
         seed: int = 0,
         on_step: Callable[[list[list[int]]], None] | None = None,
     ) -> Answers:
-        """Answer encoded prompts as one left-padded batch (see paddlemix/decoding.py); `on_step` sees the tokens
+        """Answer encoded prompts as one left-padded batch (see paddlemix/inference/decoding.py); `on_step` sees the tokens
         of every row after each decoding step."""
         settings = settings or self.settings
         self.check_room(prompts, settings)
