@@ -336,11 +336,11 @@ class MIXTrainer(Trainer):
         """Rescale the accumulated gradients to the step's token mean (`StepLoss.gradient_factor`), note the
         gradient norm of the update for the log, then let paddleformers apply it."""
         if self.step.micro_batches:
-            factor = self.step.gradient_factor(max(args.gradient_accumulation_steps, 1))
-            if factor != 1.0:
-                scale_gradients(
-                    model._layers.parameters() if hasattr(model, "_layers") else model.parameters(), factor
-                )
+            accumulation = max(args.gradient_accumulation_steps, 1)
+            factor = self.step.gradient_factor(accumulation)
+            if factor != 1.0 or accumulation > 1:  # > 1: stage 3's slices still lack paddleformers' 1 / M
+                parameters = model._layers.parameters() if hasattr(model, "_layers") else model.parameters()
+                scale_gradients(parameters, factor, accumulation)
             self.samples += int(self.step.total[2])
             self.rows += int(self.step.total[3])
         step = self.state.global_step + 1
