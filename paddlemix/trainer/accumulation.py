@@ -75,17 +75,18 @@ class StepLoss:
         return accumulation_steps * self.ranks * self.norm / max(self.total[1], 1.0)
 
 
-def scale_gradients(parameters: Any, factor: float) -> None:
-    """Multiply every accumulated gradient by `factor`: this rank's slice `bw_storage` under sharding stage 3 (its
-    backward hook moves a split weight's gradient there and releases `grad`), else `main_grad` under master-grad
-    AMP, else `grad`."""
+def scale_gradients(parameters: Any, factor: float, accumulation_steps: int = 1) -> None:
+    """Multiply every accumulated gradient by `factor` (`main_grad` under master-grad AMP, else `grad`).
+
+    Sharding stage 3 moves a split weight's gradient (its rank's slice) into `bw_storage` in the backward pass and
+    releases `grad`, so paddleformers' division of the accumulated gradients by `accumulation_steps` (M) never
+    reaches it: those slices are multiplied by factor / M here, and so end scaled like every other gradient.
+    """
     with paddle.no_grad():
         for p in parameters:
-            for attr in ("bw_storage", "main_grad"):
-                grad = getattr(p, attr, None)
-                if grad is not None:
-                    break
-            else:
-                grad = p.grad
-            if grad is not None:
-                grad.scale_(factor)
+            grad, scale = getattr(p, "bw_storage", None), factor / max(accumulation_steps, 1)
+            if grad is None:
+                grad, scale = getattr(p, "main_grad", None), factor
+                grad = grad if grad is not None else p.grad
+            if grad is not None and scale != 1.0:
+                grad.scale_(scale)

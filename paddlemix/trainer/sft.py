@@ -24,7 +24,7 @@ from paddlemix.datasets.loader_guard import GuardedCollator, worker_failure
 from paddlemix.datasets.packing import PackedDataset
 from paddlemix.datasets.pair_packing import PairProcessor, join_pairs
 from paddlemix.datasets.pairs import PairSourceDataset
-from paddlemix.distributed import tensor_parallel
+from paddlemix.distributed import stage3, tensor_parallel
 from paddlemix.distributed.gather import gather_objects
 from paddlemix.inference.decoding import add_stop_ids
 from paddlemix.models import adapter_for
@@ -454,16 +454,18 @@ def save_final(
 
     Under tensor parallelism every rank calls it: the split tensors are gathered (a collective) into the same
     single-file layout one process writes, and process 0 writes it. Under pipeline parallelism every stage hands
-    its part over the same way."""
+    its part over the same way, and under sharding stage 3 every rank lends its slices of the split weights."""
     tp = tensor_parallel.current()
     if args.lora.lora:
-        weights = to_peft(model)
+        with stage3.whole_parameters(model, trainable_only=True):
+            weights = to_peft(model)
     elif is_pipeline_run(args):
         from paddlemix.distributed.pipeline import gather_one_process_state
 
         weights = adapter.export_state_dict(gather_one_process_state(model, to_numpy), model.config)
     else:
-        state = tensor_parallel.gather_state(model, adapter.tensor_parallel_parts, tp)
+        with stage3.whole_parameters(model):
+            state = tensor_parallel.gather_state(model, adapter.tensor_parallel_parts, tp)
         weights = adapter.export_state_dict(state, model.config)
     if args.training.process_index != 0:
         return
@@ -699,8 +701,9 @@ def run_sft(args: RunArgs) -> dict[str, Any]:
     final = FinalSaveCallback(
         lambda: save_final(model, args, adapter, args.model.model_name_or_path, stop_ids, processor.tokenizer)
     )
-    # pipeline stages and tensor-parallel ranks all take part in gathering the saved model
-    saves = training.process_index == 0 or is_pipeline_run(args) or tensor_parallel.current().enabled
+    # pipeline stages, tensor-parallel ranks and stage-3 sharding ranks all take part in gathering the saved model
+    saves = (training.process_index == 0 or is_pipeline_run(args) or tensor_parallel.current().enabled
+             or stage3.splits_parameters(training))  # fmt: skip
     if saves and not training.load_best_model_at_end:  # else saved once the best is back
         trainer.add_callback(final)
     last_eval = LastEvalCallback()

@@ -16,7 +16,7 @@ from paddleformers.utils.batch_sampler import MappingDistributedBatchSampler
 
 from paddlemix.datasets.collator import BATCH_META, LABEL_TOKENS, REAL_TOKENS, SAMPLE_IDS, SKIPS
 from paddlemix.datasets.pair_packing import PAIR_IDS
-from paddlemix.distributed import grad_norm, tensor_parallel
+from paddlemix.distributed import grad_norm, stage3, tensor_parallel
 from paddlemix.distributed.gather import gather_objects
 from paddlemix.distributed.memory import optimizer_state_bytes, parameter_bytes
 from paddlemix.peft.lora import to_peft
@@ -336,11 +336,11 @@ class MIXTrainer(Trainer):
         """Rescale the accumulated gradients to the step's token mean (`StepLoss.gradient_factor`), note the
         gradient norm of the update for the log, then let paddleformers apply it."""
         if self.step.micro_batches:
-            factor = self.step.gradient_factor(max(args.gradient_accumulation_steps, 1))
-            if factor != 1.0:
-                scale_gradients(
-                    model._layers.parameters() if hasattr(model, "_layers") else model.parameters(), factor
-                )
+            accumulation = max(args.gradient_accumulation_steps, 1)
+            factor = self.step.gradient_factor(accumulation)
+            if factor != 1.0 or accumulation > 1:  # > 1: stage 3's slices still lack paddleformers' 1 / M
+                parameters = model._layers.parameters() if hasattr(model, "_layers") else model.parameters()
+                scale_gradients(parameters, factor, accumulation)
             self.samples += int(self.step.total[2])
             self.rows += int(self.step.total[3])
         step = self.state.global_step + 1
@@ -405,10 +405,14 @@ class MIXTrainer(Trainer):
         )
 
     def _save_checkpoint(self, model: Any, metrics: Any = None) -> None:
-        """Gather a tensor-parallel LoRA adapter on every rank before paddleformers saves (only process 0 then
-        writes it, in `_rotate_checkpoints`, where a collective would wait forever for the other ranks)."""
-        gather = hasattr(self.model, "lora_spec") and tensor_parallel.current().enabled
-        self.checkpoint_adapter = to_peft(self.model) if gather else None
+        """Gather a LoRA adapter split over ranks (tensor parallel, sharding stage 3) on every rank before
+        paddleformers saves (only process 0 then writes it, in `_rotate_checkpoints`, where a collective would wait
+        forever for the other ranks)."""
+        split = tensor_parallel.current().enabled or stage3.splits_parameters(self.args)
+        self.checkpoint_adapter = None
+        if hasattr(self.model, "lora_spec") and split:
+            with stage3.whole_parameters(self.model, trainable_only=True):
+                self.checkpoint_adapter = to_peft(self.model)
         try:
             super()._save_checkpoint(model, metrics)
         finally:

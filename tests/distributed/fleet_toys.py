@@ -144,10 +144,11 @@ def pipeline_parallel() -> dict:
 def sharding() -> dict:
     """group_sharded_parallel stage 2 ("os_g") and stage 3 ("p_g_os") with global-norm clipping, 3 AdamW steps,
     each rank on its half of the batch. The middle layer has more than 2^20 weights, so stage 3 really splits it
-    (smaller tensors stay whole); stage 2's final weights are compared too, and each rank's parameter and
+    (smaller tensors stay whole); the final weights are compared too (stage 3's gathered whole by
+    `paddlemix.distributed.stage3.whole_parameters`), and each rank's parameter and
     optimizer bytes are returned as `bytes_*`; the step's global gradient norm (`paddlemix.distributed.grad_norm`)
     equals one process's."""
-    from paddlemix.distributed import grad_norm
+    from paddlemix.distributed import grad_norm, stage3
     from paddlemix.distributed.memory import optimizer_state_bytes, parameter_bytes
 
     sizes = [(4, 1024), (1024, 1025), (1025, 4)]
@@ -187,9 +188,9 @@ def sharding() -> dict:
         out[level] = losses
         out[f"grad_norm_{level}"] = norms  # the global norm before clipping, as one process computes it
         out[f"bytes_{level}"] = [parameter_bytes(model), optimizer_state_bytes(opt)]
-        if level == "os_g":
-            out["weights"] = [float(p.sum()) for p in model.parameters()]
-            out["weights_abs"] = [float(p.abs().sum()) for p in model.parameters()]
+        with stage3.whole_parameters(model):  # stage 3's split weight whole again, on every rank
+            out[f"weights_{level}"] = [float(p.sum()) for p in model.parameters()]
+            out[f"weights_abs_{level}"] = [float(p.abs().sum()) for p in model.parameters()]
     return out
 
 

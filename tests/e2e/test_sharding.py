@@ -1,5 +1,6 @@
 """Sharding stages 1, 2 and 3 in 2 CPU processes through train.sh equal one process on the same global batch:
-per-step losses, the saved model (gathered into the one-process HF layout), and an exact resume."""
+per-step losses, the saved model (gathered into the one-process HF layout), and an exact resume; stage 3 also on
+a model with weights it really splits, with gradient accumulation."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from paddlemix.testing.parallel_runs import (
     run_single,
     run_single_and_parallel,
 )
+from paddlemix.testing.tiny_model import build_tiny_qwen2_5_vl
 
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 REPO = Path(__file__).resolve().parents[2]
@@ -67,3 +69,23 @@ def test_stage2_halves_optimizer_state_and_resumes_exactly(workspace: Path, unev
     resumed = run_launched(workspace, TINY / "sft_argument.json", [*common, *parallel], "sharded")
     assert "resuming from" in resumed.worker_logs[0] and "checkpoint-2" in resumed.worker_logs[0]
     assert_same_training(single, resumed, base=workspace / "tiny_qwen2_5_vl" / "model.safetensors")
+
+
+def test_stage3_split_weights_with_accumulation_match_one_process(workspace: Path, uneven_answers: Path) -> None:
+    """Stage 3 splits only tensors over its 2^20-element segment size, which the tiny model lacks: here the MLP
+    weights (64 x 16448 = 1,052,672 elements) are split. Each rank's gradient slice of such a weight lives in
+    `bw_storage`, outside paddleformers' 1 / M and the step's token-mean rescale (both must reach it), and the
+    weights must be gathered whole to be saved. 2 processes x batch 1 x accumulation 2 equal 1 x batch 2 x 2."""
+    build_tiny_qwen2_5_vl(workspace / "split_qwen2_5_vl", intermediate_size=16448)
+    common = [*common_args(uneven_answers), "--model_name_or_path", "split_qwen2_5_vl",
+              "--gradient_accumulation_steps", "2"]  # fmt: skip
+    single, sharded = run_single_and_parallel(
+        workspace, TINY / "sft_argument.json", common, ["--per_device_train_batch_size", "2"],
+        ["--per_device_train_batch_size", "1", "--sharding", "stage3"],
+    )  # fmt: skip
+    split = [k for k, v in single.weights().items() if v.size > 2**20]
+    assert len(split) == 6, split  # gate, up and down of both layers
+    assert_same_training(single, sharded, base=workspace / "split_qwen2_5_vl" / "model.safetensors")
+    whole = memory_of(single.console)[0]  # each rank held about half of the parameter bytes: the split happened
+    ranks = [memory_of(log)[0] for log in sharded.worker_logs]
+    assert max(ranks) < 0.6 * whole, (ranks, whole)

@@ -85,11 +85,11 @@ def test_single_micro_batch_needs_no_rescale() -> None:
 
 
 def test_stage3_slices_are_scaled_where_the_gradient_lives() -> None:
-    """Sharding stage 3 keeps a split weight's gradient in `bw_storage` and releases `grad`; the token-mean factor
-    must reach that slice, or stage 3 with accumulation > 1 updates split weights by an unscaled gradient."""
+    """Sharding stage 3 keeps a split weight's gradient in `bw_storage` and releases `grad`, so paddleformers'
+    1 / M skips it: the slice gets factor / M, every other gradient the factor (it already had its 1 / M)."""
     split = paddle.create_parameter([4], "float32")
     split.bw_storage = paddle.full([2], 3.0)
     plain = paddle.create_parameter([2], "float32")
     plain.grad = paddle.full([2], 5.0)
-    scale_gradients([split, plain], 0.5)
-    assert split.bw_storage.tolist() == [1.5, 1.5] and plain.grad.tolist() == [2.5, 2.5]
+    scale_gradients([split, plain], 0.5, accumulation_steps=2)
+    assert split.bw_storage.tolist() == [0.75, 0.75] and plain.grad.tolist() == [2.5, 2.5]
