@@ -232,7 +232,8 @@ class SampleProcessor:
         if video_texts:
             raise SampleError(f"{len(video_texts)} videos have no placeholder in the rendered text")
         if len(input_ids) > self.max_length:
-            raise TooLongError(len(input_ids), self.max_length)
+            expanded = " and ".join(k for k, refs in (("image", sample.images), ("video", sample.videos)) if refs)
+            raise TooLongError(len(input_ids), self.max_length, expanded or "image")
         return input_ids, labels
 
     def training_segments(self, sample: Sample, template: ChatTemplate) -> list[tuple[str, bool]]:

@@ -1,6 +1,6 @@
 """Check all training and eval data of an argument file before training: skips and reasons, token lengths after
 image and video expansion, records over max_length and (with mixtoken) the MIXToken fill. Loads the tokenizer and
-processor, not the model; reads image and video headers, decodes nothing.
+processor, not the model; the checks read image and video headers only (--show and --dump encode their samples).
 
 Usage: python paddlemix/tools/check_data.py ARGS.json [--key value ...] [--report FILE] [--show N] [--dump FILE]
 The JSON report goes to FILE (default: OUTPUT_DIR/data_report.json); its "verdict" is "pass", "warn" (records
