@@ -73,7 +73,8 @@ def warn_on_other_template(model_dir: str, lora_path: str | None, chat_template:
 
 VIDEO_SETTINGS = ("video_fps", "video_maxlen", "video_resolution", "video_min_pixels", "video_max_pixels",
                   "max_video_seconds")  # fmt: skip
-# Video sampling flags (the argument file's keys); unset ones keep the training's value from run_args.json.
+# Video flags (the argument file's keys): sampling, and the longest video taken; unset ones keep the training's value
+# from run_args.json.
 VIDEO_FLAGS = {
     "video_fps": (float, "frames sampled per second of video (default: the training's, else 2)"),
     "video_maxlen": (int, "most frames sampled from one video (default: the training's, else 768)"),
@@ -82,6 +83,7 @@ VIDEO_FLAGS = {
         int,
         "fewest pixels of one sampled frame (default: the training's, else 128 x 28^2, Qwen3-VL 128 x 32^2)",
     ),
+    "max_video_seconds": (float, "refuse longer videos (default: the training's, else 10800)"),
 }
 
 

@@ -26,9 +26,10 @@ def test_infer_reads_the_training_video_settings(tmp_path: Path) -> None:
 def test_video_flags_replace_the_training_values(tmp_path: Path) -> None:
     (tmp_path / "run_args.json").write_text(json.dumps({"video_fps": 1.0, "video_maxlen": 8}))
     args = parse(["--model_name_or_path", str(tmp_path), "--question", "q", "--video_maxlen", "4",
-                  "--video_max_pixels", "3136"])  # fmt: skip
+                  "--video_max_pixels", "3136", "--max_video_seconds", "60"])  # fmt: skip
     settings = training_data_settings(args)
     assert (settings["video_fps"], settings["video_maxlen"], settings["video_max_pixels"]) == (1.0, 4, 3136)
+    assert settings["max_video_seconds"] == 60.0
 
 
 def test_hints_name_the_video_settings_for_videos() -> None:
