@@ -401,13 +401,13 @@ def note_marks_as_text(messages: list[Message], path: Path, index: int, kinds: d
         counts = {
             m: sum(msg.content.count(m[:1] + TEXT_GUARD + m[1:]) for msg in messages) for m in dict.fromkeys(marks)
         }
-        found = ", ".join(f'{n} "{m}"' for m, n in counts.items() if n)
+        found = " and ".join(f'"{m}" ({n} in the record)' for m, n in counts.items() if n)
         if present or not found or (str(path), kind) in MARKS_SAID_TEXT:
             continue
         MARKS_SAID_TEXT.add((str(path), kind))  # once per file in this process, however many readers check it
         also = " (<img> tags too)" if kind == "images" else ""
-        logger.info("%s #%d has no %s: its %s stay%s text%s, as in every such record of this source", path, index,
-                    kind, found, "s" if sum(counts.values()) == 1 else "", also)  # fmt: skip
+        logger.info("%s #%d has no %s: its %s stays text, as in every such record of this source%s", path, index,
+                    kind, found, also)  # fmt: skip
 
 
 Reader = Callable[[dict[str, Any], Path, DatasetSource], tuple[list[Message], tuple[ImageRef, ...]]]

@@ -67,15 +67,17 @@ def test_video_mark_without_videos_stays_text(tmp_path: Path) -> None:
     ("record", "notes"),
     [
         ({"messages": [{"role": "user", "content": "what do <video> and <video> do?"},
-                       {"role": "assistant", "content": "A"}]}, ['has no videos: its 2 "<video>" stay text']),
+                       {"role": "assistant", "content": "A"}]}, ['has no videos: its "<video>" (2 in the record) stays text']),
         ({"images": ["i.png"], "messages": [{"role": "user", "content": "<image>is <video> html?"},
                                             {"role": "assistant", "content": "A"}]},
-         ['has no videos: its 1 "<video>" stays text']),
+         ['has no videos: its "<video>" (1 in the record) stays text']),
         ({"videos": ["a.mp4"], "messages": [{"role": "user", "content": "<video>is <image> html?"},
                                             {"role": "assistant", "content": "A"}]},
-         ['has no images: its 1 "<image>" stays text (<img> tags too)']),
+         ['has no images: its "<image>" (1 in the record) stays text, as in every such record of this source '
+          "(<img> tags too)"]),
         ({"messages": [{"role": "user", "content": "<image> or <video>?"}, {"role": "assistant", "content": "A"}]},
-         ['has no images: its 1 "<image>" stays text', 'has no videos: its 1 "<video>" stays text']),
+         ['has no images: its "<image>" (1 in the record) stays text',
+          'has no videos: its "<video>" (1 in the record) stays text']),
     ],
 )  # fmt: skip
 def test_marks_that_stay_text_are_noted_by_their_kind(tmp_path: Path, caplog, record: dict, notes: list) -> None:
