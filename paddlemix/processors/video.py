@@ -55,7 +55,8 @@ DEFAULT_MAX_VIDEO_SECONDS = 3 * 3600.0
 
 @dataclass(frozen=True)
 class VideoMeta:
-    """What a container header says: frames, frame rate (frames per second) and frame size in pixels."""
+    """What a container says of its video stream: frames (the header's count; the counted packets where the header
+    has none, or when loading), average frame rate (frames per second) and frame size in pixels."""
 
     frames: int
     fps: float
@@ -338,14 +339,16 @@ class VideoReader:
         return VideoPlan(tuple(range(n)), fps, fps, *size)
 
     def plan(self, video: VideoRef) -> VideoPlan:
-        """Sampled frames and their size, from headers only."""
+        """Sampled frames and their size, from headers only (a container whose header counts no frames has its
+        packets counted)."""
         options = self.options(video)
         if isinstance(video.source, tuple):
             return self._list_plan(len(video.source), self._list_sizes(video.source, options)[1], options)
         return self._clip_plan(self.probe(video.source), options)
 
     def load(self, video: VideoRef) -> tuple[np.ndarray, VideoPlan]:
-        """uint8 frames [T, height, width, 3] (T even) and the plan they follow."""
+        """uint8 frames [T, height, width, 3] (T even) and the plan they follow, which `plan` gave too: a clip whose
+        packets are not the frames its header promises is a SampleError."""
         options = self.options(video)
         if isinstance(video.source, tuple):
             (h, w), size = self._list_sizes(video.source, options)
