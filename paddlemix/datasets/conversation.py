@@ -109,10 +109,11 @@ class SampleError(ValueError):
 
 
 class TooLongError(SampleError):
-    """A sample longer than `max_length` after image expansion; `length` is its token count."""
+    """A sample longer than `max_length` after its images' (videos') tokens are expanded; `length` is its token
+    count, `expanded` names what was expanded ("image", "video", "image and video")."""
 
-    def __init__(self, length: int, max_length: int):
-        super().__init__(f"{length} tokens after image expansion exceed max_length {max_length}")
+    def __init__(self, length: int, max_length: int, expanded: str = "image"):
+        super().__init__(f"{length} tokens after {expanded} expansion exceed max_length {max_length}")
         self.length = length
 
 

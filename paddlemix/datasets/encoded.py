@@ -28,7 +28,7 @@ from paddlemix.datasets.sources import SourceDataset
 from paddlemix.processors.chat_template import ChatTemplate, template_for
 from paddlemix.processors.images import ImageReader
 from paddlemix.processors.sample_processor import SampleProcessor
-from paddlemix.processors.video_sampling import VideoOptions
+from paddlemix.processors.video_sampling import VIDEO_MIN_TOKENS, VideoOptions
 from paddlemix.utils.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -410,7 +410,41 @@ def build_encoder(adapter: Any, processor: Any, data: DataArgs) -> SampleProcess
     encoder.split_special_tokens = data.split_special_tokens
     encoder.video_options = video_defaults(data)
     encoder.max_video_seconds = data.max_video_seconds
+    if encoder.layout is not None:
+        warn_once(video_pixels_warning(data, encoder.layout.factor))
     return encoder
+
+
+SAID: set[str] = set()  # warnings already given in this process (a training run builds its encoder twice)
+
+
+def warn_once(message: str | None) -> None:
+    """Log `message` as a warning the first time this process sees it (None: nothing to say)."""
+    if message and message not in SAID:
+        SAID.add(message)
+        logger.warning(message)
+
+
+def video_pixels_warning(data: DataArgs, factor: int) -> str | None:
+    """The warning for a per-frame video pixel cap (`video_max_pixels`, else `video_resolution`^2) below the
+    per-frame minimum (`video_min_pixels`, default 128 f^2 for f = `factor` pixels per merged token), else None.
+    qwen-vl-utils' rule lets the minimum win (the frame budget is max(..., 1.05 min_pixels)), so a frame smaller
+    than the minimum is enlarged to it, over the cap."""
+    if data.video_max_pixels is not None:
+        cap, said_cap = data.video_max_pixels, f'"video_max_pixels" {data.video_max_pixels}'
+    elif data.video_resolution:
+        cap = data.video_resolution**2
+        said_cap = f'"video_resolution" {data.video_resolution} (at most {cap} pixels per frame)'
+    else:
+        return None
+    low = data.video_min_pixels if data.video_min_pixels is not None else VIDEO_MIN_TOKENS * factor * factor
+    if low <= cap:
+        return None
+    said_low = (f'"video_min_pixels" {low}' if data.video_min_pixels is not None
+                else f'the default "video_min_pixels" {low} (128 x {factor}^2, as "video_min_pixels" is unset)')  # fmt: skip
+    return (f"{said_cap} is below {said_low}: as in qwen-vl-utils the minimum wins, so video frames smaller than "
+            f"the cap are enlarged to at least {low} pixels ({low / cap:.1f}x the cap). Set \"video_min_pixels\" to "
+            f"at most {cap} too (e.g. \"video_min_pixels\": {cap}) to keep every frame under the cap.")  # fmt: skip
 
 
 def video_defaults(data: DataArgs) -> VideoOptions:

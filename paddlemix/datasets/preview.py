@@ -43,8 +43,8 @@ def encoded_preview(
     positions: Positions | None = None,
 ) -> list[dict[str, Any]]:  # fmt: skip
     """The first `count` records of `data` that encode, as JSON-ready dicts: source, file, record index,
-    `input_ids`, `labels` (aligned with input_ids), `image_grid_thw`, `video_grid_thw` (with videos) and, given
-    `positions`, `position_ids`."""
+    `input_ids`, `labels` (aligned with input_ids), `image_grid_thw`, with videos `video_grid_thw` and per video
+    `video_frames` (sampled frames) and `video_tokens`, and, given `positions`, `position_ids`."""
     out: list[dict[str, Any]] = []
     for i in range(len(data)):
         if len(out) >= count:
@@ -59,7 +59,11 @@ def encoded_preview(
                  "input_ids": encoded["input_ids"].tolist(), "labels": aligned_labels(encoded["labels"].tolist()),
                  "image_grid_thw": np.asarray(grid).tolist() if grid is not None else []}  # fmt: skip
         if "video_grid_thw" in encoded:
-            entry["video_grid_thw"] = np.asarray(encoded["video_grid_thw"]).tolist()
+            grids = np.asarray(encoded["video_grid_thw"]).tolist()
+            layout = encoder.layout  # frames: temporal patches x frames per patch (sampled counts are even)
+            entry["video_grid_thw"] = grids
+            entry["video_frames"] = [t * layout.temporal_patch_size for t, _, _ in grids]
+            entry["video_tokens"] = [t * h * w // layout.merge_size**2 for t, h, w in grids]
         if positions is not None:
             entry["position_ids"] = np.asarray(sample_positions(positions, encoded)).tolist()
         out.append(entry)
@@ -126,7 +130,7 @@ def format_preview(
     special-token strings that are text (`specials` spelled by text ids) behind a backslash."""
     labelled = sum(label != IGNORE_INDEX for label in entry["labels"])
     head = (f"--- {entry['source']} record #{entry['index']}: {len(entry['input_ids'])} tokens, {labelled} labelled, "
-            f"images {entry['image_grid_thw'] or 'none'}")  # fmt: skip
+            f"{media_summary(entry)}")  # fmt: skip
     body = "".join(
         LABEL_START + _decode(tokenizer, ids, collapse, specials) + LABEL_END
         if trained
@@ -134,6 +138,17 @@ def format_preview(
         for trained, ids in _runs(entry["input_ids"], entry["labels"])
     )
     return head + "\n" + body
+
+
+def media_summary(entry: dict[str, Any]) -> str:
+    """ "images [[1, 2, 24]]", "videos 1 (4 frames, 288 video tokens, grid [[2, 24, 24]])", both, or "images none"
+    for a sample with neither."""
+    parts = [f"images {entry['image_grid_thw']}"] if entry["image_grid_thw"] else []
+    if entry.get("video_grid_thw"):
+        frames, tokens = sum(entry["video_frames"]), sum(entry["video_tokens"])
+        parts.append(f"videos {len(entry['video_grid_thw'])} ({frames} frames, {tokens} video tokens, grid "
+                     f"{entry['video_grid_thw']})")  # fmt: skip
+    return ", ".join(parts) or "images none"
 
 
 def collapsed_tokens(tokenizer: Any, names: Sequence[str]) -> dict[int, str]:

@@ -388,8 +388,28 @@ def vqa_sample(
     return _single_image(record, root, record["question"], most_frequent(answer))
 
 
-# Files whose "image marks stay text" note was logged already (check_data builds several readers per source).
-MARKS_SAID_TEXT: set[str] = set()
+# (file, "images" | "videos") whose "marks stay text" note was logged already (check_data builds several readers
+# per source).
+MARKS_SAID_TEXT: set[tuple[str, str]] = set()
+
+
+def note_marks_as_text(messages: list[Message], path: Path, index: int, kinds: dict[str, tuple[bool, tuple]]) -> None:
+    """Log once per file and kind that a record without images (videos) keeps its image (video) marks as text:
+    `kinds` maps "images"/"videos" to (whether the record has any, its marks), and the note names the marks the
+    record has and how many."""
+    for kind, (present, marks) in kinds.items():
+        counts = {
+            m: sum(msg.content.count(m[:1] + TEXT_GUARD + m[1:]) for msg in messages) for m in dict.fromkeys(marks)
+        }
+        found = " and ".join(f'"{m}" ({n} in the record)' for m, n in counts.items() if n)
+        if present or not found or (str(path), kind) in MARKS_SAID_TEXT:
+            continue
+        MARKS_SAID_TEXT.add((str(path), kind))  # once per file in this process, however many readers check it
+        also = " (<img> tags too)" if kind == "images" else ""
+        logger.info("%s #%d has no %s: its %s stays text, as in every such record of this source%s", path, index,
+                    kind, found, also)  # fmt: skip
+
+
 Reader = Callable[[dict[str, Any], Path, DatasetSource], tuple[list[Message], tuple[ImageRef, ...]]]
 READERS: dict[str, Reader] = {
     "chatml_dataset": lambda record, root, source: chatml_sample(
@@ -447,14 +467,7 @@ class SourceDataset:
                            else i for i in images)  # fmt: skip
         check_turns(messages)
         videos = getattr(messages, "videos", ())
-        said = str(file.path)
-        if (
-            not images
-            and not videos
-            and said not in MARKS_SAID_TEXT
-            and any(TEXT_GUARD in m.content for m in messages)
-        ):
-            MARKS_SAID_TEXT.add(said)  # once per file in this process, however many readers check it
-            logger.info('%s #%d has no images: its "%s" (or <img>) stays text, as in every such record of this '
-                        "source", file.path, local, self.source.image_placeholder)  # fmt: skip
+        marks = {"images": (bool(images), (self.source.image_placeholder, IMAGE_PLACEHOLDER)),
+                 "videos": (bool(videos), (VIDEO_PLACEHOLDER,))}  # fmt: skip
+        note_marks_as_text(messages, file.path, local, marks)
         return Sample(tuple(messages), images, source=str(file.path), index=local, videos=videos)

@@ -13,6 +13,7 @@ import base64
 import json
 import logging
 import mimetypes
+import re
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -22,7 +23,15 @@ from pathlib import Path
 from typing import Any
 
 from paddlemix.arguments import DatasetSource
-from paddlemix.datasets.conversation import IMAGE_PLACEHOLDER, ImageBytes, ImageRef, Sample, plain_text
+from paddlemix.datasets.conversation import (
+    IMAGE_PLACEHOLDER,
+    VIDEO_PLACEHOLDER,
+    ImageBytes,
+    ImageRef,
+    Sample,
+    VideoRef,
+    plain_text,
+)
 from paddlemix.datasets.sources import SourceDataset
 from paddlemix.inference.metrics import score_records
 from paddlemix.utils.errors import UserError
@@ -143,27 +152,45 @@ def model_answerer(generator: Any, max_new_tokens: int) -> Answerer:
     return answer
 
 
-def image_url(image: ImageRef) -> str:
-    """An image as an OpenAI `image_url`: inline bytes and local files as base64 data URLs, URLs unchanged."""
+def image_url(image: ImageRef, kind: str = "image/png") -> str:
+    """An image (a video file, `kind` its default MIME type) as an OpenAI URL: inline bytes and local files as
+    base64 data URLs, URLs unchanged."""
     if isinstance(image, str) and image.startswith(("http://", "https://", "data:")):
         return image
     data = image.data if isinstance(image, ImageBytes) else Path(image).read_bytes()
-    kind = "image/png" if isinstance(image, ImageBytes) else mimetypes.guess_type(str(image))[0] or "image/png"
+    kind = kind if isinstance(image, ImageBytes) else mimetypes.guess_type(str(image))[0] or kind
     return f"data:{kind};base64,{base64.b64encode(data).decode()}"
 
 
+def video_url(video: VideoRef) -> str:
+    """A video file as a `video_url` URL (see `image_url`). Raises ValueError for what a server cannot be asked
+    as the record asks it: a frame list, or a video with its own sampling keys (the server samples with its own
+    settings)."""
+    if isinstance(video.source, tuple):
+        raise ValueError(
+            "a video given as a frame list cannot be sent to the server; evaluate it with the local model"
+        )
+    if video.options is not None:
+        raise ValueError("the record sets its own video sampling (fps, frames, pixels), which the server does not "
+                         "take (it samples with its own settings); evaluate it with the local model")  # fmt: skip
+    return image_url(video.source, "video/mp4")
+
+
 def openai_messages(sample: Sample) -> list[dict[str, Any]]:
-    """A sample's messages in OpenAI form: `<image>` placeholders become image_url parts at their places."""
-    images = iter(sample.images)
+    """A sample's messages in OpenAI form: `<image>` (`<video>`) placeholders become image_url (video_url) parts at
+    their places. Raises ValueError for a video a server cannot be sent (see `video_url`)."""
+    images, videos = iter(sample.images), iter(sample.videos)
+    marks = f"({re.escape(IMAGE_PLACEHOLDER)}|{re.escape(VIDEO_PLACEHOLDER)})"
     out = []
     for message in sample.messages:
-        pieces = message.content.split(IMAGE_PLACEHOLDER)
         parts: list[dict[str, Any]] = []
-        for k, text in enumerate(pieces):
-            if k:
+        for piece in re.split(marks, message.content):
+            if piece == IMAGE_PLACEHOLDER:
                 parts.append({"type": "image_url", "image_url": {"url": image_url(next(images))}})
-            if text:
-                parts.append({"type": "text", "text": plain_text(text)})
+            elif piece == VIDEO_PLACEHOLDER:
+                parts.append({"type": "video_url", "video_url": {"url": video_url(next(videos))}})
+            elif piece:
+                parts.append({"type": "text", "text": plain_text(piece)})
         out.append({"role": message.role, "content": parts})
     return out
 
@@ -175,9 +202,11 @@ def server_answerer(url: str, model: str | None, api_key: str | None, max_new_to
     headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {api_key}"} if api_key else {})
 
     def one(q: Question) -> str | Exception:
-        if q.sample.videos:  # skipped with its reason, as any record that cannot be asked
-            return ValueError("the server takes no video parts; evaluate video records with the local model")
-        body = {"messages": openai_messages(q.sample), "max_tokens": max_new_tokens, "temperature": 0}
+        try:
+            messages = openai_messages(q.sample)
+        except ValueError as err:  # skipped with its reason, as any record that cannot be asked
+            return err
+        body = {"messages": messages, "max_tokens": max_new_tokens, "temperature": 0}
         body |= {"model": model} if model else {}
         request = urllib.request.Request(endpoint, json.dumps(body).encode(), headers, method="POST")
         try:

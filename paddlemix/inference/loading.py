@@ -13,7 +13,7 @@ from paddlemix.processors.images import DEFAULT_MAX_IMAGE_PIXELS
 
 def add_model_flags(p: argparse.ArgumentParser) -> None:
     """The flags that pick and load the model, shared by serve.py and evaluate.py (infer.py's names)."""
-    from paddlemix.tools.infer import _bool
+    from paddlemix.tools.infer import _bool, add_video_flags
 
     p.add_argument("--model_name_or_path", help="model folder (trained, merged, or the base of --lora_path)")
     p.add_argument("--lora_path", help="LoRA adapter folder written by training")
@@ -23,6 +23,7 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split_special_tokens", type=_bool, help="default: the training's, else true")
     p.add_argument("--max_image_pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
                    help="refuse images with more pixels (decompression bombs)")  # fmt: skip
+    add_video_flags(p)
 
 
 def load_generator(args: argparse.Namespace) -> Any:
@@ -50,11 +51,15 @@ def load_generator(args: argparse.Namespace) -> Any:
 
 
 def set_video_settings(encoder: Any, settings: dict) -> None:
-    """Sample videos with the training's settings (run_args.json keys, see `DataArgs`)."""
+    """Sample videos with the training's settings (run_args.json keys, see `DataArgs`), warning once when the
+    per-frame pixel cap is below the per-frame minimum."""
     from paddlemix.arguments import DataArgs
-    from paddlemix.datasets.encoded import video_defaults
+    from paddlemix.datasets.encoded import video_defaults, video_pixels_warning, warn_once
 
     keys = ("video_fps", "video_maxlen", "video_resolution", "video_min_pixels", "video_max_pixels")
-    encoder.video_options = video_defaults(DataArgs(**{k: settings.get(k) for k in keys}))
+    data = DataArgs(**{k: settings.get(k) for k in keys})
+    encoder.video_options = video_defaults(data)
+    if encoder.layout is not None:
+        warn_once(video_pixels_warning(data, encoder.layout.factor))
     if "max_video_seconds" in settings:
         encoder.max_video_seconds = settings["max_video_seconds"]

@@ -2,10 +2,11 @@
 or server-sent events with `stream: true`) and a chat page at `/`.
 
 Requests go through the same encoding as training and tools/infer.py (`Generator.encode`: chat template, stop
-ids, image processing) and are answered in shared batches (batching.py). Every client mistake is answered with an
-OpenAI-style JSON error, `{"error": {"message", "type", "param", "code"}}`, and a 4xx status; the server keeps
-serving. Limits: request body bytes, image bytes and pixels, `max_tokens`, prompt + answer tokens
-(`max_model_len`), waiting requests and seconds per request.
+ids, image processing, videos sampled with the training's settings) and are answered in shared batches
+(batching.py). Messages take text, image and (for the Qwen-VL families) video parts (`parse_messages`). Every
+client mistake is answered with an OpenAI-style JSON error, `{"error": {"message", "type", "param", "code"}}`, and
+a 4xx status; the server keeps serving. Limits: request body bytes, image bytes and pixels, video bytes, seconds
+and frame pixels, `max_tokens`, prompt + answer tokens (`max_model_len`), waiting requests and seconds per request.
 
 Streaming sends the answer while its batch decodes (the decoding loop reports every step); the pieces join to
 exactly the non-streamed answer.
@@ -31,10 +32,18 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from paddlemix.datasets.conversation import IMAGE_PLACEHOLDER, ImageRef, Message, SampleError, guard_text
+from paddlemix.datasets.conversation import (
+    IMAGE_PLACEHOLDER,
+    VIDEO_PLACEHOLDER,
+    ImageRef,
+    Message,
+    SampleError,
+    VideoRef,
+    guard_text,
+)
 from paddlemix.inference.batching import Answer, Batcher, QueueFull
 from paddlemix.inference.decoding import GenerationSettings
-from paddlemix.inference.media import MediaError, MediaPolicy
+from paddlemix.inference.media import MediaError, MediaKind, MediaPolicy
 from paddlemix.utils.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -100,12 +109,37 @@ def _field(body: dict[str, Any], key: str, kinds: type | tuple[type, ...], defau
     return value
 
 
-def parse_messages(messages: Any, media: MediaPolicy) -> tuple[list[Message], list[ImageRef]]:
-    """OpenAI `messages` -> toolkit messages with `<image>` placeholders where the image parts were, and the
-    images in order. Text that spells `<image>` stays text. Raises ApiError (400) for malformed messages."""
+@dataclass
+class Parsed:
+    """A request's messages with `<image>` / `<video>` placeholders where its media parts were, and the media in
+    order."""
+
+    messages: list[Message]
+    images: list[ImageRef] = field(default_factory=list)
+    videos: list[VideoRef] = field(default_factory=list)
+
+
+def media_part(part: dict[str, Any]) -> tuple[MediaKind, Any] | None:
+    """("image" | "video", its URL) of an image or video content part, None for other parts. Shapes: OpenAI's
+    `{"type": "image_url", "image_url": {"url"} | url}`, vLLM's `{"type": "video_url", "video_url": {"url"} | url}`
+    and `{"type": "video", "video": url}` (qwen-vl-utils' message shape)."""
+    kind = part.get("type")
+    if kind in ("image_url", "video_url"):
+        url = part.get(kind)
+        return kind.removesuffix("_url"), url.get("url") if isinstance(url, dict) else url
+    if kind == "video":
+        return "video", part.get("video")
+    return None
+
+
+def parse_messages(messages: Any, media: MediaPolicy, no_video: str | None = None) -> Parsed:
+    """OpenAI `messages` -> toolkit messages with `<image>` / `<video>` placeholders where the image and video parts
+    were (user turns only), and the media in order, resolved by `media`. Text that spells `<image>` or `<video>`
+    stays text. `no_video`: why the model takes no video (a video part is then refused before it is fetched).
+    Raises ApiError (400) for malformed messages and refused media."""
     if not isinstance(messages, list) or not messages:
         raise ApiError(400, "messages must be a non-empty list", "messages", "invalid_value")
-    out, images = [], []
+    parsed = Parsed([])
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
         if not isinstance(message, dict) or message.get("role") not in ROLES:
@@ -116,24 +150,31 @@ def parse_messages(messages: Any, media: MediaPolicy) -> tuple[list[Message], li
             raise ApiError(400, f"{where}.content must be a string or a list of parts", f"{where}.content")
         text = []
         for k, part in enumerate(parts):
-            kind = part.get("type") if isinstance(part, dict) else None
-            if kind == "text" and isinstance(part.get("text"), str):
-                text.append(guard_text(part["text"], (IMAGE_PLACEHOLDER,)))
-            elif kind == "image_url" and message["role"] == "user":
-                url = part.get("image_url")
-                url = url.get("url") if isinstance(url, dict) else url
+            found = media_part(part) if isinstance(part, dict) else None
+            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
+                text.append(guard_text(part["text"], (IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER)))
+            elif found is not None and message["role"] == "user":
+                kind, url = found
+                param = f"{where}.content[{k}].{part['type']}"
+                if kind == "video" and no_video:
+                    raise ApiError(400, f"this model takes no video: {no_video}", param, "video_not_supported")
                 try:
-                    images.append(media.resolve(url))
+                    ref = media.resolve(url, kind)
                 except MediaError as err:
-                    raise ApiError(400, str(err), f"{where}.content[{k}].image_url", "invalid_image_url") from None
-                text.append(IMAGE_PLACEHOLDER)
+                    raise ApiError(400, str(err), param, f"invalid_{kind}_url") from None
+                if kind == "video":
+                    parsed.videos.append(VideoRef(ref))
+                    text.append(VIDEO_PLACEHOLDER)
+                else:
+                    parsed.images.append(ref)
+                    text.append(IMAGE_PLACEHOLDER)
             else:
-                raise ApiError(400, f"{where}.content[{k}] must be a text part or (in a user turn) an image_url "
-                               "part", f"{where}.content[{k}]", "invalid_value")  # fmt: skip
-        out.append(Message(message["role"], "".join(text)))
-    if out[-1].role == "assistant":
+                raise ApiError(400, f"{where}.content[{k}] must be a text part or (in a user turn) an image_url, "
+                               "video_url or video part", f"{where}.content[{k}]", "invalid_value")  # fmt: skip
+        parsed.messages.append(Message(message["role"], "".join(text)))
+    if parsed.messages[-1].role == "assistant":
         raise ApiError(400, "the last message must not be an assistant turn", "messages", "invalid_value")
-    return out, images
+    return parsed
 
 
 def decoding_settings(body: dict[str, Any], base: GenerationSettings, config: ServerConfig) -> GenerationSettings:
@@ -178,6 +219,11 @@ class ChatServer:
         self._encode_lock = threading.Lock()
         self.created = int(time.time())
 
+    def no_video(self) -> str | None:
+        """Why the served model takes no video (None when it does)."""
+        vision = self.generator.encoder.vision
+        return vision.why_no_video if vision.video is None else None
+
     def check_key(self, authorization: str | None) -> None:
         if not self.config.api_key:
             return
@@ -195,7 +241,7 @@ class ChatServer:
                            f"{self.config.served_model_name!r})", "model", "model_not_found")  # fmt: skip
         if _field(body, "n", int, 1) != 1:
             raise ApiError(400, "only n = 1 is supported", "n", "invalid_value")
-        messages, images = parse_messages(body.get("messages"), self.config.media)
+        parsed = parse_messages(body.get("messages"), self.config.media, self.no_video())
         settings = decoding_settings(body, self.generator.settings, self.config)
         stop = stop_strings(body)
         seed = _field(body, "seed", int, 0)
@@ -204,7 +250,7 @@ class ChatServer:
         options = _field(body, "stream_options", dict, {})
         try:
             with self._encode_lock:
-                prompt = self.generator.encode(messages, images)
+                prompt = self.generator.encode(parsed.messages, parsed.images, parsed.videos)
         except SampleError as err:
             raise ApiError(400, f"cannot use this request: {err}", "messages", "invalid_input") from None
         limit = self.config.max_model_len

@@ -10,6 +10,7 @@ rendered chat; prompts for inference are the training ids of the text before an 
 from __future__ import annotations
 
 import dataclasses
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,11 +30,12 @@ from paddlemix.datasets.conversation import (
 from paddlemix.processors.chat_template import ChatTemplate
 from paddlemix.processors.images import ImageReader
 from paddlemix.processors.text_encoding import TextEncoder, guard_special_text, special_token_strings
-from paddlemix.processors.video import DEFAULT_MAX_VIDEO_SECONDS, VideoReader
+from paddlemix.processors.video import DEFAULT_MAX_VIDEO_SECONDS, VideoPlan, VideoReader
 from paddlemix.processors.video_sampling import VideoOptions
 from paddlemix.processors.video_tokens import PatchLayout, VideoTokens
 
 IGNORE_INDEX = -100
+PLANS_KEPT = 256  # video plans an encoder remembers (see SampleProcessor.plan_video)
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,7 @@ class SampleProcessor:
         self.layout = PatchLayout.of(image_processor) if vision.video is not None else None
         self.video_options = VideoOptions()  # the run's defaults (video_fps, video_maxlen, video_resolution)
         self.max_video_seconds: float | None = DEFAULT_MAX_VIDEO_SECONDS
+        self._plans: OrderedDict[tuple, VideoPlan] = OrderedDict()
 
     @property
     def video_reader(self) -> VideoReader:
@@ -101,6 +104,20 @@ class SampleProcessor:
         assert self.layout is not None
         return VideoReader(self.layout.factor, self.video_options, self.reader, self.max_video_seconds,
                            self.reader.max_pixels)  # fmt: skip
+
+    def plan_video(self, ref: VideoRef) -> VideoPlan:
+        """A video's plan from its headers (`VideoReader.plan`), remembered for the last PLANS_KEPT videos under the
+        settings it was made with: a record's length, its video summary and the template check plan the same
+        clips, and each plan opens the file (a container whose header counts no frames has its packets counted)."""
+        key = (ref, self.video_options, self.max_video_seconds, self.reader, self.layout.factor)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = self.video_reader.plan(ref)
+            if len(self._plans) > PLANS_KEPT:
+                self._plans.popitem(last=False)
+        else:
+            self._plans.move_to_end(key)
+        return plan
 
     def images(self, refs: Sequence[ImageRef]) -> dict[str, np.ndarray]:
         if not refs:
@@ -127,7 +144,7 @@ class SampleProcessor:
                 patches, grid = self.layout.patches(frames)
                 pixels.append(patches)
             else:
-                plan = self.video_reader.plan(ref)
+                plan = self.plan_video(ref)
                 grid = self.layout.grid(plan)
             grids.append(grid)
             seconds.append(self.layout.temporal_patch_size / plan.sample_fps)
@@ -144,7 +161,7 @@ class SampleProcessor:
         self._check_videos(sample.videos)
         frames = tokens = 0
         for ref in sample.videos:
-            plan = self.video_reader.plan(ref)
+            plan = self.plan_video(ref)
             t, h, w = self.layout.grid(plan)
             frames += len(plan.indices)
             tokens += t * h * w // self.layout.merge_size**2
@@ -215,7 +232,8 @@ class SampleProcessor:
         if video_texts:
             raise SampleError(f"{len(video_texts)} videos have no placeholder in the rendered text")
         if len(input_ids) > self.max_length:
-            raise TooLongError(len(input_ids), self.max_length)
+            expanded = " and ".join(k for k, refs in (("image", sample.images), ("video", sample.videos)) if refs)
+            raise TooLongError(len(input_ids), self.max_length, expanded or "image")
         return input_ids, labels
 
     def training_segments(self, sample: Sample, template: ChatTemplate) -> list[tuple[str, bool]]:
@@ -244,6 +262,14 @@ class SampleProcessor:
         if all(label == IGNORE_INDEX for label in labels[1:]):
             raise SampleError("no assistant tokens to learn from")
         return len(input_ids)
+
+    def prompt_ids(self, sample: Sample, template: ChatTemplate) -> list[int]:
+        """The input ids `encode_prompt` gives, from image and video headers instead of decoded pixels."""
+        grids = [self.vision.grid_for_size(*self.reader.size(r)) for r in sample.images]
+        _, texts = self.videos(sample.videos, decode=False)
+        segments = template.segments(self.with_vision_tokens(sample.messages), add_generation_prompt=True)
+        input_ids, _ = self._encode(sample, prompt_segments(segments), {"image_grid_thw": grids}, texts)
+        return input_ids
 
     def encode_prompt(self, sample: Sample, template: ChatTemplate) -> dict[str, np.ndarray]:
         """Encode a conversation up to the generation prompt, for inference: segment by segment as training

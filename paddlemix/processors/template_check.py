@@ -77,7 +77,7 @@ def encoding_mismatch(encoder: SampleProcessor, template: ChatTemplate, sample: 
         ):
             continue  # a template that rewrites history (Qwen3 thinking) renders this turn otherwise once it is past
         earlier = Sample(sample.messages[:k], sample.images, videos=sample.videos)
-        prompt = encoder.encode_prompt(earlier, template)["input_ids"].tolist()
+        prompt = encoder.prompt_ids(earlier, template)  # from headers: nothing decoded
         if prompt != ids[: len(prompt)] or len(prompt) != start:
             at = _first_difference(ids, prompt)
             return (

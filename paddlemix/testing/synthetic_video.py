@@ -1,12 +1,13 @@
 """Synthetic clips written with PyAV for tests and the video demo: a square moving left or right, numbered frames.
 
 Clips are H.264 in MP4 (yuv420p, so sides are even) at a constant frame rate; `faststart` puts the header before
-the frames (a cut file then keeps a header that promises frames it no longer holds).
+the frames (a cut file then keeps a header that promises frames it no longer holds). `write_timed_clip` shows each
+frame at a given time (a variable frame rate), frames numbered so a decoded frame tells which one it is.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from fractions import Fraction
 from pathlib import Path
 
@@ -67,3 +68,46 @@ def numbered_frames(frames: int, size: int = 32) -> Iterator[np.ndarray]:
     """Frames whose grey level encodes their number (frame k: level 2k mod 256), for checking which were read."""
     for k in range(frames):
         yield np.full((size, size, 3), (2 * k) % 256, dtype=np.uint8)
+
+
+def two_digit_frame(k: int, size: int = 32) -> np.ndarray:
+    """Frame k (0..255) as two grey halves, its number's base-16 digits: left 16 (k mod 16) + 8, right
+    16 (k div 16) + 8, so lossy coding (a few levels off) still reads back exactly (`frame_number`)."""
+    frame = np.empty((size, size, 3), dtype=np.uint8)
+    frame[:, : size // 2] = 16 * (k % 16) + 8
+    frame[:, size // 2 :] = 16 * (k // 16 % 16) + 8
+    return frame
+
+
+def frame_number(frame: np.ndarray) -> int:
+    """The number `two_digit_frame` drew into a decoded (possibly resized) uint8 frame [H, W, 3]."""
+    half = frame.shape[1] // 2
+    low, high = frame[:, : half // 2].mean(), frame[:, half + half // 2 :].mean()
+    return int(round((low - 8) / 16)) + 16 * int(round((high - 8) / 16))
+
+
+def write_timed_clip(
+    path: str | Path, times_ms: Sequence[int], size: int = 32, gop: int = 30, container: str | None = None
+) -> Path:
+    """A clip whose frame k (`two_digit_frame(k)`) is shown at `times_ms[k]` milliseconds: a variable frame rate
+    when the gaps differ (as phone and screen recordings have). H.264 with B-frames (decode order differs from
+    presentation order) and a keyframe every `gop` frames; `container` as PyAV names formats (default: from the
+    file name)."""
+    import av
+
+    path = Path(path)
+    with av.open(str(path), "w", format=container) as out:
+        stream = out.add_stream("libx264", rate=Fraction(30))
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        stream.codec_context.gop_size = gop
+        stream.options = {"crf": "10", "bf": "2", "preset": "fast"}
+        for k, t in enumerate(times_ms):
+            frame = av.VideoFrame.from_ndarray(two_digit_frame(k, size), format="rgb24")
+            frame.pts, frame.time_base = int(t), Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path

@@ -1,16 +1,18 @@
 """Check all training and eval data of an argument file before training: skips and reasons, token lengths after
-image expansion, records over max_length and (with mixtoken) the MIXToken fill. Loads the tokenizer and processor,
-not the model.
+image and video expansion, records over max_length and (with mixtoken) the MIXToken fill. Loads the tokenizer and
+processor, not the model; the checks read image and video headers only (--show and --dump encode their samples).
 
 Usage: python paddlemix/tools/check_data.py ARGS.json [--key value ...] [--report FILE] [--show N] [--dump FILE]
 The JSON report goes to FILE (default: OUTPUT_DIR/data_report.json); its "verdict" is "pass", "warn" (records
 would be skipped, training goes on) or "fail" (training would stop: no usable training record, skips over
 max_skip_ratio, a source whose records all fail, no usable eval record while eval is on), with the reasons.
 Exit code: 0 pass or warn, 1 fail, 2 a mistake in the arguments.
---show N prints the first N encoded samples of each source as text: labelled spans (what the loss trains) between
-[[ and ]], each run of image tokens as one `<token>xCOUNT`, a special-token string typed as text as \\<token>.
+--show N prints the first N encoded samples of each source as text: a head line with its images' grids or its
+videos (count, sampled frames, video tokens, grids), labelled spans (what the loss trains) between [[ and ]], each
+run of image or video tokens as one `<token>xCOUNT`, a special-token string typed as text as \\<token>.
 --dump FILE writes those samples (N, default 5) as JSON lines: source, file, index, input_ids, labels (aligned with
-input_ids, -100 where untrained), image_grid_thw and position_ids.
+input_ids, -100 where untrained), image_grid_thw, with videos video_grid_thw, video_frames and video_tokens (per
+video), and position_ids.
 """
 
 from __future__ import annotations

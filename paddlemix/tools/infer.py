@@ -34,6 +34,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--image", action="append", default=[], help="image path; repeat for several images")
     p.add_argument("--video", action="append", default=[],
                    help="video file (Qwen-VL families), sampled as training samples it; repeat for several")  # fmt: skip
+    add_video_flags(p)
     p.add_argument("--question")
     p.add_argument("--data_file", help="chatml file: answer the last assistant turn of each record")
     p.add_argument("--output", help="JSONL file for the answers of --data_file (default: print)")
@@ -72,12 +73,31 @@ def warn_on_other_template(model_dir: str, lora_path: str | None, chat_template:
 
 VIDEO_SETTINGS = ("video_fps", "video_maxlen", "video_resolution", "video_min_pixels", "video_max_pixels",
                   "max_video_seconds")  # fmt: skip
+# Video flags (the argument file's keys): sampling, and the longest video taken; unset ones keep the training's value
+# from run_args.json.
+VIDEO_FLAGS = {
+    "video_fps": (float, "frames sampled per second of video (default: the training's, else 2)"),
+    "video_maxlen": (int, "most frames sampled from one video (default: the training's, else 768)"),
+    "video_max_pixels": (int, "most pixels of one sampled frame (default: the training's)"),
+    "video_min_pixels": (
+        int,
+        "fewest pixels of one sampled frame (default: the training's, else 128 x 28^2, Qwen3-VL 128 x 32^2)",
+    ),
+    "max_video_seconds": (float, "refuse longer videos (default: the training's, else 10800)"),
+}
+
+
+def add_video_flags(p: argparse.ArgumentParser) -> None:
+    """The video sampling flags (`VIDEO_FLAGS`), shared by infer.py, serve.py and evaluate.py."""
+    for name, (kind, text) in VIDEO_FLAGS.items():
+        p.add_argument(f"--{name}", type=kind, help=text)
 
 
 def training_data_settings(args: argparse.Namespace) -> dict:
     """`image_resolution` and `split_special_tokens` as the training used them (run_args.json of --lora_path, else
     of the model folder), unless given on the command line; a folder without run_args.json gives the defaults.
-    The training's video settings (`VIDEO_SETTINGS`) come along, so videos are sampled as in training."""
+    The training's video settings (`VIDEO_SETTINGS`) come along, so videos are sampled as in training; the video
+    flags given on the command line (`VIDEO_FLAGS`) replace them."""
     from pathlib import Path
 
     saved = {}
@@ -89,7 +109,8 @@ def training_data_settings(args: argparse.Namespace) -> dict:
     settings = {"image_resolution": saved.get("image_resolution"),
                 "split_special_tokens": saved.get("split_special_tokens", True)}  # fmt: skip
     out = {k: v if getattr(args, k, None) is None else getattr(args, k) for k, v in settings.items()}
-    return {**out, **{k: saved[k] for k in VIDEO_SETTINGS if saved.get(k) is not None}}
+    video = {k: saved[k] for k in VIDEO_SETTINGS if saved.get(k) is not None}
+    return {**out, **video, **{k: getattr(args, k) for k in VIDEO_FLAGS if getattr(args, k, None) is not None}}
 
 
 def check_videos(videos: list[str]) -> None:
@@ -115,6 +136,25 @@ def check_images(images: list[str], image_resolution: int | None = None) -> None
             reader.size(image)
         except SampleError as err:
             raise UserError(f"command line: --image {image!r}: {err}. Pass a readable image file.") from None
+
+
+def too_long_hint(images: list[str], videos: list[str]) -> str:
+    """How to shorten a prompt: the question, and the flags that bound its images' and videos' tokens."""
+    ways = ["shorten the question"]
+    if images:
+        ways.append("pass fewer or smaller images (--image, --image_resolution)")
+    if videos:
+        ways.append("sample fewer or smaller video frames (--video_maxlen, --video_fps, --video_max_pixels; "
+                    "unset, they are the training's)")  # fmt: skip
+    text = ", or ".join(ways)
+    return text[0].upper() + text[1:] + "."
+
+
+def media_named(images: list[str], videos: list[str]) -> tuple[str, str]:
+    """("--image A and --video B", "images and videos"): the media flags given, and what they pass."""
+    given = [(f"--{flag} {', '.join(values)}", kind) for flag, values, kind in
+             (("image", images, "images"), ("video", videos, "videos")) if values]  # fmt: skip
+    return " and ".join(g for g, _ in given) or "no image or video", " and ".join(k for _, k in given) or "media"
 
 
 def overrides(args: argparse.Namespace) -> dict:
@@ -163,14 +203,11 @@ def main(argv: list[str] | None = None) -> None:
         except TooLongError as err:
             raise UserError(
                 f"command line: the prompt of --question is too long to answer: {err} (the model's "
-                "max_position_embeddings). Shorten the question, or pass fewer or smaller images (--image)."
+                f"max_position_embeddings). {too_long_hint(args.image, args.video)}"
             ) from None
         except SampleError as err:
-            images = ", ".join(args.image) or "none"
-            videos = f" and --video {', '.join(args.video)}" if args.video else ""
-            raise UserError(
-                f"command line: cannot answer with --image {images}{videos}: {err}. Pass images and videos that open."
-            ) from None
+            given, kinds = media_named(args.image, args.video)
+            raise UserError(f"command line: cannot answer with {given}: {err}. Pass {kinds} that open.") from None
         g = answers.generated
         print(speed_line(g.new_tokens, g.seconds, g.prefill_seconds))
         print(shown_answer(answers.texts[0]))

@@ -5,7 +5,8 @@ Usage:
   paddlemix-serve --model_name_or_path MERGED_OR_TRAINED_DIR [--port 8000]
   paddlemix-serve --model_name_or_path BASE --lora_path ADAPTER --api_key SECRET --allowed_local_media_path DIR
 
-Prompts, stop ids and image processing are those of training and infer.py. Needs `pip install -e ".[serve]"`.
+Prompts, stop ids, image processing and video sampling are those of training and infer.py (the training's video
+settings from run_args.json, or the --video_* flags). Needs `pip install -e ".[serve]"`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     try:
         import uvicorn  # noqa: F401
 
+        from paddlemix.inference.media import DEFAULT_MAX_VIDEO_BYTES
         from paddlemix.inference.server import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_TOKENS_LIMIT
     except ImportError as err:
         raise UserError(
@@ -36,8 +38,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--api_key", default=os.environ.get("PADDLEMIX_API_KEY"),
                    help="require 'Authorization: Bearer KEY' (default: $PADDLEMIX_API_KEY, else none)")  # fmt: skip
     p.add_argument("--served_model_name", help="the model id clients send (default: the folder's name)")
-    p.add_argument("--allowed_local_media_path", help="folder whose image files requests may name by path")
-    p.add_argument("--allow_remote_media", action="store_true", help="fetch http(s) image URLs (public hosts only)")
+    p.add_argument("--allowed_local_media_path", help="folder whose image and video files requests may name by path")
+    p.add_argument("--allow_remote_media", action="store_true",
+                   help="fetch http(s) image and video URLs (public hosts only)")  # fmt: skip
+    p.add_argument("--max_video_bytes", type=int, default=DEFAULT_MAX_VIDEO_BYTES,
+                   help="largest video file a request may send or name by URL")  # fmt: skip
     p.add_argument("--max_model_len", type=int, help="most prompt + answer tokens of one request")
     p.add_argument("--max_tokens_limit", type=int, default=DEFAULT_MAX_TOKENS_LIMIT, help="largest max_tokens")
     p.add_argument("--max_body_bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, help="largest request body")
@@ -55,13 +60,20 @@ def config_of(args: argparse.Namespace):
     if media_root is not None and not media_root.is_dir():
         raise UserError(f"command line: --allowed_local_media_path {media_root} is not a folder. Give an existing "
                         "folder, or leave the flag out to refuse local paths.")  # fmt: skip
-    for key in ("max_tokens_limit", "max_body_bytes", "max_batch_size", "max_waiting_requests", "max_model_len"):
+    for key in (
+        "max_tokens_limit",
+        "max_body_bytes",
+        "max_batch_size",
+        "max_waiting_requests",
+        "max_model_len",
+        "max_video_bytes",
+    ):
         value = getattr(args, key)
         if value is not None and value < 1:
             raise UserError(f"command line: --{key} must be at least 1, got {value}.")
     name = args.served_model_name or Path(args.lora_path or args.model_name_or_path).resolve().name
     return ServerConfig(served_model_name=name, api_key=args.api_key or None,
-                        media=MediaPolicy(media_root, args.allow_remote_media), max_model_len=args.max_model_len,
+                        media=MediaPolicy(media_root, args.allow_remote_media, max_video_bytes=args.max_video_bytes), max_model_len=args.max_model_len,
                         max_tokens_limit=args.max_tokens_limit, max_body_bytes=args.max_body_bytes,
                         max_waiting_requests=args.max_waiting_requests, request_timeout=args.request_timeout,
                         max_batch_size=args.max_batch_size)  # fmt: skip

@@ -4,6 +4,7 @@ images and videos in one record; counts checked; `<video>` of a record without v
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,33 @@ def test_video_mark_without_videos_stays_text(tmp_path: Path) -> None:
     record = {"messages": [{"role": "user", "content": "what is <video>?"}, {"role": "assistant", "content": "A"}]}
     sample = data_of(tmp_path, [record])[0]
     assert sample.videos == () and sample.messages[0].content == f"what is <{TEXT_GUARD}video>?"
+
+
+@pytest.mark.parametrize(
+    ("record", "notes"),
+    [
+        ({"messages": [{"role": "user", "content": "what do <video> and <video> do?"},
+                       {"role": "assistant", "content": "A"}]}, ['has no videos: its "<video>" (2 in the record) stays text']),
+        ({"images": ["i.png"], "messages": [{"role": "user", "content": "<image>is <video> html?"},
+                                            {"role": "assistant", "content": "A"}]},
+         ['has no videos: its "<video>" (1 in the record) stays text']),
+        ({"videos": ["a.mp4"], "messages": [{"role": "user", "content": "<video>is <image> html?"},
+                                            {"role": "assistant", "content": "A"}]},
+         ['has no images: its "<image>" (1 in the record) stays text, as in every such record of this source '
+          "(<img> tags too)"]),
+        ({"messages": [{"role": "user", "content": "<image> or <video>?"}, {"role": "assistant", "content": "A"}]},
+         ['has no images: its "<image>" (1 in the record) stays text',
+          'has no videos: its "<video>" (1 in the record) stays text']),
+    ],
+)  # fmt: skip
+def test_marks_that_stay_text_are_noted_by_their_kind(tmp_path: Path, caplog, record: dict, notes: list) -> None:
+    """The note names the marks the record has (and how many), never <image> for a <video>; once per file."""
+    with caplog.at_level(logging.INFO, logger="paddlemix.datasets.sources"):
+        data = data_of(tmp_path, [record, record])
+        data[0], data[1]
+    said = [r.getMessage() for r in caplog.records if "stay" in r.getMessage()]
+    assert len(said) == len(notes) and all(note in line for note, line in zip(notes, said)), said
+    assert all("d.jsonl #0 " in line for line in said)
 
 
 @pytest.mark.parametrize(

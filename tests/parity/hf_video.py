@@ -8,7 +8,8 @@ REQUEST.json: {"frames": "frames.npz" (uint8 [T, H, W, 3], sampled and resized a
 
 The model's processor expands the video tokens (Qwen3-VL: with its `<t seconds>` text from the frame indices and
 frame rate, as `video_metadata` carries them) and builds `second_per_grid_ts` (Qwen2.5-VL: from `fps`). Its video
-processor needs torchvision, which the reference environment lacks; the pixels come from the model's image processor
+processor needs torchvision, which the reference environment lacks (the registry's torchvision for torch 2.13 is a
+CUDA build that does not import with the CPU torch); the pixels come from the model's image processor
 in its video mode (`videos=`, `do_resize=False`: rescale, normalise, pad to the temporal patch, flatten), the same
 arithmetic the video processors do on frames that are already resized. Writes the processor's outputs, the model's
 3-D positions (`get_rope_index`), the float32 logits and `torch.linspace(...).round()` for each `linspace` triple.

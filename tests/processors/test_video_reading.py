@@ -1,5 +1,7 @@
-"""Reading videos: the sampled frames are the right ones (with seeks over long gaps), a long clip is read in bounded
-memory, and every kind of bad video is a skip with its reason, never a hang or a crash."""
+"""Reading videos: the sampled frames are the right ones (with seeks over long gaps, and at a variable frame rate
+the frames qwen-vl-utils' decoders count), a long clip is read in bounded memory, and every kind of bad video
+(a header promising more or fewer frames than the clip holds included) is a skip with its reason, never a hang, a
+crash or other frames than planned."""
 
 from __future__ import annotations
 
@@ -14,8 +16,14 @@ import pytest
 
 from paddlemix.datasets.conversation import SampleError, VideoRef
 from paddlemix.processors.video import SEEK_GAP, VideoReader
-from paddlemix.processors.video_sampling import VideoOptions
-from paddlemix.testing.synthetic_video import moving_square, numbered_frames, write_clip
+from paddlemix.processors.video_sampling import VideoOptions, frame_indices, frame_range, sample_count
+from paddlemix.testing.synthetic_video import (
+    frame_number,
+    moving_square,
+    numbered_frames,
+    write_clip,
+    write_timed_clip,
+)
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +39,33 @@ def test_sampled_frames_are_the_planned_ones(numbered: Path) -> None:
         expected = np.asarray([(2 * i) % 256 for i in plan.indices])
         assert len(frames) == len(plan.indices) and np.abs(levels - expected).max() <= 3, (options, plan.indices)
     assert np.diff(reader.plan(VideoRef(str(numbered), VideoOptions(max_frames=8))).indices).min() > SEEK_GAP
+
+
+# 120 frames bunched 10 ms apart, then 120 frames 300 ms apart: frame k is not at k / (average rate) seconds
+BUNCHED_MS = [10 * k for k in range(120)] + [1200 + 300 * k for k in range(120)]
+
+
+@pytest.mark.parametrize("name", ["bunched.mp4", "bunched.mkv"])
+def test_variable_frame_rate_clip_gives_the_counted_frames(tmp_path: Path, name: str) -> None:
+    """qwen-vl-utils (decord, torchcodec; torchvision decodes all) takes frame k = the k-th frame in presentation
+    order at indices linspace(first, last, nframes).round(), the frame count and average rate from the stream.
+    Seeks (max_frames 4: gaps of 80 frames) must land on the same frames."""
+    import av
+
+    clip = write_timed_clip(tmp_path / name, BUNCHED_MS)
+    with av.open(str(clip)) as c:
+        stream = c.streams.video[0]
+        average_fps = float(stream.average_rate)
+        counted = sum(1 for _ in c.decode(stream))
+    assert counted == len(BUNCHED_MS)
+    reader = VideoReader(28)
+    for options in (VideoOptions(), VideoOptions(max_frames=4), VideoOptions(nframes=10),
+                    VideoOptions(video_start=0.5, video_end=20.0, max_frames=6)):  # fmt: skip
+        first, last, count = frame_range(counted, average_fps, options)
+        expected = frame_indices(first, last, sample_count(count, average_fps, options))
+        frames, plan = reader.load(VideoRef(str(clip), options))
+        assert list(plan.indices) == expected, options
+        assert [frame_number(f) for f in frames] == expected, options
 
 
 def test_long_clip_is_read_in_bounded_memory(tmp_path: Path) -> None:
@@ -81,6 +116,30 @@ def lying_clip(path: Path) -> Path:
     return path
 
 
+def short_header_clip(path: Path) -> Path:
+    """An AVI whose header says 10 frames while it holds 20 (every frame indexed): sampling by the header would
+    take frames of the first half only."""
+    import struct
+
+    import av
+
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mjpeg", rate=10)
+        stream.width = stream.height = 32
+        stream.pix_fmt = "yuvj420p"
+        for frame in numbered_frames(20, 32):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    data = bytearray(path.read_bytes())
+    stream_header, main_header = data.index(b"strh") + 8, data.index(b"avih") + 8
+    data[stream_header + 32 : stream_header + 36] = struct.pack("<I", 10)  # strh dwLength
+    data[main_header + 16 : main_header + 20] = struct.pack("<I", 10)  # avih dwTotalFrames
+    path.write_bytes(bytes(data))
+    return path
+
+
 def no_video_stream(folder: Path) -> Path:
     """An MP4 header only, without a stream description the reader can use."""
     import av
@@ -102,6 +161,7 @@ def no_video_stream(folder: Path) -> Path:
         (no_video_stream, {}, "video has no video stream", True),
         (lambda d: empty_clip(d / "empty.mp4"), {}, "video has no frames", False),
         (lambda d: lying_clip(d / "lying.mp4"), {}, "video ended early", False),
+        (lambda d: short_header_clip(d / "short.avi"), {}, "video holds more frames than its header says", False),
         (lambda d: write_clip(d / "long.mp4", numbered_frames(60, 32), fps=10), {"max_seconds": 5}, "video too long", True),
         (lambda d: write_clip(d / "big.mp4", numbered_frames(4, 64), fps=10), {"max_pixels": 64 * 63}, "video frames too large", True),
     ],
@@ -120,12 +180,20 @@ def test_bad_videos_are_skipped_with_reason(
         video_reader.load(VideoRef(str(target)))
 
 
-def test_frame_list_with_a_missing_frame_is_a_skip(tmp_path: Path) -> None:
+def test_frame_list_problems_are_skips_that_speak_of_the_video(tmp_path: Path) -> None:
+    """A frame list's bad image is a skip named as a video frame (check_data counts "video frame not found"), when
+    planning (sizes) and when loading (pixels)."""
     from PIL import Image
 
     Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
-    with pytest.raises(SampleError, match="image not found"):
-        VideoReader(28).load(VideoRef((str(tmp_path / "a.png"), str(tmp_path / "b.png"))))
+    (tmp_path / "broken.png").write_bytes(Image.new("RGB", (32, 32)).tobytes()[:20])
+    missing = VideoRef((str(tmp_path / "a.png"), str(tmp_path / "b.png")))
+    broken = VideoRef((str(tmp_path / "a.png"), str(tmp_path / "broken.png")))
+    for video, reason in ((missing, "video frame not found: "), (broken, "video frame cannot be decoded: ")):
+        for read in (VideoReader(28).plan, VideoReader(28).load):
+            with pytest.raises(SampleError, match=reason) as err:
+                read(video)
+            assert "image" not in str(err.value).split(":")[0]
 
 
 def test_video_from_a_data_uri(tmp_path: Path) -> None:

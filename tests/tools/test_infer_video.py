@@ -11,7 +11,7 @@ import pytest
 from paddlemix.datasets.conversation import VIDEO_PLACEHOLDER, VideoRef, plain_text
 from paddlemix.inference.generation import question_message
 from paddlemix.testing.synthetic_video import moving_square, write_clip
-from paddlemix.tools.infer import parse, training_data_settings
+from paddlemix.tools.infer import media_named, parse, too_long_hint, training_data_settings
 
 
 def test_infer_reads_the_training_video_settings(tmp_path: Path) -> None:
@@ -21,6 +21,34 @@ def test_infer_reads_the_training_video_settings(tmp_path: Path) -> None:
     args = parse(["--model_name_or_path", "m", "--lora_path", str(tmp_path), "--question", "q"])
     assert training_data_settings(args) == {"image_resolution": None, "split_special_tokens": True,
                                             "video_fps": 1.0, "video_maxlen": 8}  # fmt: skip
+
+
+def test_video_flags_replace_the_training_values(tmp_path: Path) -> None:
+    (tmp_path / "run_args.json").write_text(json.dumps({"video_fps": 1.0, "video_maxlen": 8}))
+    args = parse(["--model_name_or_path", str(tmp_path), "--question", "q", "--video_maxlen", "4",
+                  "--video_max_pixels", "3136", "--max_video_seconds", "60"])  # fmt: skip
+    settings = training_data_settings(args)
+    assert (settings["video_fps"], settings["video_maxlen"], settings["video_max_pixels"]) == (1.0, 4, 3136)
+    assert settings["max_video_seconds"] == 60.0
+
+
+def test_hints_name_the_video_settings_for_videos() -> None:
+    hint = too_long_hint([], ["c.mp4"])
+    assert "--video_maxlen" in hint and "--video_max_pixels" in hint and "--image" not in hint
+    assert "--image_resolution" in too_long_hint(["a.png"], []) and "--video" not in too_long_hint(["a.png"], [])
+    assert too_long_hint([], []) == "Shorten the question."
+    assert media_named([], ["c.mp4"]) == ("--video c.mp4", "videos")
+    assert media_named(["a.png"], ["c.mp4"]) == ("--image a.png and --video c.mp4", "images and videos")
+
+
+def test_too_long_video_question_names_the_video_settings(tiny_model_dir: Path, tmp_path: Path, run_tool) -> None:
+    clip = write_clip(tmp_path / "clip.mp4", moving_square("left", 20, 32), fps=10)
+    proc = run_tool("infer.py", "--model_name_or_path", str(tiny_model_dir), "--video", str(clip), "--question",
+                    "red " * 5000, cwd=tmp_path, timeout=300, check=False)  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Traceback" not in out
+    assert "tokens after video expansion exceed max_length 4096" in out and "--video_maxlen" in out, out[-2000:]
+    assert "--image" not in out
 
 
 def test_question_message_places_videos() -> None:
