@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from paddlemix.models import qwen_vl_common, vision_attention
 from paddlemix.models.adapter import ModelAdapter
 from paddlemix.models.hf_layout import LM_LORA_TARGETS, to_hf_layout
 from paddlemix.models.qwen_vl_common import SHARED_ADAPTER_FIELDS, mrope_positions
@@ -32,6 +33,13 @@ def positions(config: Any, input_ids: np.ndarray, grid_thw: np.ndarray | None, *
     return mrope_positions(Qwen3VLModelDeprecated.get_rope_index, config, input_ids, grid_thw, **video)
 
 
+def prepare_config(config: Any, device: str) -> None:
+    """The Qwen-VL config fixes, and on every device the vision tower's attention per image and video frame
+    (`paddlemix.models.vision_attention`): paddleformers' own takes a dense mask over all patches of the batch."""
+    qwen_vl_common.prepare_config(config, device)
+    config.vision_config._attn_implementation = vision_attention.register()
+
+
 ADAPTER = ModelAdapter(
     model_type="qwen3_vl",
     config_class=f"{_PADDLEFORMERS}:Qwen3VLConfig",
@@ -48,5 +56,5 @@ ADAPTER = ModelAdapter(
     export_state_dict=to_hf_state_dict,
     positions=positions,
     video_tokens=QWEN3_VIDEO,
-    **SHARED_ADAPTER_FIELDS,
+    **{**SHARED_ADAPTER_FIELDS, "prepare_config": prepare_config},
 )

@@ -1,5 +1,5 @@
 """paddleformers 1.2's PaddleOCR-VL classes, imported and configured so they also run where its GPU-only pieces
-are missing (CPU). Every work-around of this family lives here, each with its reason; none changes a GPU run.
+are missing (CPU). Every work-around of this family lives here, each with its reason; only 3 changes a GPU run.
 
 1. `paddleformers.triton_kernels.rope_triton` guards `import triton` but decorates a kernel with `@triton.jit` at
    module level, so importing the model without Triton raises `NameError: triton`. When Triton is not installed
@@ -9,6 +9,9 @@ are missing (CPU). Every work-around of this family lives here, each with its re
    installed nothing is replaced.
 2. The language model's RMSNorm calls `fused_rms_norm_ext`, which has no CPU kernel: `prepare_config` sets
    `fuse_rms_norm = False` on every device but a CUDA GPU.
+3. The vision encoder takes all images of a batch as one sequence and, with its config's eager attention, a dense
+   mask over all their patches (memory and time grow with the square of the batch's patches): `prepare_config`
+   selects the per-image attention of `paddlemix.models.vision_attention` on every device (same values).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import sys
 import types
 from collections.abc import Iterator
 from typing import Any
+
+from paddlemix.models import vision_attention
 
 _MODELING = "paddleformers.transformers.paddleocr_vl.modeling"
 
@@ -53,7 +58,9 @@ def modeling() -> types.ModuleType:
 
 
 def prepare_config(config: Any, device: str) -> None:
-    """Use the unfused RMSNorm where the fused kernel is missing (work-around 2; every device but CUDA GPUs)."""
+    """Use the unfused RMSNorm where the fused kernel is missing (work-around 2; every device but CUDA GPUs) and
+    the vision encoder's attention per image (work-around 3)."""
     if device != "gpu":
         config.fuse_rms_norm = False
         config.vision_config.fuse_rms_norm = False
+    config.vision_config._attn_implementation = vision_attention.register()
