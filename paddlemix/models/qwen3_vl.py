@@ -37,7 +37,7 @@ def prepare_config(config: Any, device: str) -> None:
     """The Qwen-VL config fixes, and on every device the vision tower's attention per image and video frame
     (`paddlemix.models.vision_attention`): paddleformers' own takes a dense mask over all patches of the batch."""
     qwen_vl_common.prepare_config(config, device)
-    config.vision_config._attn_implementation = vision_attention.register()
+    vision_attention.select(config.vision_config)
 
 
 ADAPTER = ModelAdapter(

@@ -123,3 +123,11 @@ def register() -> str:
 
     AttentionInterface.register(NAME, vision_attention_forward)
     return NAME
+
+
+def select(vision_config: Any) -> None:
+    """Give `vision_config` this attention where it would run paddleformers' eager function (its default, unset
+    or "eager"); a fused kernel the config already names (e.g. FlashMask on a GPU) is kept, since it never builds
+    the dense mask."""
+    if getattr(vision_config, "_attn_implementation", None) in (None, "eager"):
+        vision_config._attn_implementation = register()

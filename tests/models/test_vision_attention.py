@@ -158,3 +158,13 @@ def test_vision_memory_grows_linearly_with_the_frames(tiny_qwen3_vl_dir: Path) -
     model.train()
     eight, sixteen = vision_step_bytes(model, 8, 16), vision_step_bytes(model, 16, 16)
     assert sixteen < 2.3 * eight, (eight, sixteen)
+
+
+def test_a_fused_kernel_named_in_the_config_is_kept() -> None:
+    """Only paddleformers' eager default is replaced; a kernel the config names (FlashMask on a GPU) stays."""
+    from types import SimpleNamespace
+
+    for before, after in ((None, vision_attention.NAME), ("eager", vision_attention.NAME), ("flashmask", "flashmask")):
+        config = SimpleNamespace(_attn_implementation=before)
+        vision_attention.select(config)
+        assert config._attn_implementation == after

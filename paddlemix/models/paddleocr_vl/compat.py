@@ -63,4 +63,4 @@ def prepare_config(config: Any, device: str) -> None:
     if device != "gpu":
         config.fuse_rms_norm = False
         config.vision_config.fuse_rms_norm = False
-    config.vision_config._attn_implementation = vision_attention.register()
+    vision_attention.select(config.vision_config)
