@@ -90,6 +90,9 @@ class MediaPolicy:
         resolved = Path(path).expanduser().resolve()
         if not resolved.is_relative_to(root):
             raise MediaError(f"local {kind} path is outside the folder given by --allowed_local_media_path")
+        if resolved.is_dir():
+            raise MediaError(f"local {kind} path is a folder: the server takes one {kind} file per part (a video as a "
+                             "clip; frame lists are for training records and infer.py)")  # fmt: skip
         if not resolved.is_file():
             raise MediaError(f"local {kind} file not found under --allowed_local_media_path")
         return str(resolved)

@@ -166,7 +166,15 @@ class ModelAdapter:
         from paddlemix.models.loading import local_folder_logs
 
         with local_folder_logs():
-            return import_object(self.processor_class).from_pretrained(str(path), use_fast=False)
+            processor = import_object(self.processor_class).from_pretrained(str(path), use_fast=False)
+        # The tokenizer's "Token indices sequence length is longer than ... model_max_length" warning is moot here:
+        # samples are measured against max_length (and prompts against max_position_embeddings) after vision
+        # expansion, and skipped or refused with that reason. Marked as given, the way the tokenizer itself
+        # silences its repeats.
+        warned = getattr(getattr(processor, "tokenizer", processor), "deprecation_warnings", None)
+        if isinstance(warned, dict):
+            warned["sequence-length-is-longer-than-the-specified-maximum"] = True
+        return processor
 
     def vision_tokens(self, processor: Any) -> VisionTokens:
         image_processor = processor.image_processor

@@ -53,6 +53,9 @@ class VideoOptions:
     @classmethod
     def from_record(cls, part: dict[str, Any]) -> VideoOptions:
         """The options a record part sets; a value that is not a number is a `SampleError`."""
+        if part.get("fps") is not None and part.get("nframes") is not None:  # qwen-vl-utils asserts on both too
+            raise SampleError('video part sets both "fps" and "nframes": give one (nframes fixes the count, fps '
+                              "derives it from the clip's length)")  # fmt: skip
         values = {}
         for f in fields(cls):
             value = part.get(f.name)
@@ -124,8 +127,12 @@ def sample_count(total: int, video_fps: float, options: VideoOptions) -> int:
                         FRAME_FACTOR)  # fmt: skip
         n = total / video_fps * fps
         n = floor_by(min(min(max(n, low), high), total), FRAME_FACTOR)
+    if total < FRAME_FACTOR:
+        raise SampleError(f"video too short: {total} frame, and at least {FRAME_FACTOR} frames are sampled "
+                          "(one temporal patch); pass it as an image instead")  # fmt: skip
     if not FRAME_FACTOR <= n <= total:
-        raise SampleError(f"cannot sample {n} frames from a video of {total} frames (need {FRAME_FACTOR}..{total})")
+        raise SampleError(f"cannot sample {n} frames from a video of {total} frames (nframes must lie in "
+                          f"{FRAME_FACTOR}..{total})")  # fmt: skip
     return n
 
 

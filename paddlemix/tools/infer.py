@@ -207,7 +207,8 @@ def main(argv: list[str] | None = None) -> None:
             ) from None
         except SampleError as err:
             given, kinds = media_named(args.image, args.video)
-            raise UserError(f"command line: cannot answer with {given}: {err}. Pass {kinds} that open.") from None
+            fix = "Use a Qwen-VL model for video." if "take images only" in str(err) else f"Pass {kinds} that open."
+            raise UserError(f"command line: cannot answer with {given}: {err}. {fix}") from None
         g = answers.generated
         print(speed_line(g.new_tokens, g.seconds, g.prefill_seconds))
         print(shown_answer(answers.texts[0]))

@@ -42,6 +42,13 @@ def test_sources_by_policy(tmp_path: Path) -> None:
                 policy.resolve(url)
 
 
+def test_a_folder_is_named_as_a_folder(tmp_path: Path) -> None:
+    """A frame folder sent to the server gets its own reason, not "file not found"."""
+    (tmp_path / "frames").mkdir()
+    with pytest.raises(MediaError, match="local video path is a folder: the server takes one video file per part"):
+        MediaPolicy(tmp_path).resolve(str(tmp_path / "frames"), "video")
+
+
 @pytest.fixture()
 def image_host(monkeypatch: pytest.MonkeyPatch):
     """A loopback HTTP server posing as the public host images.example (DNS and the address check are patched);

@@ -44,10 +44,18 @@ def test_sample_count_worked_values() -> None:
 
 
 def test_sample_count_refuses_too_few_frames() -> None:
-    with pytest.raises(SampleError, match="cannot sample"):
+    with pytest.raises(SampleError, match="video too short: 1 frame, and at least 2 frames are sampled"):
         sample_count(1, 30.0, VideoOptions())
-    with pytest.raises(SampleError, match="cannot sample"):
+    with pytest.raises(
+        SampleError, match=r"cannot sample 12 frames from a video of 10 frames \(nframes must lie in 2\.\.10\)"
+    ):
         sample_count(10, 30.0, VideoOptions(nframes=12))
+
+
+def test_fps_and_nframes_together_are_refused_as_qwen_vl_utils_does() -> None:
+    with pytest.raises(SampleError, match='sets both "fps" and "nframes"'):
+        VideoOptions.from_record({"type": "video", "video": "a.mp4", "nframes": 4, "fps": 1})
+    assert VideoOptions.from_record({"type": "video", "video": "a.mp4", "nframes": 4}).nframes == 4
 
 
 @pytest.mark.parametrize(("first", "last", "n"), [(0, 299, 20), (0, 99, 4), (15, 240, 8), (0, 2999, 768), (3, 9, 6)])

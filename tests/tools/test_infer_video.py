@@ -77,3 +77,13 @@ def test_infer_refuses_a_missing_video_before_loading(tiny_model_dir: Path, tmp_
     proc = run_tool("infer.py", "--model_name_or_path", str(tiny_model_dir), "--video", "nope.mp4", "--question",
                     "q", cwd=tmp_path, timeout=300, check=False)  # fmt: skip
     assert proc.returncode != 0 and "--video 'nope.mp4': video not found" in proc.stderr
+
+
+def test_a_family_without_video_says_so(tiny_paddleocr_vl_dir: Path, tmp_path: Path, run_tool) -> None:
+    """The clip opens; the model is what cannot take it, and the fix says that (not "pass videos that open")."""
+    clip = write_clip(tmp_path / "clip.mp4", moving_square("left", 8, 32), fps=4)
+    proc = run_tool("infer.py", "--model_name_or_path", str(tiny_paddleocr_vl_dir), "--video", str(clip),
+                    "--question", "q", cwd=tmp_path, timeout=300, check=False)  # fmt: skip
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "take images only" in proc.stderr and "Use a Qwen-VL model for video." in proc.stderr, proc.stderr[-1500:]
+    assert "that open" not in proc.stderr
