@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -130,7 +131,13 @@ def main() -> None:
     parser.add_argument("--no_micro", action="store_true")
     args = parser.parse_args()
     if not args.ref_python:
-        sys.exit("set --ref_python or PADDLEMIX_REF_PYTHON to a Python with torch + transformers 4.57.1 + peft")
+        sys.exit("set --ref_python or PADDLEMIX_REF_PYTHON to a Python with torch + transformers 4.57.1 + peft "
+                 "(scripts/run_tests.sh builds one as .venv-ref)")  # fmt: skip
+    if os.sep in args.ref_python:  # a relative path names a file under the working directory, not the workers' folders
+        args.ref_python = str(Path(args.ref_python).absolute())
+    if not os.access(args.ref_python, os.X_OK) and not shutil.which(args.ref_python):
+        sys.exit(f"--ref_python / PADDLEMIX_REF_PYTHON: {args.ref_python} is not an executable Python; "
+                 "scripts/run_tests.sh builds the reference environment as .venv-ref")  # fmt: skip
     import paddle
 
     from paddlemix.utils.device import device_env
