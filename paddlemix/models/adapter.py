@@ -104,6 +104,10 @@ class ModelAdapter:
     tensor_parallel_parts: dict[str, int] = field(default_factory=lambda: dict(TENSOR_PARALLEL_PARTS))
     # How the family writes a video into text (paddlemix.processors.video_tokens); None: video records are skipped.
     video_tokens: VideoTokens | None = None
+    # Prefixes of checkpoint tensors that no model of the family holds (e.g. a pooling head no forward pass uses):
+    # the import leaves them out, LoRA targets never select their layers, full saves carry them unchanged
+    # (paddlemix.models.carried) and merges copy them.
+    unused_tensors: tuple[str, ...] = ()
 
     def load_config(self, path: str | Path, device: str = "cpu") -> Any:
         from paddlemix.models.hf_config import read_hf_config

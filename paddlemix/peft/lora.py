@@ -67,12 +67,16 @@ class LoraSpec:
 
 def lora_modules(model_dir: str | Path, family: Any, targets: Sequence[str] | None, where: str = "") -> list[str]:
     """The module paths that `targets` (or the family's default `lora_targets`) select in the checkpoint at
-    `model_dir`, from the safetensors headers alone, so a bad target fails before any weight is read.
+    `model_dir`, from the safetensors headers alone, so a bad target fails before any weight is read. Layers of
+    tensors no model holds (the family's `unused_tensors`, e.g. PaddleOCR-VL's SigLIP pooling head) are never
+    selected.
 
     Raises:
         UserError: see `paddlemix.peft.targets.resolve_targets`.
     """
-    modules = linear_modules(checkpoint_shapes(model_dir), family.parameter_name)
+    unused = family.unused_tensors
+    shapes = {n: s for n, s in checkpoint_shapes(model_dir).items() if not family.parameter_name(n).startswith(unused)}
+    modules = linear_modules(shapes, family.parameter_name)
     targets = family.lora_targets if targets is None else targets  # [] is an error, not the default
     return resolve_targets(list(targets), modules, family.module_groups, where)
 

@@ -57,6 +57,8 @@ def _weight_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
             _linear(shapes, f"{p}self_attn.{name}", vh, vh)
         _linear(shapes, p + "mlp.fc1", vi, vh), _linear(shapes, p + "mlp.fc2", vh, vi)
     _layer_norm(shapes, "visual.vision_model.post_layernorm", vh)
+    if cfg.get("_pooling_head"):
+        shapes.update(pooling_head_shapes(vh, vi))
     merged = vh * vc["spatial_merge_size"] ** 2
     _layer_norm(shapes, "mlp_AR.pre_norm", vh)
     _linear(shapes, "mlp_AR.linear_1", merged, merged), _linear(shapes, "mlp_AR.linear_2", h, merged)
@@ -71,6 +73,18 @@ def _weight_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
     shapes["model.norm.weight"] = (h,)
     if not cfg["tie_word_embeddings"]:
         shapes["lm_head.weight"] = (v, h)
+    return shapes
+
+
+def pooling_head_shapes(width: int, inter: int) -> dict[str, tuple[int, ...]]:
+    """SigLIP's attention-pooling head as some PaddleOCR-VL releases store it (`visual.vision_model.head.*`): a
+    probe token, torch `nn.MultiheadAttention` (fused in_proj), a LayerNorm and an MLP. No model loads it."""
+    p = "visual.vision_model.head."
+    shapes: dict[str, tuple[int, ...]] = {p + "probe": (1, 1, width), p + "attention.in_proj_weight": (3 * width, width),
+                                          p + "attention.in_proj_bias": (3 * width,)}  # fmt: skip
+    _linear(shapes, p + "attention.out_proj", width, width)
+    _layer_norm(shapes, p + "layernorm", width)
+    _linear(shapes, p + "mlp.fc1", inter, width), _linear(shapes, p + "mlp.fc2", width, inter)
     return shapes
 
 
@@ -145,6 +159,7 @@ def build_tiny_paddleocr_vl(
     seed: int = 0,
     with_template: bool = True,
     width_scaled_init: bool = False,
+    pooling_head: bool = False,
 ) -> Path:
     """Write a random-weight PaddleOCR-VL checkpoint (config, safetensors, trained BPE tokenizer, processor files).
 
@@ -157,6 +172,7 @@ def build_tiny_paddleocr_vl(
         with_template: write chat_template.jinja; without it the processor falls back to the version's template.
         width_scaled_init: weights of std 1 / sqrt(fan_in) instead of 0.02 (`_random_weights`): what a model this
             narrow needs to learn from images in a few hundred steps (the OCR demo).
+        pooling_head: also write SigLIP's pooling head (`pooling_head_shapes`), which no model holds.
     """
     head_dim = hidden_size // num_heads
     if hidden_size % num_heads or num_heads % num_kv_heads or head_dim % 4 or (vision_hidden // vision_heads) % 4:
@@ -202,6 +218,6 @@ def build_tiny_paddleocr_vl(
                   "do_sample": False}  # fmt: skip
     write_json(generation, out / "generation_config.json")
     write_json(preprocessor, out / "preprocessor_config.json")
-    weights = _random_weights(_weight_shapes(config), seed, width_scaled_init)
+    weights = _random_weights(_weight_shapes({**config, "_pooling_head": pooling_head}), seed, width_scaled_init)
     save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
     return out

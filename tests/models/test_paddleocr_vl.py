@@ -156,3 +156,10 @@ def test_lora_on_paddleformers_targets_merges_to_base_plus_adapter(tmp_path: Pat
         expected, got, before = lora(**inputs).logits, merged(**inputs).logits, base(**inputs).logits
     assert float((expected - before).abs().max()) > 1e-4
     assert float((got - expected).abs().max()) <= 1e-5
+
+
+def test_lora_targets_skip_the_pooling_head(tmp_path: Path) -> None:
+    """PaddleFormers' vision targets (`...fc1|fc2`) select no layer of SigLIP's pooling head, which no model holds."""
+    folder = build_tiny_paddleocr_vl(tmp_path / "release", pooling_head=True)
+    vision = lora_modules(folder, adapter_for(folder), [r"visual\..*\.(q_proj|k_proj|v_proj|out_proj|fc1|fc2)"])
+    assert len(vision) == 6 * 2 and not any(".head." in m for m in vision)

@@ -49,7 +49,8 @@ UNUSED = ("visual.vision_model.head.",)
 def from_hf_state_dict(hf: dict[str, np.ndarray], config: Any, target: set[str]) -> dict[str, np.ndarray]:
     """Checkpoint tensors -> Paddle parameters: rename (`paddle_name`) and transpose Linear weights to [in, out].
 
-    SigLIP's pooling head (`visual.vision_model.head.*`) is dropped, as paddleformers and transformers drop it.
+    SigLIP's pooling head (`visual.vision_model.head.*`) is not loaded: neither paddleformers' nor transformers'
+    model has it. Full saves carry it unchanged from the base (`paddlemix.models.carried`); merges copy it.
     A folder saved by transformers 5.x has no `packing_position_embedding` (its model has none); the table, which
     no forward pass reads, is then zeros, so exports still carry it for vLLM, which refuses checkpoints without it.
     """
@@ -57,7 +58,7 @@ def from_hf_state_dict(hf: dict[str, np.ndarray], config: Any, target: set[str])
     for name, value in hf.items():
         name = paddle_name(name)
         if name.startswith(UNUSED):
-            logger.info("%s is not a parameter of the model (SigLIP's pooling head); not loaded", name)
+            logger.debug("%s is not a parameter of the model (SigLIP's pooling head); not loaded", name)
             continue
         out[name] = np.ascontiguousarray(value.T) if _is_linear(name, value) else value
     if "lm_head.weight" in target and "lm_head.weight" not in out and EMBEDDINGS in out:  # tied head
@@ -108,4 +109,5 @@ ADAPTER = ModelAdapter(
     positions=positions,
     parameter_name=paddle_name,
     tensor_parallel_parts={},
+    unused_tensors=UNUSED,
 )
