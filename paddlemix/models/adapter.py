@@ -93,6 +93,9 @@ class ModelAdapter:
     # Checkpoint tensor name -> this model's parameter name, which is also transformers 4.57's in-memory name of the
     # unfused layers (LoRA targets are resolved on these before the model loads, and PEFT adapters use them).
     parameter_name: Callable[[str], str] = same_name
+    # One of our module or parameter paths -> its name in PEFT adapter files: transformers' in-memory name, which
+    # PEFT matches `target_modules` against and loads tensors by (`parameter_name` maps it back on reading).
+    peft_name: Callable[[str], str] = same_name
     # PaddleMIX's names for one of our parameters, so freeze patterns written for PaddleMIX's models still apply.
     paddlemix_names: Callable[[str], tuple[str, ...]] = no_aliases
     # The classes of the family's pipeline-parallel stages (`paddlemix.distributed.pipeline.PipelineParts`), or

@@ -3,8 +3,9 @@ tiny PaddleOCR-VL that transformers itself saved (CPU, float32), through paddlef
 
 The checks are in hf_parity.py: processor ids, grids and pixels, the training encoder's ids, logits for text only
 and image + text (max abs diff <= 1e-4), and transformers loading our merged-LoRA export with no missing or
-unexpected keys; here also our saved full model and saves that carry SigLIP's pooling head. The tiny model ties
-its head to the embeddings, as transformers 5.x builds every PaddleOCR-VL.
+unexpected keys; here also our saved full model, saves that carry SigLIP's pooling head, and the PEFT round trip
+both ways (PEFT 0.21 on transformers 5.x). The tiny model ties its head to the embeddings, as transformers 5.x builds
+every PaddleOCR-VL.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from hf_parity import (
     QUESTION,
     HFParity,
     chat,
+    check_peft_round_trip,
     lora_on,
     paddle_logits,
     reference,
@@ -31,8 +33,10 @@ from PIL import Image
 from paddlemix.auto import AutoModelMIX, AutoProcessorMIX
 from paddlemix.datasets.conversation import Message, Sample
 from paddlemix.models import adapter_for
-from paddlemix.peft.lora import save_adapter
+from paddlemix.models.paddleocr_vl import paddle_name
+from paddlemix.peft.lora import load_adapter, save_adapter
 from paddlemix.peft.merge import merge_adapter
+from paddlemix.peft.peft_format import PREFIX as PEFT_PREFIX
 from paddlemix.processors.chat_template import template_for
 from paddlemix.processors.sample_processor import IGNORE_INDEX
 from paddlemix.testing.lora import perturb_lora
@@ -85,9 +89,30 @@ class TestPaddleOCRVLParity(HFParity):
         assert len(ours["input_ids"]) == len(hf_ids) + 1
         np.testing.assert_allclose(ours["pixel_values"], hf_out["pixel_values"], atol=self.pixel_atol)
 
-    def test_peft_round_trip(self) -> None:
-        pytest.skip("PEFT adapters of this family use the checkpoint's module names (model.layers.*), not "
-                    "transformers 5.x's in-memory ones (model.language_model.layers.*); not checked yet")  # fmt: skip
+    def test_peft_round_trip(self, model_dir: Path, hf_out, ref_python: str, tmp_path: Path) -> None:
+        """PEFT on transformers 5.x loads our adapter (written under 5.x's in-memory names, `hf5_name`) with no
+        missing or unexpected keys and gives our logits; PEFT's own adapter gives PEFT's logits here, merged too.
+        The language model's q/v/gate/down, the vision tower's q_proj and fc1, and the projector fully trained."""
+        targets = ["q_proj", "v_proj", "gate_proj", "down_proj", r"visual\..*\.(q_proj|fc1)"]
+        spec = {
+            "r": 4,
+            "lora_alpha": 8,
+            "target_modules": ["q_proj", "v_proj", "fc1"],
+            "modules_to_save": ["projector"],
+        }
+        check_peft_round_trip(model_dir, hf_out, tmp_path, targets, ["mlp_AR"], spec, model_dir.name, ref_python)
+        # the PEFT adapter under the checkpoint's original names (as PaddleFormers names modules) reads the same
+        theirs = tmp_path / "theirs"
+        original = tmp_path / "theirs_original_names"
+        shutil.copytree(theirs, original)
+        tensors = load_safetensors(theirs / "adapter_model.safetensors")
+        renamed = {PEFT_PREFIX + paddle_name(k.removeprefix(PEFT_PREFIX)): v for k, v in tensors.items()}
+        assert any(k.startswith(PEFT_PREFIX + "model.layers.") for k in renamed)
+        save_safetensors(renamed, original / "adapter_model.safetensors")
+        logits = [
+            paddle_logits(load_adapter(AutoModelMIX.from_pretrained(model_dir), d), hf_out) for d in (theirs, original)
+        ]
+        np.testing.assert_array_equal(logits[0], logits[1])
 
 
 def test_hf_loads_saves_that_carry_the_pooling_head(tmp_path: Path) -> None:

@@ -39,6 +39,16 @@ def paddle_name(name: str) -> str:
     return name
 
 
+def hf5_name(name: str) -> str:
+    """A Paddle module or parameter path (the checkpoint's original name) -> transformers 5.x's in-memory name, the
+    names PEFT on transformers 5.x writes adapters with and loads them by (it renames the language model's LoRA
+    keys of an original-name adapter, but not the vision tower's nor fully trained modules)."""
+    for theirs, ours in _HF5_PREFIXES:
+        if name.startswith(ours) or name == ours.rstrip("."):
+            return theirs + name[len(ours) :] if name.startswith(ours) else theirs.rstrip(".")
+    return name
+
+
 PACKING_TABLE = "visual.vision_model.embeddings.packing_position_embedding.weight"
 PATCH_EMBEDDING = "visual.vision_model.embeddings.patch_embedding.weight"
 EMBEDDINGS = "model.embed_tokens.weight"
@@ -108,6 +118,7 @@ ADAPTER = ModelAdapter(
     image_grid=image_grid,
     positions=positions,
     parameter_name=paddle_name,
+    peft_name=hf5_name,
     tensor_parallel_parts={},
     unused_tensors=UNUSED,
 )
