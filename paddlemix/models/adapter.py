@@ -93,6 +93,9 @@ class ModelAdapter:
     # Checkpoint tensor name -> this model's parameter name, which is also transformers 4.57's in-memory name of the
     # unfused layers (LoRA targets are resolved on these before the model loads, and PEFT adapters use them).
     parameter_name: Callable[[str], str] = same_name
+    # One of our module or parameter paths -> its name in PEFT adapter files: transformers' in-memory name, which
+    # PEFT matches `target_modules` against and loads tensors by (`parameter_name` maps it back on reading).
+    peft_name: Callable[[str], str] = same_name
     # PaddleMIX's names for one of our parameters, so freeze patterns written for PaddleMIX's models still apply.
     paddlemix_names: Callable[[str], tuple[str, ...]] = no_aliases
     # The classes of the family's pipeline-parallel stages (`paddlemix.distributed.pipeline.PipelineParts`), or
@@ -104,6 +107,10 @@ class ModelAdapter:
     tensor_parallel_parts: dict[str, int] = field(default_factory=lambda: dict(TENSOR_PARALLEL_PARTS))
     # How the family writes a video into text (paddlemix.processors.video_tokens); None: video records are skipped.
     video_tokens: VideoTokens | None = None
+    # Prefixes of checkpoint tensors that no model of the family holds (e.g. a pooling head no forward pass uses):
+    # the import leaves them out, LoRA targets never select their layers, full saves carry them unchanged
+    # (paddlemix.models.carried) and merges copy them.
+    unused_tensors: tuple[str, ...] = ()
 
     def load_config(self, path: str | Path, device: str = "cpu") -> Any:
         from paddlemix.models.hf_config import read_hf_config

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -67,12 +68,16 @@ class LoraSpec:
 
 def lora_modules(model_dir: str | Path, family: Any, targets: Sequence[str] | None, where: str = "") -> list[str]:
     """The module paths that `targets` (or the family's default `lora_targets`) select in the checkpoint at
-    `model_dir`, from the safetensors headers alone, so a bad target fails before any weight is read.
+    `model_dir`, from the safetensors headers alone, so a bad target fails before any weight is read. Layers of
+    tensors no model holds (the family's `unused_tensors`, e.g. PaddleOCR-VL's SigLIP pooling head) are never
+    selected.
 
     Raises:
         UserError: see `paddlemix.peft.targets.resolve_targets`.
     """
-    modules = linear_modules(checkpoint_shapes(model_dir), family.parameter_name)
+    unused = family.unused_tensors
+    shapes = {n: s for n, s in checkpoint_shapes(model_dir).items() if not family.parameter_name(n).startswith(unused)}
+    modules = linear_modules(shapes, family.parameter_name)
     targets = family.lora_targets if targets is None else targets  # [] is an error, not the default
     return resolve_targets(list(targets), modules, family.module_groups, where)
 
@@ -201,10 +206,11 @@ def apply_lora(
     for name, param in model.named_parameters():
         if ".lora_A." in name or ".lora_B." in name or any(name.startswith(m + ".") for m in saved):
             param.stop_gradient = False
-    all_linear = _all_linear(model)
+    peft_name = _family(model).peft_name
+    all_linear = [peft_name(m) for m in _all_linear(model)]
     model.lora_spec = LoraSpec(
         tuple(sorted(modules)), rank, alpha, dropout, use_rslora, saved,
-        peft_target_modules(sorted(modules), all_linear), base_model_name_or_path,
+        peft_target_modules(sorted(peft_name(m) for m in modules), all_linear), base_model_name_or_path,
     )  # fmt: skip
     logger.info("LoRA r=%d alpha=%s on %d modules, e.g. %s", rank, alpha, len(modules), ", ".join(sorted(modules)[:3]))
     return model
@@ -263,22 +269,24 @@ def _torch_layout(name: str, value: np.ndarray) -> np.ndarray:
 
 
 def to_peft(model: Any) -> PeftAdapter:
-    """The model's adapter in PEFT's terms (torch layout, split per Hugging Face module)."""
+    """The model's adapter in PEFT's terms (torch layout, split per Hugging Face module, under the family's
+    `peft_name`s: the names PEFT loads an adapter of this model by)."""
     spec: LoraSpec = model.lora_spec
     tp = tensor_parallel.current()
+    peft_name = _family(model).peft_name
     lora_a, lora_b = {}, {}
     for layer in lora_layers(model).values():
         for part, module in layer.part_modules.items():
-            lora_a[module] = _whole(layer.lora_A[part], tp).T  # [r, in]
-            lora_b[module] = _whole(layer.lora_B[part], tp).T  # [out_part, r]
+            lora_a[peft_name(module)] = _whole(layer.lora_A[part], tp).T  # [r, in]
+            lora_b[peft_name(module)] = _whole(layer.lora_B[part], tp).T  # [out_part, r]
     saved = {
-        name: _torch_layout(name, _whole(param, tp, name))
+        peft_name(name): _torch_layout(name, _whole(param, tp, name))
         for name, param in model.named_parameters()
         if any(name.startswith(m + ".") for m in spec.modules_to_save)
     }
     return PeftAdapter(
         lora_a, lora_b, saved, spec.rank, spec.alpha, spec.dropout, spec.use_rslora, spec.target_modules,
-        list(spec.modules_to_save), spec.base_model_name_or_path,
+        [peft_name(m) for m in spec.modules_to_save], spec.base_model_name_or_path,
     )  # fmt: skip
 
 
@@ -307,13 +315,19 @@ def save_adapter(model: Any, folder: str | Path, base_model_name_or_path: str | 
     write_adapter(adapter, folder)
 
 
-def _renamer(model: Any) -> Callable[[str], str]:
-    """The family's checkpoint-name -> parameter-name rule, so adapters saved against older transformers names
-    (`model.layers.0...` for Qwen2.5-VL, `language_model.model.layers.0...` for LLaVA) load too."""
+def _family(model: Any) -> Any:
+    """The model's family adapter (by config.json's model_type), or one with the default (identity) name rules."""
     from paddlemix.models import ADAPTERS
 
     family = ADAPTERS.get(getattr(base_model(model).config, "model_type", None))
-    return family.parameter_name if family is not None else (lambda name: name)
+    same = lambda name: name  # noqa: E731
+    return family if family is not None else SimpleNamespace(parameter_name=same, peft_name=same)
+
+
+def _renamer(model: Any) -> Callable[[str], str]:
+    """The family's checkpoint-name -> parameter-name rule, so adapters saved against older transformers names
+    (`model.layers.0...` for Qwen2.5-VL, `language_model.model.layers.0...` for LLaVA) load too."""
+    return _family(model).parameter_name
 
 
 def load_adapter(model: Any, folder: str | Path, trainable: bool = True, modules_to_save: Sequence[str] = ()) -> Any:
@@ -341,7 +355,8 @@ def load_adapter(model: Any, folder: str | Path, trainable: bool = True, modules
     unknown = sorted(n for n in saved if n not in params)
     if unknown:
         raise UserError(f"adapter {folder} does not fit this model: it holds {unknown[:3]}, which the model lacks.")
-    to_save = sorted({_owner(n, adapter.modules_to_save) for n in saved} | set(modules_to_save))
+    owners = [*adapter.modules_to_save, *(module_name(m) for m in adapter.modules_to_save)]  # either spelling
+    to_save = sorted({_owner(n, owners) for n in saved} | set(modules_to_save))
     apply_lora(
         model, sorted(lora_a), adapter.r, adapter.lora_alpha, adapter.lora_dropout, to_save,
         use_rslora=adapter.use_rslora, base_model_name_or_path=adapter.base_model_name_or_path,

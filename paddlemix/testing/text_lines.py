@@ -1,12 +1,11 @@
 """Synthetic OCR data: rendered text lines with known transcriptions, in ERNIEKit's record format.
 
-Each image is one line of 168 x 28 pixels (6 cells of 28 x 28, one merged 2 x 2 patch each: PaddleOCR-VL's image
-processor keeps it as 2 x 12 patches, 6 visual tokens) holding one word of `WORDS` drawn with Pillow's default
-font (FreeType, 24 px, bold), one letter per cell from a random start cell, with a pixel of jitter and varying grey
-levels. Held-out lines are new renderings (other start cells, greys, jitter) of the same words: a tiny model learns
-to read them in minutes on a CPU, which lines of random characters (a per-position lookup to learn) do not give.
-Records are ERNIEKit's (`image_info` + `text_info`, the task prompt `OCR:` as "mask" and the word as "no_mask"),
-the format PaddleOCR-VL is fine-tuned on; demos and tests train on them and score held-out lines by CER.
+Each image is one line of 168 x 56 pixels (3 cells of 56 x 56: PaddleOCR-VL's image processor keeps it as 4 x 12
+patches of 14 pixels, 2 x 6 merged tokens, so each letter spans 2 x 2 tokens) holding one word of `WORDS` drawn with
+Pillow's default font (FreeType, 44 px, bold strokes), one letter per cell, with up to 3 pixels of jitter and
+varying grey levels (background 200-255, ink 0-89). Held-out lines are new renderings (other greys and jitter) of
+the same words. Records are ERNIEKit's (`image_info` + `text_info`, the task prompt `OCR:` as "mask" and the word as
+"no_mask"), the format PaddleOCR-VL is fine-tuned on; demos and tests train on them and score held-out lines by CER.
 """
 
 from __future__ import annotations

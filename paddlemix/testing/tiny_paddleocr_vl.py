@@ -57,6 +57,8 @@ def _weight_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
             _linear(shapes, f"{p}self_attn.{name}", vh, vh)
         _linear(shapes, p + "mlp.fc1", vi, vh), _linear(shapes, p + "mlp.fc2", vh, vi)
     _layer_norm(shapes, "visual.vision_model.post_layernorm", vh)
+    if cfg.get("_pooling_head"):
+        shapes.update(pooling_head_shapes(vh, vi))
     merged = vh * vc["spatial_merge_size"] ** 2
     _layer_norm(shapes, "mlp_AR.pre_norm", vh)
     _linear(shapes, "mlp_AR.linear_1", merged, merged), _linear(shapes, "mlp_AR.linear_2", h, merged)
@@ -74,18 +76,40 @@ def _weight_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _random_weights(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, np.ndarray]:
-    """N(0, 0.02) matrices and tables, N(0, 0.02) biases, unit norm scales with zero norm biases."""
+def pooling_head_shapes(width: int, inter: int) -> dict[str, tuple[int, ...]]:
+    """SigLIP's attention-pooling head as some PaddleOCR-VL releases store it (`visual.vision_model.head.*`): a
+    probe token, torch `nn.MultiheadAttention` (fused in_proj), a LayerNorm and an MLP. No model loads it."""
+    p = "visual.vision_model.head."
+    shapes: dict[str, tuple[int, ...]] = {p + "probe": (1, 1, width), p + "attention.in_proj_weight": (3 * width, width),
+                                          p + "attention.in_proj_bias": (3 * width,)}  # fmt: skip
+    _linear(shapes, p + "attention.out_proj", width, width)
+    _layer_norm(shapes, p + "layernorm", width)
+    _linear(shapes, p + "mlp.fc1", inter, width), _linear(shapes, p + "mlp.fc2", width, inter)
+    return shapes
+
+
+def _random_weights(
+    shapes: dict[str, tuple[int, ...]], seed: int, width_scaled: bool = False
+) -> dict[str, np.ndarray]:
+    """Unit norm scales with zero norm biases; everything else normal with std 0.02 (transformers' `initializer_range`),
+    or with `width_scaled` std 1 / sqrt(fan_in) for matrices and tables (fan_in: a Linear's input width, a patch's pixels, a
+    table's width) with zero biases.
+
+    0.02 suits the released widths (0.02 x sqrt(1024) ~ 0.6 of a unit gain per layer); at a width of 128 every
+    layer's output is ~0.2 of its input, the image reaches the answer as ~1 % of its hidden state, and a tiny model
+    needs hundreds of steps before it reads glyphs at all (the OCR demo measures this)."""
     rng = np.random.default_rng(seed)
     out = {}
     for name, shape in shapes.items():
         is_norm = "norm" in name
         if is_norm and name.endswith(".weight"):
             out[name] = np.ones(shape, dtype=np.float32)
-        elif is_norm:
+        elif is_norm or (width_scaled and name.endswith(".bias")):
             out[name] = np.zeros(shape, dtype=np.float32)
         else:
-            out[name] = rng.normal(0.0, 0.02, size=shape).astype(np.float32)
+            fan_in = shape[-1] if len(shape) == 2 else int(np.prod(shape[1:])) if len(shape) > 2 else 1
+            std = 1.0 / np.sqrt(fan_in) if width_scaled else 0.02
+            out[name] = rng.normal(0.0, std, size=shape).astype(np.float32)
     return out
 
 
@@ -134,6 +158,8 @@ def build_tiny_paddleocr_vl(
     vocab_size: int = 600,
     seed: int = 0,
     with_template: bool = True,
+    width_scaled_init: bool = False,
+    pooling_head: bool = False,
 ) -> Path:
     """Write a random-weight PaddleOCR-VL checkpoint (config, safetensors, trained BPE tokenizer, processor files).
 
@@ -144,6 +170,9 @@ def build_tiny_paddleocr_vl(
         tie_word_embeddings: the head is the embedding table (no `lm_head.weight` in the file), as transformers 5.x
             builds every PaddleOCR-VL.
         with_template: write chat_template.jinja; without it the processor falls back to the version's template.
+        width_scaled_init: weights of std 1 / sqrt(fan_in) instead of 0.02 (`_random_weights`): what a model this
+            narrow needs to learn from images in a few hundred steps (the OCR demo).
+        pooling_head: also write SigLIP's pooling head (`pooling_head_shapes`), which no model holds.
     """
     head_dim = hidden_size // num_heads
     if hidden_size % num_heads or num_heads % num_kv_heads or head_dim % 4 or (vision_hidden // vision_heads) % 4:
@@ -189,5 +218,6 @@ def build_tiny_paddleocr_vl(
                   "do_sample": False}  # fmt: skip
     write_json(generation, out / "generation_config.json")
     write_json(preprocessor, out / "preprocessor_config.json")
-    save_file(_random_weights(_weight_shapes(config), seed), str(out / "model.safetensors"), metadata={"format": "pt"})
+    weights = _random_weights(_weight_shapes({**config, "_pooling_head": pooling_head}), seed, width_scaled_init)
+    save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
     return out

@@ -29,6 +29,7 @@ from paddlemix.distributed.gather import gather_objects
 from paddlemix.inference.decoding import add_stop_ids
 from paddlemix.models import adapter_for
 from paddlemix.models.adapter import ModelAdapter
+from paddlemix.models.carried import carried_tensors, log_carried, save_with_carried
 from paddlemix.models.hf_config import write_for_both
 from paddlemix.peft.freeze import (
     apply_freeze,
@@ -66,7 +67,7 @@ from paddlemix.trainer.report import LOSS_CURVE, SUMMARY, plot_loss_curve, read_
 from paddlemix.utils import checkpoints
 from paddlemix.utils.device import device_env
 from paddlemix.utils.errors import UserError
-from paddlemix.utils.io import copy_side_files, read_json, save_safetensors, to_numpy, write_json
+from paddlemix.utils.io import copy_side_files, read_json, to_numpy, write_json
 from paddlemix.utils.logging import quiet_console
 
 logger = logging.getLogger(__name__)
@@ -486,7 +487,7 @@ def save_final(
                 replace(weights, base_model_name_or_path=str(Path(args.model.model_name_or_path).resolve())), tmp
             )
         else:
-            save_safetensors(weights, tmp / "model.safetensors")
+            save_full_model(weights, args.model.model_name_or_path, adapter, base_model(model).config, tmp)
             if stop_ids:
                 write_stop_ids(tmp, stop_ids, base_model(model).config, tokenizer)
         # stop_token_ids: what ends the trained answers, for the merged model's generation_config.json
@@ -494,6 +495,16 @@ def save_final(
         for file in tmp.iterdir():
             file.replace(out / file.name)
     logger.info("saved %s to %s", "LoRA adapter" if args.lora.lora else "model", out)
+
+
+def save_full_model(weights: dict[str, Any], base_dir: str, adapter: ModelAdapter, config: Any, out: Path) -> None:
+    """`out/model.safetensors`: the exported tensors plus every tensor of the base checkpoint the model does not
+    hold (e.g. PaddleOCR-VL's SigLIP pooling head), carried unchanged (`paddlemix.models.carried`)."""
+    text = getattr(config, "text_config", None)
+    tied = bool(getattr(config, "tie_word_embeddings", False) or getattr(text, "tie_word_embeddings", False))
+    carried = carried_tensors(base_dir, set(weights), adapter.parameter_name, tied)
+    save_with_carried(weights, carried, out / "model.safetensors")
+    log_carried(carried, base_dir)
 
 
 def trained_counts(trainer: Any, steps: int, runtime: float) -> dict[str, float]:

@@ -11,6 +11,7 @@ import pytest
 
 from paddlemix.auto import AutoModelMIX
 from paddlemix.peft.lora import load_adapter
+from paddlemix.testing.tiny_paddleocr_vl import build_tiny_paddleocr_vl
 from paddlemix.utils.io import load_safetensors
 
 pytestmark = pytest.mark.slow
@@ -90,6 +91,29 @@ def test_full_sft_writes_hf_model_that_learns(workspace: Path, run_tool, tiny_fa
     assert not np.array_equal(tensor(trained, q_proj), tensor(base, q_proj))
     AutoModelMIX.from_pretrained(out)
     assert json.loads((out / "run_args.json").read_text())["max_steps"] == 12
+
+
+def test_full_save_and_merge_carry_base_tensors_the_model_does_not_hold(workspace: Path, run_tool) -> None:
+    """SigLIP's pooling head of PaddleOCR-VL releases (`visual.vision_model.head.*`) is in neither paddleformers' nor
+    transformers' model: a full fine-tune's save and a LoRA merge still hold every tensor of it, bit-equal to the
+    base (vLLM checks a checkpoint against the released layout, PaddleFormers #3680), and both load here."""
+    build_tiny_paddleocr_vl(workspace / "tiny_ocr_head", pooling_head=True)
+    base = load_safetensors(workspace / "tiny_ocr_head" / "model.safetensors")
+    head = {name: value for name, value in base.items() if name.startswith("visual.vision_model.head.")}
+    assert len(head) == 11
+    model = ["--model_name_or_path", "tiny_ocr_head", "--max_steps", "2"]
+    full = run_tool("supervised_finetune.py", str(CONFIG / "sft_argument.json"), *model, cwd=workspace)
+    assert "carried 11 tensor(s)" in full.stderr
+    run_tool("supervised_finetune.py", str(CONFIG / "lora_sft_argument.json"), *model, cwd=workspace)
+    lora = workspace / "checkpoints" / "tiny_lora"
+    run_tool("merge_lora_params.py", "--lora_path", str(lora), "--merge_model_path", str(workspace / "merged"),
+             cwd=workspace)  # fmt: skip
+    for folder in (workspace / "checkpoints" / "tiny_sft", workspace / "merged"):
+        saved = load_safetensors(folder / "model.safetensors")
+        assert set(saved) == set(base), folder.name
+        for name, value in head.items():
+            assert saved[name].dtype == value.dtype and saved[name].tobytes() == value.tobytes(), name
+        AutoModelMIX.from_pretrained(folder)
 
 
 def test_rerun_resumes_from_last_checkpoint_unless_overwrite(workspace: Path, run_tool) -> None:

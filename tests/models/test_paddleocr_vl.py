@@ -156,3 +156,33 @@ def test_lora_on_paddleformers_targets_merges_to_base_plus_adapter(tmp_path: Pat
         expected, got, before = lora(**inputs).logits, merged(**inputs).logits, base(**inputs).logits
     assert float((expected - before).abs().max()) > 1e-4
     assert float((got - expected).abs().max()) <= 1e-5
+
+
+def test_lora_targets_skip_the_pooling_head(tmp_path: Path) -> None:
+    """PaddleFormers' vision targets (`...fc1|fc2`) select no layer of SigLIP's pooling head, which no model holds."""
+    folder = build_tiny_paddleocr_vl(tmp_path / "release", pooling_head=True)
+    vision = lora_modules(folder, adapter_for(folder), [r"visual\..*\.(q_proj|k_proj|v_proj|out_proj|fc1|fc2)"])
+    assert len(vision) == 6 * 2 and not any(".head." in m for m in vision)
+
+
+def test_adapter_is_written_under_transformers_5_names(tmp_path: Path, tiny_paddleocr_vl_dir: Path) -> None:
+    """The names PEFT on transformers 5.x loads (`hf5_name`); read back here with the same logits."""
+    from paddlemix.peft.lora import apply_lora, load_adapter, save_adapter
+    from paddlemix.testing.lora import perturb_lora
+
+    adapter = adapter_for(tiny_paddleocr_vl_dir)
+    modules = lora_modules(tiny_paddleocr_vl_dir, adapter, ["q_proj", r"visual\..*\.fc1"])
+    model = apply_lora(AutoModelMIX.from_pretrained(tiny_paddleocr_vl_dir), modules, 4, 8, modules_to_save=["mlp_AR"])
+    perturb_lora(model, seed=1)
+    save_adapter(model, tmp_path / "adapter")
+    names = load_safetensors(tmp_path / "adapter" / "adapter_model.safetensors")
+    prefixes = {n.removeprefix("base_model.model.").split(".layers.")[0].split(".vision_model.")[0] for n in names}
+    assert prefixes == {"model.language_model", "model.visual", "model.projector.pre_norm.weight",
+                        "model.projector.pre_norm.bias", "model.projector.linear_1.weight", "model.projector.linear_1.bias",
+                        "model.projector.linear_2.weight", "model.projector.linear_2.bias"}  # fmt: skip
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["modules_to_save"] == ["model.projector"]
+    ids = paddle.to_tensor(np.arange(3, 30)[None])
+    back = load_adapter(AutoModelMIX.from_pretrained(tiny_paddleocr_vl_dir), tmp_path / "adapter")
+    with paddle.no_grad():
+        np.testing.assert_array_equal(model(input_ids=ids).logits.numpy(), back(input_ids=ids).logits.numpy())

@@ -39,6 +39,16 @@ def paddle_name(name: str) -> str:
     return name
 
 
+def hf5_name(name: str) -> str:
+    """A Paddle module or parameter path (the checkpoint's original name) -> transformers 5.x's in-memory name, the
+    names PEFT on transformers 5.x writes adapters with and loads them by (it renames the language model's LoRA
+    keys of an original-name adapter, but not the vision tower's nor fully trained modules)."""
+    for theirs, ours in _HF5_PREFIXES:
+        if name.startswith(ours) or name == ours.rstrip("."):
+            return theirs + name[len(ours) :] if name.startswith(ours) else theirs.rstrip(".")
+    return name
+
+
 PACKING_TABLE = "visual.vision_model.embeddings.packing_position_embedding.weight"
 PATCH_EMBEDDING = "visual.vision_model.embeddings.patch_embedding.weight"
 EMBEDDINGS = "model.embed_tokens.weight"
@@ -49,7 +59,8 @@ UNUSED = ("visual.vision_model.head.",)
 def from_hf_state_dict(hf: dict[str, np.ndarray], config: Any, target: set[str]) -> dict[str, np.ndarray]:
     """Checkpoint tensors -> Paddle parameters: rename (`paddle_name`) and transpose Linear weights to [in, out].
 
-    SigLIP's pooling head (`visual.vision_model.head.*`) is dropped, as paddleformers and transformers drop it.
+    SigLIP's pooling head (`visual.vision_model.head.*`) is not loaded: neither paddleformers' nor transformers'
+    model has it. Full saves carry it unchanged from the base (`paddlemix.models.carried`); merges copy it.
     A folder saved by transformers 5.x has no `packing_position_embedding` (its model has none); the table, which
     no forward pass reads, is then zeros, so exports still carry it for vLLM, which refuses checkpoints without it.
     """
@@ -57,7 +68,7 @@ def from_hf_state_dict(hf: dict[str, np.ndarray], config: Any, target: set[str])
     for name, value in hf.items():
         name = paddle_name(name)
         if name.startswith(UNUSED):
-            logger.info("%s is not a parameter of the model (SigLIP's pooling head); not loaded", name)
+            logger.debug("%s is not a parameter of the model (SigLIP's pooling head); not loaded", name)
             continue
         out[name] = np.ascontiguousarray(value.T) if _is_linear(name, value) else value
     if "lm_head.weight" in target and "lm_head.weight" not in out and EMBEDDINGS in out:  # tied head
@@ -107,5 +118,7 @@ ADAPTER = ModelAdapter(
     image_grid=image_grid,
     positions=positions,
     parameter_name=paddle_name,
+    peft_name=hf5_name,
     tensor_parallel_parts={},
+    unused_tensors=UNUSED,
 )
