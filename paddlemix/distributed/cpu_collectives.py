@@ -12,7 +12,9 @@ What is supplied, each patched at runtime (Paddle's files are never edited) with
   autograd-correct Python versions built from existing ops and gloo collectives;
 - device asserts: `hybrid_parallel_util.broadcast_input_data`, `ParallelEnv._device_id`, the `group_sharded`
   device checks and the `.cuda()` of stage-3 gradient clipping; `Tensor.cuda()` (which only raises on a CPU
-  build) leaves the tensor on CPU, for the flex-checkpoint resharder that resumes sharded checkpoints.
+  build) leaves the tensor on CPU, for the flex-checkpoint resharder that resumes sharded checkpoints;
+- copies that are none on CPU: stage 3's parameter storage and its `_device2cpu` (the stage-3 checkpoint gather)
+  take `.cpu()` for a copy and then clear the original, which on a CPU build is the same tensor.
 """
 
 from __future__ import annotations
@@ -421,6 +423,24 @@ def _patch_group_sharded() -> None:
         return add_rank_params(self, trainable_params, param2align, convert_gpu and self._device != "cpu")
 
     group_sharded_storage.ParamStorage.add_rank_params = add_rank_params_on_cpu
+
+    # Reason: stage 3's `_device2cpu` takes `tensor.cpu()` as a copy and then clears the tensor. On CPU `.cpu()`
+    # returns the tensor itself, so the "copy" is emptied too. paddleformers saves every stage-3 checkpoint through
+    # `get_all_parameters(convert2cpu=True)`, which gathers each split weight and hands it to the parameter this
+    # way ("Tensor ... has not been initialized" at the first checkpoint); offload moves slices alike. On CPU the
+    # copy is a real one.
+    device2cpu = group_sharded_stage3._device2cpu
+
+    def device2cpu_copying(tensor: Any, convert_dtype: bool = False) -> Any:
+        if not tensor.place.is_cpu_place():
+            return device2cpu(tensor, convert_dtype)
+        if convert_dtype:
+            tensor = paddle.cast(tensor, "float32")
+        copy = tensor._copy_to(paddle.CPUPlace(), True)
+        tensor._clear_data()
+        return copy
+
+    group_sharded_stage3._device2cpu = device2cpu_copying
 
 
 # ---------------------------------------------------------------------------------------------------------------

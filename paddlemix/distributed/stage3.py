@@ -1,4 +1,5 @@
-"""Sharding stage 3's split parameters made whole again, so the model can be written.
+"""Sharding stage 3's split parameters made whole again, so the model can be written, and readied for
+paddleformers' checkpoint save and load (`checkpoint_ready`, `keep_frozen_slices`, `loading_slices`).
 
 Stage 3 (Paddle's `GroupShardedStage3`, `"sharding": "stage3"`) splits every parameter of more than its
 `segment_size` (2^20 elements: in a real model the embeddings, the head and every large linear weight) over the
@@ -63,3 +64,98 @@ def whole_parameters(model: Any, trainable_only: bool = False, group: Any = None
     finally:
         for p in split:
             p._clear_data()
+
+
+def slice_whole_frozen(stage: Any) -> list[str]:
+    """Put every split parameter that stage 3 (`stage`, a `GroupShardedStage3`) holds whole outside a layer's
+    forward or backward back into its slice, as stage 3 keeps it between steps; returns their names.
+
+    Why: the backward pass gathers each split parameter of a layer, and Paddle 3.3 releases it again from the
+    parameter's gradient hook, which only trainable parameters have. A frozen split weight (a LoRA base weight, a
+    frozen tower's) therefore stays whole on every rank from the first backward on (status "all", no slice).
+    paddleformers' checkpoint save gathers every split parameter with `get_all_parameters`, which has nothing to
+    gather for such a weight: it reuses a gathered copy left over from the backward pass at the first checkpoint
+    and fails with a `KeyError` on the parameter's name at the second. No collective: each rank cuts its own
+    slice (`[start, end)` of the flattened weight, zero-padded to the degree's multiple) from the whole value.
+    """
+    import paddle
+
+    names = []
+    with paddle.no_grad():
+        for p in stage._layer.parameters():
+            if getattr(p, "status", None) != "all" or p.name not in stage._param2buffer:
+                continue
+            start, end = stage._param2buffer[p.name][stage._rank]
+            flat = p.detach().reshape([-1])  # [numel]
+            padding = stage._param2buffer_size[p.name] - flat.shape[0]
+            if padding > 0:
+                flat = paddle.concat([flat, paddle.zeros([padding], dtype=flat.dtype)])  # [padded numel]
+            p.fw_storage = flat._slice(start, end).clone()  # [padded numel / degree]
+            if stage._offload:
+                from paddle.distributed.fleet.meta_parallel.sharding import group_sharded_stage3
+
+                p.fw_storage = group_sharded_stage3._device2cpu(p.fw_storage)
+            p._clear_data()
+            p.status, p.use_count = "part", 0
+            stage._task_flow.full_param.pop(p.name, None)  # the backward's gathered copy, if one is left
+            names.append(p.name)
+    return names
+
+
+@contextmanager
+def checkpoint_ready(stage: Any) -> Iterator[None]:
+    """Around paddleformers' checkpoint save under stage 3 (`stage` is the trainer's `model_wrapped`): before it,
+    frozen split weights held whole go back to their slices (`slice_whole_frozen`) so that its gather finds every
+    split parameter; after it, the whole values its gather (`get_all_parameters`) leaves on every split parameter
+    of every rank are dropped, so a rank again holds only its slices, as between steps. Training then continues
+    exactly as without the save (each layer's forward gathers its weights from the slices). Nothing happens for a
+    model that is not wrapped by stage 3.
+    """
+    if not (hasattr(stage, "get_all_parameters") and hasattr(stage, "_param2buffer")):
+        yield
+        return
+    slice_whole_frozen(stage)
+    try:
+        yield
+    finally:
+        for p in split_parameters(stage._layer):
+            if p._is_initialized():
+                p._clear_data()
+
+
+def keep_frozen_slices(model: Any) -> list[str]:
+    """On resume, let stage 3 keep the slices of the frozen split weights a LoRA checkpoint does not hold; returns
+    their names.
+
+    paddleformers resumes stage 3 in three moves: `init_slice_param` gives every split parameter a whole value of
+    zeros, the checkpoint is loaded into those values, then `align_param_to_buffer_and_clear_slice_param` copies
+    each parameter that holds a value into this rank's slice. A LoRA checkpoint holds only the trainable tensors,
+    so the frozen base weights would be zeroed there. Called between the load and the copy, this drops their zero
+    values, so their slices keep the base weights loaded from `model_name_or_path` at the start of the run.
+    """
+    names = []
+    for p in split_parameters(model):
+        if p.stop_gradient and p._is_initialized():
+            p._clear_data()
+            names.append(p.name)
+    return names
+
+
+@contextmanager
+def loading_slices(stage: Any) -> Iterator[None]:
+    """Around a flex-checkpoint load into a model stage 3 (`stage`, the trainer's `model_wrapped`) has split, as
+    paddleformers' resume does it: before, every split parameter gets a whole value of zeros to load into, and the
+    optimizer sees its slices under their checkpoint names; after, each rank copies its slice of the loaded values
+    into the slices stage 3 computes with and drops the whole values. Without it a load after training (the best
+    checkpoint of `load_best_model_at_end`) finds parameters without values and fails. Frozen split weights
+    held whole go back to their slices first (`slice_whole_frozen`): the zeros would replace their values, and
+    they would have no slice to copy into. Nothing happens for a model that is not wrapped by stage 3.
+    """
+    if not hasattr(stage, "align_param_to_buffer_and_clear_slice_param"):
+        yield
+        return
+    slice_whole_frozen(stage)
+    stage.init_slice_param()
+    stage.init_optimizer_for_slice_param()
+    yield
+    stage.align_param_to_buffer_and_clear_slice_param()

@@ -98,6 +98,46 @@ def run_single_and_parallel(workspace: Path, config: Path, common: list[str], si
     return single, parallel
 
 
+def checkpoint_tensors(folder: Path) -> dict[str, np.ndarray]:
+    """The tensors of one part of a flex checkpoint (`checkpoint-N/model_state`, `optimizer_state`), each whole
+    in float32: every rank's piece (a block of the tensor, or a range of its flattened values, as sharding stage 3
+    saves its slices) put in its place. Places no piece covers stay NaN, so an incomplete save shows.
+    The `.metadata` and `.distcp` files are Paddle pickles: read only a checkpoint this process's tests wrote."""
+    import paddle
+
+    (metadata_file,) = folder.glob("*.metadata")
+    metadata = paddle.load(str(metadata_file))
+    out = {key: np.full(pieces[0].global_shape, np.nan, dtype=np.float32)
+           for key, pieces in metadata.state_dict_metadata.items()}  # fmt: skip
+    by_file: dict[str, list] = {}
+    for index, file in metadata.storage_metadata.items():
+        by_file.setdefault(file, []).append(index)
+    for file, indices in by_file.items():
+        data = paddle.load(str(folder / file))
+        for index in indices:
+            value, target = data[index.tensor_key].numpy(), out[index.tensor_key]
+            if index.is_flattened:
+                start, end = index.flattened_range
+                target.reshape(-1)[start:end] = value.reshape(-1)
+            else:
+                block = tuple(slice(o, o + n) for o, n in zip(index.global_offset, index.local_shape))
+                target[block] = value.reshape(index.local_shape)
+    return out
+
+
+def assert_same_checkpoint(single: Path, parallel: Path, weight_tol: float = 1e-4, state_rtol: float = 1e-3,
+                           state_atol: float = 1e-7) -> None:  # fmt: skip
+    """Two flex checkpoints of the same step hold the same tensors: names, shapes, every value present (no NaN),
+    the model's within `weight_tol` (absolute), the optimizer's moments within `state_rtol` / `state_atol`."""
+    for part, rtol, atol in (("model_state", 0.0, weight_tol), ("optimizer_state", state_rtol, state_atol)):
+        one, many = checkpoint_tensors(single / part), checkpoint_tensors(parallel / part)
+        assert sorted(many) == sorted(one), f"{part}: tensor names differ: {sorted(set(many) ^ set(one))[:6]}"
+        for key, value in one.items():
+            assert many[key].shape == value.shape, f"{part}:{key} shape {many[key].shape} vs {value.shape}"
+            assert not np.isnan(many[key]).any(), f"{part}:{key}: part of the tensor was not saved"
+            np.testing.assert_allclose(many[key], value, rtol=rtol, atol=atol, err_msg=f"{part}:{key}")
+
+
 def output_files(folder: Path) -> set[str]:
     """The files of an output folder a user keeps: not checkpoints, launcher logs or staging folders."""
     return {p.name for p in folder.iterdir() if not p.name.startswith(("checkpoint-", "launch_logs", "."))}

@@ -407,16 +407,19 @@ class MIXTrainer(Trainer):
     def _save_checkpoint(self, model: Any, metrics: Any = None) -> None:
         """Gather a LoRA adapter split over ranks (tensor parallel, sharding stage 3) on every rank before
         paddleformers saves (only process 0 then writes it, in `_rotate_checkpoints`, where a collective would wait
-        forever for the other ranks)."""
+        forever for the other ranks). Under stage 3 every rank runs this (paddleformers' save gathers the split
+        weights, a collective); `stage3.checkpoint_ready` readies frozen split weights for that gather and gives
+        the gathered memory back after it."""
         split = tensor_parallel.current().enabled or stage3.splits_parameters(self.args)
         self.checkpoint_adapter = None
-        if hasattr(self.model, "lora_spec") and split:
-            with stage3.whole_parameters(self.model, trainable_only=True):
-                self.checkpoint_adapter = to_peft(self.model)
-        try:
-            super()._save_checkpoint(model, metrics)
-        finally:
-            self.checkpoint_adapter = None
+        with stage3.checkpoint_ready(self.model_wrapped):
+            if hasattr(self.model, "lora_spec") and split:
+                with stage3.whole_parameters(self.model, trainable_only=True):
+                    self.checkpoint_adapter = to_peft(self.model)
+            try:
+                super()._save_checkpoint(model, metrics)
+            finally:
+                self.checkpoint_adapter = None
 
     def _rotate_checkpoints(self, use_mtime: bool = False, output_dir: str | None = None) -> None:
         """Called once the checkpoint of this step is on disk: add the LoRA adapter in PEFT format (so any
@@ -437,11 +440,13 @@ class MIXTrainer(Trainer):
 
     def load_best_checkpoint(self) -> str | None:
         """For `load_best_model_at_end`: put the weights of the best checkpoint back into the model (the trainable
-        tensors of a LoRA run) and return its folder; None when no evaluation chose one."""
+        tensors of a LoRA run) and return its folder; None when no evaluation chose one. Under sharding stage 3
+        every rank loads (its slices of the split weights)."""
         best = self.state.best_model_checkpoint
         if not (self.keep_best and best and Path(best).is_dir()):
             return None
-        self._load_flex_checkpoint(best)
+        with stage3.loading_slices(self.model_wrapped):
+            self._load_flex_checkpoint(best)
         return best
 
     def _get_train_sampler(self) -> Any:
@@ -473,7 +478,10 @@ class MIXTrainer(Trainer):
             params = [p for e in entries for p in (e["params"] if isinstance(e, dict) else [e])]
             inner._create_accumulators(block, [p for p in params if not p.stop_gradient])
         with trainable_state_only(self.model):
-            return super()._load_flex_checkpoint(resume_from_checkpoint)
+            loaded = super()._load_flex_checkpoint(resume_from_checkpoint)
+        if hasattr(self.model, "lora_spec"):  # no frozen tensor was loaded: stage 3 keeps their slices
+            stage3.keep_frozen_slices(self.model)
+        return loaded
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, **kwargs: Any) -> Any:
         """Training: the sum of the micro-batch's token losses divided by the step's n0 (see `training_step`),

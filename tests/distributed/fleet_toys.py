@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from typing import Any
 
 import numpy as np
 import paddle
@@ -180,18 +181,76 @@ def sharding() -> dict:
             opt.step()
             opt.clear_grad()
             losses.append(float(loss))
-        if WORLD > 1:  # each rank saw its half: the step's loss is the mean over ranks
-            for i, value in enumerate(losses):
-                t = paddle.to_tensor(value)
-                dist.all_reduce(t)
-                losses[i] = float(t) / WORLD
-        out[level] = losses
+        out[level] = mean_over_ranks(losses)
         out[f"grad_norm_{level}"] = norms  # the global norm before clipping, as one process computes it
         out[f"bytes_{level}"] = [parameter_bytes(model), optimizer_state_bytes(opt)]
         with stage3.whole_parameters(model):  # stage 3's split weight whole again, on every rank
             out[f"weights_{level}"] = [float(p.sum()) for p in model.parameters()]
             out[f"weights_abs_{level}"] = [float(p.abs().sum()) for p in model.parameters()]
+    out.update(stage3_checkpoints(x, y, group if WORLD > 1 else None))
     return out
+
+
+def mean_over_ranks(values: list[float]) -> list[float]:
+    """Each rank's per-step losses of its half of the batch -> the step's loss over the whole batch."""
+    if WORLD == 1:
+        return values
+    out = []
+    for value in values:
+        t = paddle.to_tensor(value)
+        dist.all_reduce(t)
+        out.append(float(t) / WORLD)
+    return out
+
+
+def stage3_checkpoints(x: np.ndarray, y: np.ndarray, group: Any) -> dict:
+    """Stage 3 through paddleformers' checkpoint moves, on a model with a frozen and a trainable weight that it
+    splits (over 2^20 elements each): after steps 1 and 2 every weight is gathered whole as paddleformers' save
+    does (`get_all_parameters`, inside `stage3.checkpoint_ready`) and training goes on; at the end the trainable
+    tensors saved after step 1 are loaded back as a LoRA resume or `load_best_model_at_end` does
+    (`stage3.loading_slices`, `stage3.keep_frozen_slices`). The saved weights, the losses after each save and
+    the loaded weights equal one process's."""
+    from paddlemix.distributed import stage3
+
+    sizes = [(4, 1024), (1024, 1025), (1025, 1024), (1024, 4)]  # the middle two are split; the first is frozen
+    weights = [RNG.standard_normal(s).astype("float32") * (0.5 / np.sqrt(s[0])) for s in sizes]
+    model = paddle.nn.Sequential(*[paddle.nn.Linear(*s) for s in sizes])
+    for layer, w in zip(model, weights):
+        layer.weight.set_value(w)
+        layer.bias.set_value(np.zeros(w.shape[1], "float32"))
+    for p in model[1].parameters():
+        p.stop_gradient = True
+    # SGD: Adam would turn the summation-order noise of near-zero gradients into whole +-lr steps
+    opt = paddle.optimizer.SGD(0.1, parameters=[p for p in model.parameters() if not p.stop_gradient])
+    if group is not None:
+        from paddle.distributed.sharding import group_sharded_parallel
+
+        model, opt, _ = group_sharded_parallel(model, opt, level="p_g_os", group=group)
+    losses, saved = [], []
+    for step in range(3):
+        loss = ((model(paddle.to_tensor(x)) - paddle.to_tensor(y)) ** 2).mean()
+        loss.backward()
+        opt.step()
+        opt.clear_grad()
+        losses.append(float(loss))
+        if step < 2:  # a checkpoint after steps 1 and 2
+            with stage3.checkpoint_ready(model):
+                if group is not None:
+                    model.get_all_parameters(convert2cpu=True, with_freeze_param=True)
+                saved.append([p.numpy().copy() for p in model.parameters()])
+    with stage3.loading_slices(model):  # the trainable tensors of the first checkpoint, as a LoRA one holds
+        for p, value in zip(model.parameters(), saved[0]):
+            if not p.stop_gradient:
+                p.set_value(value)
+        stage3.keep_frozen_slices(model)
+    with stage3.whole_parameters(model):
+        loaded = [float(p.sum()) for p in model.parameters()]
+    return {
+        "checkpoint_losses": mean_over_ranks(losses),
+        "checkpoint_saved": [[float(v.sum()) for v in values] for values in saved],
+        "checkpoint_saved_abs": [[float(np.abs(v).sum()) for v in values] for values in saved],
+        "checkpoint_loaded": loaded,
+    }
 
 
 def collectives() -> dict:

@@ -1,15 +1,18 @@
 """Sharding stages 1, 2 and 3 in 2 CPU processes through train.sh equal one process on the same global batch:
 per-step losses, the saved model (gathered into the one-process HF layout), and an exact resume; stage 3 also on
-a model with weights it really splits, with gradient accumulation."""
+a model with weights it really splits, with gradient accumulation, an intermediate checkpoint and a resume from it."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from paddlemix.testing.parallel_runs import (
+    assert_same_checkpoint,
     assert_same_training,
     memory_of,
     run_launched,
@@ -75,17 +78,29 @@ def test_stage3_split_weights_with_accumulation_match_one_process(workspace: Pat
     """Stage 3 splits only tensors over its 2^20-element segment size, which the tiny model lacks: here the MLP
     weights (64 x 16448 = 1,052,672 elements) are split. Each rank's gradient slice of such a weight lives in
     `bw_storage`, outside paddleformers' 1 / M and the step's token-mean rescale (both must reach it), and the
-    weights must be gathered whole to be saved. 2 processes x batch 1 x accumulation 2 equal 1 x batch 2 x 2."""
+    weights must be gathered whole to be saved. 2 processes x batch 1 x accumulation 2 equal 1 x batch 2 x 2,
+    with a checkpoint after step 2 of 3: it holds the one-process checkpoint's weights and optimizer state (each
+    rank's slices in place), training after it goes on unchanged, and a run resumed from it ends as the
+    uninterrupted one."""
     build_tiny_qwen2_5_vl(workspace / "split_qwen2_5_vl", intermediate_size=16448)
     common = [*common_args(uneven_answers), "--model_name_or_path", "split_qwen2_5_vl",
-              "--gradient_accumulation_steps", "2"]  # fmt: skip
+              "--gradient_accumulation_steps", "2", "--save_steps", "2"]  # fmt: skip
+    parallel = ["--per_device_train_batch_size", "1", "--sharding", "stage3"]
     single, sharded = run_single_and_parallel(
-        workspace, TINY / "sft_argument.json", common, ["--per_device_train_batch_size", "2"],
-        ["--per_device_train_batch_size", "1", "--sharding", "stage3"],
+        workspace, TINY / "sft_argument.json", common, ["--per_device_train_batch_size", "2"], parallel
     )  # fmt: skip
     split = [k for k, v in single.weights().items() if v.size > 2**20]
     assert len(split) == 6, split  # gate, up and down of both layers
     assert_same_training(single, sharded, base=workspace / "split_qwen2_5_vl" / "model.safetensors")
+    assert_same_checkpoint(single.output_dir / "checkpoint-2", sharded.output_dir / "checkpoint-2")
     whole = memory_of(single.console)[0]  # each rank held about half of the parameter bytes: the split happened
     ranks = [memory_of(log)[0] for log in sharded.worker_logs]
     assert max(ranks) < 0.6 * whole, (ranks, whole)
+
+    shutil.copytree(sharded.output_dir / "checkpoint-2", workspace / "resumed" / "checkpoint-2")
+    resumed = run_launched(workspace, TINY / "sft_argument.json", [*common, *parallel], "resumed")
+    assert "resuming from resumed/checkpoint-2" in resumed.worker_logs[0]
+    assert sorted(resumed.steps) == [3]
+    assert abs(resumed.losses()[3] - sharded.losses()[3]) <= 1e-6 * sharded.losses()[3]
+    for key, value in sharded.weights().items():
+        np.testing.assert_allclose(resumed.weights()[key], value, atol=1e-6, rtol=0, err_msg=key)
