@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from paddlemix.models import qwen_vl_common, vision_attention
+from paddlemix.models import qwen_vl_common
 from paddlemix.models.adapter import ModelAdapter
 from paddlemix.models.hf_layout import LM_LORA_TARGETS, to_hf_layout
 from paddlemix.models.qwen_vl_common import SHARED_ADAPTER_FIELDS, mrope_positions
@@ -36,6 +36,8 @@ def positions(config: Any, input_ids: np.ndarray, grid_thw: np.ndarray | None, *
 def prepare_config(config: Any, device: str) -> None:
     """The Qwen-VL config fixes, and on every device the vision tower's attention per image and video frame
     (`paddlemix.models.vision_attention`): paddleformers' own takes a dense mask over all patches of the batch."""
+    from paddlemix.models import vision_attention  # imports Paddle: not at module level (the merge tool needs none)
+
     qwen_vl_common.prepare_config(config, device)
     vision_attention.select(config.vision_config)
 

@@ -24,8 +24,6 @@ import types
 from collections.abc import Iterator
 from typing import Any
 
-from paddlemix.models import vision_attention
-
 _MODELING = "paddleformers.transformers.paddleocr_vl.modeling"
 
 
@@ -60,6 +58,8 @@ def modeling() -> types.ModuleType:
 def prepare_config(config: Any, device: str) -> None:
     """Use the unfused RMSNorm where the fused kernel is missing (work-around 2; every device but CUDA GPUs) and
     the vision encoder's attention per image (work-around 3)."""
+    from paddlemix.models import vision_attention  # imports Paddle: not at module level (the merge tool needs none)
+
     if device != "gpu":
         config.fuse_rms_norm = False
         config.vision_config.fuse_rms_norm = False
