@@ -3,21 +3,15 @@ MIXToken packs (FlashMask row indices), padded batches (4-D additive mask), plai
 
 from __future__ import annotations
 
+import attention_checks
 import numpy as np
 import paddle
 import pytest
+from attention_checks import Module, run
 from paddleformers.nn.attention.eager_attention import eager_attention_forward
 
 from paddlemix.datasets.packing import startend_row_indices
 from paddlemix.models import attention
-
-
-class Module:
-    """What the attention functions read from their calling layer."""
-
-    def __init__(self, groups: int):
-        self.num_key_value_groups = groups
-        self.training = True
 
 
 def qkv(batch: int, heads: int, kv_heads: int, length: int, keys: int, dim: int = 8) -> list[paddle.Tensor]:
@@ -30,21 +24,8 @@ def qkv(batch: int, heads: int, kv_heads: int, length: int, keys: int, dim: int 
     return out
 
 
-def run(fn, tensors: list[paddle.Tensor], **kwargs) -> tuple[np.ndarray, list[np.ndarray]]:
-    q, k, v = tensors
-    out, _ = fn(Module(q.shape[1] // k.shape[1]), q, k, v, scaling=q.shape[-1] ** -0.5, **kwargs)
-    weight = paddle.to_tensor(np.random.default_rng(1).normal(size=out.shape).astype("float32"))
-    (out * weight).sum().backward()
-    grads = [t.grad.numpy().copy() for t in tensors]
-    for t in tensors:
-        t.clear_gradient()
-    return out.numpy(), grads
-
-
 def assert_same(ours: tuple, eager: tuple) -> None:
-    np.testing.assert_allclose(ours[0], eager[0], rtol=1e-5, atol=1e-5)
-    for a, b in zip(ours[1], eager[1]):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    attention_checks.assert_same(ours, eager, atol=1e-5)
 
 
 @pytest.mark.parametrize("heads, kv_heads", [(4, 2), (4, 4), (6, 1)])

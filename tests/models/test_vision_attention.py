@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import attention_checks
 import numpy as np
 import paddle
 import pytest
+from attention_checks import run
 from paddle.base import core
 from paddleformers.nn.attention.eager_attention import eager_attention_forward
 
@@ -16,13 +18,6 @@ from paddlemix.models import vision_attention
 from paddlemix.models.vision_attention import image_runs, vision_attention_forward
 
 SIZES = [4, 4, 4, 4, 8, 4, 2, 2]  # an image, a 3-frame video, a larger image, an image, a 2-frame video
-
-
-class Module:
-    """What the attention functions read from their calling layer."""
-
-    num_key_value_groups = 1
-    training = True
 
 
 def qwen3_rows(sizes: list[int]) -> np.ndarray:
@@ -51,21 +46,8 @@ def qkv(rows: int, heads: int = 2, dim: int = 8) -> list[paddle.Tensor]:
     return out
 
 
-def run(fn, tensors: list[paddle.Tensor], **kwargs) -> tuple[np.ndarray, list[np.ndarray]]:
-    q, k, v = tensors
-    out, _ = fn(Module(), q, k, v, scaling=q.shape[-1] ** -0.5, **kwargs)
-    weight = paddle.to_tensor(np.random.default_rng(1).normal(size=out.shape).astype("float32"))
-    (out * weight).sum().backward()
-    grads = [t.grad.numpy().copy() for t in tensors]
-    for t in tensors:
-        t.clear_gradient()
-    return out.numpy(), grads
-
-
 def assert_same(ours: tuple, eager: tuple) -> None:
-    np.testing.assert_allclose(ours[0], eager[0], rtol=1e-5, atol=1e-6)
-    for a, b in zip(ours[1], eager[1]):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    attention_checks.assert_same(ours, eager, atol=1e-6)
 
 
 def test_runs_group_consecutive_images_of_one_size() -> None:
