@@ -21,14 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-from paddlemix.utils.safetensors_stream import TensorEntry, checkpoint_entries, copy_bytes, write_file
+from paddlemix.utils.safetensors_stream import NUMPY_DTYPES, TensorEntry, checkpoint_entries, copy_bytes, write_file
 
 logger = logging.getLogger(__name__)
 
 HEAD = "lm_head.weight"
-# numpy dtype -> safetensors dtype code, for the arrays an export holds
-_CODES = {np.dtype(t): c for t, c in (("float64", "F64"), ("float32", "F32"), ("float16", "F16"), ("int64", "I64"),
-          ("int32", "I32"), ("int16", "I16"), ("int8", "I8"), ("uint8", "U8"), ("bool", "BOOL"))}  # fmt: skip
+# numpy dtype -> safetensors dtype code, the inverse of the reader's table; exports hold float32 and integer arrays
+# (`utils.io.to_numpy` widens bf16), so BF16's raw-bits storage (uint16) is left to U16
+_CODES = {dtype: code for code, dtype in NUMPY_DTYPES.items() if code != "BF16"}
 
 
 def carried_tensors(
